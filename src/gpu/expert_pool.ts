@@ -1,0 +1,125 @@
+/**
+ * GPU memory for experts: a fixed number of slots spread over pool buffers (each within the
+ * device's storage-binding limit), and a slot table that tells the expert kernels where expert e
+ * of layer l lives (or that it is absent). The kernels read the table on the GPU, so routing never
+ * has to come back to the CPU to find weights.
+ *
+ * Slot layout (elements of the experts' dtype): gate [I, D] | up [I, D] | down [D, I] | padding.
+ */
+import type { ExpertWeights, ModelConfig } from "../types.ts";
+import type { WeightDType } from "./ops_api.ts";
+
+/** Slot table value for "this expert is not in GPU memory". */
+export const ABSENT = 0xffffffff;
+/** Slots start on this byte boundary inside a pool buffer (WebGPU copy offsets need 4). */
+const SLOT_ALIGN_BYTES = 256;
+
+export const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
+
+export class ExpertPoolError extends Error {
+  override name = "ExpertPoolError";
+}
+
+export interface PoolBuffer {
+  buffer: GPUBuffer;
+  firstSlot: number;
+  slots: number;
+}
+
+export class ExpertPool {
+  readonly slotElems: number;
+  readonly slotBytes: number;
+  readonly pools: PoolBuffer[] = [];
+  /** u32 [L*E]: slot of expert e of layer l at l*E + e, or ABSENT. */
+  readonly slotTable: GPUBuffer;
+  /** u32 [L*E]: set to 1 by the kernels when a routed expert was absent. */
+  readonly missed: GPUBuffer;
+  /** CPU mirror of slotTable. */
+  readonly table: Uint32Array;
+  readonly expertBytes: number;
+
+  constructor(
+    private device: GPUDevice,
+    readonly config: ModelConfig,
+    readonly dtype: WeightDType,
+    readonly totalSlots: number,
+  ) {
+    const { hiddenSize: D, moeIntermediateSize: I, numLayers: L, numExperts: E } = config;
+    const elem = BYTES_PER_ELEM[dtype];
+    this.expertBytes = 3 * I * D * elem;
+    this.slotBytes = Math.ceil(this.expertBytes / SLOT_ALIGN_BYTES) * SLOT_ALIGN_BYTES;
+    this.slotElems = this.slotBytes / elem;
+    const limit = Math.min(
+      device.limits.maxStorageBufferBindingSize,
+      device.limits.maxBufferSize,
+    );
+    const perBuffer = Math.floor(limit / this.slotBytes);
+    if (perBuffer < 1) {
+      throw new ExpertPoolError(
+        `one expert (${this.slotBytes} B) exceeds the device's storage binding limit (${limit} B)`,
+      );
+    }
+    for (let first = 0; first < totalSlots; first += perBuffer) {
+      const slots = Math.min(perBuffer, totalSlots - first);
+      const buffer = device.createBuffer({
+        label: `experts.pool${this.pools.length}`,
+        size: slots * this.slotBytes,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+      });
+      this.pools.push({ buffer, firstSlot: first, slots });
+    }
+    this.table = new Uint32Array(L * E).fill(ABSENT);
+    this.slotTable = device.createBuffer({
+      label: "experts.slot_table",
+      size: this.table.byteLength,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    });
+    device.queue.writeBuffer(this.slotTable, 0, this.table);
+    this.missed = device.createBuffer({
+      label: "experts.missed",
+      size: this.table.byteLength,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+    });
+  }
+
+  /** Writes one expert's gate|up|down bytes (contiguous) into a slot. */
+  uploadRecord(slot: number, record: Uint8Array): void {
+    const { buffer, offset } = this.locate(slot);
+    if (record.byteLength !== this.expertBytes) {
+      throw new ExpertPoolError(`expert record of ${record.byteLength} B, want ${this.expertBytes}`);
+    }
+    this.device.queue.writeBuffer(buffer, offset, record);
+  }
+
+  /** Writes one expert's three projections (separate views) into a slot. */
+  uploadExpert(slot: number, w: ExpertWeights): void {
+    const { buffer, offset } = this.locate(slot);
+    let at = offset;
+    for (const t of [w.gate, w.up, w.down]) {
+      this.device.queue.writeBuffer(buffer, at, t.bytes);
+      at += t.bytes.byteLength;
+    }
+  }
+
+  /** Points (layer, expert) at slot (or ABSENT) in the GPU's slot table. */
+  assign(layer: number, expert: number, slot: number): void {
+    const i = layer * this.config.numExperts + expert;
+    this.table[i] = slot;
+    this.device.queue.writeBuffer(this.slotTable, i * 4, this.table, i, 1);
+  }
+
+  private locate(slot: number): { buffer: GPUBuffer; offset: number } {
+    for (const p of this.pools) {
+      if (slot >= p.firstSlot && slot < p.firstSlot + p.slots) {
+        return { buffer: p.buffer, offset: (slot - p.firstSlot) * this.slotBytes };
+      }
+    }
+    throw new ExpertPoolError(`slot ${slot} out of range (${this.totalSlots} slots)`);
+  }
+
+  destroy(): void {
+    for (const p of this.pools) p.buffer.destroy();
+    this.slotTable.destroy();
+    this.missed.destroy();
+  }
+}
