@@ -1,0 +1,121 @@
+/**
+ * Counters of the expert cache, read by the server's /metrics and by the benches: hits, misses,
+ * evictions, prefetches (issued / used / wasted), bytes uploaded to the GPU, and load latencies
+ * split by where the expert's bytes came from.
+ */
+
+/**
+ * Where an expert's bytes were when it was needed:
+ *   "cold": not in the OS page cache (read from disk),
+ *   "warm": in the page cache (a memory copy),
+ *   "resident": already in a GPU slot (no load at all).
+ */
+export type LoadSource = "cold" | "warm" | "resident";
+
+/** Latency samples kept per source: enough for stable p99 over the recent past, bounded memory. */
+export const LATENCY_WINDOW = 4096;
+
+/** Summary of one source's latency samples, in milliseconds. */
+export interface LatencySummary {
+  /** Samples ever recorded. */
+  count: number;
+  /** Over the last LATENCY_WINDOW samples (0 when there are none). */
+  meanMs: number;
+  p50Ms: number;
+  p90Ms: number;
+  p99Ms: number;
+  maxMs: number;
+}
+
+/** A plain-object copy of every counter, safe to JSON.stringify. */
+export interface ExpertMetricsSnapshot {
+  hits: number;
+  misses: number;
+  /** hits / (hits + misses), 0 before any lookup. */
+  hitRate: number;
+  evictions: number;
+  prefetchIssued: number;
+  /** Prefetched experts that were used before being evicted. */
+  prefetchHit: number;
+  /** Prefetched experts evicted (or dropped) without being used. */
+  prefetchWasted: number;
+  bytesUploaded: number;
+  latency: Record<LoadSource, LatencySummary>;
+}
+
+/** Fixed-size ring of the most recent samples. */
+class SampleRing {
+  private buf = new Float64Array(LATENCY_WINDOW);
+  count = 0;
+
+  add(ms: number): void {
+    this.buf[this.count % LATENCY_WINDOW] = ms;
+    this.count++;
+  }
+
+  summary(): LatencySummary {
+    const n = Math.min(this.count, LATENCY_WINDOW);
+    if (n === 0) return { count: 0, meanMs: 0, p50Ms: 0, p90Ms: 0, p99Ms: 0, maxMs: 0 };
+    const s = this.buf.slice(0, n).sort();
+    let sum = 0;
+    for (let i = 0; i < n; i++) sum += s[i];
+    // Nearest-rank percentile: the smallest sample with at least q of the samples at or below it.
+    const pct = (q: number) => s[Math.max(0, Math.ceil(q * n) - 1)];
+    return {
+      count: this.count,
+      meanMs: sum / n,
+      p50Ms: pct(0.5),
+      p90Ms: pct(0.9),
+      p99Ms: pct(0.99),
+      maxMs: s[n - 1],
+    };
+  }
+}
+
+/** Mutable counters of one expert cache. */
+export class ExpertMetrics {
+  hits = 0;
+  misses = 0;
+  evictions = 0;
+  prefetchIssued = 0;
+  prefetchHit = 0;
+  prefetchWasted = 0;
+  bytesUploaded = 0;
+  private latency: Record<LoadSource, SampleRing> = {
+    cold: new SampleRing(),
+    warm: new SampleRing(),
+    resident: new SampleRing(),
+  };
+
+  /** Records how long making one expert available took, by where its bytes were. */
+  recordLoad(source: LoadSource, ms: number): void {
+    this.latency[source].add(ms);
+  }
+
+  /** Zeroes every counter and drops every sample (e.g. after warm-up, before a bench). */
+  reset(): void {
+    this.hits = this.misses = this.evictions = 0;
+    this.prefetchIssued = this.prefetchHit = this.prefetchWasted = 0;
+    this.bytesUploaded = 0;
+    this.latency = { cold: new SampleRing(), warm: new SampleRing(), resident: new SampleRing() };
+  }
+
+  snapshot(): ExpertMetricsSnapshot {
+    const lookups = this.hits + this.misses;
+    return {
+      hits: this.hits,
+      misses: this.misses,
+      hitRate: lookups === 0 ? 0 : this.hits / lookups,
+      evictions: this.evictions,
+      prefetchIssued: this.prefetchIssued,
+      prefetchHit: this.prefetchHit,
+      prefetchWasted: this.prefetchWasted,
+      bytesUploaded: this.bytesUploaded,
+      latency: {
+        cold: this.latency.cold.summary(),
+        warm: this.latency.warm.summary(),
+        resident: this.latency.resident.summary(),
+      },
+    };
+  }
+}
