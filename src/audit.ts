@@ -62,11 +62,9 @@ export function formatAudit(report: AuditReport): string {
   for (let l = 0; l < c.numLayers; l++) {
     const layer = report.used.filter((e) => e.layer === l);
     const experts = layer.filter((e) => e.role.startsWith("expert"));
-    const other = layer.filter((e) => !e.role.startsWith("expert"));
     out.push(
       `used: layer ${l} (${formatBytes(sum(layer))}; experts ${formatBytes(sum(experts))})`,
-      ...table(other),
-      ...table(experts),
+      ...table(layer),
     );
   }
 
