@@ -94,12 +94,12 @@ function fileSize(path: string): number {
 }
 
 /**
- * Maps the whole file read-only. Uses mmap when possible, else reads it into memory.
- * Zero-length files give an empty `bytes`.
+ * Maps the whole file read-only. Uses mmap when possible, else reads it into memory;
+ * `opts.mode: "read"` forces reading. Zero-length files give an empty `bytes`.
  */
-export function mapFile(path: string): MappedFile {
+export function mapFile(path: string, opts: { mode?: MapMode } = {}): MappedFile {
   const size = fileSize(path);
-  const c = libc();
+  const c = opts.mode === "read" ? null : libc();
   if (c !== null) {
     const fd = c.open(cString(path), O_RDONLY);
     if (fd >= 0) {
