@@ -1,0 +1,19 @@
+// Prepended to every kernel by src/gpu/shader.ts: the per-step uniform (src/gpu/ops_api.ts) and
+// the index helpers of the 2-D dispatches that src/gpu/ops.ts issues past 65535 workgroups.
+
+struct Step {
+  n_tokens: u32,
+  pos0: u32,
+  kv_len: u32,
+  _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> step: Step;
+
+// Value of a slot-table entry whose expert is not resident (src/gpu/expert_pool.ts ABSENT).
+const ABSENT_SLOT: u32 = 0xffffffffu;
+
+// Linear workgroup index of a dispatch of (x, y, 1) workgroups, x at most 65535.
+fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
+  return wid.y * nwg.x + wid.x;
+}

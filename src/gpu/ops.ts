@@ -1,0 +1,357 @@
+/**
+ * The WGSL kernels behind OpsApi (src/gpu/ops_api.ts). Each op is prepared once: its pipeline(s),
+ * one bind group and a small uniform buffer of its static sizes. record() only sets the pipeline
+ * and bind group and dispatches; it allocates nothing and writes no buffer.
+ */
+import type { Gpu } from "./device.ts";
+import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
+import { type BindingKind, type KernelSpec, Shaders } from "./shader.ts";
+
+/** WebGPU's default maxComputeWorkgroupsPerDimension; larger dispatches go 2-D. */
+const MAX_GROUPS_PER_DIM = 65535;
+/** Size of the Step uniform: n_tokens, pos0, kv_len, pad (u32 each). */
+const STEP_BYTES = 16;
+/** Workgroup sizes, matching the WG constants of the kernels. */
+const WG_64 = 64;
+const WG_ATTENTION = 8;
+const WG_TOPK = 8;
+/** Tokens per matmul invocation in prefill (each weight vec4 load reused this often); must not
+ * exceed MAX_TOKENS of kernels/matmul.wgsl. */
+const MATMUL_PREFILL_TOKENS = 8;
+/** From this many tokens on, matmul uses the prefill tiling. */
+const MATMUL_PREFILL_FROM = 2;
+/** kernels/attention.wgsl keeps q and the accumulator in registers of this many floats. */
+const MAX_HEAD_DIM = 256;
+/** kernels/topk.wgsl keeps the probabilities of this many experts per token. */
+const MAX_EXPERTS = 256;
+/** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
+const VEC = 4;
+
+/** An op was prepared with sizes the kernels cannot handle. */
+export class OpConfigError extends Error {
+  override name = "OpConfigError";
+  constructor(op: string, detail: string) {
+    super(`${op}: ${detail}; fix the sizes passed when preparing the op`);
+  }
+}
+
+/** Dispatches `groups` workgroups, as (x, y) when more than one dimension allows. */
+function dispatchLinear(pass: GPUComputePassEncoder, groups: number): void {
+  if (groups <= 0) return;
+  if (groups <= MAX_GROUPS_PER_DIM) {
+    pass.dispatchWorkgroups(groups);
+  } else {
+    pass.dispatchWorkgroups(MAX_GROUPS_PER_DIM, Math.ceil(groups / MAX_GROUPS_PER_DIM));
+  }
+}
+
+/** A prepared dispatch: pipeline chosen by token count, fixed bind group, groups by token count. */
+class PreparedOp implements Op {
+  constructor(
+    readonly name: string,
+    private bindGroup: GPUBindGroup,
+    private pipelineFor: (nTokens: number) => GPUComputePipeline,
+    private groupsFor: (nTokens: number) => number,
+  ) {}
+
+  record(pass: GPUComputePassEncoder, nTokens: number): void {
+    pass.setPipeline(this.pipelineFor(nTokens));
+    pass.setBindGroup(0, this.bindGroup);
+    dispatchLinear(pass, this.groupsFor(nTokens));
+  }
+}
+
+/** A uniform field: u32 unless wrapped as { f32 }. */
+type Field = number | { f32: number };
+
+function ceilDiv(a: number, b: number): number {
+  return Math.ceil(a / b);
+}
+
+function checkMultiple(op: string, what: string, value: number, of: number): void {
+  if (value % of !== 0) {
+    throw new OpConfigError(op, `${what} = ${value} must be a multiple of ${of}`);
+  }
+}
+
+/** Weight offsets must keep load_w4 on whole u32 words (bf16/f16: even) and rows 4-aligned. */
+function checkWeightOffset(op: string, dtype: WeightDType, offsetElems: number): void {
+  if (dtype !== "f32") checkMultiple(op, "weight offsetElems", offsetElems, 2);
+}
+
+export class Ops implements OpsApi {
+  readonly step: GPUBuffer;
+  private device: GPUDevice;
+  private shaders: Shaders;
+
+  constructor(gpu: Gpu) {
+    this.device = gpu.device;
+    this.shaders = new Shaders(this.device);
+    this.step = this.device.createBuffer({
+      label: "step",
+      size: STEP_BYTES,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /** A uniform buffer holding `fields` (u32 or f32, 4 bytes each), padded to 16 bytes. */
+  private params(label: string, fields: Field[]): GPUBuffer {
+    const size = ceilDiv(fields.length * 4, 16) * 16;
+    const buffer = this.device.createBuffer({
+      label: `${label}.params`,
+      size,
+      usage: GPUBufferUsage.UNIFORM,
+      mappedAtCreation: true,
+    });
+    const view = new DataView(buffer.getMappedRange());
+    fields.forEach((f, i) => {
+      if (typeof f === "number") view.setUint32(i * 4, f, true);
+      else view.setFloat32(i * 4, f.f32, true);
+    });
+    buffer.unmap();
+    return buffer;
+  }
+
+  /** Bind group of [step, params, ...buffers] for the layout of `bindings`. */
+  private bind(label: string, bindings: BindingKind[], buffers: GPUBuffer[]): GPUBindGroup {
+    return this.device.createBindGroup({
+      label,
+      layout: this.shaders.layout(bindings),
+      entries: [this.step, ...buffers].map((buffer, binding) => ({
+        binding,
+        resource: { buffer },
+      })),
+    });
+  }
+
+  /** Prepares a kernel with one pipeline for every token count. */
+  private simple(
+    name: string,
+    spec: KernelSpec,
+    params: Field[],
+    buffers: GPUBuffer[],
+    groupsFor: (nTokens: number) => number,
+  ): Op {
+    const pipeline = this.shaders.pipeline(spec);
+    const bindGroup = this.bind(name, spec.bindings, [this.params(name, params), ...buffers]);
+    return new PreparedOp(name, bindGroup, () => pipeline, groupsFor);
+  }
+
+  rmsnorm(
+    a: {
+      x: GPUBuffer;
+      weight: GPUBuffer;
+      out: GPUBuffer;
+      dim: number;
+      groups: number;
+      eps: number;
+    },
+  ): Op {
+    const rows = a.groups;
+    return this.simple(
+      "rmsnorm",
+      { kernel: "rmsnorm", bindings: ["uniform", "uniform", "read", "rw", "rw"] },
+      [a.dim, a.groups, { f32: a.eps }],
+      [a.weight, a.x, a.out],
+      (t) => t * rows,
+    );
+  }
+
+  matmul(a: {
+    x: GPUBuffer;
+    w: WeightRef;
+    out: GPUBuffer;
+    K: number;
+    N: number;
+    outStride: number;
+    outOffset: number;
+    accumulate: boolean;
+  }): Op {
+    checkMultiple("matmul", "K", a.K, VEC);
+    checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
+    const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
+    const decode = this.shaders.pipeline({
+      kernel: "matmul",
+      bindings,
+      weights: a.w.dtype,
+      constants: { TOKENS: 1 },
+    });
+    const prefill = this.shaders.pipeline({
+      kernel: "matmul",
+      bindings,
+      weights: a.w.dtype,
+      constants: { TOKENS: MATMUL_PREFILL_TOKENS },
+    });
+    const params = this.params("matmul", [
+      a.K,
+      a.N,
+      a.outStride,
+      a.outOffset,
+      a.w.offsetElems,
+      a.accumulate ? 1 : 0,
+    ]);
+    const bindGroup = this.bind("matmul", bindings, [params, a.x, a.w.buffer, a.out]);
+    const rowGroups = ceilDiv(a.N, WG_64);
+    return new PreparedOp(
+      "matmul",
+      bindGroup,
+      (t) => t >= MATMUL_PREFILL_FROM ? prefill : decode,
+      (t) => rowGroups * (t >= MATMUL_PREFILL_FROM ? ceilDiv(t, MATMUL_PREFILL_TOKENS) : t),
+    );
+  }
+
+  rope(a: { x: GPUBuffer; table: GPUBuffer; heads: number; headDim: number }): Op {
+    checkMultiple("rope", "headDim", a.headDim, 2);
+    const perToken = a.heads * (a.headDim / 2);
+    return this.simple(
+      "rope",
+      { kernel: "rope", bindings: ["uniform", "uniform", "read", "rw"] },
+      [a.heads, a.headDim],
+      [a.table, a.x],
+      (t) => ceilDiv(t * perToken, WG_64),
+    );
+  }
+
+  kvStore(a: { x: GPUBuffer; cache: GPUBuffer; width: number }): Op {
+    return this.simple(
+      "kvStore",
+      { kernel: "kv_store", bindings: ["uniform", "uniform", "read", "rw"] },
+      [a.width],
+      [a.x, a.cache],
+      (t) => ceilDiv(t * a.width, WG_64),
+    );
+  }
+
+  attention(a: {
+    q: GPUBuffer;
+    kCache: GPUBuffer;
+    vCache: GPUBuffer;
+    out: GPUBuffer;
+    numHeads: number;
+    numKvHeads: number;
+    headDim: number;
+    scale: number;
+  }): Op {
+    checkMultiple("attention", "headDim", a.headDim, VEC);
+    checkMultiple("attention", "numHeads", a.numHeads, a.numKvHeads);
+    if (a.headDim > MAX_HEAD_DIM) {
+      throw new OpConfigError("attention", `headDim ${a.headDim} exceeds ${MAX_HEAD_DIM}`);
+    }
+    const heads = a.numHeads;
+    return this.simple(
+      "attention",
+      { kernel: "attention", bindings: ["uniform", "uniform", "read", "read", "read", "rw"] },
+      [a.numHeads, a.numKvHeads, a.headDim, { f32: a.scale }],
+      [a.q, a.kCache, a.vCache, a.out],
+      (t) => ceilDiv(t * heads, WG_ATTENTION),
+    );
+  }
+
+  topk(a: {
+    logits: GPUBuffer;
+    idx: GPUBuffer;
+    weights: GPUBuffer;
+    numExperts: number;
+    k: number;
+    normTopk: boolean;
+  }): Op {
+    if (a.numExperts > MAX_EXPERTS || a.k > a.numExperts || a.k < 1) {
+      throw new OpConfigError(
+        "topk",
+        `need 1 <= k (${a.k}) <= numExperts (${a.numExperts}) <= ${MAX_EXPERTS}`,
+      );
+    }
+    return this.simple(
+      "topk",
+      { kernel: "topk", bindings: ["uniform", "uniform", "read", "rw", "rw"] },
+      [a.numExperts, a.k, a.normTopk ? 1 : 0],
+      [a.logits, a.idx, a.weights],
+      (t) => ceilDiv(t, WG_TOPK),
+    );
+  }
+
+  expertsGateUp(a: {
+    x: GPUBuffer;
+    idx: GPUBuffer;
+    slots: GPUBuffer;
+    slotBase: number;
+    missed: GPUBuffer;
+    pool: GPUBuffer;
+    poolDtype: WeightDType;
+    poolFirstSlot: number;
+    poolSlots: number;
+    slotElems: number;
+    h: GPUBuffer;
+    k: number;
+    hidden: number;
+    inter: number;
+  }): Op {
+    checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
+    checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
+    const perToken = a.k * a.inter;
+    return this.simple(
+      "expertsGateUp",
+      {
+        kernel: "experts_gate_up",
+        bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
+        weights: a.poolDtype,
+      },
+      [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
+      [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
+      (t) => ceilDiv(t * perToken, WG_64),
+    );
+  }
+
+  expertsDown(a: {
+    h: GPUBuffer;
+    idx: GPUBuffer;
+    slots: GPUBuffer;
+    slotBase: number;
+    pool: GPUBuffer;
+    poolDtype: WeightDType;
+    poolFirstSlot: number;
+    poolSlots: number;
+    slotElems: number;
+    y: GPUBuffer;
+    k: number;
+    hidden: number;
+    inter: number;
+  }): Op {
+    checkMultiple("expertsDown", "inter", a.inter, VEC);
+    checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
+    const perToken = a.k * a.hidden;
+    return this.simple(
+      "expertsDown",
+      {
+        kernel: "experts_down",
+        bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
+        weights: a.poolDtype,
+      },
+      [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
+      [a.h, a.idx, a.slots, a.pool, a.y],
+      (t) => ceilDiv(t * perToken, WG_64),
+    );
+  }
+
+  moeCombine(
+    a: { y: GPUBuffer; weights: GPUBuffer; out: GPUBuffer; k: number; hidden: number },
+  ): Op {
+    return this.simple(
+      "moeCombine",
+      { kernel: "moe_combine", bindings: ["uniform", "uniform", "read", "read", "rw"] },
+      [a.k, a.hidden],
+      [a.y, a.weights, a.out],
+      (t) => ceilDiv(t * a.hidden, WG_64),
+    );
+  }
+
+  argmax(a: { x: GPUBuffer; n: number; out: GPUBuffer }): Op {
+    return this.simple(
+      "argmax",
+      { kernel: "argmax", bindings: ["uniform", "uniform", "read", "rw"] },
+      [a.n],
+      [a.x, a.out],
+      (t) => (t > 0 ? 1 : 0),
+    );
+  }
+}

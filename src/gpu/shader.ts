@@ -1,0 +1,116 @@
+/**
+ * WGSL sources and compute pipelines. A kernel's source is kernels/common.wgsl (the Step uniform
+ * and index helpers), then, for kernels that read weights, the loader of the weights' dtype
+ * (kernels/weights_<dtype>.wgsl, defining `load_w4`), then kernels/<name>.wgsl. Sources are read
+ * relative to this module, which also works inside a `deno compile --include kernels` binary.
+ * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
+ * (e.g. the decode and prefill tilings of matmul).
+ */
+import type { WeightDType } from "./ops_api.ts";
+
+/** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
+export type BindingKind = "uniform" | "read" | "rw";
+
+/** One pipeline: which kernel, which weight loader, which override constants. */
+export interface KernelSpec {
+  kernel: string;
+  bindings: BindingKind[];
+  weights?: WeightDType;
+  constants?: Record<string, number>;
+}
+
+/** A kernels/*.wgsl file could not be read. */
+export class KernelSourceError extends Error {
+  override name = "KernelSourceError";
+  constructor(name: string, cause: unknown) {
+    super(
+      `cannot read kernels/${name}.wgsl (${cause}); run from the repository, or build the ` +
+        `binary with deno compile --include kernels`,
+    );
+  }
+}
+
+const sources = new Map<string, string>();
+
+/** The text of kernels/NAME.wgsl (cached). */
+export function kernelSource(name: string): string {
+  let text = sources.get(name);
+  if (text === undefined) {
+    try {
+      text = Deno.readTextFileSync(new URL(`../../kernels/${name}.wgsl`, import.meta.url));
+    } catch (e) {
+      throw new KernelSourceError(name, e);
+    }
+    sources.set(name, text);
+  }
+  return text;
+}
+
+/** The full WGSL of a kernel: common prelude, weight loader (if any), kernel body. */
+export function composeSource(kernel: string, weights?: WeightDType): string {
+  const parts = [kernelSource("common")];
+  if (weights) parts.push(kernelSource(`weights_${weights}`));
+  parts.push(kernelSource(kernel));
+  return parts.join("\n");
+}
+
+const BUFFER_TYPE: Record<BindingKind, GPUBufferBindingType> = {
+  uniform: "uniform",
+  read: "read-only-storage",
+  rw: "storage",
+};
+
+/** Caches bind group layouts and compute pipelines of one device. */
+export class Shaders {
+  private layouts = new Map<string, GPUBindGroupLayout>();
+  private pipelines = new Map<string, GPUComputePipeline>();
+  private modules = new Map<string, GPUShaderModule>();
+
+  constructor(private device: GPUDevice) {}
+
+  /** The bind group layout for these bindings (all visible to compute). */
+  layout(bindings: BindingKind[]): GPUBindGroupLayout {
+    const key = bindings.join(",");
+    let layout = this.layouts.get(key);
+    if (!layout) {
+      layout = this.device.createBindGroupLayout({
+        label: key,
+        entries: bindings.map((kind, binding) => ({
+          binding,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: BUFFER_TYPE[kind] },
+        })),
+      });
+      this.layouts.set(key, layout);
+    }
+    return layout;
+  }
+
+  /** The compute pipeline of a spec (entry point `main`), created once. */
+  pipeline(spec: KernelSpec): GPUComputePipeline {
+    const constants = spec.constants ?? {};
+    const key = `${spec.kernel}|${spec.weights ?? ""}|${spec.bindings.join(",")}|` +
+      JSON.stringify(constants);
+    let pipeline = this.pipelines.get(key);
+    if (!pipeline) {
+      const moduleKey = `${spec.kernel}|${spec.weights ?? ""}`;
+      let module = this.modules.get(moduleKey);
+      if (!module) {
+        module = this.device.createShaderModule({
+          label: moduleKey,
+          code: composeSource(spec.kernel, spec.weights),
+        });
+        this.modules.set(moduleKey, module);
+      }
+      pipeline = this.device.createComputePipeline({
+        label: key,
+        layout: this.device.createPipelineLayout({
+          bindGroupLayouts: [this.layout(spec.bindings)],
+        }),
+        compute: { module, entryPoint: "main", constants },
+      });
+      this.pipelines.set(key, pipeline);
+    }
+    return pipeline;
+  }
+}

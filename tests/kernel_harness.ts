@@ -1,0 +1,113 @@
+/**
+ * Shared fixtures of the kernel tests: one device, a seeded PRNG, buffers from typed arrays,
+ * weight packing by dtype, running prepared ops for one step, and a closeness check.
+ */
+import assert from "node:assert";
+import { openGpu } from "../src/gpu/device.ts";
+import { Ops } from "../src/gpu/ops.ts";
+import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
+import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/dtype.ts";
+import { bf16ToF32 } from "../src/dtype.ts";
+
+export const gpu = await openGpu();
+export const ops = new Ops(gpu);
+
+/** A GPU test: WebGPU keeps handles open across tests, so resource sanitizers are off. */
+export function gpuTest(name: string, fn: () => Promise<void>): void {
+  Deno.test({ name, fn, sanitizeResources: false, sanitizeOps: false });
+}
+
+/** Deterministic uniform numbers in [-1, 1) (mulberry32). */
+export function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let z = s;
+    z = Math.imul(z ^ (z >>> 15), z | 1);
+    z ^= z + Math.imul(z ^ (z >>> 7), z | 61);
+    return (((z ^ (z >>> 14)) >>> 0) / 4294967296) * 2 - 1;
+  };
+}
+
+/** n seeded values in [-scale, scale), as f32. */
+export function randomF32(n: number, seed: number, scale = 1): Float32Array {
+  const next = rng(seed);
+  return Float32Array.from({ length: n }, () => next() * scale);
+}
+
+const USAGE = GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+
+/** A storage buffer holding `data` (or `data` zero bytes, rounded up to 16). */
+export function buffer(
+  data: ArrayBufferView | number,
+  label = "test",
+): GPUBuffer {
+  const bytes = typeof data === "number" ? data : data.byteLength;
+  const size = Math.max(16, Math.ceil(bytes / 16) * 16);
+  const b = gpu.device.createBuffer({ label, size, usage: USAGE });
+  if (typeof data !== "number") {
+    gpu.device.queue.writeBuffer(
+      b,
+      0,
+      data.buffer as ArrayBuffer,
+      data.byteOffset,
+      data.byteLength,
+    );
+  }
+  return b;
+}
+
+/** Weights in their packed GPU form (u32 words) and the exact values the GPU will see. */
+export interface Packed {
+  words: Uint32Array;
+  values: Float64Array;
+}
+
+/** Packs values as dtype: f32 one per u32; bf16/f16 two per u32, element 2i in the low half. */
+export function pack(values: ArrayLike<number>, dtype: WeightDType): Packed {
+  const n = values.length;
+  if (dtype === "f32") {
+    const f = Float32Array.from(values);
+    return { words: new Uint32Array(f.buffer), values: Float64Array.from(f) };
+  }
+  const halves = new Uint16Array(n + (n % 2));
+  const out = new Float64Array(n);
+  for (let i = 0; i < n; i++) {
+    halves[i] = dtype === "bf16" ? f32ToBf16(values[i]) : f32ToF16(values[i]);
+    out[i] = dtype === "bf16" ? bf16ToF32(halves[i]) : f16ToF32(halves[i]);
+  }
+  return { words: new Uint32Array(halves.buffer), values: out };
+}
+
+/** Writes the Step uniform, records `list` in one pass for nTokens and submits. */
+export function run(list: Op[], nTokens: number, pos0 = 0): void {
+  gpu.device.queue.writeBuffer(ops.step, 0, new Uint32Array([nTokens, pos0, pos0 + nTokens, 0]));
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  for (const op of list) op.record(pass, nTokens);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+}
+
+/** Largest |actual - expected| divided by the largest |expected| (1 when expected is all 0). */
+export function relError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  assert.strictEqual(actual.length, expected.length, "length");
+  let err = 0, scale = 0;
+  for (let i = 0; i < expected.length; i++) {
+    err = Math.max(err, Math.abs(actual[i] - expected[i]));
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
+  if (Number.isNaN(err)) return Infinity;
+  return err / (scale || 1);
+}
+
+/** Asserts relError(actual, expected) <= tol. */
+export function assertClose(
+  actual: ArrayLike<number>,
+  expected: ArrayLike<number>,
+  tol: number,
+  what: string,
+): void {
+  const e = relError(actual, expected);
+  assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
+}
