@@ -70,7 +70,8 @@ def load_config(model_dir):
         text, scopes, prefix = top, [top], ""
     else:
         raise SystemExit(f"model_type {top['model_type']} is not qwen3_moe / qwen3_omni_moe")
-    tie = next((s["tie_word_embeddings"] for s in scopes if "tie_word_embeddings" in s), False)
+    tie = next((s["tie_word_embeddings"] for s in scopes
+                if s.get("tie_word_embeddings") is not None), False)
     return text, prefix, bool(tie)
 
 

@@ -107,7 +107,9 @@ export function readReferenceConfig(dir: string): ModelConfig {
         `and qwen3_omni_moe only`,
     );
   }
-  const first = (key: string) => scopes.map((s) => s[key]).find((v) => v !== undefined);
+  // a key from the innermost scope that sets it (Omni text configs carry nulls for ids)
+  const first = (key: string) =>
+    scopes.map((s) => s[key]).find((v) => v !== undefined && v !== null);
   const refuse = (what: string) => {
     throw new ReferenceConfigError(
       `${dir}/config.json: ${what} is not implemented by the reference`,
