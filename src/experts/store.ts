@@ -1,0 +1,277 @@
+/**
+ * The expert store: reads (layer, expert) records of a packed experts.bin (gate | up | down,
+ * contiguous, see src/pack/format.ts) for the GPU upload path and the CPU reference.
+ *
+ * - experts.bin is memory-mapped (src/mmap.ts) and records are zero-copy views; without FFI the
+ *   store falls back to pread-style reads of just the record (never the whole file).
+ * - The first read of each record verifies its xxhash64 against the manifest: a damaged record
+ *   throws ExpertChecksumError naming layer, expert and file, never hands out garbage.
+ * - Each read is timed and, when mapped, classified by mincore(2) before touching the pages:
+ *   "warm" (all pages in the OS page cache) or "cold" (some must come from disk). The pages are
+ *   then faulted in right here, so the read's time is the real cost and the GPU copy that
+ *   follows does no disk I/O.
+ */
+
+import { adviseDontNeed, adviseWillNeed, mapFile, type MappedFile } from "../mmap.ts";
+import { createRecordHasher, type ExpertsIndex, type RecordHasher } from "../pack/format.ts";
+import type { ExpertMetrics } from "./metrics.ts";
+
+/** Thrown when a record's bytes do not match the checksum written at pack time. */
+export class ExpertChecksumError extends Error {
+  constructor(
+    readonly layer: number,
+    readonly expert: number,
+    readonly file: string,
+    expected: string,
+    actual: string,
+  ) {
+    super(
+      `expert record of layer ${layer} expert ${expert} in ${file} has checksum ${actual} but ` +
+        `the manifest says ${expected}: the file is damaged; re-run \`main.ts pack --force\``,
+    );
+    this.name = "ExpertChecksumError";
+  }
+}
+
+/** Thrown when experts.bin does not match its manifest or a record is asked out of range. */
+export class ExpertStoreError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ExpertStoreError";
+  }
+}
+
+/**
+ * How records are read: "mmap" (zero-copy views), "read" (the file was read whole because libc
+ * could not map it, e.g. embedded in a compiled binary), "pread" (one read per record; no FFI).
+ */
+export type StoreMode = "mmap" | "read" | "pread";
+
+/** One record read. */
+export interface ExpertRead {
+  /** gate | up | down bytes (a view into the mapping, or a fresh buffer in pread mode). */
+  bytes: Uint8Array;
+  /** Page-cache state before the read; null when it cannot be known (not mapped). */
+  source: "cold" | "warm" | null;
+  ms: number;
+}
+
+/** Counters of the store's reads. */
+export interface StoreStats {
+  reads: number;
+  cold: number;
+  warm: number;
+  /** Records whose checksum has been verified. */
+  verified: number;
+  bytesRead: number;
+}
+
+export interface ExpertStoreOptions {
+  /** Force pread reads (tests, or to keep experts.bin out of the address space). */
+  mode?: "pread";
+  /** Where cold / warm read latencies are recorded. */
+  metrics?: ExpertMetrics;
+}
+
+const MINCORE_SYMBOLS = {
+  mincore: { parameters: ["pointer", "usize", "buffer"], result: "i32" },
+  sysconf: { parameters: ["i32"], result: "i64" },
+} as const;
+const SC_PAGESIZE = 30;
+/** Smallest page size in use on Linux; touching one byte per 4 KiB faults in every page. */
+const TOUCH_STRIDE = 4096;
+
+type MincoreLib = Deno.DynamicLibrary<typeof MINCORE_SYMBOLS>["symbols"];
+let mincoreCache: MincoreLib | null | undefined;
+
+function mincoreLib(): MincoreLib | null {
+  if (mincoreCache !== undefined) return mincoreCache;
+  mincoreCache = null;
+  try {
+    if (Deno.permissions.querySync({ name: "ffi" }).state === "granted") {
+      mincoreCache = Deno.dlopen("libc.so.6", MINCORE_SYMBOLS).symbols;
+    }
+  } catch {
+    // No FFI or no libc: reads are not classified (source null).
+  }
+  return mincoreCache;
+}
+
+function ffiGranted(): boolean {
+  try {
+    return Deno.permissions.querySync({ name: "ffi" }).state === "granted";
+  } catch {
+    return false;
+  }
+}
+
+/** Reads records of one experts.bin. */
+export class ExpertStore {
+  readonly stats: StoreStats = { reads: 0, cold: 0, warm: 0, verified: 0, bytesRead: 0 };
+  private readonly verified: Uint8Array;
+  private readonly pageSize: number;
+  private mincoreVec = new Uint8Array(0);
+  /** Sum of touched bytes, kept so the page-touch loop is not optimised away. */
+  private touchSink = 0;
+
+  private constructor(
+    readonly path: string,
+    readonly index: ExpertsIndex,
+    readonly mode: StoreMode,
+    private readonly mapped: MappedFile | null,
+    private readonly fd: Deno.FsFile | null,
+    private readonly hasher: RecordHasher,
+    private readonly metrics: ExpertMetrics | undefined,
+  ) {
+    this.verified = new Uint8Array(index.records.length);
+    const lib = mapped?.mode === "mmap" ? mincoreLib() : null;
+    this.pageSize = lib ? Number(lib.sysconf(SC_PAGESIZE)) : TOUCH_STRIDE;
+  }
+
+  /** Opens path (experts.bin) described by index; checks its size against the manifest. */
+  static async open(
+    path: string,
+    index: ExpertsIndex,
+    opts: ExpertStoreOptions = {},
+  ): Promise<ExpertStore> {
+    let size: number;
+    try {
+      size = Deno.statSync(path).size;
+    } catch (e) {
+      throw new ExpertStoreError(`cannot open ${path}: ${(e as Error).message}; re-run pack`);
+    }
+    if (size !== index.bytes) {
+      throw new ExpertStoreError(
+        `${path} is ${size} bytes but the manifest says ${index.bytes}: it is truncated or ` +
+          `from another pack; re-run \`main.ts pack --force\``,
+      );
+    }
+    const hasher = await createRecordHasher();
+    if (opts.mode !== "pread" && ffiGranted()) {
+      const mapped = mapFile(path);
+      return new ExpertStore(path, index, mapped.mode, mapped, null, hasher, opts.metrics);
+    }
+    const fd = Deno.openSync(path, { read: true });
+    return new ExpertStore(path, index, "pread", null, fd, hasher, opts.metrics);
+  }
+
+  /** The record of (layer, expert): gate | up | down bytes, checksum-verified on first read. */
+  record(layer: number, expert: number): Uint8Array {
+    return this.read(layer, expert).bytes;
+  }
+
+  /** record() with the read's page-cache state and duration. */
+  read(layer: number, expert: number): ExpertRead {
+    const i = this.slot(layer, expert);
+    const r = this.index.records[i];
+    const t0 = performance.now();
+    let bytes: Uint8Array;
+    let source: "cold" | "warm" | null = null;
+    if (this.mapped !== null) {
+      bytes = this.mapped.bytes.subarray(r.offset, r.offset + r.length);
+      if (this.mapped.mode === "mmap") {
+        source = this.resident(r.offset, r.length) ? "warm" : "cold";
+        if (source === "cold") adviseWillNeed(this.mapped, r.offset, r.length);
+      }
+      if (this.verified[i] === 1) this.touch(bytes); // the checksum below touches it otherwise
+    } else {
+      bytes = this.pread(r.offset, r.length);
+    }
+    if (this.verified[i] === 0) {
+      const actual = this.hasher.digest([bytes]);
+      if (actual !== r.checksum) {
+        throw new ExpertChecksumError(layer, expert, this.path, r.checksum, actual);
+      }
+      this.verified[i] = 1;
+      this.stats.verified++;
+    }
+    const ms = performance.now() - t0;
+    this.stats.reads++;
+    this.stats.bytesRead += r.length;
+    if (source !== null) {
+      this.stats[source]++;
+      this.metrics?.recordLoad(source, ms);
+    }
+    return { bytes, source, ms };
+  }
+
+  /**
+   * Whether every page of the record is in the page cache (mincore), or null when unknown (not
+   * mapped, or no FFI).
+   */
+  isCached(layer: number, expert: number): boolean | null {
+    if (this.mapped?.mode !== "mmap" || mincoreLib() === null) return null;
+    const r = this.index.records[this.slot(layer, expert)];
+    return this.resident(r.offset, r.length);
+  }
+
+  /** Asks the kernel to start reading the record from disk; false when it cannot. */
+  prefetch(layer: number, expert: number): boolean {
+    const r = this.index.records[this.slot(layer, expert)];
+    return adviseWillNeed(this.mapped ?? this.path, r.offset, r.length);
+  }
+
+  /**
+   * Drops experts.bin from the page cache and from this mapping (benchmarks of cold loads).
+   * Returns false when it could not be done (no FFI).
+   */
+  dropPageCache(): boolean {
+    return adviseDontNeed(this.mapped ?? this.path, 0, this.index.bytes);
+  }
+
+  /** Unmaps or closes experts.bin; views returned earlier must not be used afterwards. */
+  close(): void {
+    this.mapped?.close();
+    this.fd?.close();
+  }
+
+  private slot(layer: number, expert: number): number {
+    const { numLayers: L, numExperts: E } = this.index;
+    if (!(Number.isInteger(layer) && layer >= 0 && layer < L)) {
+      throw new ExpertStoreError(`layer ${layer} is out of range 0..${L - 1}`);
+    }
+    if (!(Number.isInteger(expert) && expert >= 0 && expert < E)) {
+      throw new ExpertStoreError(`expert ${expert} is out of range 0..${E - 1}`);
+    }
+    return layer * E + expert;
+  }
+
+  /** mincore over the record's pages: true when all are resident; false when unknown. */
+  private resident(offset: number, length: number): boolean {
+    const lib = mincoreLib();
+    if (lib === null || this.mapped === null || length === 0) return false;
+    const start = Math.floor(offset / this.pageSize) * this.pageSize;
+    const len = offset + length - start;
+    const pages = Math.ceil(len / this.pageSize);
+    if (this.mincoreVec.length < pages) this.mincoreVec = new Uint8Array(pages);
+    const ptr = Deno.UnsafePointer.offset(Deno.UnsafePointer.of(this.mapped.bytes)!, start);
+    if (lib.mincore(ptr, BigInt(len), this.mincoreVec) !== 0) return false;
+    for (let p = 0; p < pages; p++) if ((this.mincoreVec[p] & 1) === 0) return false;
+    return true;
+  }
+
+  private touch(bytes: Uint8Array): void {
+    let s = 0;
+    for (let i = 0; i < bytes.length; i += TOUCH_STRIDE) s += bytes[i];
+    if (bytes.length > 0) s += bytes[bytes.length - 1];
+    this.touchSink = (this.touchSink + s) | 0;
+  }
+
+  private pread(offset: number, length: number): Uint8Array {
+    const out = new Uint8Array(length);
+    const fd = this.fd!;
+    fd.seekSync(offset, Deno.SeekMode.Start);
+    let done = 0;
+    while (done < length) {
+      const n = fd.readSync(out.subarray(done));
+      if (n === null || n === 0) {
+        throw new ExpertStoreError(
+          `${this.path} ended at ${offset + done} reading ${length} bytes at ${offset}; ` +
+            `the file is truncated: re-run \`main.ts pack --force\``,
+        );
+      }
+      done += n;
+    }
+    return out;
+  }
+}
