@@ -1,0 +1,165 @@
+import assert from "node:assert";
+import { readF32, readU32 } from "../src/gpu/readback.ts";
+import type { WeightDType } from "../src/gpu/ops_api.ts";
+import * as ref from "../src/reference/ops.ts";
+import {
+  assertClose,
+  buffer,
+  gpu,
+  gpuTest,
+  ops,
+  pack,
+  randomF32,
+  rng,
+  run,
+} from "./kernel_harness.ts";
+
+/** f32 math against float64, relative to the largest output. */
+const TOL = 1e-5;
+/** Slot-table value of a non-resident expert (ABSENT of src/gpu/expert_pool.ts). */
+const ABSENT = 0xffffffff;
+/** Value the tests put in outputs that an op must leave alone. */
+const UNTOUCHED = 12345;
+
+gpuTest("topk() picks the reference experts and weights (E 128/K 8, E 256/K 16)", async () => {
+  for (const [E, k] of [[128, 8], [256, 16], [6, 2]]) {
+    for (const normTopk of [true, false]) {
+      for (const T of [1, 3, 7]) {
+        const logits = randomF32(T * E, E + T, 4);
+        const idx = buffer(T * k * 4), weights = buffer(T * k * 4);
+        run([ops.topk({ logits: buffer(logits), idx, weights, numExperts: E, k, normTopk })], T);
+        const want = ref.topk(logits, T, E, k, normTopk);
+        assert.deepStrictEqual(await readU32(gpu, idx, 0, T * k), want.idx, `E=${E} T=${T}`);
+        assertClose(await readF32(gpu, weights, 0, T * k), want.weights, TOL, `E=${E} T=${T}`);
+      }
+    }
+  }
+});
+
+gpuTest("topk() breaks ties by the lower index", async () => {
+  const E = 8, k = 4;
+  const logits = new Float32Array([0.5, 2, 1, 2, 0.5, 2, -1, 1]);
+  const idx = buffer(k * 4), weights = buffer(k * 4);
+  run([ops.topk({ logits: buffer(logits), idx, weights, numExperts: E, k, normTopk: true })], 1);
+  assert.deepStrictEqual(Array.from(await readU32(gpu, idx, 0, k)), [1, 3, 5, 2]);
+  assertClose(await readF32(gpu, weights, 0, k), ref.topk(logits, 1, E, k, true).weights, TOL, "w");
+});
+
+/** Two layers of E experts; layer 1's table points into two pool buffers or is ABSENT. */
+const E = 6, K = 3, D = 40, I = 24, SLOT_PAD = 8;
+const SLOT_ELEMS = 3 * I * D + SLOT_PAD;
+const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT]; // expert e of layer 1 -> slot
+const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];
+
+for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
+  gpuTest(
+    `expertsGateUp()/expertsDown() match the reference over two pools (${dtype}), absent experts flagged`,
+    async () => {
+      // Slot contents: random gate|up|down per slot, packed per pool buffer.
+      const poolValues = POOLS.map((p) => randomF32(p.slots * SLOT_ELEMS, 50 + p.first));
+      const packed = poolValues.map((v) => pack(v, dtype));
+      const poolBufs = packed.map((p) => buffer(p.words));
+      const expert = (slot: number) => {
+        const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
+        const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
+        const v = packed[pi].values;
+        return {
+          gate: v.subarray(at, at + I * D),
+          up: v.subarray(at + I * D, at + 2 * I * D),
+          down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+        };
+      };
+      const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]); // layer 0: decoy slot 1
+      const slots = buffer(table);
+      for (const T of [1, 3, 7]) {
+        const next = rng(T);
+        const idxArr = new Uint32Array(T * K);
+        for (let t = 0; t < T; t++) {
+          const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
+          idxArr.set(order.slice(0, K), t * K);
+        }
+        const x = randomF32(T * D, 7 + T);
+        const idx = buffer(idxArr), missed = buffer(table.byteLength);
+        const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
+        const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
+        const xBuf = buffer(x);
+        const common = { idx, slots, slotBase: E, poolDtype: dtype, slotElems: SLOT_ELEMS, k: K };
+        const list = POOLS.map((p, i) =>
+          ops.expertsGateUp({
+            ...common,
+            x: xBuf,
+            missed,
+            pool: poolBufs[i],
+            poolFirstSlot: p.first,
+            poolSlots: p.slots,
+            h,
+            hidden: D,
+            inter: I,
+          })
+        ).concat(POOLS.map((p, i) =>
+          ops.expertsDown({
+            ...common,
+            h,
+            pool: poolBufs[i],
+            poolFirstSlot: p.first,
+            poolSlots: p.slots,
+            y,
+            hidden: D,
+            inter: I,
+          })
+        ));
+        run(list, T);
+        const gotH = await readF32(gpu, h, 0, T * K * I);
+        const gotY = await readF32(gpu, y, 0, T * K * D);
+        const wantMissed = new Uint32Array(2 * E);
+        for (let pair = 0; pair < T * K; pair++) {
+          const e = idxArr[pair], slot = LAYER1_SLOTS[e];
+          const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+          const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+          if (slot === ABSENT) {
+            wantMissed[E + e] = 1;
+            assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
+            assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
+            continue;
+          }
+          const w = expert(slot);
+          const t = Math.floor(pair / K);
+          const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
+          assertClose(hRow, wantH, TOL, `h T=${T} pair=${pair}`);
+          // Stage 2 against the GPU's own h, so each stage is checked on its own.
+          assertClose(yRow, ref.expertDown(hRow, w.down, D, I), TOL, `y T=${T} pair=${pair}`);
+        }
+        assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
+      }
+    },
+  );
+}
+
+gpuTest("moeCombine() adds the weighted expert outputs to out", async () => {
+  const k = 8, hidden = 72;
+  for (const T of [1, 3, 7]) {
+    const y = randomF32(T * k * hidden, T);
+    const w = randomF32(T * k, 10 + T);
+    const initial = randomF32(T * hidden, 20 + T);
+    const out = buffer(initial);
+    run([ops.moeCombine({ y: buffer(y), weights: buffer(w), out, k, hidden })], T);
+    const want = ref.moeCombine(initial, y, w, T, k, hidden);
+    assertClose(await readF32(gpu, out, 0, T * hidden), want, TOL, `T=${T}`);
+  }
+});
+
+gpuTest("argmax() finds the largest of the last row, lowest index on ties", async () => {
+  const n = 1000; // not a multiple of the workgroup size (256)
+  for (const T of [1, 3]) {
+    const x = randomF32(T * n, 99 + T);
+    const last = (T - 1) * n;
+    x[last + 700] = 5;
+    x[last + 300] = 5; // tie: 300 wins
+    x[0] = T > 1 ? 9 : x[0]; // larger value in an earlier row is ignored
+    const out = buffer(4);
+    run([ops.argmax({ x: buffer(x), n, out })], T);
+    const got = (await readU32(gpu, out, 0, 1))[0];
+    assert.strictEqual(got, ref.argmax(x, T, n));
+    assert.strictEqual(got, 300);
+  }
+});
