@@ -7,7 +7,12 @@
  */
 
 import assert from "node:assert/strict";
-import { greedy, openReferenceModel, type ReferenceModel } from "../src/reference/model.ts";
+import {
+  greedy,
+  openReferenceModel,
+  type ReferenceModel,
+  type ReferenceOptions,
+} from "../src/reference/model.ts";
 import { type FixtureOptions, PRESETS, writeFixture } from "../weights/fixture.ts";
 import type { DType } from "../src/types.ts";
 
@@ -48,11 +53,12 @@ interface TorchFixture {
 async function withModel<T>(
   opts: FixtureOptions,
   body: (model: ReferenceModel) => Promise<T> | T,
+  referenceOptions: ReferenceOptions = {},
 ): Promise<T> {
   const dir = await Deno.makeTempDir({ prefix: "reference_model_test_" });
   try {
     await writeFixture(dir, opts);
-    const model = await openReferenceModel(dir);
+    const model = await openReferenceModel(dir, referenceOptions);
     try {
       return await body(model);
     } finally {
@@ -137,4 +143,15 @@ Deno.test("openReferenceModel() gives bit-identical logits for sharded, Omni and
   const layout = { ...PRESETS.TINY, shards: 3, omni: true, fusedExperts: true };
   const other = await withModel(layout, (m) => m.newSession().forward64(ids));
   assert.equal(maxAbsDiff(base, other), 0);
+});
+
+Deno.test("openReferenceModel() with no weight cache (streamed from disk) gives bit-identical logits", async () => {
+  const ids = [4, 44, 144, 244];
+  const cached = await withModel(PRESETS.TINY, (m) => m.newSession().forward64(ids));
+  const streamed = await withModel(
+    { ...PRESETS.TINY, fusedExperts: true },
+    (m) => m.newSession().forward64(ids),
+    { cacheMaxElements: 0 },
+  );
+  assert.equal(maxAbsDiff(cached, streamed), 0);
 });

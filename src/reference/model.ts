@@ -44,13 +44,16 @@ export interface ReferenceModel extends LanguageModel {
 export interface ReferenceOptions {
   /** Longest sequence a session holds; default max_position_embeddings. */
   maxContext?: number;
+  /** Largest tensor group (in elements) kept decoded in memory; default CACHE_MAX_ELEMENTS. */
+  cacheMaxElements?: number;
 }
 
 /**
- * Expert tensors are cached as float64 only while all of them together stay under this many
- * elements (512 MiB); bigger checkpoints re-read the chosen experts from disk every token.
+ * Each group of tensors (all layers' dense weights, all experts, lm_head) is cached as float64
+ * only while it stays under this many elements (512 MiB); a real 30B checkpoint instead re-reads
+ * each layer's weights per forward call and the chosen experts per token, trading speed for RAM.
  */
-const EXPERT_CACHE_MAX_ELEMENTS = 64 * 1024 * 1024;
+const CACHE_MAX_ELEMENTS = 64 * 1024 * 1024;
 /** lm_head is streamed in blocks of this many rows when it is too big to cache. */
 const LM_HEAD_BLOCK_ROWS = 4096;
 
@@ -178,31 +181,25 @@ interface Expert {
   down: Float64Array; // [D, I]
 }
 
-/** Every weight of the model, dense ones decoded once, experts and lm_head on demand. */
+/** Every weight of the model as float64, cached when small, otherwise read on demand. */
 class Weights {
-  readonly layers: Layer[] = [];
   readonly finalNorm: Float64Array; // [D]
+  private readonly layerCache: Map<number, Layer> | null;
   private readonly lmHeadName: string;
   private readonly lmHeadCache: Float64Array | null; // [V, D] when small enough
   private readonly fused: boolean;
   private readonly expertCache: Map<string, Expert> | null;
 
-  constructor(readonly c: ModelConfig, readonly tensors: CheckpointTensors) {
+  constructor(
+    readonly c: ModelConfig,
+    readonly tensors: CheckpointTensors,
+    cacheMaxElements: number,
+  ) {
     const p = c.tensorPrefix;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numExperts: E } = c;
-    for (let l = 0; l < c.numLayers; l++) {
-      this.layers.push({
-        inputNorm: tensors.read(NAMES.inputNorm(p, l), [D]),
-        q: tensors.read(NAMES.q(p, l), [Hq * Dh, D]),
-        k: tensors.read(NAMES.k(p, l), [Hkv * Dh, D]),
-        v: tensors.read(NAMES.v(p, l), [Hkv * Dh, D]),
-        o: tensors.read(NAMES.o(p, l), [D, Hq * Dh]),
-        qNorm: tensors.read(NAMES.qNorm(p, l), [Dh]),
-        kNorm: tensors.read(NAMES.kNorm(p, l), [Dh]),
-        postNorm: tensors.read(NAMES.postNorm(p, l), [D]),
-        router: tensors.read(NAMES.router(p, l), [E, D]),
-      });
-    }
+    const layerElements = c.numLayers * (D * (2 * Hq * Dh + 2 * Hkv * Dh + E + 2) + 2 * Dh);
+    this.layerCache = layerElements <= cacheMaxElements ? new Map() : null;
+    for (let l = 0; l < c.numLayers; l++) this.layer(l); // check every shape up front
     this.finalNorm = tensors.read(NAMES.finalNorm(p), [D]);
     this.lmHeadName = c.tieWordEmbeddings ? NAMES.embed(p) : NAMES.lmHead(p);
     const V = c.vocabSize;
@@ -212,12 +209,31 @@ class Weights {
         `${this.lmHeadName} is [${lmHeadShape}], expected [${V},${D}]`,
       );
     }
-    this.lmHeadCache = V * D <= EXPERT_CACHE_MAX_ELEMENTS
-      ? tensors.read(this.lmHeadName, [V, D])
-      : null;
+    this.lmHeadCache = V * D <= cacheMaxElements ? tensors.read(this.lmHeadName, [V, D]) : null;
     this.fused = tensors.has(NAMES.fusedGateUp(p, 0));
     const expertElements = c.numLayers * E * 3 * c.moeIntermediateSize * D;
-    this.expertCache = expertElements <= EXPERT_CACHE_MAX_ELEMENTS ? new Map() : null;
+    this.expertCache = expertElements <= cacheMaxElements ? new Map() : null;
+  }
+
+  /** Layer l's attention, norm and router weights. */
+  layer(l: number): Layer {
+    const cached = this.layerCache?.get(l);
+    if (cached) return cached;
+    const { tensorPrefix: p, hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = this.c;
+    const t = this.tensors;
+    const layer = {
+      inputNorm: t.read(NAMES.inputNorm(p, l), [D]),
+      q: t.read(NAMES.q(p, l), [Hq * Dh, D]),
+      k: t.read(NAMES.k(p, l), [Hkv * Dh, D]),
+      v: t.read(NAMES.v(p, l), [Hkv * Dh, D]),
+      o: t.read(NAMES.o(p, l), [D, Hq * Dh]),
+      qNorm: t.read(NAMES.qNorm(p, l), [Dh]),
+      kNorm: t.read(NAMES.kNorm(p, l), [Dh]),
+      postNorm: t.read(NAMES.postNorm(p, l), [D]),
+      router: t.read(NAMES.router(p, l), [this.c.numExperts, D]),
+    };
+    this.layerCache?.set(l, layer);
+    return layer;
   }
 
   /** Row `id` of the embedding table. */
@@ -343,7 +359,7 @@ class RefSession implements ReferenceSession {
   private freed = false;
 
   constructor(private readonly w: Weights, private readonly maxContext: number) {
-    this.caches = w.layers.map(() => ({ k: [], v: [] }));
+    this.caches = Array.from({ length: w.c.numLayers }, () => ({ k: [], v: [] }));
   }
 
   get length(): number {
@@ -374,16 +390,13 @@ class RefSession implements ReferenceSession {
     // token embeddings: [T][D]
     let x = ids.map((id) => this.w.embedRow(id));
     for (let l = 0; l < c.numLayers; l++) {
-      const layer = this.w.layers[l];
+      const layer = this.w.layer(l);
       // h = x + attn(input_layernorm(x))
-      const attn = this.attention(
-        l,
-        x.map((r) => rmsnorm(r, layer.inputNorm, c.rmsNormEps)),
-        start,
-      );
+      const normed = x.map((r) => rmsnorm(r, layer.inputNorm, c.rmsNormEps));
+      const attn = this.attention(l, layer, normed, start);
       x = x.map((r, t) => add(r, attn[t]));
       // out = h + moe(post_attention_layernorm(h))
-      x = x.map((r) => add(r, this.moe(l, rmsnorm(r, layer.postNorm, c.rmsNormEps))));
+      x = x.map((r) => add(r, this.moe(l, layer, rmsnorm(r, layer.postNorm, c.rmsNormEps))));
     }
     const rows = opts?.lastOnly ? x.slice(-1) : x;
     // final norm, then lm_head: [T][V]
@@ -391,10 +404,14 @@ class RefSession implements ReferenceSession {
   }
 
   /** Causal GQA self-attention of T new tokens at positions start..start+T-1: [T][D]. */
-  private attention(l: number, h: Float64Array[], start: number): Float64Array[] {
+  private attention(
+    l: number,
+    layer: Layer,
+    h: Float64Array[],
+    start: number,
+  ): Float64Array[] {
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = this.w.c;
     const { rmsNormEps: eps, ropeTheta: theta } = this.w.c;
-    const layer = this.w.layers[l];
     const cache = this.caches[l];
     const group = Hq / Hkv; // query heads per kv head
     const scaling = 1 / Math.sqrt(Dh); // Dh^-0.5
@@ -443,10 +460,10 @@ class RefSession implements ReferenceSession {
   }
 
   /** Sparse MoE of one token: router softmax, top-k, optional renormalise, weighted experts. */
-  private moe(l: number, x: Float64Array): Float64Array {
+  private moe(l: number, layer: Layer, x: Float64Array): Float64Array {
     const { hiddenSize: D, numExperts: E, topK: K, moeIntermediateSize: I } = this.w.c;
     // router probabilities over all experts: [E]
-    const probs = softmax(matvec(this.w.layers[l].router, x, E, D));
+    const probs = softmax(matvec(layer.router, x, E, D));
     // top-k experts, highest probability first (ties: lower index first)
     const chosen = [...probs.keys()].sort((a, b) => probs[b] - probs[a] || a - b).slice(0, K);
     let weights = chosen.map((e) => probs[e]);
@@ -490,7 +507,7 @@ export function openReferenceModel(
 ): Promise<ReferenceModel> {
   const config = readReferenceConfig(dir);
   const tensors = CheckpointTensors.open(dir);
-  const weights = new Weights(config, tensors);
+  const weights = new Weights(config, tensors, opts.cacheMaxElements ?? CACHE_MAX_ELEMENTS);
   const maxContext = opts.maxContext ?? config.maxPositionEmbeddings;
   return Promise.resolve({
     config,
