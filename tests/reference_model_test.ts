@@ -15,6 +15,7 @@ import {
 } from "../src/reference/model.ts";
 import { type FixtureOptions, PRESETS, writeFixture } from "../weights/fixture.ts";
 import type { DType } from "../src/types.ts";
+import { readConfig } from "../src/config.ts";
 
 /** Both sides compute in float64; only summation order differs (observed ~1e-14). */
 const TORCH_TOLERANCE = 1e-9;
@@ -52,7 +53,7 @@ interface TorchFixture {
 /** Writes the fixture checkpoint of `opts` to a temp dir and runs body on its reference model. */
 async function withModel<T>(
   opts: FixtureOptions,
-  body: (model: ReferenceModel) => Promise<T> | T,
+  body: (model: ReferenceModel, dir: string) => Promise<T> | T,
   referenceOptions: ReferenceOptions = {},
 ): Promise<T> {
   const dir = await Deno.makeTempDir({ prefix: "reference_model_test_" });
@@ -60,7 +61,7 @@ async function withModel<T>(
     await writeFixture(dir, opts);
     const model = await openReferenceModel(dir, referenceOptions);
     try {
-      return await body(model);
+      return await body(model, dir);
     } finally {
       model.close();
     }
@@ -154,4 +155,10 @@ Deno.test("openReferenceModel() with no weight cache (streamed from disk) gives 
     { cacheMaxElements: 0 },
   );
   assert.equal(maxAbsDiff(cached, streamed), 0);
+});
+
+Deno.test("readReferenceConfig() and the production readConfig() agree on plain and Omni fixtures", async () => {
+  for (const opts of [PRESETS.SMALL, { ...PRESETS.TINY, omni: true, tieEmbeddings: true }]) {
+    await withModel(opts, (model, dir) => assert.deepEqual(model.config, readConfig(dir)));
+  }
 });

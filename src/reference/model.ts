@@ -90,6 +90,10 @@ const NAMES = {
 
 type Json = Record<string, unknown>;
 
+/** Qwen3MoeConfig's defaults for fields a config.json may leave out. */
+const DEFAULT_RMS_NORM_EPS = 1e-6;
+const DEFAULT_ROPE_THETA = 10000;
+
 /** Reads DIR/config.json into a ModelConfig (Qwen3-MoE, or Qwen3-Omni's thinker text model). */
 export function readReferenceConfig(dir: string): ModelConfig {
   const top = JSON.parse(Deno.readTextFileSync(`${dir}/config.json`)) as Json;
@@ -132,31 +136,35 @@ export function readReferenceConfig(dir: string): ModelConfig {
     // mrope with text-only positions (equal t/h/w) is exactly plain RoPE
     if (type !== "default" && type !== "mrope") refuse(`rope type ${type}`);
   }
-  const numHeads = text.num_attention_heads as number;
+  // a positive number from the text config (or its fallback); absent or bad ones are refused
+  const need = (key: string, fallback?: unknown): number => {
+    const v = text[key] ?? fallback;
+    if (typeof v !== "number" || !(v > 0)) {
+      throw new ReferenceConfigError(`${dir}/config.json: ${key} is ${v}, need a positive number`);
+    }
+    return v;
+  };
+  const numHeads = need("num_attention_heads");
   const eos = first("eos_token_id");
   return {
     modelType: top.model_type as string,
     tensorPrefix,
-    vocabSize: text.vocab_size as number,
-    hiddenSize: text.hidden_size as number,
-    numLayers: text.num_hidden_layers as number,
+    vocabSize: need("vocab_size"),
+    hiddenSize: need("hidden_size"),
+    numLayers: need("num_hidden_layers"),
     numHeads,
-    numKvHeads: (text.num_key_value_heads ?? numHeads) as number,
-    headDim: (text.head_dim ?? (text.hidden_size as number) / numHeads) as number,
-    numExperts: text.num_experts as number,
-    topK: text.num_experts_per_tok as number,
-    moeIntermediateSize: text.moe_intermediate_size as number,
+    numKvHeads: need("num_key_value_heads", numHeads),
+    headDim: need("head_dim", need("hidden_size") / numHeads),
+    numExperts: need("num_experts"),
+    topK: need("num_experts_per_tok"),
+    moeIntermediateSize: need("moe_intermediate_size"),
     normTopkProb: text.norm_topk_prob === true,
-    rmsNormEps: (text.rms_norm_eps ?? 1e-6) as number,
-    ropeTheta: (text.rope_theta ?? ropeParameters.rope_theta ?? 10000) as number,
-    maxPositionEmbeddings: text.max_position_embeddings as number,
+    rmsNormEps: need("rms_norm_eps", DEFAULT_RMS_NORM_EPS),
+    ropeTheta: need("rope_theta", ropeParameters.rope_theta ?? DEFAULT_ROPE_THETA),
+    maxPositionEmbeddings: need("max_position_embeddings"),
     tieWordEmbeddings: first("tie_word_embeddings") === true,
     bosTokenId: (first("bos_token_id") ?? null) as number | null,
-    eosTokenIds: eos === undefined || eos === null
-      ? []
-      : Array.isArray(eos)
-      ? eos
-      : [eos as number],
+    eosTokenIds: eos === undefined ? [] : ([] as number[]).concat(eos as number | number[]),
   };
 }
 
