@@ -121,7 +121,16 @@ export class CheckpointTensors {
   readRange(name: string, first: number, count: number): Float64Array {
     const location = this.locate(name);
     const width = ELEMENT_BYTES[location.dtype];
-    if (width === undefined) return decodeFloat64(location.dtype, new Uint8Array(0), 0);
+    if (width === undefined) {
+      throw new ReferenceCheckpointError(
+        `tensor "${name}" is ${location.dtype}; the reference reads BF16, F16 and F32 only`,
+      );
+    }
+    if (first < 0 || count < 0 || first + count > location.shape.reduce((a, b) => a * b, 1)) {
+      throw new ReferenceCheckpointError(
+        `elements ${first}..${first + count} are outside tensor "${name}" [${location.shape}]`,
+      );
+    }
     const bytes = new Uint8Array(count * width);
     const file = this.file(location.path);
     file.seekSync(location.start + first * width, Deno.SeekMode.Start);
