@@ -3,7 +3,7 @@ import { openCheckpoint } from "../src/checkpoint.ts";
 import { openPacked } from "../src/packed_weights.ts";
 import { BASE_ALIGN, RECORD_ALIGN } from "../src/pack/format.ts";
 import { isPackedDir, readManifest } from "../src/pack/manifest.ts";
-import { pack, PackError } from "../src/pack/pack.ts";
+import { pack, PackError, runPackCommand } from "../src/pack/pack.ts";
 import { formatProgress, type PackProgress } from "../src/pack/progress.ts";
 import { openSafetensors, writeSafetensors } from "../src/safetensors.ts";
 import type { ModelWeights, TensorView } from "../src/types.ts";
@@ -176,4 +176,15 @@ Deno.test("pack() refuses a checkpoint with a missing and a misshaped tensor, na
 Deno.test("formatProgress() shows MB done of total, percent and MB/s", () => {
   const line = formatProgress({ phase: "experts", doneBytes: 50e6, totalBytes: 200e6 }, 2000);
   assert.equal(line, "experts 50.0/200.0 MB (25.0%) 25.0 MB/s");
+});
+
+Deno.test("runPackCommand() packs into a new nested directory and reports the sizes", async () => {
+  const { root, hf } = await fixture({});
+  const out = `${root}/nested/dir/packed`;
+  const r = await runPackCommand({ in: hf, out });
+  assert.ok(isPackedDir(out));
+  const { layers: L, experts: E, inter: I, hidden: D } = TINY;
+  assert.equal(r.expertBytes, L * E * 3 * I * D * 4);
+  assert.equal(r.manifest.experts.records.length, L * E);
+  await Deno.remove(root, { recursive: true });
 });

@@ -2,10 +2,12 @@ import assert from "node:assert/strict";
 import {
   LrfuPolicy,
   LruPolicy,
+  policyByName,
   sequentialTrace,
   simulate,
   simulateOptimal,
   UnknownKeyError,
+  UnknownPolicyError,
 } from "../src/experts/policy.ts";
 
 const ABACBA = sequentialTrace(["A", "B", "A", "C", "B", "A"]);
@@ -86,4 +88,12 @@ Deno.test("simulate() on a hot pair plus a scan: LRFU keeps the hot experts, LRU
 
 Deno.test("simulate() refuses a capacity below 1", () => {
   assert.throws(() => simulate(ABACBA, 0, new LruPolicy()), RangeError);
+});
+
+Deno.test("policyByName() builds lru, lrfu and lrfu:LAMBDA and refuses other names", () => {
+  assert.equal(policyByName("lru").name, "lru");
+  assert.equal(policyByName("lrfu").name, "lrfu(0.1)");
+  assert.equal(policyByName("lrfu:0.05").name, "lrfu(0.05)");
+  assert.throws(() => policyByName("fifo"), UnknownPolicyError);
+  assert.throws(() => policyByName("lrfu:-1"), UnknownPolicyError);
 });

@@ -132,6 +132,23 @@ export class LrfuPolicy<K> implements EvictionPolicy<K> {
   }
 }
 
+/** Thrown for a policy name that policyByName() does not know. */
+export class UnknownPolicyError extends Error {
+  constructor(spec: string) {
+    super(`unknown eviction policy "${spec}"; use lru, lrfu or lrfu:LAMBDA (e.g. lrfu:0.05)`);
+    this.name = "UnknownPolicyError";
+  }
+}
+
+/** A fresh policy from a flag value: "lru", "lrfu" (DEFAULT_LRFU_LAMBDA) or "lrfu:LAMBDA". */
+export function policyByName<K>(spec: string): EvictionPolicy<K> {
+  if (spec === "lru") return new LruPolicy<K>();
+  if (spec === "lrfu") return new LrfuPolicy<K>();
+  const m = /^lrfu:([0-9]*\.?[0-9]+)$/.exec(spec);
+  if (m !== null) return new LrfuPolicy<K>(Number(m[1]));
+  throw new UnknownPolicyError(spec);
+}
+
 /** One access of a trace: key used at time now (several accesses may share a now). */
 export interface Access<K> {
   key: K;

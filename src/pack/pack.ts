@@ -153,6 +153,7 @@ export async function pack(
     const { weights, audit } = loadWeights(ckpt); // refuses bad input, naming each tensor
     const c = weights.config;
     const rawConfig = JSON.parse(Deno.readTextFileSync(join(inDir, "config.json")));
+    Deno.mkdirSync(dirname(outDir), { recursive: true });
     cleanStaleTemps(outDir);
     tmp = join(dirname(outDir), `.${basename(outDir)}${TEMP_TAG}${Deno.pid}`);
     if (exists(tmp)) Deno.removeSync(tmp, { recursive: true }); // left by a reused pid
