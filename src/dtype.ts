@@ -83,12 +83,12 @@ export function elementCount(shape: readonly number[]): number {
 }
 
 /** The tensor's values as a new Float32Array (exact for all three dtypes). */
-export function toFloat32(view: TensorView): Float32Array {
+export function toFloat32(view: TensorView): Float32Array<ArrayBuffer> {
   return convert(view, new Float32Array(elementCount(view.shape)));
 }
 
 /** The tensor's values as a new Float64Array (exact for all three dtypes). */
-export function toFloat64(view: TensorView): Float64Array {
+export function toFloat64(view: TensorView): Float64Array<ArrayBuffer> {
   return convert(view, new Float64Array(elementCount(view.shape)));
 }
 
