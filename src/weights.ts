@@ -186,7 +186,7 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
-/** A row range [rowBegin, rowBegin + rows) of a row-major tensor slice, as its own view. */
+/** A contiguous piece of t starting byteBegin bytes in (a row range of a row-major tensor). */
 function rowSlice(
   t: TensorView,
   byteBegin: number,
