@@ -97,3 +97,20 @@ Deno.test("policyByName() builds lru, lrfu and lrfu:LAMBDA and refuses other nam
   assert.throws(() => policyByName("fifo"), UnknownPolicyError);
   assert.throws(() => policyByName("lrfu:-1"), UnknownPolicyError);
 });
+
+Deno.test("simulate() never evicts a key used at the current now while another can go", () => {
+  // LFU alone would evict B (1 access) for C, though B is needed in the same step as C.
+  const trace = [
+    { key: "A", now: 0 },
+    { key: "A", now: 0 },
+    { key: "B", now: 1 },
+    { key: "C", now: 1 },
+    { key: "B", now: 2 },
+  ];
+  assert.deepEqual(simulate(trace, 2, new LrfuPolicy(0)), { hits: 2, misses: 3, evictions: 1 });
+  const lfu = new LrfuPolicy<string>(0);
+  lfu.insert("A", 0);
+  lfu.touch("A", 0);
+  lfu.insert("B", 1);
+  assert.equal(lfu.victim(["A", "B"], 1), "B"); // what an unpinned choice would have been
+});

@@ -175,7 +175,9 @@ function checkCapacity(capacity: number): void {
 
 /**
  * Replays trace against a cache of `capacity` keys managed by policy (which must start empty).
- * A miss with a full cache evicts the policy's victim among all resident keys.
+ * A miss with a full cache evicts the policy's victim among the resident keys not used at the
+ * current `now` (the experts the current step still needs stay pinned, as in the GPU cache);
+ * only when every resident key was used at `now` does the victim come from all of them.
  */
 export function simulate<K>(
   trace: readonly Access<K>[],
@@ -183,22 +185,24 @@ export function simulate<K>(
   policy: EvictionPolicy<K>,
 ): SimulationResult {
   checkCapacity(capacity);
-  const resident = new Set<K>();
+  const lastUse = new Map<K, number>(); // resident key -> last access time
   const out = { hits: 0, misses: 0, evictions: 0 };
   for (const { key, now } of trace) {
-    if (resident.has(key)) {
+    if (lastUse.has(key)) {
       out.hits++;
       policy.touch(key, now);
+      lastUse.set(key, now);
       continue;
     }
     out.misses++;
-    if (resident.size >= capacity) {
-      const v = policy.victim(resident, now)!;
-      resident.delete(v);
+    if (lastUse.size >= capacity) {
+      const unpinned = [...lastUse.keys()].filter((k) => lastUse.get(k)! < now);
+      const v = policy.victim(unpinned.length > 0 ? unpinned : lastUse.keys(), now)!;
+      lastUse.delete(v);
       policy.remove(v);
       out.evictions++;
     }
-    resident.add(key);
+    lastUse.set(key, now);
     policy.insert(key, now);
   }
   return out;
