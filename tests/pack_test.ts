@@ -111,7 +111,7 @@ Deno.test("pack() of a BF16 Omni checkpoint with fused experts and tied embeddin
   });
 });
 
-Deno.test("pack() copies tokenizer files and refuses an existing outDir unless force", async () => {
+Deno.test("pack() copies tokenizer files; force replaces only a packed outDir", async () => {
   const { root, hf } = await fixture({});
   const out = `${root}/packed`;
   await Deno.writeTextFile(`${hf}/tokenizer.json`, '{"model":{}}');
@@ -124,6 +124,14 @@ Deno.test("pack() copies tokenizer files and refuses an existing outDir unless f
   );
   await pack(hf, out, { force: true });
   assert.ok(isPackedDir(out));
+  await Deno.mkdir(`${root}/mine`);
+  await Deno.writeTextFile(`${root}/mine/notes.txt`, "keep");
+  await assert.rejects(
+    pack(hf, `${root}/mine`, { force: true }),
+    (e: Error) => e instanceof PackError && /not a packed model/.test(e.message),
+  );
+  assert.equal(await Deno.readTextFile(`${root}/mine/notes.txt`), "keep");
+  await Deno.remove(`${root}/mine`, { recursive: true });
   assert.deepEqual([...Deno.readDirSync(root)].map((e) => e.name).sort(), ["hf", "packed"]);
   await Deno.remove(root, { recursive: true });
 });

@@ -26,7 +26,7 @@ import {
   RECORD_ALIGN,
   type RecordPart,
 } from "./format.ts";
-import { writeManifest } from "./manifest.ts";
+import { isPackedDir, writeManifest } from "./manifest.ts";
 import { type ProgressFn, terminalProgress } from "./progress.ts";
 
 /** Thrown when a pack cannot start or its input cannot be packed. */
@@ -62,6 +62,14 @@ function exists(path: string): boolean {
   try {
     Deno.lstatSync(path);
     return true;
+  } catch {
+    return false;
+  }
+}
+
+function isEmptyDir(path: string): boolean {
+  try {
+    return Deno.statSync(path).isDirectory && [...Deno.readDirSync(path)].length === 0;
   } catch {
     return false;
   }
@@ -145,6 +153,12 @@ export async function pack(
     }
     if (Deno.realPathSync(outDir) === Deno.realPathSync(inDir)) {
       throw new PackError(`--out ${outDir} is the input checkpoint; pick another directory`);
+    }
+    if (!isPackedDir(outDir) && !isEmptyDir(outDir)) {
+      throw new PackError(
+        `${outDir} exists and is not a packed model; --force only replaces packed models, ` +
+          `so remove it yourself or pick another directory`,
+      );
     }
   }
   const ckpt = openCheckpoint(inDir);
