@@ -12,10 +12,14 @@ type Command = (argv: string[]) => Promise<number>;
 
 const COMMANDS: Record<string, { run: Command; help: string }> = {
   audit: { run: auditCommand, help: "audit [--model DIR]    list every tensor used and skipped" },
-  logits: { run: logitsCommand, help: "logits [--model DIR] --ids 3,17,42    JSON logits per position" },
+  logits: {
+    run: logitsCommand,
+    help: "logits [--model DIR] --ids 3,17,42    JSON logits per position",
+  },
   generate: {
     run: generateCommand,
-    help: "generate [--model DIR] (--ids 1,2 | --prompt TEXT) [--max-tokens N] [--temperature T] [--json]",
+    help:
+      "generate [--model DIR] (--ids 1,2 | --prompt TEXT) [--max-tokens N] [--temperature T] [--json]",
   },
 };
 

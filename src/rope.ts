@@ -5,7 +5,11 @@
  */
 
 /** f32 [maxPos, Dh]: row p holds cos(p * inv_freq[0..Dh/2)) then sin(p * inv_freq[0..Dh/2)). */
-export function ropeTable(maxPos: number, headDim: number, theta: number): Float32Array {
+export function ropeTable(
+  maxPos: number,
+  headDim: number,
+  theta: number,
+): Float32Array<ArrayBuffer> {
   const half = headDim / 2;
   const table = new Float32Array(maxPos * headDim);
   const invFreq = Array.from({ length: half }, (_, i) => 1 / Math.pow(theta, (2 * i) / headDim));

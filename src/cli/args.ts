@@ -17,7 +17,8 @@ export function parseFlags(
   for (const s of strings) options[s] = { type: "string" };
   for (const b of booleans) options[b] = { type: "boolean" };
   try {
-    return parseArgs({ args: argv, options, allowPositionals: false, strict: true }).values as Flags;
+    return parseArgs({ args: argv, options, allowPositionals: false, strict: true })
+      .values as Flags;
   } catch (e) {
     throw new UsageError((e as Error).message);
   }

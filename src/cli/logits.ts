@@ -11,7 +11,12 @@ export async function logitsCommand(argv: string[]): Promise<number> {
   const ids = parseIds(flags.ids);
   const opened = openModelDir(flags.model as string | undefined);
   try {
-    const maxContext = numberFlag(flags, "max-context", Math.max(ids.length, 256), Number.isInteger);
+    const maxContext = numberFlag(
+      flags,
+      "max-context",
+      Math.max(ids.length, 256),
+      Number.isInteger,
+    );
     const model = await GpuModel.open(opened.weights, { maxContext });
     info(`logits: ${opened.dir}, ${ids.length} tokens on ${model.gpu.adapterInfo.description}`);
     const session = model.newSession();

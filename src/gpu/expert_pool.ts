@@ -35,7 +35,7 @@ export class ExpertPool {
   /** u32 [L*E]: set to 1 by the kernels when a routed expert was absent. */
   readonly missed: GPUBuffer;
   /** CPU mirror of slotTable. */
-  readonly table: Uint32Array;
+  readonly table: Uint32Array<ArrayBuffer>;
   readonly expertBytes: number;
 
   constructor(
@@ -86,9 +86,11 @@ export class ExpertPool {
   uploadRecord(slot: number, record: Uint8Array): void {
     const { buffer, offset } = this.locate(slot);
     if (record.byteLength !== this.expertBytes) {
-      throw new ExpertPoolError(`expert record of ${record.byteLength} B, want ${this.expertBytes}`);
+      throw new ExpertPoolError(
+        `expert record of ${record.byteLength} B, want ${this.expertBytes}`,
+      );
     }
-    this.device.queue.writeBuffer(buffer, offset, record);
+    this.device.queue.writeBuffer(buffer, offset, record as Uint8Array<ArrayBuffer>);
   }
 
   /** Writes one expert's three projections (separate views) into a slot. */
@@ -96,7 +98,7 @@ export class ExpertPool {
     const { buffer, offset } = this.locate(slot);
     let at = offset;
     for (const t of [w.gate, w.up, w.down]) {
-      this.device.queue.writeBuffer(buffer, at, t.bytes);
+      this.device.queue.writeBuffer(buffer, at, t.bytes as Uint8Array<ArrayBuffer>);
       at += t.bytes.byteLength;
     }
   }

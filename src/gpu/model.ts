@@ -51,12 +51,12 @@ function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRe
     size: align4(t.bytes.byteLength),
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
   });
-  device.queue.writeBuffer(buffer, 0, t.bytes);
+  device.queue.writeBuffer(buffer, 0, t.bytes as Uint8Array<ArrayBuffer>);
   return { buffer, dtype: DTYPES[t.dtype], offsetElems: 0 };
 }
 
 /** Upload a norm weight converted to f32 (norm kernels take f32 weights). */
-function uploadF32(device: GPUDevice, data: Float32Array, label: string): GPUBuffer {
+function uploadF32(device: GPUDevice, data: Float32Array<ArrayBuffer>, label: string): GPUBuffer {
   const buffer = device.createBuffer({
     label,
     size: align4(data.byteLength),

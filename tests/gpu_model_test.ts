@@ -1,0 +1,159 @@
+/**
+ * The WebGPU forward pass against the float64 CPU reference (src/reference/model.ts), on fixture
+ * checkpoints in F32, BF16 and F16: logits of prompts of 1, 7 and 64 tokens, prefill vs
+ * token-by-token decode, and greedy continuations.
+ */
+import assert from "node:assert/strict";
+import { type FixtureOptions, SMALL, TINY, writeFixture } from "../weights/fixture.ts";
+import { openModelDir } from "../src/model_dir.ts";
+import { GpuModel } from "../src/gpu/model.ts";
+import { greedy, openReferenceModel } from "../src/reference/model.ts";
+import { generateGreedy } from "../src/cli/generate.ts";
+import { greedyToken } from "../src/greedy.ts";
+
+/** The acceptance bar: max |logit - float64 reference|. */
+const LOGIT_TOLERANCE = 1e-4;
+/** Argmax must agree wherever the reference's top-2 gap exceeds this. */
+const ARGMAX_GAP = 1e-3;
+
+function prompt(n: number, vocab: number, seed: number): number[] {
+  return Array.from({ length: n }, (_, i) => (i * 7919 + seed * 104729 + 13) % vocab);
+}
+
+function maxAbsDiff(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  assert.equal(a.length, b.length);
+  let m = 0;
+  for (let i = 0; i < a.length; i++) m = Math.max(m, Math.abs(a[i] - b[i]));
+  return m;
+}
+
+function top2Gap(row: ArrayLike<number>): number {
+  let a = -Infinity, b = -Infinity;
+  for (let i = 0; i < row.length; i++) {
+    if (row[i] > a) [a, b] = [row[i], a];
+    else if (row[i] > b) b = row[i];
+  }
+  return a - b;
+}
+
+async function withFixture(
+  opts: FixtureOptions,
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "gpu_model_" });
+  try {
+    await writeFixture(dir, opts);
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+const CASES: [string, FixtureOptions][] = [
+  ["TINY F32", { ...TINY, dtype: "F32" }],
+  ["TINY BF16", { ...TINY, dtype: "BF16" }],
+  ["TINY F16 tied, fused, 2 shards", {
+    ...TINY,
+    dtype: "F16",
+    tieEmbeddings: true,
+    fusedExperts: true,
+    shards: 2,
+  }],
+  ["SMALL BF16 omni", { ...SMALL, dtype: "BF16", omni: true }],
+];
+
+for (const [name, opts] of CASES) {
+  Deno.test(`GpuModel logits match the float64 reference within 1e-4 (${name})`, async () => {
+    await withFixture(opts, async (dir) => {
+      const opened = openModelDir(dir);
+      const ref = await openReferenceModel(dir);
+      const model = await GpuModel.open(opened.weights, { maxContext: 128 });
+      try {
+        for (const n of [1, 7, 64]) {
+          const ids = prompt(n, opts.vocab, n);
+          const gpu = await model.newSession().forward(ids);
+          const want = ref.newSession().forward64(ids);
+          assert.equal(gpu.length, n);
+          let worst = 0;
+          for (let t = 0; t < n; t++) {
+            worst = Math.max(worst, maxAbsDiff(gpu[t], want[t]));
+            if (top2Gap(want[t]) > ARGMAX_GAP) {
+              assert.equal(greedyToken(gpu[t]), greedyToken(want[t]), `argmax at position ${t}`);
+            }
+          }
+          console.error(`  ${name}, ${n} tokens: max |gpu - ref| = ${worst.toExponential(2)}`);
+          assert.ok(worst <= LOGIT_TOLERANCE, `max abs diff ${worst} for ${n} tokens`);
+        }
+      } finally {
+        model.destroy();
+        ref.close();
+        opened.close();
+      }
+    });
+  });
+}
+
+Deno.test("GpuModel prefill in one pass equals token-by-token decode", async () => {
+  await withFixture({ ...TINY, dtype: "BF16" }, async (dir) => {
+    const opened = openModelDir(dir);
+    const model = await GpuModel.open(opened.weights, { maxContext: 64 });
+    try {
+      const ids = prompt(20, TINY.vocab, 3);
+      const prefill = await model.newSession().forward(ids);
+      const s = model.newSession();
+      let worst = 0;
+      for (let t = 0; t < ids.length; t++) {
+        const [row] = await s.forward([ids[t]]);
+        worst = Math.max(worst, maxAbsDiff(row, prefill[t]));
+      }
+      console.error(`  prefill vs decode: max diff ${worst.toExponential(2)}`);
+      assert.ok(worst <= 1e-5, `prefill vs decode differ by ${worst}`);
+    } finally {
+      model.destroy();
+      opened.close();
+    }
+  });
+});
+
+Deno.test("GpuModel prefill longer than one batch is chunked and still matches", async () => {
+  await withFixture({ ...TINY, dtype: "F32" }, async (dir) => {
+    const opened = openModelDir(dir);
+    const ref = await openReferenceModel(dir);
+    const model = await GpuModel.open(opened.weights, { maxContext: 64, maxBatch: 8 });
+    try {
+      const ids = prompt(21, TINY.vocab, 5);
+      const gpu = await model.newSession().forward(ids);
+      const want = ref.newSession().forward64(ids);
+      const worst = Math.max(...gpu.map((r, t) => maxAbsDiff(r, want[t])));
+      assert.ok(worst <= LOGIT_TOLERANCE, `max abs diff ${worst}`);
+      const [last] = await model.newSession().forward(ids, { lastOnly: true });
+      assert.ok(maxAbsDiff(last, want[20]) <= LOGIT_TOLERANCE);
+    } finally {
+      model.destroy();
+      ref.close();
+      opened.close();
+    }
+  });
+});
+
+Deno.test("GpuModel greedy 32 tokens equal the reference's (SMALL BF16)", async () => {
+  await withFixture({ ...SMALL, dtype: "BF16" }, async (dir) => {
+    const opened = openModelDir(dir);
+    const ref = await openReferenceModel(dir);
+    const model = await GpuModel.open(opened.weights, { maxContext: 64 });
+    try {
+      const ids = prompt(7, SMALL.vocab, 11);
+      const want = await greedy(ref, ids, 32);
+      // the fixture's EOS ids are outside the generated range or would stop both the same way
+      const eos = new Set(model.config.eosTokenIds);
+      const stop = want.findIndex((t) => eos.has(t));
+      const expected = stop < 0 ? want : want.slice(0, stop + 1);
+      const got = await generateGreedy(model, ids, 32);
+      assert.deepEqual(got, expected);
+    } finally {
+      model.destroy();
+      ref.close();
+      opened.close();
+    }
+  });
+});
