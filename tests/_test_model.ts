@@ -7,7 +7,13 @@
  * It counts live sessions so tests can check every session is freed.
  */
 import type { LanguageModel, ModelConfig, Session } from "../src/types.ts";
-import { QWEN_SPECIAL_TOKENS, writeByteTokenizer } from "../src/tokenizer.ts";
+import {
+  loadTokenizer,
+  QWEN_SPECIAL_TOKENS,
+  type Tokenizer,
+  writeByteTokenizer,
+} from "../src/tokenizer.ts";
+import { type AppOptions, serve } from "../src/server/app.ts";
 
 /** 256 bytes + 3 specials (ids 256..258) + a few unused ids, as a fixture vocab would have. */
 export const TEST_VOCAB = 272;
@@ -136,3 +142,44 @@ export async function testModelDir(): Promise<string> {
   await writeByteTokenizer(dir, TEST_VOCAB);
   return dir;
 }
+
+/** A running server over a BigramTestModel on a free loopback port. */
+export interface TestServer {
+  url: string;
+  model: BigramTestModel;
+  tokenizer: Tokenizer;
+  close(): Promise<void>;
+}
+
+/** Starts serve() on 127.0.0.1:0 with a BigramTestModel and the byte tokenizer. */
+export async function startTestServer(
+  opts: Partial<AppOptions> & TestModelOptions = {},
+): Promise<TestServer> {
+  const dir = await testModelDir();
+  const tokenizer = await loadTokenizer(dir);
+  const model = new BigramTestModel(opts);
+  const abort = new AbortController();
+  const { server, url } = serve({
+    modelId: TEST_MODEL_ID,
+    maxBodyBytes: 64 * 1024,
+    ...opts,
+    model: opts.model ?? model,
+    tokenizer,
+    host: "127.0.0.1",
+    port: 0,
+    signal: abort.signal,
+  });
+  return {
+    url,
+    model,
+    tokenizer,
+    close: async () => {
+      abort.abort();
+      await server.finished;
+      await Deno.remove(dir, { recursive: true });
+    },
+  };
+}
+
+/** The id the test servers serve. */
+export const TEST_MODEL_ID = "bigram-test";
