@@ -16,7 +16,7 @@ struct Params {
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [T*K, I/4]
 @group(0) @binding(3) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
-@group(0) @binding(5) var<storage, read> weights: array<u32>; // pool: slots of gate|up|down
+@group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: slots of gate|up|down
 @group(0) @binding(6) var<storage, read_write> y: array<f32>; // [T*K, D]
 
 const WG: u32 = 64u;

@@ -19,7 +19,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
 @group(0) @binding(5) var<storage, read_write> missed: array<u32>; // [L*E]
-@group(0) @binding(6) var<storage, read> weights: array<u32>; // pool: slots of gate|up|down
+@group(0) @binding(6) var<storage, read> weights: array<WeightWord>; // pool: slots of gate|up|down
 @group(0) @binding(7) var<storage, read_write> h: array<f32>; // [T*K, I]
 
 const WG: u32 = 64u;

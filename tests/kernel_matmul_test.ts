@@ -7,32 +7,43 @@ import { assertClose, buffer, gpu, gpuTest, ops, pack, randomF32, run } from "./
 /** f32 accumulation over K <= 2048 stays well inside this, relative to the largest output. */
 const TOL = 1e-5;
 const DTYPES: WeightDType[] = ["f32", "bf16", "f16"];
+/** [K, offsetElems, T]: K % 8 = 0 or 4 (tail columns); offset 8 takes the vector weight loader
+ * (16-byte rows) where K allows, offset 6 the scalar one. */
+const CASES: [number, number, number][] = [
+  [136, 8, 1],
+  [136, 8, 3],
+  [136, 8, 7],
+  [136, 8, 64],
+  [140, 8, 1],
+  [140, 8, 9],
+  [136, 6, 1],
+  [140, 6, 7],
+];
+/** Neither a multiple of the workgroup size (64) nor of the rows per invocation (4). */
+const ROWS = 75;
 
 for (const dtype of DTYPES) {
   gpuTest(
-    `matmul() matches the float64 reference for ${dtype} weights, T in 1,3,7,64`,
+    `matmul() matches the float64 reference for ${dtype} weights, any K/offset/T`,
     async () => {
-      const K = 136, N = 75; // N not a multiple of the workgroup size (64)
-      const offsetElems = 8; // W starts inside its buffer
-      const w = pack(randomF32(offsetElems + N * K, 11), dtype);
-      const wBuf = buffer(w.words);
-      for (const T of [1, 3, 7, 64]) {
+      for (const [K, offsetElems, T] of CASES) {
+        const w = pack(randomF32(offsetElems + ROWS * K, 11), dtype);
         const x = randomF32(T * K, 100 + T);
-        const out = buffer(T * N * 4);
+        const out = buffer(T * ROWS * 4);
         const op = ops.matmul({
           x: buffer(x),
-          w: { buffer: wBuf, dtype, offsetElems },
+          w: { buffer: buffer(w.words), dtype, offsetElems },
           out,
           K,
-          N,
-          outStride: N,
+          N: ROWS,
+          outStride: ROWS,
           outOffset: 0,
           accumulate: false,
         });
         run([op], T);
-        const got = await readF32(gpu, out, 0, T * N);
-        const want = ref.matmul(x, w.values.subarray(offsetElems), T, K, N);
-        assertClose(got, want, TOL, `T=${T}`);
+        const got = await readF32(gpu, out, 0, T * ROWS);
+        const want = ref.matmul(x, w.values.subarray(offsetElems), T, K, ROWS);
+        assertClose(got, want, TOL, `K=${K} offset=${offsetElems} T=${T}`);
       }
     },
   );

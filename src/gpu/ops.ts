@@ -5,7 +5,7 @@
  */
 import type { Gpu } from "./device.ts";
 import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
-import { type BindingKind, type KernelSpec, Shaders } from "./shader.ts";
+import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
 
 /** WebGPU's default maxComputeWorkgroupsPerDimension; larger dispatches go 2-D. */
 const MAX_GROUPS_PER_DIM = 65535;
@@ -15,9 +15,11 @@ const STEP_BYTES = 16;
 const WG_64 = 64;
 const WG_ATTENTION = 8;
 const WG_TOPK = 8;
-/** Tokens per matmul invocation in prefill (each weight vec4 load reused this often); must not
+/** Tokens per matmul invocation in prefill (each weight load reused this often); must not
  * exceed MAX_TOKENS of kernels/matmul.wgsl. */
 const MATMUL_PREFILL_TOKENS = 8;
+/** Output rows per matmul invocation (ROWS of kernels/matmul.wgsl). */
+const MATMUL_ROWS = 4;
 /** From this many tokens on, matmul uses the prefill tiling. */
 const MATMUL_PREFILL_FROM = 2;
 /** kernels/attention.wgsl keeps q and the accumulator in registers of this many floats. */
@@ -170,16 +172,17 @@ export class Ops implements OpsApi {
     checkMultiple("matmul", "K", a.K, VEC);
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
+    const weights = weightLoader(a.w.dtype, [a.w.offsetElems], [a.K]);
     const decode = this.shaders.pipeline({
       kernel: "matmul",
       bindings,
-      weights: a.w.dtype,
+      weights,
       constants: { TOKENS: 1 },
     });
     const prefill = this.shaders.pipeline({
       kernel: "matmul",
       bindings,
-      weights: a.w.dtype,
+      weights,
       constants: { TOKENS: MATMUL_PREFILL_TOKENS },
     });
     const params = this.params("matmul", [
@@ -191,12 +194,15 @@ export class Ops implements OpsApi {
       a.accumulate ? 1 : 0,
     ]);
     const bindGroup = this.bind("matmul", bindings, [params, a.x, a.w.buffer, a.out]);
-    const rowGroups = ceilDiv(a.N, WG_64);
+    const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     return new PreparedOp(
       "matmul",
       bindGroup,
       (t) => t >= MATMUL_PREFILL_FROM ? prefill : decode,
-      (t) => rowGroups * (t >= MATMUL_PREFILL_FROM ? ceilDiv(t, MATMUL_PREFILL_TOKENS) : t),
+      (t) => {
+        const tokenSets = t >= MATMUL_PREFILL_FROM ? ceilDiv(t, MATMUL_PREFILL_TOKENS) : t;
+        return ceilDiv(rowSets * tokenSets, WG_64);
+      },
     );
   }
 
@@ -294,7 +300,7 @@ export class Ops implements OpsApi {
       {
         kernel: "experts_gate_up",
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
-        weights: a.poolDtype,
+        weights: `${a.poolDtype}_scalar`,
       },
       [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
       [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
@@ -325,7 +331,7 @@ export class Ops implements OpsApi {
       {
         kernel: "experts_down",
         bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
-        weights: a.poolDtype,
+        weights: `${a.poolDtype}_scalar`,
       },
       [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
       [a.h, a.idx, a.slots, a.pool, a.y],

@@ -11,12 +11,31 @@ import type { WeightDType } from "./ops_api.ts";
 /** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
 export type BindingKind = "uniform" | "read" | "rw";
 
+/** Weight loaders, kernels/weights_<loader>.wgsl: vector loads where rows start on 16 bytes,
+ * scalar loads at any (even) offset. */
+export type WeightLoader = WeightDType | `${WeightDType}_scalar`;
+
 /** One pipeline: which kernel, which weight loader, which override constants. */
 export interface KernelSpec {
   kernel: string;
   bindings: BindingKind[];
-  weights?: WeightDType;
+  weights?: WeightLoader;
   constants?: Record<string, number>;
+}
+
+/** Elements per 16 bytes, the alignment of the vector loaders' rows. */
+const ELEMS_PER_16_BYTES: Record<WeightDType, number> = { f32: 4, bf16: 8, f16: 8 };
+
+/** The fastest loader for weights whose rows all start at element offsets `rowStarts` plus
+ * multiples of `rowStrides` (the vector loader needs every row on a 16-byte boundary). */
+export function weightLoader(
+  dtype: WeightDType,
+  rowStarts: number[],
+  rowStrides: number[],
+): WeightLoader {
+  const align = ELEMS_PER_16_BYTES[dtype];
+  const aligned = [...rowStarts, ...rowStrides].every((v) => v % align === 0);
+  return aligned ? dtype : `${dtype}_scalar`;
 }
 
 /** A kernels/*.wgsl file could not be read. */
@@ -47,7 +66,7 @@ export function kernelSource(name: string): string {
 }
 
 /** The full WGSL of a kernel: common prelude, weight loader (if any), kernel body. */
-export function composeSource(kernel: string, weights?: WeightDType): string {
+export function composeSource(kernel: string, weights?: WeightLoader): string {
   const parts = [kernelSource("common")];
   if (weights) parts.push(kernelSource(`weights_${weights}`));
   parts.push(kernelSource(kernel));
