@@ -1,5 +1,6 @@
 // Experts, stage 2: y[pair, d] = down_e[d,:]·h[pair,:], same slot rules as experts_gate_up.wgsl
-// (absent or other-pool pairs write nothing). One invocation per (pair, d).
+// (absent or other-pool pairs write nothing). One invocation per (pair, ROWS consecutive d), so
+// each h load serves ROWS weight rows.
 
 struct Params {
   slot_base: u32,
@@ -16,10 +17,15 @@ struct Params {
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [T*K, I/4]
 @group(0) @binding(3) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
-@group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: slots of gate|up|down
+@group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
 @group(0) @binding(6) var<storage, read_write> y: array<f32>; // [T*K, D]
 
+const ROWS: u32 = 4u;
 const WG: u32 = 64u;
+
+fn dot8(w: W8, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+  return dot(w.lo, xa) + dot(w.hi, xb);
+}
 
 @compute @workgroup_size(WG)
 fn main(
@@ -28,8 +34,9 @@ fn main(
   @builtin(local_invocation_index) lid: u32,
 ) {
   let id = group_index(wid, nwg) * WG + lid;
-  let pair = id / p.hidden;
-  let d = id % p.hidden;
+  let row_sets = (p.hidden + ROWS - 1u) / ROWS;
+  let pair = id / row_sets;
+  let d0 = (id % row_sets) * ROWS;
   if (pair >= step.n_tokens * p.k) {
     return;
   }
@@ -37,12 +44,33 @@ fn main(
   if (s == ABSENT_SLOT || s < p.pool_first_slot || s >= p.pool_first_slot + p.pool_slots) {
     return;
   }
-  let down_row = p.slot_elems * (s - p.pool_first_slot) + 2u * p.inter * p.hidden + d * p.inter;
-  let i4 = p.inter / 4u;
-  let h_row = pair * i4;
+  let I = p.inter;
+  let down = p.slot_elems * (s - p.pool_first_slot) + 2u * I * p.hidden; // after gate and up
+  // Rows past D re-read row D-1 (valid memory) and are never stored.
+  let r0 = down + min(d0, p.hidden - 1u) * I;
+  let r1 = down + min(d0 + 1u, p.hidden - 1u) * I;
+  let r2 = down + min(d0 + 2u, p.hidden - 1u) * I;
+  let r3 = down + min(d0 + 3u, p.hidden - 1u) * I;
+  let h_row = pair * (I / 4u);
   var acc = vec4<f32>(0.0);
-  for (var c = 0u; c < i4; c++) {
-    acc += load_w4(down_row + c * 4u) * h[h_row + c];
+  let i8 = I & ~7u;
+  for (var c = 0u; c < i8; c += 8u) {
+    let ha = h[h_row + c / 4u];
+    let hb = h[h_row + c / 4u + 1u];
+    acc += vec4<f32>(
+      dot8(load_w8(r0 + c), ha, hb),
+      dot8(load_w8(r1 + c), ha, hb),
+      dot8(load_w8(r2 + c), ha, hb),
+      dot8(load_w8(r3 + c), ha, hb),
+    );
   }
-  y[pair * p.hidden + d] = (acc.x + acc.y) + (acc.z + acc.w);
+  if (i8 != I) { // I = 8m + 4: the last four columns
+    acc += h[h_row + i8 / 4u] *
+      mat4x4<f32>(load_w4(r0 + i8), load_w4(r1 + i8), load_w4(r2 + i8), load_w4(r3 + i8));
+  }
+  for (var r = 0u; r < ROWS; r++) {
+    if (d0 + r < p.hidden) {
+      y[pair * p.hidden + d0 + r] = acc[r];
+    }
+  }
 }

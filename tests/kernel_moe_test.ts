@@ -46,93 +46,98 @@ gpuTest("topk() breaks ties by the lower index", async () => {
 });
 
 /** Two layers of E experts; layer 1's table points into two pool buffers or is ABSENT. */
-const E = 6, K = 3, D = 40, I = 24, SLOT_PAD = 8;
-const SLOT_ELEMS = 3 * I * D + SLOT_PAD;
+const E = 6, K = 3;
+/** [D, I, slot padding]: 16-byte rows (vector weight loader) with D, I multiples of 8; then
+ * D, I = 4 mod 8 (tail columns) and slots at odd offsets (scalar loader). */
+const GEOMETRIES: [number, number, number][] = [[40, 24, 8], [44, 20, 6]];
 const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT]; // expert e of layer 1 -> slot
 const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];
 
 for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
-  gpuTest(
-    `expertsGateUp()/expertsDown() match the reference over two pools (${dtype}), absent experts flagged`,
-    async () => {
-      // Slot contents: random gate|up|down per slot, packed per pool buffer.
-      const poolValues = POOLS.map((p) => randomF32(p.slots * SLOT_ELEMS, 50 + p.first));
-      const packed = poolValues.map((v) => pack(v, dtype));
-      const poolBufs = packed.map((p) => buffer(p.words));
-      const expert = (slot: number) => {
-        const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
-        const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
-        const v = packed[pi].values;
-        return {
-          gate: v.subarray(at, at + I * D),
-          up: v.subarray(at + I * D, at + 2 * I * D),
-          down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+  for (const [D, I, pad] of GEOMETRIES) {
+    const SLOT_ELEMS = 3 * I * D + pad;
+    gpuTest(
+      `expertsGateUp()/expertsDown() match the reference over two pools (${dtype}, D=${D}, I=${I}), absent experts flagged`,
+      async () => {
+        // Slot contents: random gate|up|down per slot, packed per pool buffer.
+        const poolValues = POOLS.map((p) => randomF32(p.slots * SLOT_ELEMS, 50 + p.first));
+        const packed = poolValues.map((v) => pack(v, dtype));
+        const poolBufs = packed.map((p) => buffer(p.words));
+        const expert = (slot: number) => {
+          const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
+          const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
+          const v = packed[pi].values;
+          return {
+            gate: v.subarray(at, at + I * D),
+            up: v.subarray(at + I * D, at + 2 * I * D),
+            down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+          };
         };
-      };
-      const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]); // layer 0: decoy slot 1
-      const slots = buffer(table);
-      for (const T of [1, 3, 7]) {
-        const next = rng(T);
-        const idxArr = new Uint32Array(T * K);
-        for (let t = 0; t < T; t++) {
-          const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
-          idxArr.set(order.slice(0, K), t * K);
-        }
-        const x = randomF32(T * D, 7 + T);
-        const idx = buffer(idxArr), missed = buffer(table.byteLength);
-        const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
-        const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
-        const xBuf = buffer(x);
-        const common = { idx, slots, slotBase: E, poolDtype: dtype, slotElems: SLOT_ELEMS, k: K };
-        const list = POOLS.map((p, i) =>
-          ops.expertsGateUp({
-            ...common,
-            x: xBuf,
-            missed,
-            pool: poolBufs[i],
-            poolFirstSlot: p.first,
-            poolSlots: p.slots,
-            h,
-            hidden: D,
-            inter: I,
-          })
-        ).concat(POOLS.map((p, i) =>
-          ops.expertsDown({
-            ...common,
-            h,
-            pool: poolBufs[i],
-            poolFirstSlot: p.first,
-            poolSlots: p.slots,
-            y,
-            hidden: D,
-            inter: I,
-          })
-        ));
-        run(list, T);
-        const gotH = await readF32(gpu, h, 0, T * K * I);
-        const gotY = await readF32(gpu, y, 0, T * K * D);
-        const wantMissed = new Uint32Array(2 * E);
-        for (let pair = 0; pair < T * K; pair++) {
-          const e = idxArr[pair], slot = LAYER1_SLOTS[e];
-          const hRow = gotH.subarray(pair * I, (pair + 1) * I);
-          const yRow = gotY.subarray(pair * D, (pair + 1) * D);
-          if (slot === ABSENT) {
-            wantMissed[E + e] = 1;
-            assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
-            assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
-            continue;
+        const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]); // layer 0: decoy slot 1
+        const slots = buffer(table);
+        for (const T of [1, 3, 7]) {
+          const next = rng(T);
+          const idxArr = new Uint32Array(T * K);
+          for (let t = 0; t < T; t++) {
+            const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
+            idxArr.set(order.slice(0, K), t * K);
           }
-          const w = expert(slot);
-          const t = Math.floor(pair / K);
-          const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
-          assertClose(hRow, wantH, TOL, `h T=${T} pair=${pair}`);
-          // Stage 2 against the GPU's own h, so each stage is checked on its own.
-          assertClose(yRow, ref.expertDown(hRow, w.down, D, I), TOL, `y T=${T} pair=${pair}`);
+          const x = randomF32(T * D, 7 + T);
+          const idx = buffer(idxArr), missed = buffer(table.byteLength);
+          const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
+          const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
+          const xBuf = buffer(x);
+          const common = { idx, slots, slotBase: E, poolDtype: dtype, slotElems: SLOT_ELEMS, k: K };
+          const list = POOLS.map((p, i) =>
+            ops.expertsGateUp({
+              ...common,
+              x: xBuf,
+              missed,
+              pool: poolBufs[i],
+              poolFirstSlot: p.first,
+              poolSlots: p.slots,
+              h,
+              hidden: D,
+              inter: I,
+            })
+          ).concat(POOLS.map((p, i) =>
+            ops.expertsDown({
+              ...common,
+              h,
+              pool: poolBufs[i],
+              poolFirstSlot: p.first,
+              poolSlots: p.slots,
+              y,
+              hidden: D,
+              inter: I,
+            })
+          ));
+          run(list, T);
+          const gotH = await readF32(gpu, h, 0, T * K * I);
+          const gotY = await readF32(gpu, y, 0, T * K * D);
+          const wantMissed = new Uint32Array(2 * E);
+          for (let pair = 0; pair < T * K; pair++) {
+            const e = idxArr[pair], slot = LAYER1_SLOTS[e];
+            const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+            const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+            if (slot === ABSENT) {
+              wantMissed[E + e] = 1;
+              assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
+              assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
+              continue;
+            }
+            const w = expert(slot);
+            const t = Math.floor(pair / K);
+            const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
+            assertClose(hRow, wantH, TOL, `h T=${T} pair=${pair}`);
+            // Stage 2 against the GPU's own h, so each stage is checked on its own.
+            assertClose(yRow, ref.expertDown(hRow, w.down, D, I), TOL, `y T=${T} pair=${pair}`);
+          }
+          assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
         }
-        assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
-      }
-    },
-  );
+      },
+    );
+  }
 }
 
 gpuTest("moeCombine() adds the weighted expert outputs to out", async () => {

@@ -18,8 +18,8 @@ const WG_TOPK = 8;
 /** Tokens per matmul invocation in prefill (each weight load reused this often); must not
  * exceed MAX_TOKENS of kernels/matmul.wgsl. */
 const MATMUL_PREFILL_TOKENS = 8;
-/** Output rows per matmul invocation (ROWS of kernels/matmul.wgsl). */
-const MATMUL_ROWS = 4;
+/** Output rows per invocation of matmul and the expert kernels (their ROWS constants). */
+const ROWS = 4;
 /** From this many tokens on, matmul uses the prefill tiling. */
 const MATMUL_PREFILL_FROM = 2;
 /** kernels/attention.wgsl keeps q and the accumulator in registers of this many floats. */
@@ -194,7 +194,7 @@ export class Ops implements OpsApi {
       a.accumulate ? 1 : 0,
     ]);
     const bindGroup = this.bind("matmul", bindings, [params, a.x, a.w.buffer, a.out]);
-    const rowSets = ceilDiv(a.N, MATMUL_ROWS);
+    const rowSets = ceilDiv(a.N, ROWS);
     return new PreparedOp(
       "matmul",
       bindGroup,
@@ -294,13 +294,14 @@ export class Ops implements OpsApi {
   }): Op {
     checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
     checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
-    const perToken = a.k * a.inter;
+    const perToken = a.k * ceilDiv(a.inter, ROWS);
+    const { slotElems, hidden, inter } = a;
     return this.simple(
       "expertsGateUp",
       {
         kernel: "experts_gate_up",
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
-        weights: `${a.poolDtype}_scalar`,
+        weights: weightLoader(a.poolDtype, [slotElems, inter * hidden], [hidden]),
       },
       [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
       [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
@@ -325,13 +326,14 @@ export class Ops implements OpsApi {
   }): Op {
     checkMultiple("expertsDown", "inter", a.inter, VEC);
     checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
-    const perToken = a.k * a.hidden;
+    const perToken = a.k * ceilDiv(a.hidden, ROWS);
+    const { slotElems, hidden, inter } = a;
     return this.simple(
       "expertsDown",
       {
         kernel: "experts_down",
         bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
-        weights: `${a.poolDtype}_scalar`,
+        weights: weightLoader(a.poolDtype, [slotElems, 2 * inter * hidden], [inter]),
       },
       [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
       [a.h, a.idx, a.slots, a.pool, a.y],
