@@ -54,6 +54,8 @@ export class BigramTestModel implements LanguageModel {
   liveSessions = 0;
   /** Sessions ever created. */
   sessionsCreated = 0;
+  /** The most sessions alive at once (1 when generations never overlap). */
+  maxLiveSessions = 0;
 
   constructor(opts: TestModelOptions = {}) {
     this.maxContext = opts.maxContext ?? 256;
@@ -88,6 +90,7 @@ export class BigramTestModel implements LanguageModel {
   newSession(): Session {
     this.liveSessions++;
     this.sessionsCreated++;
+    this.maxLiveSessions = Math.max(this.maxLiveSessions, this.liveSessions);
     return new BigramSession(this);
   }
 

@@ -141,7 +141,7 @@ export function createApp(opts: AppOptions): Hono {
   });
   app.onError((e, c) => {
     const err = e instanceof ApiError ? e : internalError(e);
-    if (err.status >= 500) console.error(`${c.req.method} ${c.req.path}:`, e);
+    if (!(e instanceof ApiError)) console.error(`${c.req.method} ${c.req.path}:`, e);
     return new Response(JSON.stringify(err.toJSON()), {
       status: err.status,
       headers: { "content-type": "application/json" },

@@ -3,7 +3,7 @@
  * generates, and always frees the session and releases the queue (finished, failed or aborted),
  * recording the timings in the metrics.
  */
-import type { LanguageModel } from "../types.ts";
+import type { LanguageModel, Session } from "../types.ts";
 import type { Tokenizer } from "../tokenizer.ts";
 import { generate, type GenerationResult, type Piece } from "../generate.ts";
 import type { SamplingParams } from "../sampling.ts";
@@ -71,10 +71,11 @@ export async function* runJob(
   maxTokens: number,
 ): AsyncGenerator<Piece, GenerationResult> {
   const release = await ctx.queue.acquire(job.signal);
-  const session = ctx.model.newSession();
+  let session: Session | null = null;
   let first = 0;
   let last = 0;
   try {
+    session = ctx.model.newSession();
     const it = generate(session, {
       promptIds: job.promptIds,
       maxTokens,
@@ -100,7 +101,7 @@ export async function* runJob(
       yield step.value;
     }
   } finally {
-    session.free();
+    session?.free();
     release();
   }
 }

@@ -1,0 +1,128 @@
+/**
+ * Streaming under load and disconnects: 16 concurrent streaming clients each get their complete
+ * reply with exact usage; a client that aborts mid-stream frees its session and the next request
+ * runs; /metrics and /stats count what was served.
+ */
+import assert from "node:assert/strict";
+import { startTestServer, TEST_MODEL_ID, type TestServer } from "./_test_model.ts";
+
+/** Parses an SSE body into its JSON events (without the final [DONE]) and checks [DONE] came. */
+async function readEvents(res: Response): Promise<Record<string, unknown>[]> {
+  const text = await res.text();
+  const data = text.split("\n\n").filter((e) => e.startsWith("data: ")).map((e) => e.slice(6));
+  assert.equal(data.at(-1), "[DONE]");
+  return data.slice(0, -1).map((d) => JSON.parse(d));
+}
+
+function streamChat(server: TestServer, content: string, maxTokens: number, signal?: AbortSignal) {
+  return fetch(`${server.url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model: TEST_MODEL_ID,
+      messages: [{ role: "user", content }],
+      max_tokens: maxTokens,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+    signal,
+  });
+}
+
+/** Polls `check` every few ms until it holds; fails after POLL_LIMIT tries. */
+async function eventually(check: () => boolean, what: string): Promise<void> {
+  const POLL_LIMIT = 500; // 500 * 10 ms: far above the few ms a freed session takes
+  for (let i = 0; i < POLL_LIMIT; i++) {
+    if (check()) return;
+    await new Promise((r) => setTimeout(r, 10));
+  }
+  assert.fail(`never happened: ${what}`);
+}
+
+Deno.test("server completes 16 concurrent streaming clients one at a time, each with exact usage", async () => {
+  const server = await startTestServer();
+  try {
+    const CLIENTS = 16;
+    const replies = await Promise.all(
+      Array.from({ length: CLIENTS }, async (_, i) => {
+        const user = "q".repeat(i + 1); // distinct prompt lengths: usage must match each
+        const events = await readEvents(await streamChat(server, user, 10 + i));
+        const text = events.map((e) =>
+          (e.choices as { delta?: { content?: string } }[])[0]?.delta?.content ?? ""
+        ).join("");
+        return { i, text, usage: events.at(-1)!.usage as Record<string, number> };
+      }),
+    );
+    const alphabet = "abcdefghijklmnopqrstuvwxyz";
+    for (const { i, text, usage } of replies) {
+      assert.equal(text, alphabet.slice(0, 10 + i));
+      const promptTokens = 20 + i; // the 21-token "hi" prompt with i + 1 user bytes, not 2
+      assert.deepEqual(usage, {
+        prompt_tokens: promptTokens,
+        completion_tokens: 10 + i,
+        total_tokens: promptTokens + 10 + i,
+      });
+    }
+    assert.equal(server.model.sessionsCreated, CLIENTS);
+    assert.equal(server.model.maxLiveSessions, 1); // queued: one generation at a time
+    assert.equal(server.model.liveSessions, 0);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server frees the session of a client that disconnects mid-stream", async () => {
+  const server = await startTestServer({ maxContext: 100_000 });
+  try {
+    const abort = new AbortController();
+    const res = await streamChat(server, "hi", 50_000, abort.signal);
+    const reader = res.body!.getReader();
+    const first = await reader.read(); // the stream is live: a session is generating
+    assert.ok(!first.done);
+    assert.equal(server.model.liveSessions, 1);
+    abort.abort();
+    await reader.cancel().catch(() => {});
+    await eventually(() => server.model.liveSessions === 0, "the aborted session was freed");
+    const next = await readEvents(await streamChat(server, "hi", 3));
+    const usage = next.at(-1)!.usage as Record<string, number>;
+    assert.equal(usage.completion_tokens, 3);
+    assert.equal(server.model.liveSessions, 0);
+    assert.equal(server.model.sessionsCreated, 2);
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("/metrics and /stats report requests, tokens and the expert cache figures", async () => {
+  const server = await startTestServer({
+    cacheStats: () => ({ hits: 30, misses: 10, evictions: 4, bytesUploaded: 2048 }),
+  });
+  try {
+    await readEvents(await streamChat(server, "hi", 5));
+    const bad = await fetch(`${server.url}/v1/chat/completions`, { method: "POST", body: "{" });
+    assert.equal(bad.status, 400);
+    await bad.body?.cancel();
+    const text = await (await fetch(`${server.url}/metrics`)).text();
+    const value = (line: string) => {
+      const found = text.split("\n").find((l) => l.startsWith(line + " "));
+      assert.ok(found, `metric line ${line} in\n${text}`);
+      return Number(found.slice(line.length + 1));
+    };
+    assert.equal(value('qwen_moe_requests_total{route="/v1/chat/completions",status="200"}'), 1);
+    assert.equal(value('qwen_moe_requests_total{route="/v1/chat/completions",status="400"}'), 1);
+    assert.equal(value("qwen_moe_prompt_tokens_total"), 21);
+    assert.equal(value("qwen_moe_completion_tokens_total"), 5);
+    assert.equal(value("qwen_moe_time_to_first_token_seconds_count"), 1);
+    assert.ok(value("qwen_moe_time_to_first_token_seconds_sum") > 0);
+    assert.equal(value("qwen_moe_expert_cache_hits"), 30);
+    assert.equal(value("qwen_moe_expert_cache_bytes_uploaded"), 2048);
+    assert.equal(value("qwen_moe_expert_cache_hit_rate"), 0.75);
+    const stats = await (await fetch(`${server.url}/stats`)).json();
+    assert.equal(stats.completionTokens, 5);
+    assert.equal(stats.cache.hitRate, 0.75);
+    assert.ok(stats.tokensPerSecond > 0);
+  } finally {
+    await server.close();
+  }
+});
