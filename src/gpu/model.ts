@@ -17,10 +17,16 @@ import type {
 import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
 import { Ops } from "./ops.ts";
 import { type Gpu, openGpu } from "./device.ts";
-import { readF32 } from "./readback.ts";
 import { toFloat32 } from "../dtype.ts";
-import { ABSENT, ExpertPool } from "./expert_pool.ts";
+import { ExpertPool } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
+import {
+  CheckpointExperts,
+  ExpertBudgetError,
+  ExpertCache,
+  type ExpertSource,
+} from "./expert_cache.ts";
+import { type EvictionPolicy, LruPolicy } from "../experts/policy.ts";
 
 /** Tokens per forward step; longer prompts are prefilled in chunks of this many. */
 export const DEFAULT_MAX_BATCH = 64;
@@ -35,11 +41,28 @@ export interface GpuModelOptions {
   gpu?: Gpu;
   maxContext?: number;
   maxBatch?: number;
-  /**
-   * Experts to place in GPU slots at load: by default every expert of every layer. Issue-3's
-   * cache replaces this with a budget and lazy uploads.
-   */
+  /** GPU slots for experts (default: every expert of every layer, loaded at open). */
   expertSlots?: number;
+  /** Where expert records come from (default: the checkpoint's own tensors). */
+  expertSource?: ExpertSource;
+  /** Eviction policy of the expert cache (default LRU). */
+  policy?: EvictionPolicy<number>;
+  /** Load the experts that the optimistic pass flagged in later layers along with a miss. */
+  prefetch?: boolean;
+}
+
+/** How often the GPU had to report back to the CPU, and what the expert cache did. */
+export interface StepStats {
+  steps: number;
+  readbacks: number;
+  /** Extra passes over layers caused by misses (0 when every routed expert was resident). */
+  reruns: number;
+  /** Prefill only: distinct (layer, expert) pairs routed, and experts loaded for them. */
+  prefillRouted: number;
+  prefillLoads: number;
+  /** Speculative loads that the final routing used / loads whose layer missed without a guess. */
+  prefetchUseful: number;
+  prefetchMissed: number;
 }
 
 const DTYPES: Record<TensorView["dtype"], WeightDType> = { F32: "f32", BF16: "bf16", F16: "f16" };
@@ -64,6 +87,13 @@ function uploadF32(device: GPUDevice, data: Float32Array<ArrayBuffer>, label: st
   });
   device.queue.writeBuffer(buffer, 0, data);
   return buffer;
+}
+
+/** mapAsync offsets must be multiples of 8; keep staging regions generously aligned. */
+const STAGING_ALIGN = 256;
+
+function alignUp(n: number, a: number): number {
+  return Math.ceil(n / a) * a;
 }
 
 function align4(n: number): number {
@@ -91,12 +121,21 @@ interface Activations {
   v: GPUBuffer; // [T, Hkv*Dh]
   att: GPUBuffer; // [T, Hq*Dh]
   routerLogits: GPUBuffer; // [T, E]
-  idx: GPUBuffer; // u32 [T, K]
+  idx: GPUBuffer[]; // per layer: u32 [T, K] routed experts
   weights: GPUBuffer; // [T, K]
   h: GPUBuffer; // [T*K, I]
   y: GPUBuffer; // [T*K, D]
+  snap: GPUBuffer[]; // per layer: [T, D] residual at the layer's start (budgeted runs only)
   xLast: GPUBuffer; // [1, D] last row of xn
   logits: GPUBuffer; // [T, V]
+  staging: GPUBuffer; // MAP_READ: logits | routing [L, T, K] | missed [L, E]
+}
+
+/** What one readback brings: logits rows, every layer's routing, and the miss flags. */
+interface Readback {
+  logits: Float32Array[];
+  routing: Uint32Array; // [L, maxBatch * K], rows of the step first
+  missed: Uint32Array; // [L, E]
 }
 
 export class GpuModel implements LanguageModel {
@@ -104,19 +143,36 @@ export class GpuModel implements LanguageModel {
   readonly maxBatch: number;
   readonly ops: OpsApi;
   readonly pool: ExpertPool;
+  readonly cache: ExpertCache;
+  /** Every expert resident: no routing ever needs the CPU. */
+  readonly allResident: boolean;
+  readonly stats: StepStats = {
+    steps: 0,
+    readbacks: 0,
+    reruns: 0,
+    prefillRouted: 0,
+    prefillLoads: 0,
+    prefetchUseful: 0,
+    prefetchMissed: 0,
+  };
   private layers: GpuLayer[];
-  private finalNorm: GPUBuffer;
   private lmHead: { w: WeightRef; rows: number; first: number }[];
   private act: Activations;
   private rope: GPUBuffer;
-  /** Ops recorded before attention / after attention of each layer, and the head. */
-  private preAttention: Op[][];
-  private postAttention: Op[][];
+  private attnInputs: Op[][];
+  private routerOps: Op[][];
+  private expertOps: Op[][];
+  private combineOps: Op[];
+  private finalNormOp: Op;
   private headAll: Op[];
   private headLast: Op[];
-  private finalNormOp: Op;
   private queue: Promise<unknown> = Promise.resolve();
   private embedRow: (id: number) => Float32Array;
+  private prefetch: boolean;
+  /** Logical time for the eviction policy: one tick per layer visit. */
+  private clock = 0;
+  private routingOffset: number;
+  private missedOffset: number;
 
   private constructor(
     readonly gpu: Gpu,
@@ -128,30 +184,38 @@ export class GpuModel implements LanguageModel {
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext);
     this.ops = new Ops(gpu);
+    this.prefetch = opts.prefetch ?? true;
     const T = this.maxBatch;
-    const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
+    const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numLayers: L } = c;
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
 
     // resident weights
     this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l));
-    this.finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
+    const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
     this.lmHead = uploadLmHead(device, weights.lmHead, gpu);
     this.rope = uploadF32(device, ropeTable(this.maxContext, Dh, c.ropeTheta), "rope_table");
     this.embedRow = embedGather(weights.embed);
 
-    // experts: every one resident unless a slot count is given
-    const expertDtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
-    const total = c.numLayers * E;
+    // experts: a pool of slots, filled up front when every expert fits, else lazily
+    const total = L * E;
     const slots = Math.min(opts.expertSlots ?? total, total);
+    if (slots < K) {
+      throw new ExpertBudgetError(
+        `${slots} expert slots cannot hold one layer's top-${K} experts; give at least ${K} ` +
+          `slots (--expert-slots ${K})`,
+      );
+    }
+    const expertDtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
     this.pool = new ExpertPool(device, c, expertDtype, slots);
-    if (slots === total) {
-      for (let l = 0; l < c.numLayers; l++) {
-        for (let e = 0; e < E; e++) {
-          const slot = l * E + e;
-          this.pool.uploadExpert(slot, weights.layers[l].expert(e));
-          this.pool.assign(l, e, slot);
-        }
-      }
+    this.cache = new ExpertCache(
+      this.pool,
+      opts.expertSource ?? new CheckpointExperts(weights),
+      opts.policy ?? new LruPolicy<number>(),
+    );
+    this.allResident = slots === total;
+    if (this.allResident) {
+      const none = new Set<number>();
+      for (let key = 0; key < total; key++) this.cache.load(key, 0, none);
     }
 
     const f32 = (n: number, label: string) =>
@@ -160,6 +224,8 @@ export class GpuModel implements LanguageModel {
         size: align4(n * 4),
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
       });
+    this.routingOffset = alignUp(T * V * 4, STAGING_ALIGN);
+    this.missedOffset = this.routingOffset + L * T * K * 4;
     this.act = {
       x: f32(T * D, "x"),
       xn: f32(T * D, "xn"),
@@ -168,18 +234,34 @@ export class GpuModel implements LanguageModel {
       v: f32(T * Hkv * Dh, "v"),
       att: f32(T * Hq * Dh, "att"),
       routerLogits: f32(T * E, "router_logits"),
-      idx: f32(T * K, "topk_idx"),
+      idx: this.layers.map((_, l) => f32(T * K, `topk_idx.${l}`)),
       weights: f32(T * K, "topk_weights"),
       h: f32(T * K * I, "experts_h"),
       y: f32(T * K * D, "experts_y"),
+      snap: this.allResident ? [] : this.layers.map((_, l) => f32(T * D, `snapshot.${l}`)),
       xLast: f32(D, "x_last"),
       logits: f32(T * V, "logits"),
+      staging: device.createBuffer({
+        label: "readback",
+        size: this.missedOffset + L * E * 4,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }),
     };
-    this.preAttention = this.layers.map((_, l) => this.prepareAttentionInputs(l));
-    this.postAttention = this.layers.map((_, l) => this.prepareMoe(l));
+    this.attnInputs = this.layers.map((_, l) => this.prepareAttentionInputs(l));
+    this.routerOps = this.layers.map((_, l) => this.prepareRouter(l));
+    this.expertOps = this.layers.map((_, l) => this.prepareExperts(l));
+    this.combineOps = this.layers.map(() =>
+      this.ops.moeCombine({
+        y: this.act.y,
+        weights: this.act.weights,
+        out: this.act.x,
+        k: K,
+        hidden: D,
+      })
+    );
     this.finalNormOp = this.ops.rmsnorm({
       x: this.act.x,
-      weight: this.finalNorm,
+      weight: finalNorm,
       out: this.act.xn,
       dim: D,
       groups: 1,
@@ -265,16 +347,15 @@ export class GpuModel implements LanguageModel {
     ];
   }
 
-  /** post-attention norm -> router -> top-k -> experts -> weighted sum into the residual. */
-  private prepareMoe(l: number): Op[] {
+  /** post-attention norm -> router logits -> softmax, top-k, renormalise. */
+  private prepareRouter(l: number): Op[] {
     const c = this.config;
-    const L = this.layers[l];
     const a = this.act;
-    const { hiddenSize: D, numExperts: E, topK: K, moeIntermediateSize: I } = c;
-    const ops: Op[] = [
+    const { hiddenSize: D, numExperts: E, topK: K } = c;
+    return [
       this.ops.rmsnorm({
         x: a.x,
-        weight: L.postNorm,
+        weight: this.layers[l].postNorm,
         out: a.xn,
         dim: D,
         groups: 1,
@@ -282,7 +363,7 @@ export class GpuModel implements LanguageModel {
       }),
       this.ops.matmul({
         x: a.xn,
-        w: L.router,
+        w: this.layers[l].router,
         out: a.routerLogits,
         K: D,
         N: E,
@@ -292,23 +373,30 @@ export class GpuModel implements LanguageModel {
       }),
       this.ops.topk({
         logits: a.routerLogits,
-        idx: a.idx,
+        idx: a.idx[l],
         weights: a.weights,
         numExperts: E,
         k: K,
         normTopk: c.normTopkProb,
       }),
     ];
+  }
+
+  /** SwiGLU experts for every (token, choice) whose expert is resident, one op per pool. */
+  private prepareExperts(l: number): Op[] {
+    const c = this.config;
+    const a = this.act;
     const common = {
-      idx: a.idx,
+      idx: a.idx[l],
       slots: this.pool.slotTable,
-      slotBase: l * E,
+      slotBase: l * c.numExperts,
       poolDtype: this.pool.dtype,
       slotElems: this.pool.slotElems,
-      k: K,
-      hidden: D,
-      inter: I,
+      k: c.topK,
+      hidden: c.hiddenSize,
+      inter: c.moeIntermediateSize,
     };
+    const ops: Op[] = [];
     for (const p of this.pool.pools) {
       ops.push(this.ops.expertsGateUp({
         ...common,
@@ -330,7 +418,6 @@ export class GpuModel implements LanguageModel {
         y: a.y,
       }));
     }
-    ops.push(this.ops.moeCombine({ y: a.y, weights: a.weights, out: a.x, k: K, hidden: D }));
     return ops;
   }
 
@@ -350,6 +437,105 @@ export class GpuModel implements LanguageModel {
     );
   }
 
+  // ---- recording ----
+
+  /** Layers [from, to): attention, router, experts, combine; snapshots x first when budgeted. */
+  private encodeLayers(
+    enc: GPUCommandEncoder,
+    session: GpuSession,
+    from: number,
+    to: number,
+    T: number,
+  ): void {
+    const rowBytes = T * this.config.hiddenSize * 4;
+    let pass: GPUComputePassEncoder | null = null;
+    for (let l = from; l < to; l++) {
+      if (!this.allResident) {
+        pass?.end();
+        enc.copyBufferToBuffer(this.act.x, 0, this.act.snap[l], 0, rowBytes);
+        pass = null;
+      }
+      pass ??= enc.beginComputePass();
+      for (const op of this.attnInputs[l]) op.record(pass, T);
+      for (const op of session.attention[l]) op.record(pass, T);
+      for (const op of this.routerOps[l]) op.record(pass, T);
+      for (const op of this.expertOps[l]) op.record(pass, T);
+      this.combineOps[l].record(pass, T);
+    }
+    pass?.end();
+  }
+
+  /** Final norm and lm_head (all rows, or only the last), then copy results for readback. */
+  private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean): number {
+    const D = this.config.hiddenSize;
+    let pass = enc.beginComputePass();
+    this.finalNormOp.record(pass, T);
+    if (lastOnly) {
+      pass.end();
+      enc.copyBufferToBuffer(this.act.xn, (T - 1) * D * 4, this.act.xLast, 0, D * 4);
+      pass = enc.beginComputePass();
+      for (const op of this.headLast) op.record(pass, 1);
+    } else {
+      for (const op of this.headAll) op.record(pass, T);
+    }
+    pass.end();
+    const rows = lastOnly ? 1 : T;
+    enc.copyBufferToBuffer(
+      this.act.logits,
+      0,
+      this.act.staging,
+      0,
+      rows * this.config.vocabSize * 4,
+    );
+    return rows;
+  }
+
+  /** Copies every layer's routing and the miss flags next to the logits in the staging buffer. */
+  private encodeRouting(enc: GPUCommandEncoder, T: number): void {
+    const c = this.config;
+    const perLayer = this.maxBatch * c.topK * 4;
+    for (let l = 0; l < c.numLayers; l++) {
+      enc.copyBufferToBuffer(
+        this.act.idx[l],
+        0,
+        this.act.staging,
+        this.routingOffset + l * perLayer,
+        T * c.topK * 4,
+      );
+    }
+    enc.copyBufferToBuffer(
+      this.pool.missed,
+      0,
+      this.act.staging,
+      this.missedOffset,
+      c.numLayers * c.numExperts * 4,
+    );
+  }
+
+  /** Submits, then maps the staging buffer once: the step's single GPU -> CPU round trip. */
+  private async submitAndRead(enc: GPUCommandEncoder, logitRows: number): Promise<Readback> {
+    const c = this.config;
+    this.gpu.device.queue.submit([enc.finish()]);
+    const staging = this.act.staging;
+    await staging.mapAsync(GPUMapMode.READ);
+    this.stats.readbacks++;
+    try {
+      const V = c.vocabSize;
+      const flat = new Float32Array(staging.getMappedRange(0, logitRows * V * 4));
+      const logits: Float32Array[] = [];
+      for (let r = 0; r < logitRows; r++) logits.push(flat.slice(r * V, (r + 1) * V));
+      const routing = new Uint32Array(
+        staging.getMappedRange(this.routingOffset, this.missedOffset - this.routingOffset),
+      ).slice();
+      const missed = new Uint32Array(
+        staging.getMappedRange(this.missedOffset, c.numLayers * c.numExperts * 4),
+      ).slice();
+      return { logits, routing, missed };
+    } finally {
+      staging.unmap();
+    }
+  }
+
   // ---- one step ----
 
   /** Runs steps one at a time (activations are shared between sessions). */
@@ -361,7 +547,10 @@ export class GpuModel implements LanguageModel {
 
   /**
    * Runs T = ids.length tokens at positions pos0.. through every layer and returns logits rows
-   * (all T, or only the last).
+   * (all T, or only the last). With every expert resident this is one submission and one
+   * readback. With a budget, decode runs optimistically with the slots it has and reruns from
+   * the first layer that routed to an absent expert; prefill goes layer by layer, loading each
+   * routed expert once per layer.
    */
   async step(
     session: GpuSession,
@@ -372,42 +561,208 @@ export class GpuModel implements LanguageModel {
     const c = this.config;
     const T = ids.length;
     const device = this.gpu.device;
-    const { hiddenSize: D, vocabSize: V } = c;
+    const D = c.hiddenSize;
+    this.stats.steps++;
     device.queue.writeBuffer(this.ops.step, 0, new Uint32Array([T, pos0, pos0 + T, 0]));
     // embeddings: rows gathered on the CPU from the mapped table
     const x = new Float32Array(T * D);
     for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
     device.queue.writeBuffer(this.act.x, 0, x);
 
-    const enc = device.createCommandEncoder({ label: "forward" });
-    let pass = enc.beginComputePass();
-    for (let l = 0; l < c.numLayers; l++) {
-      for (const op of this.preAttention[l]) op.record(pass, T);
-      for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.postAttention[l]) op.record(pass, T);
+    if (this.allResident) {
+      const enc = device.createCommandEncoder({ label: "forward" });
+      this.encodeLayers(enc, session, 0, c.numLayers, T);
+      const rows = this.encodeHead(enc, T, lastOnly);
+      this.encodeRouting(enc, T);
+      const r = await this.submitAndRead(enc, rows);
+      this.countHits(r.routing, 0, c.numLayers, T);
+      return r.logits;
     }
-    // final norm
-    this.finalNormOp.record(pass, T);
-    if (lastOnly) {
-      pass.end();
-      enc.copyBufferToBuffer(this.act.xn, (T - 1) * D * 4, this.act.xLast, 0, D * 4);
-      pass = enc.beginComputePass();
-      for (const op of this.headLast) op.record(pass, 1);
-    } else {
-      for (const op of this.headAll) op.record(pass, T);
-    }
-    pass.end();
-    device.queue.submit([enc.finish()]);
-    const rows = lastOnly ? 1 : T;
-    const flat = await readF32(this.gpu, this.act.logits, 0, rows * V);
-    const out: Float32Array[] = [];
-    for (let r = 0; r < rows; r++) out.push(flat.slice(r * V, (r + 1) * V));
-    return out;
+    if (T > 1) return this.prefillLayerwise(session, T, lastOnly);
+    return this.decodeOptimistic(session, T, lastOnly);
   }
 
-  /** Whether any routed expert of the last steps was absent (never with all experts resident). */
-  get absentSlots(): number {
-    return this.pool.table.reduce((n, s) => n + (s === ABSENT ? 1 : 0), 0);
+  /** Distinct expert keys routed at layer l for the T rows of `routing`. */
+  private routedKeys(routing: Uint32Array, l: number, T: number): number[] {
+    const { numExperts: E, topK: K } = this.config;
+    const base = l * this.maxBatch * K;
+    const keys = new Set<number>();
+    for (let i = 0; i < T * K; i++) keys.add(l * E + routing[base + i]);
+    return [...keys];
+  }
+
+  /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
+  private countHits(routing: Uint32Array, from: number, to: number, T: number): void {
+    for (let l = from; l < to; l++) {
+      const keys = this.routedKeys(routing, l, T);
+      this.cache.metrics.hits += keys.length;
+      this.cache.touch(keys, ++this.clock);
+    }
+  }
+
+  private async decodeOptimistic(
+    session: GpuSession,
+    T: number,
+    lastOnly: boolean,
+  ): Promise<Float32Array[]> {
+    const c = this.config;
+    const { numLayers: L, numExperts: E } = c;
+    const device = this.gpu.device;
+    let from = 0;
+    /** Layers below this are final and counted. */
+    let counted = 0;
+    let guessed = new Set<number>();
+    let rerun = false;
+    for (;;) {
+      const enc = device.createCommandEncoder({ label: "decode" });
+      if (rerun) {
+        // the residual stream as it entered layer `from` (the failed pass went on from there)
+        enc.copyBufferToBuffer(this.act.snap[from], 0, this.act.x, 0, T * c.hiddenSize * 4);
+      }
+      enc.clearBuffer(this.pool.missed);
+      this.encodeLayers(enc, session, from, L, T);
+      const rows = this.encodeHead(enc, T, lastOnly);
+      this.encodeRouting(enc, T);
+      const r = await this.submitAndRead(enc, rows);
+      let l0 = -1;
+      for (let l = from; l < L && l0 < 0; l++) {
+        for (let e = 0; e < E; e++) {
+          if (r.missed[l * E + e]) {
+            l0 = l;
+            break;
+          }
+        }
+      }
+      if (l0 < 0) {
+        this.countHits(r.routing, counted, L, T);
+        this.scoreGuesses(guessed, r.routing, counted, L, T);
+        return r.logits;
+      }
+      // layers before l0 are final
+      this.countHits(r.routing, counted, l0, T);
+      this.scoreGuesses(guessed, r.routing, counted, l0, T);
+      // layer l0 saw its true input: load exactly what it routed to
+      const routed = this.routedKeys(r.routing, l0, T);
+      const protect = new Set(routed);
+      const now = ++this.clock;
+      for (const key of routed) {
+        if (this.cache.isResident(key)) {
+          this.cache.metrics.hits++;
+          continue;
+        }
+        this.cache.metrics.misses++;
+        if (guessed.has(key)) this.stats.prefetchUseful++;
+        else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
+        if (!this.cache.load(key, now, protect)) {
+          throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
+        }
+      }
+      this.cache.touch(routed, now);
+      // later layers ran on an approximate input: their flagged experts are good guesses
+      guessed = new Set();
+      if (this.prefetch) {
+        for (let l = l0 + 1; l < L; l++) {
+          for (const key of this.routedKeys(r.routing, l, T)) {
+            if (this.cache.isResident(key)) protect.add(key);
+          }
+        }
+        for (let l = l0 + 1; l < L; l++) {
+          for (let e = 0; e < E; e++) {
+            const key = l * E + e;
+            if (!r.missed[key]) continue;
+            if (!this.cache.load(key, now, protect, true)) break;
+            protect.add(key);
+            guessed.add(key);
+          }
+        }
+      }
+      counted = l0 + 1;
+      from = l0;
+      rerun = true;
+      this.stats.reruns++;
+    }
+  }
+
+  /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
+  private scoreGuesses(
+    guessed: Set<number>,
+    routing: Uint32Array,
+    from: number,
+    to: number,
+    T: number,
+  ): void {
+    if (guessed.size === 0) return;
+    for (let l = from; l < to; l++) {
+      for (const key of this.routedKeys(routing, l, T)) {
+        if (guessed.delete(key)) this.stats.prefetchUseful++;
+      }
+    }
+  }
+
+  /**
+   * Prefill under a budget: per layer, run attention and the router, read the routing back,
+   * then run the experts in groups that fit the slots, loading each routed expert once. Pairs
+   * whose expert is absent are skipped by the kernels, so y fills up group by group before the
+   * weighted sum.
+   */
+  private async prefillLayerwise(
+    session: GpuSession,
+    T: number,
+    lastOnly: boolean,
+  ): Promise<Float32Array[]> {
+    const c = this.config;
+    const device = this.gpu.device;
+    const K = c.topK;
+    for (let l = 0; l < c.numLayers; l++) {
+      let enc = device.createCommandEncoder({ label: `prefill.${l}.router` });
+      let pass = enc.beginComputePass();
+      for (const op of this.attnInputs[l]) op.record(pass, T);
+      for (const op of session.attention[l]) op.record(pass, T);
+      for (const op of this.routerOps[l]) op.record(pass, T);
+      pass.end();
+      enc.copyBufferToBuffer(this.act.idx[l], 0, this.act.staging, this.routingOffset, T * K * 4);
+      device.queue.submit([enc.finish()]);
+      await this.act.staging.mapAsync(GPUMapMode.READ, this.routingOffset, T * K * 4);
+      this.stats.readbacks++;
+      const idx = new Uint32Array(
+        this.act.staging.getMappedRange(this.routingOffset, T * K * 4),
+      ).slice();
+      this.act.staging.unmap();
+      const keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
+      // resident experts first: they need no load
+      keys.sort((a, b) => Number(this.cache.isResident(b)) - Number(this.cache.isResident(a)));
+      this.stats.prefillRouted += keys.length;
+      const now = ++this.clock;
+      for (let g = 0; g < keys.length; g += this.cache.capacity) {
+        const group = keys.slice(g, g + this.cache.capacity);
+        const protect = new Set(group);
+        for (const key of group) {
+          if (this.cache.isResident(key)) {
+            this.cache.metrics.hits++;
+            continue;
+          }
+          this.cache.metrics.misses++;
+          this.stats.prefillLoads++;
+          if (!this.cache.load(key, now, protect)) {
+            throw new ExpertBudgetError(`no slot free for layer ${l}'s experts`);
+          }
+        }
+        this.cache.touch(group, now);
+        enc = device.createCommandEncoder({ label: `prefill.${l}.experts` });
+        pass = enc.beginComputePass();
+        for (const op of this.expertOps[l]) op.record(pass, T);
+        pass.end();
+        device.queue.submit([enc.finish()]);
+      }
+      enc = device.createCommandEncoder({ label: `prefill.${l}.combine` });
+      pass = enc.beginComputePass();
+      this.combineOps[l].record(pass, T);
+      pass.end();
+      device.queue.submit([enc.finish()]);
+    }
+    const enc = device.createCommandEncoder({ label: "prefill.head" });
+    const rows = this.encodeHead(enc, T, lastOnly);
+    return (await this.submitAndRead(enc, rows)).logits;
   }
 
   destroy(): void {

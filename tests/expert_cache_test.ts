@@ -1,0 +1,126 @@
+/**
+ * The expert cache under a budget: outputs identical bit for bit whatever the number of slots,
+ * a clear error below one layer's top-k, one readback per decoded token when every routed expert
+ * is resident, and each routed expert loaded once per layer during prefill.
+ */
+import assert from "node:assert/strict";
+import { SMALL, writeFixture } from "../weights/fixture.ts";
+import { openModelDir } from "../src/model_dir.ts";
+import { GpuModel } from "../src/gpu/model.ts";
+import { ExpertBudgetError } from "../src/gpu/expert_cache.ts";
+import { LrfuPolicy } from "../src/experts/policy.ts";
+import { openGpu } from "../src/gpu/device.ts";
+
+const OPTS = { ...SMALL, dtype: "BF16" as const };
+const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 5) % SMALL.vocab);
+const DECODE = [11, 200, 37, 400, 5, 99, 123, 321];
+
+async function withSmall(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "expert_cache_" });
+  try {
+    await writeFixture(dir, OPTS);
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+/** Prefill logits (all rows) then decode logits, one token at a time. */
+async function run(model: GpuModel): Promise<Float32Array[]> {
+  const s = model.newSession();
+  const rows = await s.forward(PROMPT);
+  for (const id of DECODE) rows.push(...await s.forward([id]));
+  s.free();
+  return rows;
+}
+
+Deno.test("GpuModel logits are bit-identical for every expert budget and policy", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const full = await GpuModel.open(opened.weights, { gpu, maxContext: 64 });
+      const want = await run(full);
+      full.destroy();
+      const total = SMALL.layers * SMALL.experts;
+      for (const slots of [SMALL.topK, 7, 20, total - 1]) {
+        for (const policy of ["lru", "lrfu"]) {
+          const model = await GpuModel.open(opened.weights, {
+            gpu,
+            maxContext: 64,
+            expertSlots: slots,
+            policy: policy === "lrfu" ? new LrfuPolicy<number>() : undefined,
+          });
+          const got = await run(model);
+          assert.equal(got.length, want.length);
+          for (let i = 0; i < want.length; i++) {
+            assert.deepEqual(got[i], want[i], `row ${i} differs with ${slots} slots (${policy})`);
+          }
+          const m = model.cache.metrics.snapshot();
+          assert.ok(m.misses > 0, "a budget below all experts must miss sometimes");
+          model.destroy();
+        }
+      }
+    } finally {
+      opened.close();
+    }
+  });
+});
+
+Deno.test("GpuModel refuses fewer expert slots than one layer's top-k", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    try {
+      await assert.rejects(
+        GpuModel.open(opened.weights, { expertSlots: SMALL.topK - 1 }),
+        (e: Error) => e instanceof ExpertBudgetError && /at least 4/.test(e.message),
+      );
+    } finally {
+      opened.close();
+    }
+  });
+});
+
+Deno.test("GpuModel decodes with one readback per token when every routed expert is resident", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    try {
+      const total = SMALL.layers * SMALL.experts;
+      for (const slots of [total, total - 1]) {
+        const model = await GpuModel.open(opened.weights, { maxContext: 64, expertSlots: slots });
+        const s = model.newSession();
+        await s.forward([7]);
+        // the same token at the next positions routes mostly to the same, now resident experts
+        let allHitSteps = 0;
+        for (let i = 0; i < 6; i++) {
+          const before = { ...model.stats };
+          const misses = model.cache.metrics.misses;
+          await s.forward([7]);
+          if (model.cache.metrics.misses === misses) {
+            assert.equal(model.stats.readbacks - before.readbacks, 1);
+            allHitSteps++;
+          }
+        }
+        assert.ok(allHitSteps > 0, "expected decode steps with every expert resident");
+        model.destroy();
+      }
+    } finally {
+      opened.close();
+    }
+  });
+});
+
+Deno.test("GpuModel prefill under a budget loads each routed expert once per layer", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    try {
+      const model = await GpuModel.open(opened.weights, { maxContext: 64, expertSlots: 5 });
+      await model.newSession().forward(PROMPT);
+      assert.ok(model.stats.prefillRouted > 5, "the prompt should route to many experts");
+      assert.equal(model.stats.prefillLoads, model.stats.prefillRouted);
+      model.destroy();
+    } finally {
+      opened.close();
+    }
+  });
+});
