@@ -37,7 +37,14 @@ export interface OpsApi {
   /** out[t, g*dim + i] = x[t, g*dim + i] * rsqrt(mean_i(x[t,g,:]^2) + eps) * weight[i], for
    * g < groups. weight is f32 [dim]. out may be x (in place). */
   rmsnorm(
-    a: { x: GPUBuffer; weight: GPUBuffer; out: GPUBuffer; dim: number; groups: number; eps: number },
+    a: {
+      x: GPUBuffer;
+      weight: GPUBuffer;
+      out: GPUBuffer;
+      dim: number;
+      groups: number;
+      eps: number;
+    },
   ): Op;
 
   /** out[t, outOffset + n] (+)= sum_k x[t, k] * W[n, k] for n < N, row stride of out = outStride.
@@ -131,7 +138,9 @@ export interface OpsApi {
   }): Op;
 
   /** out[t, d] += sum_{j<K} weights[t, j] * y[t*K + j, d], summed in order j = 0..K-1. */
-  moeCombine(a: { y: GPUBuffer; weights: GPUBuffer; out: GPUBuffer; k: number; hidden: number }): Op;
+  moeCombine(
+    a: { y: GPUBuffer; weights: GPUBuffer; out: GPUBuffer; k: number; hidden: number },
+  ): Op;
 
   /** out[0] = index of the largest x[T-1, 0..n) (lowest index on ties), as u32. */
   argmax(a: { x: GPUBuffer; n: number; out: GPUBuffer }): Op;
