@@ -194,3 +194,66 @@ gpuTest(
     );
   },
 );
+
+gpuTest(
+  "expertsGateUp()/expertsDown() agree with an ORT SwiGLU graph and the reference",
+  async () => {
+    const T = 3, k = 2, D = 48, I = 32, E = 4;
+    const slotElems = 3 * I * D;
+    // Pool of E slots, expert e in slot e: gate [I, D] | up [I, D] | down [D, I].
+    const pool = pack(randomF32(E * slotElems, 71), "bf16");
+    const x = randomF32(T * D, 72);
+    const idxArr = new Uint32Array([2, 0, 1, 3, 3, 2]); // [T, k]
+    const h = buffer(T * k * I * 4), y = buffer(T * k * D * 4);
+    const common = {
+      idx: buffer(idxArr),
+      slots: buffer(new Uint32Array([0, 1, 2, 3])),
+      slotBase: 0,
+      pool: buffer(pool.words),
+      poolDtype: "bf16" as const,
+      poolFirstSlot: 0,
+      poolSlots: E,
+      slotElems,
+      k,
+      hidden: D,
+      inter: I,
+    };
+    run([
+      ops.expertsGateUp({ ...common, x: buffer(x), missed: buffer(E * 4), h }),
+      ops.expertsDown({ ...common, h, y }),
+    ], T);
+    const gotH = await readF32(gpu, h, 0, T * k * I);
+    const gotY = await readF32(gpu, y, 0, T * k * D);
+    for (let pair = 0; pair < T * k; pair++) {
+      const t = Math.floor(pair / k), at = idxArr[pair] * slotElems;
+      const gate = pool.values.subarray(at, at + I * D);
+      const up = pool.values.subarray(at + I * D, at + 2 * I * D);
+      const down = pool.values.subarray(at + 2 * I * D, at + 3 * I * D);
+      const xt = x.subarray(t * D, (t + 1) * D);
+      const ort = await runGraph(
+        [
+          { op: "MatMul", inputs: ["x", "gate"], outputs: ["g"] },
+          { op: "MatMul", inputs: ["x", "up"], outputs: ["u"] },
+          { op: "Sigmoid", inputs: ["g"], outputs: ["sg"] },
+          { op: "Mul", inputs: ["g", "sg"], outputs: ["silu"] },
+          { op: "Mul", inputs: ["silu", "u"], outputs: ["h"] },
+          { op: "MatMul", inputs: ["h", "down"], outputs: ["y"] },
+        ],
+        {
+          x: f32(xt, [1, D]),
+          gate: f32(transpose(gate, I, D), [D, I]),
+          up: f32(transpose(up, I, D), [D, I]),
+          down: f32(transpose(down, D, I), [I, D]),
+        },
+        { h: "float32", y: "float32" },
+      );
+      const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+      const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+      assertClose(hRow, ort.h as Float32Array, TOL, `h vs ORT pair=${pair}`);
+      assertClose(yRow, ort.y as Float32Array, TOL, `y vs ORT pair=${pair}`);
+      const wantH = ref.expertGateUp(xt, gate, up, D, I);
+      assertClose(hRow, wantH, TOL, `h vs reference pair=${pair}`);
+      assertClose(yRow, ref.expertDown(wantH, down, D, I), TOL, `y vs reference pair=${pair}`);
+    }
+  },
+);
