@@ -7,6 +7,7 @@ import { info, UsageError } from "./src/cli/args.ts";
 import { auditCommand } from "./src/cli/audit.ts";
 import { logitsCommand } from "./src/cli/logits.ts";
 import { generateCommand } from "./src/cli/generate.ts";
+import { packCommand } from "./src/cli/pack.ts";
 
 type Command = (argv: string[]) => Promise<number>;
 
@@ -16,6 +17,7 @@ const COMMANDS: Record<string, { run: Command; help: string }> = {
     run: logitsCommand,
     help: "logits [--model DIR] --ids 3,17,42    JSON logits per position",
   },
+  pack: { run: packCommand, help: "pack --in HF_DIR --out PACKED_DIR [--force]" },
   generate: {
     run: generateCommand,
     help:

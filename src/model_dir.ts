@@ -1,13 +1,23 @@
 /**
- * Opens a model directory for the runtime: a Hugging Face checkpoint (config.json +
- * safetensors) or, without --model, the default model embedded in weights/default/ (it travels
- * inside a `deno compile` binary via --include).
+ * Opens a model directory for the runtime. Three kinds:
+ * - a packed directory (manifest.json, base.bin, experts.bin; made by `main.ts pack`): experts
+ *   are memory-mapped from experts.bin and checksum-verified on first load;
+ * - a Hugging Face checkpoint (config.json + safetensors): the runtime packs it once into a cache
+ *   directory first and says so on stderr (audit reads the checkpoint directly);
+ * - nothing given: the default model embedded in weights/default/ (a packed directory that
+ *   travels inside a `deno compile` binary via --include).
  */
+import { join, resolve } from "node:path";
+import { createHash } from "node:crypto";
 import type { ModelWeights } from "./types.ts";
 import { openCheckpoint } from "./checkpoint.ts";
 import { type AuditReport, loadWeights } from "./weights.ts";
+import { isPackedDir, openPacked } from "./packed_weights.ts";
+import { pack } from "./pack/pack.ts";
+import { terminalProgress } from "./pack/progress.ts";
+import type { ExpertSource } from "./gpu/expert_cache.ts";
 
-/** The embedded default model (a directory beside the sources, included in compiled binaries). */
+/** The embedded default model (a packed directory beside the sources). */
 export const DEFAULT_MODEL_DIR = new URL("../weights/default/", import.meta.url).pathname
   .replace(/\/$/, "");
 
@@ -15,11 +25,13 @@ export interface OpenedModel {
   dir: string;
   weights: ModelWeights;
   audit: AuditReport;
+  /** The packed expert file when the model is packed; else experts come from the checkpoint. */
+  experts?: ExpertSource;
   close(): void;
 }
 
-/** Opens and audits a model directory (throws naming any missing or mis-shaped tensor). */
-export function openModelDir(dir: string = DEFAULT_MODEL_DIR): OpenedModel {
+/** Opens and audits a Hugging Face checkpoint directly (throws naming any bad tensor). */
+export function openModelDir(dir: string): OpenedModel {
   const ckpt = openCheckpoint(dir);
   try {
     const { weights, audit } = loadWeights(ckpt);
@@ -28,4 +40,58 @@ export function openModelDir(dir: string = DEFAULT_MODEL_DIR): OpenedModel {
     ckpt.close();
     throw e;
   }
+}
+
+/** Where raw checkpoints are packed: $MOE_PACK_CACHE, else ~/.cache/moe-runtime/packed. */
+export function packCacheRoot(): string {
+  const env = Deno.env.get("MOE_PACK_CACHE");
+  if (env) return env;
+  const home = Deno.env.get("XDG_CACHE_HOME") ?? join(Deno.env.get("HOME") ?? ".", ".cache");
+  return join(home, "moe-runtime", "packed");
+}
+
+/** A cache key for a checkpoint: its real path and each file's name, size and mtime. */
+function checkpointKey(dir: string): string {
+  const real = Deno.realPathSync(dir);
+  const h = createHash("sha256").update(real);
+  const names = [...Deno.readDirSync(dir)].map((e) => e.name).sort();
+  for (const name of names) {
+    const st = Deno.statSync(join(dir, name));
+    h.update(`\0${name}\0${st.size}\0${st.mtime?.getTime() ?? 0}`);
+  }
+  const base = real.split("/").filter(Boolean).pop() ?? "model";
+  return `${base}-${h.digest("hex").slice(0, 16)}`;
+}
+
+/**
+ * Opens any model directory for inference (see the module comment); undefined means the
+ * embedded default model.
+ */
+export async function openModel(dir: string = DEFAULT_MODEL_DIR): Promise<OpenedModel> {
+  let packedDir = dir;
+  if (!isPackedDir(dir)) {
+    packedDir = join(packCacheRoot(), checkpointKey(dir));
+    if (!isPackedDir(packedDir)) {
+      console.error(
+        `${dir} is a Hugging Face checkpoint: packing it once into ${packedDir} ` +
+          `(run \`main.ts pack --in ${dir} --out DIR\` to choose the place)`,
+      );
+      const progress = terminalProgress();
+      try {
+        await pack(resolve(dir), packedDir, { onProgress: progress?.onProgress });
+      } finally {
+        progress?.finish();
+      }
+    } else {
+      console.error(`${dir}: using its packed copy in ${packedDir}`);
+    }
+  }
+  const p = await openPacked(packedDir);
+  return {
+    dir: packedDir,
+    weights: p.weights,
+    audit: p.audit,
+    experts: p.experts,
+    close: () => p.close(),
+  };
 }

@@ -5,16 +5,16 @@
  * --max-tokens or at an end-of-sequence id from config.json (the EOS id is included, as in
  * Hugging Face's generate()).
  */
-import { info, numberFlag, parseFlags, parseIds, UsageError } from "./args.ts";
-import { openModelDir } from "../model_dir.ts";
-import { GpuModel } from "../gpu/model.ts";
+import { numberFlag, parseFlags, parseIds, UsageError } from "./args.ts";
+import type { GpuModel } from "../gpu/model.ts";
+import { openRuntime, RUNTIME_BOOLEAN_FLAGS, RUNTIME_STRING_FLAGS } from "./runtime.ts";
 import { greedyToken } from "../greedy.ts";
 
 export async function generateCommand(argv: string[]): Promise<number> {
   const flags = parseFlags(
     argv,
-    ["model", "ids", "prompt", "max-tokens", "temperature", "max-context"],
-    ["json"],
+    [...RUNTIME_STRING_FLAGS, "ids", "prompt", "max-tokens", "temperature"],
+    ["json", ...RUNTIME_BOOLEAN_FLAGS],
   );
   const maxTokens = numberFlag(flags, "max-tokens", 16, (n) => Number.isInteger(n) && n >= 1);
   const temperature = numberFlag(flags, "temperature", 0, (n) => n >= 0);
@@ -25,22 +25,13 @@ export async function generateCommand(argv: string[]): Promise<number> {
     throw new UsageError("--prompt needs the tokenizer, which this build does not have yet");
   }
   const ids = parseIds(flags.ids);
-  const opened = openModelDir(flags.model as string | undefined);
+  const rt = await openRuntime(flags, ids.length + maxTokens);
   try {
-    const maxContext = numberFlag(
-      flags,
-      "max-context",
-      ids.length + maxTokens,
-      Number.isInteger,
-    );
-    const model = await GpuModel.open(opened.weights, { maxContext });
-    info(`generate: ${opened.dir} on ${model.gpu.adapterInfo.description}`);
-    const out = await generateGreedy(model, ids, maxTokens);
+    const out = await generateGreedy(rt.model, ids, maxTokens);
     console.log(flags.json ? JSON.stringify({ ids: out }) : out.join(","));
-    model.destroy();
     return 0;
   } finally {
-    opened.close();
+    rt.close();
   }
 }
 

@@ -16,6 +16,13 @@ const SLOT_ALIGN_BYTES = 256;
 
 export const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
 
+/** Bytes of one slot for this model's experts stored as dtype (checkpoint dtype names). */
+export function slotBytes(config: ModelConfig, dtype: "F32" | "BF16" | "F16"): number {
+  const elem = dtype === "F32" ? 4 : 2;
+  const bytes = 3 * config.moeIntermediateSize * config.hiddenSize * elem;
+  return Math.ceil(bytes / SLOT_ALIGN_BYTES) * SLOT_ALIGN_BYTES;
+}
+
 export class ExpertPoolError extends Error {
   override name = "ExpertPoolError";
 }
