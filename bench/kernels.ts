@@ -1,6 +1,6 @@
 /**
- * Matmul (matvec at T=1) weight bandwidth on the current WebGPU adapter, next to a plain
- * ArrayBuffer copy measured in the same run. Not a test: prints a table. Besides wall-clock GB/s
+ * Weight bandwidth of the matmul and expert kernels on the current WebGPU adapter, next to a plain
+ * ArrayBuffer copy measured in the same run. Not a test: prints tables. Besides wall-clock GB/s
  * it prints GB per CPU-second of this process (llvmpipe runs on our own threads), which stays
  * comparable when other processes share the cores.
  *   ./bin/deno run -A --unstable-webgpu bench/kernels.ts
@@ -8,52 +8,45 @@
 import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
 import { Ops } from "../src/gpu/ops.ts";
-import type { WeightDType } from "../src/gpu/ops_api.ts";
+import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
 
 /** Dispatches per timed submit: enough to hide the ~11 ms submit+readback cost on llvmpipe. */
 const REPS = 20;
 /** Bytes of the CPU copy reference (larger than the last-level cache). */
 const COPY_BYTES = 64 << 20;
 const BYTES: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
+/** Weights: a fixed bit pattern of small normal numbers (values do not matter for bandwidth). */
+const WEIGHT_BITS = 0x3c003c00;
+/** Expert geometry of Qwen3-30B-A3B: hidden, intermediate, experts per token, experts. */
+const MOE = { D: 2048, I: 768, K: 8, E: 128 };
 
 const gpu = await openGpu();
 const ops = new Ops(gpu);
 const device = gpu.device;
+const made: GPUBuffer[] = [];
 
-function storage(size: number): GPUBuffer {
-  return device.createBuffer({
+function storage(size: number, fill?: number): GPUBuffer {
+  const b = device.createBuffer({
     size,
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
   });
+  if (fill !== undefined) device.queue.writeBuffer(b, 0, new Uint32Array(size / 4).fill(fill));
+  made.push(b);
+  return b;
 }
 
-/** Wall seconds and CPU seconds of this process per op call: REPS calls in one submit, waited for
- * with onSubmittedWorkDone. */
-async function timeOp(
-  dtype: WeightDType,
-  N: number,
-  K: number,
-  T: number,
-): Promise<{ wall: number; cpu: number }> {
-  const w = storage(N * K * BYTES[dtype]);
-  // Weights: a fixed bit pattern of small normal numbers (values do not matter for bandwidth).
-  device.queue.writeBuffer(w, 0, new Uint32Array(w.size / 4).fill(0x3c003c00));
-  const x = storage(T * K * 4), out = storage(T * N * 4);
-  const op = ops.matmul({
-    x,
-    w: { buffer: w, dtype, offsetElems: 0 },
-    out,
-    K,
-    N,
-    outStride: N,
-    outOffset: 0,
-    accumulate: false,
-  });
+function release(): void {
+  for (const b of made.splice(0)) b.destroy();
+}
+
+/** Wall and CPU seconds of this process per recording of `list`: REPS recordings in one submit,
+ * waited for with onSubmittedWorkDone. */
+async function time(list: Op[], T: number): Promise<{ wall: number; cpu: number }> {
   device.queue.writeBuffer(ops.step, 0, new Uint32Array([T, 0, T, 0]));
   const once = async () => {
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass();
-    for (let i = 0; i < REPS; i++) op.record(pass, T);
+    for (let i = 0; i < REPS; i++) for (const op of list) op.record(pass, T);
     pass.end();
     device.queue.submit([enc.finish()]);
     await device.queue.onSubmittedWorkDone();
@@ -64,11 +57,49 @@ async function timeOp(
   await once();
   const wall = (performance.now() - t0) / 1000 / REPS;
   const c = process.cpuUsage(c0);
-  const cpu = (c.user + c.system) / 1e6 / REPS;
-  w.destroy();
-  x.destroy();
-  out.destroy();
-  return { wall, cpu };
+  return { wall, cpu: (c.user + c.system) / 1e6 / REPS };
+}
+
+function matmulOp(dtype: WeightDType, N: number, K: number, T: number): Op {
+  return ops.matmul({
+    x: storage(T * K * 4),
+    w: { buffer: storage(N * K * BYTES[dtype], WEIGHT_BITS), dtype, offsetElems: 0 },
+    out: storage(T * N * 4),
+    K,
+    N,
+    outStride: N,
+    outOffset: 0,
+    accumulate: false,
+  });
+}
+
+/** Both expert stages for T tokens, each routed to K distinct resident experts. */
+function expertOps(dtype: WeightDType, T: number): Op[] {
+  const { D, I, K, E } = MOE;
+  const slotElems = 3 * I * D;
+  const idx = new Uint32Array(T * K).map((_, i) => (i * 7) % E);
+  const idxBuf = storage(idx.byteLength);
+  device.queue.writeBuffer(idxBuf, 0, idx);
+  const slots = storage(E * 4);
+  device.queue.writeBuffer(slots, 0, new Uint32Array(E).map((_, e) => e % K));
+  const common = {
+    idx: idxBuf,
+    slots,
+    slotBase: 0,
+    pool: storage(K * slotElems * BYTES[dtype], WEIGHT_BITS),
+    poolDtype: dtype,
+    poolFirstSlot: 0,
+    poolSlots: K,
+    slotElems,
+    k: K,
+    hidden: D,
+    inter: I,
+  };
+  const h = storage(T * K * I * 4);
+  return [
+    ops.expertsGateUp({ ...common, x: storage(T * D * 4), missed: storage(E * 4), h }),
+    ops.expertsDown({ ...common, h, y: storage(T * K * D * 4) }),
+  ];
 }
 
 function copyGBs(): { wall: number; cpu: number } {
@@ -86,23 +117,42 @@ function copyGBs(): { wall: number; cpu: number } {
   };
 }
 
+/** One table row; `reuse` is how many tokens each weight byte serves (matmul: T, experts: 1). */
+function row(
+  label: string,
+  T: number,
+  reuse: number,
+  bytes: number,
+  s: { wall: number; cpu: number },
+): void {
+  const gbs = bytes / s.wall / 1e9;
+  console.log(
+    `${label.padEnd(24)} ${String(T).padStart(2)}  ${(s.wall * 1000).toFixed(3).padStart(8)}  ` +
+      `${gbs.toFixed(2).padStart(11)}  ${(bytes / s.cpu / 1e9).toFixed(2).padStart(8)}  ` +
+      `${(gbs * reuse).toFixed(2).padStart(14)}`,
+  );
+}
+
 console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);
 const copy = copyGBs();
-console.log(
-  `ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`,
-);
-console.log("dtype  N x K        T   ms/call  weight GB/s  GB/CPU-s  GB/s per token");
+console.log(`ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`);
+console.log("op                        T   ms/call  weight GB/s  GB/CPU-s  GB/s x tokens");
 for (const dtype of ["bf16", "f32"] as WeightDType[]) {
   for (const [N, K] of [[2048, 2048], [768, 2048]]) {
     for (const T of [1, 8]) {
-      const s = await timeOp(dtype, N, K, T);
-      const bytes = N * K * BYTES[dtype];
-      const gbs = bytes / s.wall / 1e9;
-      console.log(
-        `${dtype.padEnd(6)} ${`${N} x ${K}`.padEnd(12)} ${String(T).padStart(2)}  ` +
-          `${(s.wall * 1000).toFixed(3).padStart(7)}  ${gbs.toFixed(2).padStart(11)}  ` +
-          `${(bytes / s.cpu / 1e9).toFixed(2).padStart(8)}  ${(gbs * T).toFixed(2).padStart(14)}`,
+      row(
+        `matmul ${dtype} ${N}x${K}`,
+        T,
+        N * K * BYTES[dtype],
+        await time([matmulOp(dtype, N, K, T)], T),
       );
+      release();
     }
   }
+}
+for (const T of [1, 8]) {
+  const { D, I, K } = MOE;
+  const bytes = T * K * 3 * I * D * BYTES.bf16; // every pair reads its expert's weights
+  row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));
+  release();
 }

@@ -1,4 +1,5 @@
 import assert from "node:assert";
+import { OpConfigError } from "../src/gpu/ops.ts";
 import { readF32 } from "../src/gpu/readback.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
@@ -79,4 +80,48 @@ gpuTest("matmul() honours outOffset, outStride and accumulate (bf16, T=5)", asyn
       assert.strictEqual(got[t * stride + i], initial[t * stride + i], `t=${t} i=${i}`);
     }
   }
+});
+
+gpuTest("matmul() reads a matrix deep inside a larger buffer (bound by range)", async () => {
+  const K = 64, N = 9, T = 2;
+  for (const dtype of ["bf16", "f32"] as WeightDType[]) {
+    for (const offsetElems of [1006, 520]) {
+      const all = pack(randomF32(offsetElems + N * K + 300, offsetElems), dtype);
+      const x = randomF32(T * K, 8);
+      const out = buffer(T * N * 4);
+      run([
+        ops.matmul({
+          x: buffer(x),
+          w: { buffer: buffer(all.words), dtype, offsetElems },
+          out,
+          K,
+          N,
+          outStride: N,
+          outOffset: 0,
+          accumulate: false,
+        }),
+      ], T);
+      const want = ref.matmul(x, all.values.subarray(offsetElems), T, K, N);
+      assertClose(await readF32(gpu, out, 0, T * N), want, TOL, `${dtype} offset=${offsetElems}`);
+    }
+  }
+});
+
+gpuTest("matmul() rejects a matrix that runs past its buffer with OpConfigError", () => {
+  const w = buffer(64 * 4);
+  assert.throws(
+    () =>
+      ops.matmul({
+        x: buffer(64 * 4),
+        w: { buffer: w, dtype: "f32", offsetElems: 8 },
+        out: buffer(16),
+        K: 64,
+        N: 1,
+        outStride: 1,
+        outOffset: 0,
+        accumulate: false,
+      }),
+    OpConfigError,
+  );
+  return Promise.resolve();
 });

@@ -28,6 +28,8 @@ const MAX_HEAD_DIM = 256;
 const MAX_EXPERTS = 256;
 /** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
 const VEC = 4;
+/** Bytes per weight element. */
+const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
 
 /** An op was prepared with sizes the kernels cannot handle. */
 export class OpConfigError extends Error {
@@ -115,15 +117,54 @@ export class Ops implements OpsApi {
   }
 
   /** Bind group of [step, params, ...buffers] for the layout of `bindings`. */
-  private bind(label: string, bindings: BindingKind[], buffers: GPUBuffer[]): GPUBindGroup {
+  private bind(
+    label: string,
+    bindings: BindingKind[],
+    buffers: (GPUBuffer | GPUBufferBinding)[],
+  ): GPUBindGroup {
     return this.device.createBindGroup({
       label,
       layout: this.shaders.layout(bindings),
-      entries: [this.step, ...buffers].map((buffer, binding) => ({
+      entries: [this.step, ...buffers].map((b, binding) => ({
         binding,
-        resource: { buffer },
+        resource: b instanceof GPUBuffer ? { buffer: b } : b,
       })),
     });
+  }
+
+  /**
+   * Binds only the bytes of a weight matrix [rows, cols] (from the aligned offset below its first
+   * element), so a matrix may sit anywhere in a buffer larger than the storage-binding limit.
+   * Returns the binding and the matrix's element offset inside it.
+   */
+  private weightBinding(
+    op: string,
+    w: WeightRef,
+    rows: number,
+    cols: number,
+  ): { binding: GPUBufferBinding; offsetElems: number } {
+    const elem = BYTES_PER_ELEM[w.dtype];
+    const start = w.offsetElems * elem;
+    const end = start + rows * cols * elem;
+    if (end > w.buffer.size) {
+      throw new OpConfigError(
+        op,
+        `weights end at byte ${end}, past the buffer (${w.buffer.size} B)`,
+      );
+    }
+    const align = this.device.limits.minStorageBufferOffsetAlignment;
+    const offset = Math.floor(start / align) * align;
+    // Whole 16-byte words, so the vector loaders see the last row complete.
+    const size = Math.min(Math.ceil((end - offset) / 16) * 16, w.buffer.size - offset);
+    const limit = this.device.limits.maxStorageBufferBindingSize;
+    if (size > limit) {
+      throw new OpConfigError(
+        op,
+        `weights of ${size} B exceed the storage-binding limit (${limit} B); split the matrix ` +
+          `into row blocks (one matmul per block, with outOffset)`,
+      );
+    }
+    return { binding: { buffer: w.buffer, offset, size }, offsetElems: (start - offset) / elem };
   }
 
   /** Prepares a kernel with one pipeline for every token count. */
@@ -172,7 +213,8 @@ export class Ops implements OpsApi {
     checkMultiple("matmul", "K", a.K, VEC);
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
-    const weights = weightLoader(a.w.dtype, [a.w.offsetElems], [a.K]);
+    const w = this.weightBinding("matmul", a.w, a.N, a.K);
+    const weights = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
     const decode = this.shaders.pipeline({
       kernel: "matmul",
       bindings,
@@ -190,10 +232,10 @@ export class Ops implements OpsApi {
       a.N,
       a.outStride,
       a.outOffset,
-      a.w.offsetElems,
+      w.offsetElems,
       a.accumulate ? 1 : 0,
     ]);
-    const bindGroup = this.bind("matmul", bindings, [params, a.x, a.w.buffer, a.out]);
+    const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out]);
     const rowSets = ceilDiv(a.N, ROWS);
     return new PreparedOp(
       "matmul",
