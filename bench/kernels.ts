@@ -143,6 +143,7 @@ for (const dtype of ["bf16", "f32"] as WeightDType[]) {
       row(
         `matmul ${dtype} ${N}x${K}`,
         T,
+        T,
         N * K * BYTES[dtype],
         await time([matmulOp(dtype, N, K, T)], T),
       );
