@@ -1,0 +1,25 @@
+/** expertCacheStats(): the GPU expert cache snapshot flattened for /metrics and /stats. */
+import assert from "node:assert/strict";
+import { ExpertMetrics } from "../src/experts/metrics.ts";
+import { expertCacheStats } from "../src/server/cli.ts";
+
+Deno.test("expertCacheStats() flattens counters and gives load latencies in seconds", () => {
+  const m = new ExpertMetrics();
+  m.hits = 6;
+  m.misses = 2;
+  m.evictions = 1;
+  m.bytesUploaded = 4096;
+  m.recordLoad("cold", 20);
+  m.recordLoad("cold", 40);
+  m.recordLoad("warm", 2);
+  const s = expertCacheStats(m.snapshot());
+  assert.equal(s.hits, 6);
+  assert.equal(s.misses, 2);
+  assert.equal(s.hitRate, 0.75);
+  assert.equal(s.evictions, 1);
+  assert.equal(s.bytesUploaded, 4096);
+  assert.equal(s.coldLoads, 2);
+  assert.ok(Math.abs(s.coldLoadMeanSeconds - 0.03) < 1e-12);
+  assert.equal(s.warmLoads, 1);
+  assert.ok(Math.abs(s.warmLoadMeanSeconds - 0.002) < 1e-12);
+});
