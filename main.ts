@@ -8,6 +8,7 @@ import { auditCommand } from "./src/cli/audit.ts";
 import { logitsCommand } from "./src/cli/logits.ts";
 import { generateCommand } from "./src/cli/generate.ts";
 import { packCommand } from "./src/cli/pack.ts";
+import { serveCommand } from "./src/cli/serve.ts";
 
 type Command = (argv: string[]) => Promise<number>;
 
@@ -16,6 +17,10 @@ const COMMANDS: Record<string, { run: Command; help: string }> = {
   logits: {
     run: logitsCommand,
     help: "logits [--model DIR] --ids 3,17,42    JSON logits per position",
+  },
+  serve: {
+    run: serveCommand,
+    help: "serve [--model DIR] [--host H] [--port P] [--api-key K] [--expert-cache-mib M]",
   },
   pack: { run: packCommand, help: "pack --in HF_DIR --out PACKED_DIR [--force]" },
   generate: {
