@@ -8,7 +8,7 @@ import { auditCommand } from "./src/cli/audit.ts";
 import { logitsCommand } from "./src/cli/logits.ts";
 import { generateCommand } from "./src/cli/generate.ts";
 import { packCommand } from "./src/cli/pack.ts";
-import { serveCommand } from "./src/cli/serve.ts";
+import { serveCommand } from "./src/server/cli.ts";
 
 type Command = (argv: string[]) => Promise<number>;
 

@@ -50,15 +50,25 @@ export async function serveCommand(argv: string[]): Promise<number> {
   const tokenizer = await loadTokenizer(dir);
   const runtime = openRuntime(flags, DEFAULT_SERVE_CONTEXT);
   runtime.catch((e) => info(`serve: the model failed to load: ${(e as Error).message}`));
-  let metrics: (() => ExpertMetricsSnapshot) | null = null;
-  runtime.then((rt) => metrics = () => rt.model.cache.metrics.snapshot(), () => {});
+  let metrics: (() => Record<string, number>) | null = null;
+  runtime.then((rt) =>
+    metrics = () => ({
+      ...expertCacheStats(rt.model.cache.metrics.snapshot()),
+      expertSlots: rt.model.pool.totalSlots,
+      gpuSteps: rt.model.stats.steps,
+      gpuReadbacks: rt.model.stats.readbacks,
+      gpuReruns: rt.model.stats.reruns,
+    }), () => {});
+  const stop = new AbortController();
+  Deno.addSignalListener("SIGINT", () => stop.abort());
   const { server, url } = serve({
+    signal: stop.signal,
     model: runtime.then((rt) => rt.model),
     tokenizer,
     modelId: (flags["model-id"] as string | undefined) ?? basename(resolve(dir)),
     apiKey: (flags["api-key"] as string | undefined) ?? Deno.env.get(API_KEY_ENV),
     maxBodyBytes,
-    cacheStats: () => metrics ? expertCacheStats(metrics()) : {},
+    cacheStats: () => metrics ? metrics() : {},
     host: (flags.host as string | undefined) ?? DEFAULT_HOST,
     port,
   });
