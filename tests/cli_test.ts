@@ -126,3 +126,28 @@ Deno.test("main.ts rejects bad flags with usage and exit 2", async () => {
   const u = await cli(["nope"]);
   assert.equal(u.code, 2);
 });
+
+Deno.test("main.ts generate works without FFI (the read fallback a compiled binary uses)", async () => {
+  const out = await new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-env",
+      "--allow-write",
+      "--unstable-webgpu",
+      MAIN,
+      "generate",
+      "--ids",
+      "1,2,3",
+      "--max-tokens",
+      "4",
+      "--json",
+    ],
+    stdout: "piped",
+    stderr: "piped",
+  }).output();
+  const withFfi = await cli(["generate", "--ids", "1,2,3", "--max-tokens", "4", "--json"]);
+  const dec = new TextDecoder();
+  assert.equal(out.code, 0, dec.decode(out.stderr));
+  assert.deepEqual(JSON.parse(dec.decode(out.stdout)), JSON.parse(withFfi.stdout));
+});
