@@ -18,8 +18,11 @@ const WG_TOPK = 8;
 /** Tokens per matmul invocation in prefill (each weight load reused this often); must not
  * exceed MAX_TOKENS of kernels/matmul.wgsl. */
 const MATMUL_PREFILL_TOKENS = 8;
-/** Output rows per invocation of matmul and the expert kernels (their ROWS constants). */
+/** Output rows per invocation of the expert kernels (their ROWS constants). */
 const ROWS = 4;
+/** Output rows per matmul invocation and its workgroup size (ROWS, WG of kernels/matmul.wgsl). */
+const MATMUL_ROWS = 8;
+const WG_MATMUL = 16;
 /** From this many tokens on, matmul uses the prefill tiling. */
 const MATMUL_PREFILL_FROM = 2;
 /** kernels/attention.wgsl keeps q and the accumulator in registers of this many floats. */
@@ -236,14 +239,14 @@ export class Ops implements OpsApi {
       a.accumulate ? 1 : 0,
     ]);
     const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out]);
-    const rowSets = ceilDiv(a.N, ROWS);
+    const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     return new PreparedOp(
       "matmul",
       bindGroup,
       (t) => t >= MATMUL_PREFILL_FROM ? prefill : decode,
       (t) => {
         const tokenSets = t >= MATMUL_PREFILL_FROM ? ceilDiv(t, MATMUL_PREFILL_TOKENS) : t;
-        return ceilDiv(rowSets * tokenSets, WG_64);
+        return ceilDiv(rowSets * tokenSets, WG_MATMUL);
       },
     );
   }
