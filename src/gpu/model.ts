@@ -157,6 +157,7 @@ export class GpuModel implements LanguageModel {
   };
   private layers: GpuLayer[];
   private lmHead: { w: WeightRef; rows: number; first: number }[];
+  private finalNorm: GPUBuffer;
   private act: Activations;
   private rope: GPUBuffer;
   private attnInputs: Op[][];
@@ -192,6 +193,7 @@ export class GpuModel implements LanguageModel {
     // resident weights
     this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l));
     const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
+    this.finalNorm = finalNorm;
     this.lmHead = uploadLmHead(device, weights.lmHead, gpu);
     this.rope = uploadF32(device, ropeTable(this.maxContext, Dh, c.ropeTheta), "rope_table");
     this.embedRow = embedGather(weights.embed);
@@ -765,8 +767,42 @@ export class GpuModel implements LanguageModel {
     return (await this.submitAndRead(enc, rows)).logits;
   }
 
+  /** Frees every GPU buffer the model made (sessions free their own KV caches). */
   destroy(): void {
     this.pool.destroy();
+    const a = this.act;
+    const buffers: GPUBuffer[] = [
+      this.rope,
+      this.finalNorm,
+      ...this.lmHead.map((c) => c.w.buffer),
+      ...this.layers.flatMap((l) => [
+        l.inputNorm,
+        l.q.buffer,
+        l.k.buffer,
+        l.v.buffer,
+        l.o.buffer,
+        l.qNorm,
+        l.kNorm,
+        l.postNorm,
+        l.router.buffer,
+      ]),
+      a.x,
+      a.xn,
+      a.q,
+      a.k,
+      a.v,
+      a.att,
+      a.routerLogits,
+      ...a.idx,
+      a.weights,
+      a.h,
+      a.y,
+      ...a.snap,
+      a.xLast,
+      a.logits,
+      a.staging,
+    ];
+    for (const b of buffers) b.destroy();
   }
 }
 
