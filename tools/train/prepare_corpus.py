@@ -33,6 +33,8 @@ PACKAGES = {
     "bible-kjv": "4.38",
     "jargon-text": "4.4.7-4.1",
 }
+# Not corpus: OpenBLAS for fast CPU training (run_train.sh puts it on LD_LIBRARY_PATH).
+TOOL_PACKAGES = {"libopenblas0-pthread": "0.3.21+ds-4"}
 
 # Documents are separated by a line holding only this marker in train.txt / heldout.txt; the
 # trainer maps each boundary to <|endoftext|>.
@@ -56,7 +58,7 @@ def fetch():
     """Download and unpack the pinned .deb files; returns {package: sha256}."""
     os.makedirs(DOWNLOAD_DIR, exist_ok=True)
     hashes = {}
-    for name, version in PACKAGES.items():
+    for name, version in {**PACKAGES, **TOOL_PACKAGES}.items():
         deb = [f for f in os.listdir(DOWNLOAD_DIR) if f.startswith(name + "_" + version.split(":")[-1])]
         if not deb:
             run(["apt-get", "download", f"{name}={version}"], cwd=DOWNLOAD_DIR)
@@ -64,7 +66,8 @@ def fetch():
         path = os.path.join(DOWNLOAD_DIR, deb[0])
         with open(path, "rb") as fh:
             hashes[deb[0]] = hashlib.sha256(fh.read()).hexdigest()
-        run(["dpkg-deb", "-x", path, os.path.join(DOWNLOAD_DIR, "root")])
+        dest = "openblas" if name in TOOL_PACKAGES else os.path.join("debs", "root")
+        run(["dpkg-deb", "-x", path, os.path.join(DATA_DIR, dest)])
     return hashes
 
 
@@ -128,7 +131,7 @@ def main():
     with open(os.path.join(DATA_DIR, "heldout.txt"), "w", encoding="utf-8") as fh:
         fh.write(DOC_SEPARATOR.join(heldout))
     manifest = {
-        "packages": PACKAGES,
+        "packages": {**PACKAGES, **TOOL_PACKAGES},
         "deb_sha256": hashes,
         "documents": {"kjv": len(kjv), "jargon": len(jargon), "train": len(train),
                       "heldout": len(heldout)},
