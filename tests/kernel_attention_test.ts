@@ -1,6 +1,13 @@
 import { readF32 } from "../src/gpu/readback.ts";
 import * as ref from "../src/reference/ops.ts";
+import { Ops } from "../src/gpu/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
+
+/** The three-pass attention (scores buffer) and the one-pass kernel used past its budget. */
+const VARIANTS: [string, Ops][] = [["3-pass", ops], [
+  "1-pass",
+  new Ops(gpu, { attentionScratchBytes: 0 }),
+]];
 
 /** Online softmax in f32 over up to ~300 positions, relative to the largest output. */
 const TOL = 2e-6;
@@ -14,6 +21,10 @@ interface Case {
 }
 
 async function check(c: Case): Promise<void> {
+  for (const [variant, o] of VARIANTS) await checkWith(o, variant, c);
+}
+
+async function checkWith(o: Ops, variant: string, c: Case): Promise<void> {
   const { T, pos0, heads, kvHeads, headDim } = c;
   const maxCtx = pos0 + T + 2;
   const kvWidth = kvHeads * headDim;
@@ -41,7 +52,7 @@ async function check(c: Case): Promise<void> {
   );
   const got = await readF32(gpu, out, 0, q.length);
   const want = ref.attention(q, k, v, T, pos0, heads, kvHeads, headDim, scale);
-  assertClose(got, want, TOL, JSON.stringify(c));
+  assertClose(got, want, TOL, `${variant} ${JSON.stringify(c)}`);
 }
 
 gpuTest(
@@ -58,5 +69,13 @@ gpuTest(
   async () => {
     await check({ T: 1, pos0: 300, heads: 8, kvHeads: 1, headDim: 128 });
     await check({ T: 3, pos0: 270, heads: 16, kvHeads: 2, headDim: 128 });
+  },
+);
+
+gpuTest(
+  "attention() covers every position past llvmpipe's loop limit (kv_len 1502, Dh 128)",
+  async () => {
+    // A per-head loop over positions and head dims stopped after ~1000 positions at Dh 128.
+    await check({ T: 2, pos0: 1500, heads: 4, kvHeads: 1, headDim: 128 });
   },
 );

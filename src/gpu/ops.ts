@@ -13,7 +13,18 @@ const MAX_GROUPS_PER_DIM = 65535;
 const STEP_BYTES = 16;
 /** Workgroup sizes, matching the WG constants of the kernels. */
 const WG_64 = 64;
-const WG_ATTENTION = 8;
+/** Lanes of an attention workgroup = positions per block (WG of kernels/attention.wgsl). */
+const WG_ATTENTION = 64;
+/** Invocations per (token, head) of kernels/attention_scores.wgsl (its LANES). */
+const ATTENTION_LANES = 64;
+/** Most query heads per kv head (MAX_GROUP of the attention_scores/values kernels). */
+const MAX_GROUP = 16;
+/** Workgroup sizes of kernels/attention_softmax.wgsl and attention_values.wgsl. */
+const WG_SOFTMAX = 8;
+const WG_VALUES = 32;
+/** Most bytes of attention scores [T, Hq, positions + 1] kept for the three-pass attention;
+ * steps with more tokens use the one-pass kernel (slower on llvmpipe, no scratch). */
+const ATTENTION_SCRATCH_BYTES = 64 << 20;
 const WG_TOPK = 8;
 /** Tokens per matmul invocation in prefill (each weight load reused this often); must not
  * exceed MAX_TOKENS of kernels/matmul.wgsl. */
@@ -25,8 +36,11 @@ const MATMUL_ROWS = 8;
 const WG_MATMUL = 16;
 /** From this many tokens on, matmul uses the prefill tiling. */
 const MATMUL_PREFILL_FROM = 2;
-/** kernels/attention.wgsl keeps q and the accumulator in registers of this many floats. */
-const MAX_HEAD_DIM = 256;
+/** kernels/attention.wgsl gives each lane 4 values of the head dim: at most 4 * WG_ATTENTION. */
+const MAX_HEAD_DIM = 4 * WG_ATTENTION;
+/** llvmpipe ends a shader invocation after this many loop iterations in total (gallivm's
+ * LP_MAX_TGSI_LOOP_ITERATIONS), silently: kernels must stay under it. */
+const LLVMPIPE_LOOP_LIMIT = 65535;
 /** kernels/topk.wgsl keeps the probabilities of this many experts per token. */
 const MAX_EXPERTS = 256;
 /** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
@@ -68,6 +82,24 @@ class PreparedOp implements Op {
   }
 }
 
+/** An op with two implementations: `passes` for up to `maxTokens` tokens, else `fallback`. */
+class SplitOp implements Op {
+  constructor(
+    readonly name: string,
+    private maxTokens: number,
+    private passes: Op[],
+    private fallback: Op,
+  ) {}
+
+  record(pass: GPUComputePassEncoder, nTokens: number): void {
+    if (nTokens > this.maxTokens) {
+      this.fallback.record(pass, nTokens);
+      return;
+    }
+    for (const p of this.passes) p.record(pass, nTokens);
+  }
+}
+
 /** A uniform field: u32 unless wrapped as { f32 }. */
 type Field = number | { f32: number };
 
@@ -90,9 +122,18 @@ export class Ops implements OpsApi {
   readonly step: GPUBuffer;
   private device: GPUDevice;
   private shaders: Shaders;
+  /** Whether the adapter is llvmpipe, whose loop limit bounds the attention length. */
+  private llvmpipe: boolean;
+  /** Attention score buffers, shared by the attention ops (largest last). */
+  private scratch: GPUBuffer[] = [];
 
-  constructor(gpu: Gpu) {
+  /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
+  private attentionScratchBytes: number;
+
+  constructor(gpu: Gpu, opts: { attentionScratchBytes?: number } = {}) {
     this.device = gpu.device;
+    this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
+    this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
     this.step = this.device.createBuffer({
       label: "step",
@@ -288,14 +329,93 @@ export class Ops implements OpsApi {
     if (a.headDim > MAX_HEAD_DIM) {
       throw new OpConfigError("attention", `headDim ${a.headDim} exceeds ${MAX_HEAD_DIM}`);
     }
-    const heads = a.numHeads;
-    return this.simple(
+    const heads = a.numHeads, kvHeads = a.numKvHeads, group = heads / kvHeads;
+    if (group > MAX_GROUP) {
+      throw new OpConfigError("attention", `${group} query heads per kv head exceed ${MAX_GROUP}`);
+    }
+    const cachePositions = Math.floor(a.kCache.size / (a.numKvHeads * a.headDim * 4));
+    const maxTokens = Math.floor(a.q.size / (heads * a.headDim * 4));
+    if (this.llvmpipe) {
+      // Passes: the softmax loops twice over the positions. Blocks: per block of
+      // WG_ATTENTION positions a lane loops headDim/4 + 2 * WG_ATTENTION + 1 times.
+      const perBlock = a.headDim / VEC + 2 * WG_ATTENTION + 1;
+      const maxPositions = Math.min(
+        Math.floor(LLVMPIPE_LOOP_LIMIT / 2),
+        Math.floor(LLVMPIPE_LOOP_LIMIT / perBlock) * WG_ATTENTION,
+      );
+      if (cachePositions > maxPositions) {
+        throw new OpConfigError(
+          "attention",
+          `a KV cache of ${cachePositions} positions exceeds the ${maxPositions} that llvmpipe's ` +
+            `loop limit allows at headDim ${a.headDim}; use a shorter maxContext`,
+        );
+      }
+    }
+    const scale = { f32: a.scale };
+    const blocks = this.simple(
       "attention",
       { kernel: "attention", bindings: ["uniform", "uniform", "read", "read", "read", "rw"] },
-      [a.numHeads, a.numKvHeads, a.headDim, { f32: a.scale }],
+      [heads, a.numKvHeads, a.headDim, scale],
       [a.q, a.kCache, a.vCache, a.out],
-      (t) => ceilDiv(t * heads, WG_ATTENTION),
+      (t) => t * heads,
     );
+    // Three passes through a scores buffer [T, Hq, positions + 1] for the token counts it holds.
+    const rowLen = cachePositions + 1;
+    const rowBytes = heads * rowLen * 4;
+    const budget = Math.min(
+      this.attentionScratchBytes,
+      this.device.limits.maxStorageBufferBindingSize,
+    );
+    const scratchTokens = Math.min(maxTokens, Math.floor(budget / rowBytes));
+    if (scratchTokens < 1) return blocks;
+    const scores = this.sharedScratch(scratchTokens * rowBytes);
+    const params = [heads, a.numKvHeads, a.headDim, scale, rowLen];
+    const passes = [
+      this.simple(
+        "attention.scores",
+        {
+          kernel: "attention_scores",
+          bindings: ["uniform", "uniform", "read", "read", "rw"],
+          constants: { GROUP: group },
+        },
+        params,
+        [a.q, a.kCache, scores],
+        (t) => ceilDiv(t * kvHeads * ATTENTION_LANES, WG_64),
+      ),
+      this.simple(
+        "attention.softmax",
+        { kernel: "attention_softmax", bindings: ["uniform", "uniform", "rw"] },
+        params,
+        [scores],
+        (t) => ceilDiv(t * heads, WG_SOFTMAX),
+      ),
+      this.simple(
+        "attention.values",
+        {
+          kernel: "attention_values",
+          bindings: ["uniform", "uniform", "read", "read", "rw"],
+          constants: { GROUP: group },
+        },
+        params,
+        [scores, a.vCache, a.out],
+        (t) => ceilDiv(t * kvHeads * (a.headDim / VEC), WG_VALUES),
+      ),
+    ];
+    return new SplitOp("attention", scratchTokens, passes, blocks);
+  }
+
+  /** A scores buffer of at least `bytes`, shared by every op that asks (they run one by one). */
+  private sharedScratch(bytes: number): GPUBuffer {
+    let buffer = this.scratch.find((b) => b.size >= bytes);
+    if (!buffer) {
+      buffer = this.device.createBuffer({
+        label: `attention.scores${this.scratch.length}`,
+        size: ceilDiv(bytes, 16) * 16,
+        usage: GPUBufferUsage.STORAGE,
+      });
+      this.scratch.push(buffer);
+    }
+    return buffer;
   }
 
   topk(a: {

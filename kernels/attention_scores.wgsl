@@ -1,0 +1,65 @@
+// Attention, pass 1 of 3 (with attention_softmax.wgsl, attention_values.wgsl): scores
+// s[t, h, j] = q[t,h]·k[j, h/GROUP] * scale for j <= pos0 + t. LANES invocations per (t, kv head),
+// lane l taking positions l, l + LANES, ...; each K row is read once for the GROUP query heads
+// that share it. No barriers and short loops (llvmpipe ends a shader after 65535 loop
+// iterations in total; the GROUP loops have a constant trip count and are unrolled).
+
+struct Params {
+  num_heads: u32,
+  num_kv_heads: u32,
+  head_dim: u32,
+  scale: f32,
+  row_len: u32, // cache positions + 1: the last entry of a row holds the softmax sum
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> q: array<vec4<f32>>; // [T, Hq*Dh/4]
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
+@group(0) @binding(4) var<storage, read_write> scores: array<f32>; // [T, Hq, row_len]
+
+// Query heads per kv head (Hq / Hkv), set per pipeline.
+override GROUP: u32 = 1u;
+const MAX_GROUP: u32 = 16u;
+// Invocations per (t, kv head); matches ATTENTION_LANES in src/gpu/ops.ts.
+const LANES: u32 = 64u;
+const WG: u32 = 64u;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let id = group_index(wid, nwg) * WG + lid;
+  let tk = id / LANES; // t * Hkv + kv head
+  let lane = id % LANES;
+  if (tk >= step.n_tokens * p.num_kv_heads) {
+    return;
+  }
+  let t = tk / p.num_kv_heads;
+  let kvh = tk % p.num_kv_heads;
+  let d4 = p.head_dim / 4u;
+  let kv_row = p.num_kv_heads * d4;
+  let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
+  let n = step.pos0 + t + 1u;
+  for (var j = lane; j < n; j += LANES) {
+    let kb = j * kv_row + kvh * d4;
+    var dv: array<vec4<f32>, MAX_GROUP>;
+    for (var g = 0u; g < GROUP; g++) {
+      dv[g] = vec4<f32>(0.0);
+    }
+    for (var c = 0u; c < d4; c++) {
+      let kv = k_cache[kb + c];
+      for (var g = 0u; g < GROUP; g++) {
+        dv[g] += q[(th0 + g) * d4 + c] * kv;
+      }
+    }
+    for (var g = 0u; g < GROUP; g++) {
+      let d = dv[g];
+      scores[(th0 + g) * p.row_len + j] = ((d.x + d.y) + (d.z + d.w)) * p.scale;
+    }
+  }
+}

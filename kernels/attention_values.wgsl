@@ -1,0 +1,59 @@
+// Attention, pass 3 of 3: out[t, h*Dh + 4c..4c+4] = sum_j e[t, h, j] * v[j, h/GROUP, 4c..4c+4]
+// / sum_j e[t, h, j] (e and its sum from pass 2). One invocation per (t, kv head, c < Dh/4): each
+// V chunk is read once for the GROUP query heads that share it.
+
+struct Params {
+  num_heads: u32,
+  num_kv_heads: u32,
+  head_dim: u32,
+  scale: f32,
+  row_len: u32, // cache positions + 1: the last entry of a row holds the softmax sum
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
+}
+
+@group(0) @binding(1) var<uniform> p: Params;
+@group(0) @binding(2) var<storage, read> probs: array<f32>; // [T, Hq, row_len]: exp(s - max), sum
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
+@group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>; // [T, Hq*Dh/4]
+
+// Query heads per kv head (Hq / Hkv), set per pipeline.
+override GROUP: u32 = 1u;
+const MAX_GROUP: u32 = 16u;
+const WG: u32 = 32u;
+
+@compute @workgroup_size(WG)
+fn main(
+  @builtin(workgroup_id) wid: vec3<u32>,
+  @builtin(num_workgroups) nwg: vec3<u32>,
+  @builtin(local_invocation_index) lid: u32,
+) {
+  let id = group_index(wid, nwg) * WG + lid; // (t * Hkv + kv head) * Dh/4 + c
+  let d4 = p.head_dim / 4u;
+  let tk = id / d4;
+  let c = id % d4;
+  if (tk >= step.n_tokens * p.num_kv_heads) {
+    return;
+  }
+  let t = tk / p.num_kv_heads;
+  let kvh = tk % p.num_kv_heads;
+  let n = step.pos0 + t + 1u;
+  let kv_row = p.num_kv_heads * d4;
+  let col = kvh * d4 + c;
+  let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
+  var acc: array<vec4<f32>, MAX_GROUP>;
+  for (var g = 0u; g < GROUP; g++) {
+    acc[g] = vec4<f32>(0.0);
+  }
+  for (var j = 0u; j < n; j++) {
+    let vv = v_cache[j * kv_row + col];
+    for (var g = 0u; g < GROUP; g++) {
+      acc[g] += probs[(th0 + g) * p.row_len + j] * vv;
+    }
+  }
+  for (var g = 0u; g < GROUP; g++) {
+    let th = th0 + g;
+    out[th * d4 + c] = acc[g] / probs[th * p.row_len + p.row_len - 1u];
+  }
+}
