@@ -36,7 +36,7 @@ async function checkWith(o: Ops, variant: string, c: Case): Promise<void> {
   const out = buffer(q.byteLength);
   run(
     [
-      ops.attention({
+      o.attention({
         q: buffer(q),
         kCache: buffer(k),
         vCache: buffer(v),
@@ -49,6 +49,7 @@ async function checkWith(o: Ops, variant: string, c: Case): Promise<void> {
     ],
     T,
     pos0,
+    o.step,
   );
   const got = await readF32(gpu, out, 0, q.length);
   const want = ref.attention(q, k, v, T, pos0, heads, kvHeads, headDim, scale);

@@ -79,9 +79,10 @@ export function pack(values: ArrayLike<number>, dtype: WeightDType): Packed {
   return { words: new Uint32Array(halves.buffer), values: out };
 }
 
-/** Writes the Step uniform, records `list` in one pass for nTokens and submits. */
-export function run(list: Op[], nTokens: number, pos0 = 0): void {
-  gpu.device.queue.writeBuffer(ops.step, 0, new Uint32Array([nTokens, pos0, pos0 + nTokens, 0]));
+/** Writes the Step uniform (of `step`, by default the shared Ops'), records `list` in one pass for
+ * nTokens and submits. */
+export function run(list: Op[], nTokens: number, pos0 = 0, step = ops.step): void {
+  gpu.device.queue.writeBuffer(step, 0, new Uint32Array([nTokens, pos0, pos0 + nTokens, 0]));
   const encoder = gpu.device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   for (const op of list) op.record(pass, nTokens);
