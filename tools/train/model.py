@@ -13,8 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def at_least_f32(dtype):
+    """float32 for half types (HF upcasts norms and softmaxes), else dtype (float64 stays)."""
+    return torch.promote_types(dtype, torch.float32)
+
+
 class RMSNorm(nn.Module):
-    """x / rms(x) * w, computed in float32 like HF Qwen3MoeRMSNorm."""
+    """x / rms(x) * w, computed in at least float32 like HF Qwen3MoeRMSNorm."""
 
     def __init__(self, dim, eps):
         super().__init__()
@@ -23,7 +28,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x):
         dtype = x.dtype
-        x = x.float()
+        x = x.to(at_least_f32(dtype))
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
 
@@ -71,7 +76,7 @@ class Attention(nn.Module):
         scores = (q @ k.transpose(-1, -2)) * (self.hd ** -0.5)
         mask = torch.ones(t, t, dtype=torch.bool, device=x.device).triu(1)
         scores = scores.masked_fill(mask, float("-inf"))
-        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+        probs = torch.softmax(scores.to(at_least_f32(q.dtype)), dim=-1).to(q.dtype)
         out = (probs @ v).transpose(1, 2).reshape(b, t, self.h * self.hd)
         return self.o_proj(out)
 
@@ -91,7 +96,7 @@ class Expert(nn.Module):
 
 def route(router_logits, top_k, norm_topk_prob):
     """softmax over all experts -> top-k -> renormalise. Returns weights (N, A), experts (N, A)."""
-    probs = torch.softmax(router_logits, dim=-1, dtype=torch.float)
+    probs = torch.softmax(router_logits, dim=-1, dtype=at_least_f32(router_logits.dtype))
     weights, experts = torch.topk(probs, top_k, dim=-1)
     if norm_topk_prob:
         weights = weights / weights.sum(dim=-1, keepdim=True)
