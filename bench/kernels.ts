@@ -73,23 +73,30 @@ function matmulOp(dtype: WeightDType, N: number, K: number, T: number): Op {
   });
 }
 
-/** Both expert stages for T tokens, each routed to K distinct resident experts. */
+/** Both expert stages for T tokens, each routed to K distinct experts of E (pseudo-random). Expert
+ * e lives in slot e % slots of one pool buffer as large as a storage binding allows. */
 function expertOps(dtype: WeightDType, T: number): Op[] {
   const { D, I, K, E } = MOE;
   const slotElems = 3 * I * D;
-  const idx = new Uint32Array(T * K).map((_, i) => (i * 7) % E);
+  const poolSlots = Math.floor(
+    device.limits.maxStorageBufferBindingSize / (slotElems * BYTES[dtype]),
+  );
+  const idx = new Uint32Array(T * K);
+  for (let t = 0; t < T; t++) {
+    for (let j = 0; j < K; j++) idx[t * K + j] = (t * 37 + j * 17 + ((t * t) % 11)) % E;
+  }
   const idxBuf = storage(idx.byteLength);
   device.queue.writeBuffer(idxBuf, 0, idx);
   const slots = storage(E * 4);
-  device.queue.writeBuffer(slots, 0, new Uint32Array(E).map((_, e) => e % K));
+  device.queue.writeBuffer(slots, 0, new Uint32Array(E).map((_, e) => e % poolSlots));
   const common = {
     idx: idxBuf,
     slots,
     slotBase: 0,
-    pool: storage(K * slotElems * BYTES[dtype], WEIGHT_BITS),
+    pool: storage(poolSlots * slotElems * BYTES[dtype], WEIGHT_BITS),
     poolDtype: dtype,
     poolFirstSlot: 0,
-    poolSlots: K,
+    poolSlots,
     slotElems,
     k: K,
     hidden: D,
@@ -151,7 +158,7 @@ for (const dtype of ["bf16", "f32"] as WeightDType[]) {
     }
   }
 }
-for (const T of [1, 8]) {
+for (const T of [1, 8, 64]) {
   const { D, I, K } = MOE;
   const bytes = T * K * 3 * I * D * BYTES.bf16; // every pair reads its expert's weights
   row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));

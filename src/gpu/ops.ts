@@ -82,22 +82,44 @@ class PreparedOp implements Op {
   }
 }
 
-/** An op with two implementations: `passes` for up to `maxTokens` tokens, else `fallback`. */
+/** An op with two implementations: `passes` where usePasses(nTokens), else `fallback`. */
 class SplitOp implements Op {
   constructor(
     readonly name: string,
-    private maxTokens: number,
+    private usePasses: (nTokens: number) => boolean,
     private passes: Op[],
     private fallback: Op,
   ) {}
 
   record(pass: GPUComputePassEncoder, nTokens: number): void {
-    if (nTokens > this.maxTokens) {
+    if (!this.usePasses(nTokens)) {
       this.fallback.record(pass, nTokens);
       return;
     }
     for (const p of this.passes) p.record(pass, nTokens);
   }
+}
+
+/** Pairs per tile of the tiled expert kernels (their TILE), their workgroup size, and the rows
+ * per invocation of experts_down_tiled.wgsl (gate/up use ROWS). */
+const EXPERT_TILE = 8;
+const WG_TILED = 16;
+const ROWS_DOWN_TILED = 8;
+/** From this many (token, expert) pairs on, the expert stages group pairs by expert: each weight
+ * load then serves up to EXPERT_TILE pairs (below, pairs rarely share an expert). */
+const EXPERT_TILES_MIN_PAIRS = 128;
+/** Most pairs kernels/moe_tiles.wgsl groups within llvmpipe's loop limit (it loops about
+ * 2.2 * pairs + 3 * MAX_EXPERTS times); larger steps fall back to the per-pair kernels. */
+const EXPERT_TILES_MAX_PAIRS = 28000;
+
+/** Most tiles `pairs` pairs can make: full tiles plus one partial tile per expert. */
+function maxTiles(pairs: number): number {
+  return ceilDiv(pairs, EXPERT_TILE) + Math.min(MAX_EXPERTS, pairs);
+}
+
+/** Whether a step of `pairs` pairs takes the tiled expert kernels. */
+function useTiles(pairs: number): boolean {
+  return pairs >= EXPERT_TILES_MIN_PAIRS && pairs <= EXPERT_TILES_MAX_PAIRS;
 }
 
 /** A uniform field: u32 unless wrapped as { f32 }. */
@@ -401,7 +423,7 @@ export class Ops implements OpsApi {
         (t) => ceilDiv(t * kvHeads * (a.headDim / VEC), WG_VALUES),
       ),
     ];
-    return new SplitOp("attention", scratchTokens, passes, blocks);
+    return new SplitOp("attention", (t) => t <= scratchTokens, passes, blocks);
   }
 
   /** A scores buffer of at least `bytes`, shared by every op that asks (they run one by one). */
@@ -460,18 +482,50 @@ export class Ops implements OpsApi {
     checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
     checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
     const perToken = a.k * ceilDiv(a.inter, ROWS);
-    const { slotElems, hidden, inter } = a;
-    return this.simple(
+    const { slotElems, hidden, inter, k } = a;
+    const weights = weightLoader(a.poolDtype, [slotElems, inter * hidden], [hidden]);
+    const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
+    const perPair = this.simple(
       "expertsGateUp",
       {
         kernel: "experts_gate_up",
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
-        weights: weightLoader(a.poolDtype, [slotElems, inter * hidden], [hidden]),
+        weights,
       },
-      [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
+      params,
       [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
       (t) => ceilDiv(t * perToken, WG_64),
     );
+    const maxTokens = Math.floor(a.x.size / (hidden * 4));
+    const tiles = this.moeTiles(a.idx, k, maxTokens);
+    const rowSets = ceilDiv(inter, ROWS);
+    const tiled = this.simple(
+      "expertsGateUp.tiled",
+      {
+        kernel: "experts_gate_up_tiled",
+        bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
+        weights,
+      },
+      [...params, MAX_EXPERTS],
+      [a.x, tiles.buffer, a.slots, a.missed, a.pool, a.h],
+      (t) => ceilDiv(maxTiles(t * k) * rowSets, WG_TILED),
+    );
+    return new SplitOp("expertsGateUp", (t) => useTiles(t * k), [tiles.op, tiled], perPair);
+  }
+
+  /** The op grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch. */
+  private moeTiles(idx: GPUBuffer, k: number, maxTokens: number): { op: Op; buffer: GPUBuffer } {
+    const pairs = maxTokens * k;
+    const words = MAX_EXPERTS + pairs + 1 + 3 * maxTiles(pairs);
+    const buffer = this.sharedScratch(words * 4);
+    const op = this.simple(
+      "moeTiles",
+      { kernel: "moe_tiles", bindings: ["uniform", "uniform", "read", "rw"] },
+      [k, MAX_EXPERTS],
+      [idx, buffer],
+      () => 1,
+    );
+    return { op, buffer };
   }
 
   expertsDown(a: {
@@ -492,18 +546,35 @@ export class Ops implements OpsApi {
     checkMultiple("expertsDown", "inter", a.inter, VEC);
     checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
     const perToken = a.k * ceilDiv(a.hidden, ROWS);
-    const { slotElems, hidden, inter } = a;
-    return this.simple(
+    const { slotElems, hidden, inter, k } = a;
+    const weights = weightLoader(a.poolDtype, [slotElems, 2 * inter * hidden], [inter]);
+    const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
+    const perPair = this.simple(
       "expertsDown",
       {
         kernel: "experts_down",
         bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
-        weights: weightLoader(a.poolDtype, [slotElems, 2 * inter * hidden], [inter]),
+        weights,
       },
-      [a.slotBase, a.poolFirstSlot, a.poolSlots, a.slotElems, a.k, a.hidden, a.inter],
+      params,
       [a.h, a.idx, a.slots, a.pool, a.y],
       (t) => ceilDiv(t * perToken, WG_64),
     );
+    const maxTokens = Math.floor(a.y.size / (hidden * 4 * k));
+    const tiles = this.moeTiles(a.idx, k, maxTokens);
+    const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
+    const tiled = this.simple(
+      "expertsDown.tiled",
+      {
+        kernel: "experts_down_tiled",
+        bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
+        weights,
+      },
+      [...params, MAX_EXPERTS],
+      [a.h, tiles.buffer, a.slots, a.pool, a.y],
+      (t) => ceilDiv(maxTiles(t * k) * rowSets, WG_TILED),
+    );
+    return new SplitOp("expertsDown", (t) => useTiles(t * k), [tiles.op, tiled], perPair);
   }
 
   moeCombine(
