@@ -20,7 +20,9 @@ struct Params {
 @group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
 @group(0) @binding(6) var<storage, read_write> y: array<f32>; // [T*K, D]
 
-const TILE: u32 = 8u;
+// Pairs per tile, set per pipeline (<= MAX_TILE); matches the tiles moe_tiles.wgsl cut.
+override TILE: u32 = 8u;
+const MAX_TILE: u32 = 8u;
 // Rows per invocation: two vec4 accumulators (lo: rows 0..3, hi: rows 4..7) per pair.
 const ROWS: u32 = 8u;
 const WG: u32 = 16u;
@@ -68,9 +70,9 @@ fn main(
   let r5 = down + min(d0 + 5u, last) * I;
   let r6 = down + min(d0 + 6u, last) * I;
   let r7 = down + min(d0 + 7u, last) * I;
-  var hr: array<u32, TILE>; // h row of each pair (past count: the last pair again, never stored)
-  var lo: array<vec4<f32>, TILE>; // lo[j][r]: pair j, row d0 + r
-  var hi: array<vec4<f32>, TILE>; // hi[j][r]: pair j, row d0 + 4 + r
+  var hr: array<u32, MAX_TILE>; // h row of each pair (past count: the last pair again, never stored)
+  var lo: array<vec4<f32>, MAX_TILE>; // lo[j][r]: pair j, row d0 + r
+  var hi: array<vec4<f32>, MAX_TILE>; // hi[j][r]: pair j, row d0 + 4 + r
   for (var j = 0u; j < TILE; j++) {
     hr[j] = tiles[first + min(j, count - 1u)] * i4;
     lo[j] = vec4<f32>(0.0);

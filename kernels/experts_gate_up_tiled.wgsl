@@ -21,7 +21,9 @@ struct Params {
 @group(0) @binding(6) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
 @group(0) @binding(7) var<storage, read_write> h: array<f32>; // [T*K, I]
 
-const TILE: u32 = 8u;
+// Pairs per tile, set per pipeline (<= MAX_TILE); matches the tiles moe_tiles.wgsl cut.
+override TILE: u32 = 8u;
+const MAX_TILE: u32 = 8u;
 const ROWS: u32 = 4u;
 const WG: u32 = 16u;
 
@@ -71,9 +73,9 @@ fn main(
   let g1 = base + min(i0 + 1u, p.inter - 1u) * D;
   let g2 = base + min(i0 + 2u, p.inter - 1u) * D;
   let g3 = base + min(i0 + 3u, p.inter - 1u) * D;
-  var xr: array<u32, TILE>; // x row of each pair (past count: the last pair again, never stored)
-  var g: array<vec4<f32>, TILE>; // g[j][r]: pair j, row i0 + r
-  var u: array<vec4<f32>, TILE>;
+  var xr: array<u32, MAX_TILE>; // x row of each pair (past count: the last pair again, never stored)
+  var g: array<vec4<f32>, MAX_TILE>; // g[j][r]: pair j, row i0 + r
+  var u: array<vec4<f32>, MAX_TILE>;
   for (var j = 0u; j < TILE; j++) {
     xr[j] = (tiles[first + min(j, count - 1u)] / p.k) * d4;
     g[j] = vec4<f32>(0.0);

@@ -1,22 +1,20 @@
 // Groups this step's (token, expert) pairs by expert for the tiled expert kernels: one invocation
 // counts the pairs per expert, lists them in expert order, and cuts each expert's list into
-// tiles of at most TILE pairs. Serial, but only O(T*K + E) steps.
+// tiles of at most p.tile pairs. Serial, but only O(T*K + E) steps.
 // Scratch (u32): [0, E) cursors | [E, E + T*K) pairs in expert order | n_tiles | tiles (3 u32 each:
 // expert, first entry in the ordered list, pair count).
 
 struct Params {
   k: u32,
   num_experts: u32,
-  _pad0: u32,
-  _pad1: u32,
+  tile: u32, // pairs per tile: TILE of the tiled expert pipelines that read these tiles
+  _pad: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(3) var<storage, read_write> tiles: array<u32>; // scratch, layout above
 
-// Pairs per tile; matches TILE of experts_gate_up_tiled.wgsl / experts_down_tiled.wgsl.
-const TILE: u32 = 8u;
 
 @compute @workgroup_size(1)
 fn main() {
@@ -36,11 +34,11 @@ fn main() {
   for (var e = 0u; e < E; e++) {
     let count = tiles[e];
     tiles[e] = start;
-    for (var s = 0u; s < count; s += TILE) {
+    for (var s = 0u; s < count; s += p.tile) {
       let at = n_tiles_at + 1u + 3u * n_tiles;
       tiles[at] = e;
       tiles[at + 1u] = start + s;
-      tiles[at + 2u] = min(TILE, count - s);
+      tiles[at + 2u] = min(p.tile, count - s);
       n_tiles += 1u;
     }
     start += count;

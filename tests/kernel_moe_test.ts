@@ -75,8 +75,10 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
         };
         const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]); // layer 0: decoy slot 1
         const slots = buffer(table);
-        // T = 50: 150 (token, expert) pairs, enough for the tiled (grouped by expert) kernels.
-        for (const T of [1, 3, 7, 50]) {
+        // T = 50, 350: 150, 1050 (token, expert) pairs: tiled kernels (grouped by expert), 4 and 8
+        // pairs per tile (the larger case once, for time).
+        const large = dtype === "bf16" && pad === 8 ? [350] : [];
+        for (const T of [1, 3, 7, 50, ...large]) {
           const next = rng(T);
           const idxArr = new Uint32Array(T * K);
           for (let t = 0; t < T; t++) {

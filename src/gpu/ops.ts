@@ -82,44 +82,40 @@ class PreparedOp implements Op {
   }
 }
 
-/** An op with two implementations: `passes` where usePasses(nTokens), else `fallback`. */
-class SplitOp implements Op {
-  constructor(
-    readonly name: string,
-    private usePasses: (nTokens: number) => boolean,
-    private passes: Op[],
-    private fallback: Op,
-  ) {}
+/** An op with several implementations: pick(nTokens) says which ops to record. */
+class ChoiceOp implements Op {
+  constructor(readonly name: string, private pick: (nTokens: number) => Op[]) {}
 
   record(pass: GPUComputePassEncoder, nTokens: number): void {
-    if (!this.usePasses(nTokens)) {
-      this.fallback.record(pass, nTokens);
-      return;
-    }
-    for (const p of this.passes) p.record(pass, nTokens);
+    for (const op of this.pick(nTokens)) op.record(pass, nTokens);
   }
 }
 
-/** Pairs per tile of the tiled expert kernels (their TILE), their workgroup size, and the rows
- * per invocation of experts_down_tiled.wgsl (gate/up use ROWS). */
-const EXPERT_TILE = 8;
+/** Pairs per tile of the tiled expert kernels (their TILE override): small tiles while few pairs
+ * share an expert (compute on empty tile places is wasted), large ones from
+ * EXPERT_LARGE_TILE_PAIRS pairs on (8 per expert on average for 128 experts, top-8). */
+const EXPERT_TILES = [4, 8];
+const EXPERT_LARGE_TILE_PAIRS = 1024;
+/** Workgroup size of the tiled expert kernels, and the rows per invocation of
+ * experts_down_tiled.wgsl (gate/up use ROWS). */
 const WG_TILED = 16;
 const ROWS_DOWN_TILED = 8;
 /** From this many (token, expert) pairs on, the expert stages group pairs by expert: each weight
- * load then serves up to EXPERT_TILE pairs (below, pairs rarely share an expert). */
+ * load then serves a tile of pairs (below, pairs rarely share an expert). */
 const EXPERT_TILES_MIN_PAIRS = 128;
 /** Most pairs kernels/moe_tiles.wgsl groups within llvmpipe's loop limit (it loops about
  * 2.2 * pairs + 3 * MAX_EXPERTS times); larger steps fall back to the per-pair kernels. */
 const EXPERT_TILES_MAX_PAIRS = 28000;
 
-/** Most tiles `pairs` pairs can make: full tiles plus one partial tile per expert. */
-function maxTiles(pairs: number): number {
-  return ceilDiv(pairs, EXPERT_TILE) + Math.min(MAX_EXPERTS, pairs);
+/** Most tiles of `tile` pairs that `pairs` pairs make: full tiles plus a partial one per expert. */
+function maxTiles(pairs: number, tile: number): number {
+  return ceilDiv(pairs, tile) + Math.min(MAX_EXPERTS, pairs);
 }
 
-/** Whether a step of `pairs` pairs takes the tiled expert kernels. */
-function useTiles(pairs: number): boolean {
-  return pairs >= EXPERT_TILES_MIN_PAIRS && pairs <= EXPERT_TILES_MAX_PAIRS;
+/** Which tiling a step of `pairs` pairs takes: an index into EXPERT_TILES, or -1 for none. */
+function tiling(pairs: number): number {
+  if (pairs < EXPERT_TILES_MIN_PAIRS || pairs > EXPERT_TILES_MAX_PAIRS) return -1;
+  return pairs < EXPERT_LARGE_TILE_PAIRS ? 0 : 1;
 }
 
 /** A uniform field: u32 unless wrapped as { f32 }. */
@@ -423,7 +419,8 @@ export class Ops implements OpsApi {
         (t) => ceilDiv(t * kvHeads * (a.headDim / VEC), WG_VALUES),
       ),
     ];
-    return new SplitOp("attention", (t) => t <= scratchTokens, passes, blocks);
+    const oneBlocks = [blocks];
+    return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
   }
 
   /** A scores buffer of at least `bytes`, shared by every op that asks (they run one by one). */
@@ -496,36 +493,47 @@ export class Ops implements OpsApi {
       [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
       (t) => ceilDiv(t * perToken, WG_64),
     );
-    const maxTokens = Math.floor(a.x.size / (hidden * 4));
-    const tiles = this.moeTiles(a.idx, k, maxTokens);
+    const tiles = this.moeTiles(a.idx, k, Math.floor(a.x.size / (hidden * 4)));
     const rowSets = ceilDiv(inter, ROWS);
-    const tiled = this.simple(
-      "expertsGateUp.tiled",
-      {
-        kernel: "experts_gate_up_tiled",
-        bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
-        weights,
-      },
-      [...params, MAX_EXPERTS],
-      [a.x, tiles.buffer, a.slots, a.missed, a.pool, a.h],
-      (t) => ceilDiv(maxTiles(t * k) * rowSets, WG_TILED),
-    );
-    return new SplitOp("expertsGateUp", (t) => useTiles(t * k), [tiles.op, tiled], perPair);
+    const tiled = EXPERT_TILES.map((tile, i) => [
+      tiles.ops[i],
+      this.simple(
+        "expertsGateUp.tiled",
+        {
+          kernel: "experts_gate_up_tiled",
+          bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
+          weights,
+          constants: { TILE: tile },
+        },
+        [...params, MAX_EXPERTS],
+        [a.x, tiles.buffer, a.slots, a.missed, a.pool, a.h],
+        (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
+      ),
+    ]);
+    const one = [perPair];
+    return new ChoiceOp("expertsGateUp", (t) => tiled[tiling(t * k)] ?? one);
   }
 
-  /** The op grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch. */
-  private moeTiles(idx: GPUBuffer, k: number, maxTokens: number): { op: Op; buffer: GPUBuffer } {
+  /** Ops grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch, one
+   * per tile size of EXPERT_TILES. */
+  private moeTiles(
+    idx: GPUBuffer,
+    k: number,
+    maxTokens: number,
+  ): { ops: Op[]; buffer: GPUBuffer } {
     const pairs = maxTokens * k;
-    const words = MAX_EXPERTS + pairs + 1 + 3 * maxTiles(pairs);
+    const words = MAX_EXPERTS + pairs + 1 + 3 * maxTiles(pairs, Math.min(...EXPERT_TILES));
     const buffer = this.sharedScratch(words * 4);
-    const op = this.simple(
-      "moeTiles",
-      { kernel: "moe_tiles", bindings: ["uniform", "uniform", "read", "rw"] },
-      [k, MAX_EXPERTS],
-      [idx, buffer],
-      () => 1,
+    const ops = EXPERT_TILES.map((tile) =>
+      this.simple(
+        "moeTiles",
+        { kernel: "moe_tiles", bindings: ["uniform", "uniform", "read", "rw"] },
+        [k, MAX_EXPERTS, tile],
+        [idx, buffer],
+        () => 1,
+      )
     );
-    return { op, buffer };
+    return { ops, buffer };
   }
 
   expertsDown(a: {
@@ -560,21 +568,25 @@ export class Ops implements OpsApi {
       [a.h, a.idx, a.slots, a.pool, a.y],
       (t) => ceilDiv(t * perToken, WG_64),
     );
-    const maxTokens = Math.floor(a.y.size / (hidden * 4 * k));
-    const tiles = this.moeTiles(a.idx, k, maxTokens);
+    const tiles = this.moeTiles(a.idx, k, Math.floor(a.y.size / (hidden * 4 * k)));
     const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
-    const tiled = this.simple(
-      "expertsDown.tiled",
-      {
-        kernel: "experts_down_tiled",
-        bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
-        weights,
-      },
-      [...params, MAX_EXPERTS],
-      [a.h, tiles.buffer, a.slots, a.pool, a.y],
-      (t) => ceilDiv(maxTiles(t * k) * rowSets, WG_TILED),
-    );
-    return new SplitOp("expertsDown", (t) => useTiles(t * k), [tiles.op, tiled], perPair);
+    const tiled = EXPERT_TILES.map((tile, i) => [
+      tiles.ops[i],
+      this.simple(
+        "expertsDown.tiled",
+        {
+          kernel: "experts_down_tiled",
+          bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
+          weights,
+          constants: { TILE: tile },
+        },
+        [...params, MAX_EXPERTS],
+        [a.h, tiles.buffer, a.slots, a.pool, a.y],
+        (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
+      ),
+    ]);
+    const one = [perPair];
+    return new ChoiceOp("expertsDown", (t) => tiled[tiling(t * k)] ?? one);
   }
 
   moeCombine(
