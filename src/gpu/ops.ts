@@ -142,8 +142,10 @@ export class Ops implements OpsApi {
   private shaders: Shaders;
   /** Whether the adapter is llvmpipe, whose loop limit bounds the attention length. */
   private llvmpipe: boolean;
-  /** Attention score buffers, shared by the attention ops (largest last). */
+  /** Scratch buffers (attention scores, expert tiles), shared by the ops that ask for one. */
   private scratch: GPUBuffer[] = [];
+  /** Uniform buffers of the ops' static sizes, kept to be freed by destroy(). */
+  private paramBuffers: GPUBuffer[] = [];
 
   /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
   private attentionScratchBytes: number;
@@ -175,7 +177,15 @@ export class Ops implements OpsApi {
       else view.setFloat32(i * 4, f.f32, true);
     });
     buffer.unmap();
+    this.paramBuffers.push(buffer);
     return buffer;
+  }
+
+  /** Frees the buffers the ops own (step, per-op sizes, scratch); no op may be recorded after. */
+  destroy(): void {
+    for (const b of [this.step, ...this.paramBuffers, ...this.scratch]) b.destroy();
+    this.paramBuffers = [];
+    this.scratch = [];
   }
 
   /** Bind group of [step, params, ...buffers] for the layout of `bindings`. */
@@ -423,12 +433,13 @@ export class Ops implements OpsApi {
     return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
   }
 
-  /** A scores buffer of at least `bytes`, shared by every op that asks (they run one by one). */
+  /** A scratch buffer of at least `bytes`, shared by every op that asks: ops run one after the
+   * other and keep nothing in it from one recording to the next. */
   private sharedScratch(bytes: number): GPUBuffer {
     let buffer = this.scratch.find((b) => b.size >= bytes);
     if (!buffer) {
       buffer = this.device.createBuffer({
-        label: `attention.scores${this.scratch.length}`,
+        label: `ops.scratch${this.scratch.length}`,
         size: ceilDiv(bytes, 16) * 16,
         usage: GPUBufferUsage.STORAGE,
       });
