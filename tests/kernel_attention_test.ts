@@ -9,7 +9,7 @@ const VARIANTS: [string, Ops][] = [["3-pass", ops], [
   new Ops(gpu, { attentionScratchBytes: 0 }),
 ]];
 
-/** Online softmax in f32 over up to ~300 positions, relative to the largest output. */
+/** f32 softmax and sums over up to ~1500 positions, relative to the largest output. */
 const TOL = 2e-6;
 
 interface Case {

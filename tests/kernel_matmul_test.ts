@@ -5,8 +5,8 @@ import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, pack, randomF32, run } from "./kernel_harness.ts";
 
-/** f32 accumulation over K <= 2048 stays well inside this, relative to the largest output. */
-const TOL = 1e-5;
+/** f32 accumulation (K <= 4096 measured <= 6.4e-7), relative to the largest output. */
+const TOL = 2e-6;
 const DTYPES: WeightDType[] = ["f32", "bf16", "f16"];
 /** [K, offsetElems, T]: K % 8 = 0 or 4 (tail columns); offset 8 takes the vector weight loader
  * (16-byte rows) where K allows, offset 6 the scalar one. */
