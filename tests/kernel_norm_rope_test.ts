@@ -54,3 +54,12 @@ gpuTest("kvStore() writes rows pos0..pos0+T-1 of the cache and nothing else", as
   want.set(x, pos0 * width);
   assert.deepStrictEqual(got, want);
 });
+
+gpuTest("kvStore() covers a dispatch of more than 65535 workgroups (2-D dispatch)", async () => {
+  const width = 65536 * 64 + 100; // 65537 workgroups of 64 for one token
+  const x = Float32Array.from({ length: width }, (_, i) => i % 1000);
+  const cache = buffer(2 * width * 4);
+  run([ops.kvStore({ x: buffer(x), cache, width })], 1, 1);
+  const got = await readF32(gpu, cache, width * 4, width);
+  assert.deepStrictEqual(got, x);
+});
