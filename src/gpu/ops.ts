@@ -7,46 +7,72 @@ import type { Gpu } from "./device.ts";
 import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
 import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
 
+// ---- limits and layout shared by the kernels ----
+
 /** WebGPU's default maxComputeWorkgroupsPerDimension; larger dispatches go 2-D. */
 const MAX_GROUPS_PER_DIM = 65535;
 /** Size of the Step uniform: n_tokens, pos0, kv_len, pad (u32 each). */
 const STEP_BYTES = 16;
-/** Workgroup sizes, matching the WG constants of the kernels. */
+/** llvmpipe ends a shader invocation after this many loop iterations in total (gallivm's
+ * LP_MAX_TGSI_LOOP_ITERATIONS), silently: kernels must stay under it. */
+const LLVMPIPE_LOOP_LIMIT = 65535;
+/** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
+const VEC = 4;
+/** Bytes per weight element. */
+const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
+/** Workgroup size of the simple kernels (rope, kv_store, moe_combine, experts_*). */
 const WG_64 = 64;
-/** Lanes of an attention workgroup = positions per block (WG of kernels/attention.wgsl). */
+const WG_TOPK = 8;
+/** kernels/topk.wgsl keeps the probabilities of this many experts per token; moe_tiles.wgsl
+ * counts pairs for this many experts. */
+const MAX_EXPERTS = 256;
+
+// ---- matmul (kernels/matmul.wgsl: ROWS, WG, MAX_TOKENS) ----
+
+/** Output rows per matmul invocation and its workgroup size. */
+const MATMUL_ROWS = 8;
+const WG_MATMUL = 16;
+/** Tokens per matmul invocation in prefill (each weight load reused this often). */
+const MATMUL_PREFILL_TOKENS = 8;
+/** From this many tokens on, matmul uses the prefill tiling. */
+const MATMUL_PREFILL_FROM = 2;
+
+// ---- attention (kernels/attention*.wgsl) ----
+
+/** Lanes of a one-pass attention workgroup = positions per block (WG of attention.wgsl). */
 const WG_ATTENTION = 64;
-/** Invocations per (token, head) of kernels/attention_scores.wgsl (its LANES). */
+/** attention.wgsl gives each lane 4 values of the head dim: at most 4 * WG_ATTENTION. */
+const MAX_HEAD_DIM = 4 * WG_ATTENTION;
+/** Invocations per (token, kv head) of attention_scores.wgsl (its LANES). */
 const ATTENTION_LANES = 64;
-/** Most query heads per kv head (MAX_GROUP of the attention_scores/values kernels). */
+/** Most query heads per kv head (MAX_GROUP of attention_scores/values.wgsl). */
 const MAX_GROUP = 16;
-/** Workgroup sizes of kernels/attention_softmax.wgsl and attention_values.wgsl. */
+/** Workgroup sizes of attention_softmax.wgsl and attention_values.wgsl. */
 const WG_SOFTMAX = 8;
 const WG_VALUES = 32;
 /** Most bytes of attention scores [T, Hq, positions + 1] kept for the three-pass attention;
  * steps with more tokens use the one-pass kernel (slower on llvmpipe, no scratch). */
 const ATTENTION_SCRATCH_BYTES = 64 << 20;
-const WG_TOPK = 8;
-/** Tokens per matmul invocation in prefill (each weight load reused this often); must not
- * exceed MAX_TOKENS of kernels/matmul.wgsl. */
-const MATMUL_PREFILL_TOKENS = 8;
-/** Output rows per invocation of the expert kernels (their ROWS constants). */
+
+// ---- experts (kernels/experts_*.wgsl, moe_tiles.wgsl) ----
+
+/** Output rows per invocation of experts_gate_up*.wgsl and experts_down.wgsl (their ROWS). */
 const ROWS = 4;
-/** Output rows per matmul invocation and its workgroup size (ROWS, WG of kernels/matmul.wgsl). */
-const MATMUL_ROWS = 8;
-const WG_MATMUL = 16;
-/** From this many tokens on, matmul uses the prefill tiling. */
-const MATMUL_PREFILL_FROM = 2;
-/** kernels/attention.wgsl gives each lane 4 values of the head dim: at most 4 * WG_ATTENTION. */
-const MAX_HEAD_DIM = 4 * WG_ATTENTION;
-/** llvmpipe ends a shader invocation after this many loop iterations in total (gallivm's
- * LP_MAX_TGSI_LOOP_ITERATIONS), silently: kernels must stay under it. */
-const LLVMPIPE_LOOP_LIMIT = 65535;
-/** kernels/topk.wgsl keeps the probabilities of this many experts per token. */
-const MAX_EXPERTS = 256;
-/** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
-const VEC = 4;
-/** Bytes per weight element. */
-const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
+/** Pairs per tile of the tiled expert kernels (their TILE override): small tiles while few pairs
+ * share an expert (compute on empty tile places is wasted), large ones from
+ * EXPERT_LARGE_TILE_PAIRS pairs on (8 per expert on average for 128 experts, top-8). */
+const EXPERT_TILES = [4, 8];
+const EXPERT_LARGE_TILE_PAIRS = 1024;
+/** Workgroup size of the tiled expert kernels, and the rows per invocation of
+ * experts_down_tiled.wgsl. */
+const WG_TILED = 16;
+const ROWS_DOWN_TILED = 8;
+/** From this many (token, expert) pairs on, the expert stages group pairs by expert: each weight
+ * load then serves a tile of pairs (below, pairs rarely share an expert). */
+const EXPERT_TILES_MIN_PAIRS = 128;
+/** Most pairs moe_tiles.wgsl groups within llvmpipe's loop limit (it loops about
+ * 2.2 * pairs + 3 * MAX_EXPERTS times); larger steps fall back to the per-pair kernels. */
+const EXPERT_TILES_MAX_PAIRS = 28000;
 
 /** An op was prepared with sizes the kernels cannot handle. */
 export class OpConfigError extends Error {
@@ -91,28 +117,13 @@ class ChoiceOp implements Op {
   }
 }
 
-/** Pairs per tile of the tiled expert kernels (their TILE override): small tiles while few pairs
- * share an expert (compute on empty tile places is wasted), large ones from
- * EXPERT_LARGE_TILE_PAIRS pairs on (8 per expert on average for 128 experts, top-8). */
-const EXPERT_TILES = [4, 8];
-const EXPERT_LARGE_TILE_PAIRS = 1024;
-/** Workgroup size of the tiled expert kernels, and the rows per invocation of
- * experts_down_tiled.wgsl (gate/up use ROWS). */
-const WG_TILED = 16;
-const ROWS_DOWN_TILED = 8;
-/** From this many (token, expert) pairs on, the expert stages group pairs by expert: each weight
- * load then serves a tile of pairs (below, pairs rarely share an expert). */
-const EXPERT_TILES_MIN_PAIRS = 128;
-/** Most pairs kernels/moe_tiles.wgsl groups within llvmpipe's loop limit (it loops about
- * 2.2 * pairs + 3 * MAX_EXPERTS times); larger steps fall back to the per-pair kernels. */
-const EXPERT_TILES_MAX_PAIRS = 28000;
-
 /** Most tiles of `tile` pairs that `pairs` pairs make: full tiles plus a partial one per expert. */
 function maxTiles(pairs: number, tile: number): number {
   return ceilDiv(pairs, tile) + Math.min(MAX_EXPERTS, pairs);
 }
 
-/** Which tiling a step of `pairs` pairs takes: an index into EXPERT_TILES, or -1 for none. */
+/** Which tiling a step of `pairs` pairs takes: an index into EXPERT_TILES, or -1 for none (the
+ * per-pair kernels; callers index their tiled ops with it and fall back on undefined). */
 function tiling(pairs: number): number {
   if (pairs < EXPERT_TILES_MIN_PAIRS || pairs > EXPERT_TILES_MAX_PAIRS) return -1;
   return pairs < EXPERT_LARGE_TILE_PAIRS ? 0 : 1;
@@ -619,6 +630,18 @@ export class Ops implements OpsApi {
       [a.n],
       [a.x, a.out],
       (t) => (t > 0 ? 1 : 0),
+    );
+  }
+
+  routerMask(
+    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number; k: number },
+  ): Op {
+    return this.simple(
+      "routerMask",
+      { kernel: "router_mask", bindings: ["uniform", "uniform", "read", "rw"] },
+      [a.numExperts, a.k, a.slotBase],
+      [a.slots, a.logits],
+      (t) => ceilDiv(t * a.numExperts, WG_64),
     );
   }
 }
