@@ -59,7 +59,8 @@ export async function openGpu(): Promise<Gpu> {
   const device = await adapter.requestDevice({ requiredLimits: limits });
   const lost = device.lost.then((info) => {
     const err = new DeviceLostError(String(info.reason), info.message);
-    console.error(err.message);
+    // "destroyed" is our own device.destroy(); anything else is news.
+    if (info.reason !== "destroyed") console.error(err.message);
     return err;
   });
   device.addEventListener("uncapturederror", (ev) => {
