@@ -85,7 +85,15 @@ export interface LanguageModel {
   /** Longest sequence (prompt + generated) one session can hold. */
   readonly maxContext: number;
   /** A fresh sequence with an empty KV cache. */
-  newSession(): Session;
+  newSession(opts?: SessionOptions): Session;
+}
+
+export interface SessionOptions {
+  /**
+   * Approximate mode: route each token only among experts already resident in GPU memory (no
+   * load on a miss). Models without an expert budget ignore it.
+   */
+  routerMasking?: boolean;
 }
 
 export interface Session {

@@ -124,3 +124,31 @@ Deno.test("GpuModel prefill under a budget loads each routed expert once per lay
     }
   });
 });
+
+Deno.test("router masking: exact when every expert is resident, no loads once warm under a budget", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const full = await GpuModel.open(opened.weights, { gpu, maxContext: 64 });
+      const exact = await run(full);
+      const s = full.newSession({ routerMasking: true });
+      const masked = await s.forward(PROMPT);
+      for (const id of DECODE) masked.push(...await s.forward([id]));
+      assert.deepEqual(masked, exact, "masking changes nothing with all experts resident");
+      full.destroy();
+
+      const model = await GpuModel.open(opened.weights, { gpu, maxContext: 64, expertSlots: 20 });
+      const m = model.newSession({ routerMasking: true });
+      await m.forward(PROMPT); // warms every layer past top-k resident experts
+      const loads = model.cache.metrics.misses;
+      const readbacks = model.stats.readbacks;
+      for (const id of DECODE) await m.forward([id]);
+      assert.equal(model.cache.metrics.misses, loads, "masked decode never loads");
+      assert.equal(model.stats.readbacks - readbacks, DECODE.length, "one readback per token");
+      model.destroy();
+    } finally {
+      opened.close();
+    }
+  });
+});

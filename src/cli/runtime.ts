@@ -15,7 +15,7 @@ export const RUNTIME_STRING_FLAGS = [
   "policy",
   "max-context",
 ];
-export const RUNTIME_BOOLEAN_FLAGS = ["no-prefetch"];
+export const RUNTIME_BOOLEAN_FLAGS = ["no-prefetch", "router-masking"];
 
 export interface Runtime {
   opened: OpenedModel;
@@ -57,6 +57,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       expertSource: opened.experts,
       policy,
       prefetch: !flags["no-prefetch"],
+      routerMasking: !!flags["router-masking"],
     });
     const total = c.numLayers * c.numExperts;
     info(

@@ -45,6 +45,8 @@ export class ExpertCache {
   private prefetched = new Set<number>();
   private slotOf = new Map<number, number>();
   private free: number[] = [];
+  /** Resident keys of each layer. */
+  private byLayer: Set<number>[];
 
   constructor(
     readonly pool: ExpertPool,
@@ -52,6 +54,12 @@ export class ExpertCache {
     private policy: EvictionPolicy<number>,
   ) {
     for (let s = pool.totalSlots - 1; s >= 0; s--) this.free.push(s);
+    this.byLayer = Array.from({ length: pool.config.numLayers }, () => new Set<number>());
+  }
+
+  /** Resident keys of layer l. */
+  residentIn(l: number): ReadonlySet<number> {
+    return this.byLayer[l];
   }
 
   get capacity(): number {
@@ -99,6 +107,7 @@ export class ExpertCache {
     this.metrics.recordLoad(rec.source === "cold" ? "cold" : "warm", ms);
     this.metrics.bytesUploaded += rec.bytes.byteLength;
     this.slotOf.set(key, slot);
+    this.byLayer[layer].add(key);
     this.policy.insert(key, now);
     if (speculative) {
       this.prefetched.add(key);
@@ -112,6 +121,7 @@ export class ExpertCache {
     const E = this.pool.config.numExperts;
     this.pool.assign(Math.floor(key / E), key % E, ABSENT);
     this.slotOf.delete(key);
+    this.byLayer[Math.floor(key / E)].delete(key);
     this.policy.remove(key);
     this.metrics.evictions++;
     if (this.prefetched.delete(key)) this.metrics.prefetchWasted++;

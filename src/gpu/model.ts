@@ -12,6 +12,7 @@ import type {
   ModelConfig,
   ModelWeights,
   Session,
+  SessionOptions,
   TensorView,
 } from "../types.ts";
 import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
@@ -49,6 +50,8 @@ export interface GpuModelOptions {
   policy?: EvictionPolicy<number>;
   /** Load the experts that the optimistic pass flagged in later layers along with a miss. */
   prefetch?: boolean;
+  /** Sessions route among resident experts only unless they ask otherwise (approximate). */
+  routerMasking?: boolean;
 }
 
 /** How often the GPU had to report back to the CPU, and what the expert cache did. */
@@ -162,6 +165,8 @@ export class GpuModel implements LanguageModel {
   private rope: GPUBuffer;
   private attnInputs: Op[][];
   private routerOps: Op[][];
+  /** The same with router masking (route among resident experts only) before top-k. */
+  private maskedRouterOps: Op[][];
   private expertOps: Op[][];
   private combineOps: Op[];
   private finalNormOp: Op;
@@ -170,6 +175,7 @@ export class GpuModel implements LanguageModel {
   private queue: Promise<unknown> = Promise.resolve();
   private embedRow: (id: number) => Float32Array;
   private prefetch: boolean;
+  private routerMaskingDefault: boolean;
   /** Logical time for the eviction policy: one tick per layer visit. */
   private clock = 0;
   private routingOffset: number;
@@ -186,6 +192,7 @@ export class GpuModel implements LanguageModel {
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext);
     this.ops = new Ops(gpu);
     this.prefetch = opts.prefetch ?? true;
+    this.routerMaskingDefault = opts.routerMasking ?? false;
     const T = this.maxBatch;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numLayers: L } = c;
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
@@ -250,7 +257,8 @@ export class GpuModel implements LanguageModel {
       }),
     };
     this.attnInputs = this.layers.map((_, l) => this.prepareAttentionInputs(l));
-    this.routerOps = this.layers.map((_, l) => this.prepareRouter(l));
+    this.routerOps = this.layers.map((_, l) => this.prepareRouter(l, false));
+    this.maskedRouterOps = this.layers.map((_, l) => this.prepareRouter(l, true));
     this.expertOps = this.layers.map((_, l) => this.prepareExperts(l));
     this.combineOps = this.layers.map(() =>
       this.ops.moeCombine({
@@ -282,8 +290,9 @@ export class GpuModel implements LanguageModel {
     return this.weights.config;
   }
 
-  newSession(): GpuSession {
-    return new GpuSession(this);
+  /** A fresh sequence; routerMasking routes it among resident experts only (approximate). */
+  newSession(opts: SessionOptions = {}): GpuSession {
+    return new GpuSession(this, opts.routerMasking ?? this.routerMaskingDefault);
   }
 
   // ---- preparation (once) ----
@@ -349,8 +358,8 @@ export class GpuModel implements LanguageModel {
     ];
   }
 
-  /** post-attention norm -> router logits -> softmax, top-k, renormalise. */
-  private prepareRouter(l: number): Op[] {
+  /** post-attention norm -> router logits -> (mask) -> softmax, top-k, renormalise. */
+  private prepareRouter(l: number, masked: boolean): Op[] {
     const c = this.config;
     const a = this.act;
     const { hiddenSize: D, numExperts: E, topK: K } = c;
@@ -373,6 +382,14 @@ export class GpuModel implements LanguageModel {
         outOffset: 0,
         accumulate: false,
       }),
+      ...(masked
+        ? [this.ops.routerMask({
+          logits: a.routerLogits,
+          slots: this.pool.slotTable,
+          slotBase: l * E,
+          numExperts: E,
+        })]
+        : []),
       this.ops.topk({
         logits: a.routerLogits,
         idx: a.idx[l],
@@ -441,6 +458,10 @@ export class GpuModel implements LanguageModel {
 
   // ---- recording ----
 
+  private router(session: GpuSession, l: number): Op[] {
+    return session.routerMasking ? this.maskedRouterOps[l] : this.routerOps[l];
+  }
+
   /** Layers [from, to): attention, router, experts, combine; snapshots x first when budgeted. */
   private encodeLayers(
     enc: GPUCommandEncoder,
@@ -460,7 +481,7 @@ export class GpuModel implements LanguageModel {
       pass ??= enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
       for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.routerOps[l]) op.record(pass, T);
+      for (const op of this.router(session, l)) op.record(pass, T);
       for (const op of this.expertOps[l]) op.record(pass, T);
       this.combineOps[l].record(pass, T);
     }
@@ -596,7 +617,8 @@ export class GpuModel implements LanguageModel {
   /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
   private countHits(routing: Uint32Array, from: number, to: number, T: number): void {
     for (let l = from; l < to; l++) {
-      const keys = this.routedKeys(routing, l, T);
+      // (with router masking, absent experts picked with weight 0 are not uses)
+      const keys = this.routedKeys(routing, l, T).filter((k) => this.cache.isResident(k));
       this.cache.metrics.hits += keys.length;
       this.cache.touch(keys, ++this.clock);
     }
@@ -626,15 +648,7 @@ export class GpuModel implements LanguageModel {
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      let l0 = -1;
-      for (let l = from; l < L && l0 < 0; l++) {
-        for (let e = 0; e < E; e++) {
-          if (r.missed[l * E + e]) {
-            l0 = l;
-            break;
-          }
-        }
-      }
+      const l0 = this.firstMissedLayer(session, r.missed, from);
       if (l0 < 0) {
         this.countHits(r.routing, counted, L, T);
         this.scoreGuesses(guessed, r.routing, counted, L, T);
@@ -645,7 +659,7 @@ export class GpuModel implements LanguageModel {
       this.scoreGuesses(guessed, r.routing, counted, l0, T);
       // layer l0 saw its true input: load exactly what it routed to
       const routed = this.routedKeys(r.routing, l0, T);
-      const protect = new Set(routed);
+      const protect = this.protectedKeys(session, routed, l0);
       const now = ++this.clock;
       for (const key of routed) {
         if (this.cache.isResident(key)) {
@@ -662,7 +676,7 @@ export class GpuModel implements LanguageModel {
       this.cache.touch(routed, now);
       // later layers ran on an approximate input: their flagged experts are good guesses
       guessed = new Set();
-      if (this.prefetch) {
+      if (this.prefetch && !session.routerMasking) {
         for (let l = l0 + 1; l < L; l++) {
           for (const key of this.routedKeys(r.routing, l, T)) {
             if (this.cache.isResident(key)) protect.add(key);
@@ -683,6 +697,40 @@ export class GpuModel implements LanguageModel {
       rerun = true;
       this.stats.reruns++;
     }
+  }
+
+  /**
+   * The first layer from `from` on whose missed flags mean a real miss: any flag in exact mode;
+   * with router masking only in a layer with no resident expert (elsewhere the flags come from
+   * absent experts picked with weight 0, which add nothing).
+   */
+  private firstMissedLayer(session: GpuSession, missed: Uint32Array, from: number): number {
+    const { numLayers: L, numExperts: E } = this.config;
+    for (let l = from; l < L; l++) {
+      if (session.routerMasking && this.cache.residentIn(l).size > 0) continue;
+      for (let e = 0; e < E; e++) if (missed[l * E + e]) return l;
+    }
+    return -1;
+  }
+
+  /** With router masking: one resident expert of each layer but l, kept so that no layer is
+   * left without one (empty when they and `need` more slots do not fit together). */
+  private lastOfOtherLayers(session: GpuSession, l: number, need: number): number[] {
+    if (!session.routerMasking) return [];
+    const keep: number[] = [];
+    for (let other = 0; other < this.config.numLayers; other++) {
+      if (other === l) continue;
+      for (const k of this.cache.residentIn(other)) {
+        keep.push(k);
+        break;
+      }
+    }
+    return keep.length + need <= this.cache.capacity ? keep : [];
+  }
+
+  /** Keys a load for layer l must not evict: l's routed experts (and see lastOfOtherLayers). */
+  private protectedKeys(session: GpuSession, routed: number[], l: number): Set<number> {
+    return new Set([...routed, ...this.lastOfOtherLayers(session, l, routed.length)]);
   }
 
   /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
@@ -720,7 +768,7 @@ export class GpuModel implements LanguageModel {
       let pass = enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
       for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.routerOps[l]) op.record(pass, T);
+      for (const op of this.router(session, l)) op.record(pass, T);
       pass.end();
       enc.copyBufferToBuffer(this.act.idx[l], 0, this.act.staging, this.routingOffset, T * K * 4);
       device.queue.submit([enc.finish()]);
@@ -730,14 +778,20 @@ export class GpuModel implements LanguageModel {
         this.act.staging.getMappedRange(this.routingOffset, T * K * 4),
       ).slice();
       this.act.staging.unmap();
-      const keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
+      let keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
+      if (session.routerMasking && this.cache.residentIn(l).size > 0) {
+        // routed among resident experts; absent picks carry weight 0 and need no load
+        keys = keys.filter((k) => this.cache.isResident(k));
+      }
       // resident experts first: they need no load
       keys.sort((a, b) => Number(this.cache.isResident(b)) - Number(this.cache.isResident(a)));
       this.stats.prefillRouted += keys.length;
       const now = ++this.clock;
-      for (let g = 0; g < keys.length; g += this.cache.capacity) {
-        const group = keys.slice(g, g + this.cache.capacity);
-        const protect = new Set(group);
+      const kept = this.lastOfOtherLayers(session, l, 1).length;
+      const groupSize = this.cache.capacity - kept;
+      for (let g = 0; g < keys.length; g += groupSize) {
+        const group = keys.slice(g, g + groupSize);
+        const protect = this.protectedKeys(session, group, l);
         for (const key of group) {
           if (this.cache.isResident(key)) {
             this.cache.metrics.hits++;
@@ -811,7 +865,7 @@ export class GpuSession implements Session {
   readonly attention: Op[][];
   private caches: GPUBuffer[] = [];
 
-  constructor(private model: GpuModel) {
+  constructor(private model: GpuModel, readonly routerMasking: boolean) {
     const c = model.config;
     const device = model.gpu.device;
     const bytes = model.maxContext * c.numKvHeads * c.headDim * 4;

@@ -634,12 +634,12 @@ export class Ops implements OpsApi {
   }
 
   routerMask(
-    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number; k: number },
+    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number },
   ): Op {
     return this.simple(
       "routerMask",
       { kernel: "router_mask", bindings: ["uniform", "uniform", "read", "rw"] },
-      [a.numExperts, a.k, a.slotBase],
+      [a.numExperts, a.slotBase],
       [a.slots, a.logits],
       (t) => ceilDiv(t * a.numExperts, WG_64),
     );

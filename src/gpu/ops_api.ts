@@ -142,6 +142,13 @@ export interface OpsApi {
     a: { y: GPUBuffer; weights: GPUBuffer; out: GPUBuffer; k: number; hidden: number },
   ): Op;
 
+  /** Router masking (approximate mode): logits[t, e] = -3e38 (zero probability) for every
+   * expert e whose slots[slotBase + e] is absent, unless no expert of the layer is resident
+   * (then the layer routes exactly). */
+  routerMask(
+    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number },
+  ): Op;
+
   /** out[0] = index of the largest x[T-1, 0..n) (lowest index on ties), as u32. */
   argmax(a: { x: GPUBuffer; n: number; out: GPUBuffer }): Op;
 }

@@ -109,6 +109,7 @@ function start(
     maxTokens: parsed.maxTokens,
     stop: parsed.stop,
     sampling: parsed.sampling,
+    routerMasking: parsed.routerMasking,
     signal: abort.signal,
     arrival,
     promptParam,

@@ -21,6 +21,9 @@ export interface GenerationRequest {
   maxTokens: number | null;
   stop: string[];
   sampling: SamplingParams;
+  /** Extension: route only among experts already in GPU memory (approximate, no loads);
+   * null: the server's default (--router-masking). */
+  routerMasking: boolean | null;
 }
 
 export interface ChatRequest extends GenerationRequest {
@@ -141,6 +144,7 @@ function parseCommon(body: Body, known: string[]): GenerationRequest {
     includeUsage: includeUsage ?? false,
     maxTokens: maxB ?? maxA,
     stop: parseStop(body),
+    routerMasking: bool(body, "router_masking"),
     sampling: {
       temperature: num(body, "temperature", 0, MAX_TEMPERATURE) ?? 1,
       topK: topK < 0 ? 0 : topK,
@@ -169,6 +173,7 @@ const COMMON_KEYS = [
   "presence_penalty",
   "frequency_penalty",
   "seed",
+  "router_masking",
   "stop",
   "n",
   "logit_bias",

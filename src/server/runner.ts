@@ -26,6 +26,8 @@ export interface Job {
   maxTokens: number | null;
   stop: string[];
   sampling: SamplingParams;
+  /** Route among resident experts only (the request's router_masking; null: model default). */
+  routerMasking: boolean | null;
   signal: AbortSignal;
   /** performance.now() when the request arrived (time to first token counts from here). */
   arrival: number;
@@ -75,7 +77,9 @@ export async function* runJob(
   let first = 0;
   let last = 0;
   try {
-    session = ctx.model.newSession();
+    session = ctx.model.newSession(
+      job.routerMasking === null ? {} : { routerMasking: job.routerMasking },
+    );
     const it = generate(session, {
       promptIds: job.promptIds,
       maxTokens,
