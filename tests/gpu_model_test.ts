@@ -157,3 +157,24 @@ Deno.test("GpuModel greedy 32 tokens equal the reference's (SMALL BF16)", async 
     }
   });
 });
+
+Deno.test("GpuModel reuses a freed session's KV cache without carrying its state", async () => {
+  await withFixture({ ...TINY, dtype: "BF16" }, async (dir) => {
+    const opened = openModelDir(dir);
+    const model = await GpuModel.open(opened.weights, { maxContext: 64 });
+    try {
+      const a = model.newSession();
+      const first = await a.forward(prompt(9, TINY.vocab, 1));
+      a.free();
+      const b = model.newSession();
+      const again = await b.forward(prompt(9, TINY.vocab, 1));
+      b.free();
+      assert.equal(model.kvCachesMade, 1);
+      assert.deepEqual(again, first);
+      assert.throws(() => a.attention, RangeError);
+    } finally {
+      model.destroy();
+      opened.close();
+    }
+  });
+});

@@ -144,7 +144,7 @@ interface Readback {
 export class GpuModel implements LanguageModel {
   readonly maxContext: number;
   readonly maxBatch: number;
-  readonly ops: OpsApi;
+  readonly ops: Ops;
   readonly pool: ExpertPool;
   readonly cache: ExpertCache;
   /** Every expert resident: no routing ever needs the CPU. */
@@ -176,6 +176,9 @@ export class GpuModel implements LanguageModel {
   private embedRow: (id: number) => Float32Array;
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
+  /** KV caches not in use by a session, and every one ever made (freed by destroy()). */
+  private freeKv: KvCache[] = [];
+  private allKv: KvCache[] = [];
   /** Logical time for the eviction policy: one tick per layer visit. */
   private clock = 0;
   private routingOffset: number;
@@ -288,6 +291,38 @@ export class GpuModel implements LanguageModel {
 
   get config(): ModelConfig {
     return this.weights.config;
+  }
+
+  /** A KV cache from the free list, or a new one (buffers and ops made once, reused). */
+  acquireKv(): KvCache {
+    const free = this.freeKv.pop();
+    if (free) return free;
+    const c = this.config;
+    const bytes = this.maxContext * c.numKvHeads * c.headDim * 4;
+    const kv: KvCache = { buffers: [], attention: [] };
+    for (let l = 0; l < c.numLayers; l++) {
+      const mk = (kind: string) =>
+        this.gpu.device.createBuffer({
+          label: `kv.${kind}.${l}`,
+          size: bytes,
+          usage: GPUBufferUsage.STORAGE,
+        });
+      const k = mk("k");
+      const v = mk("v");
+      kv.buffers.push(k, v);
+      kv.attention.push(this.prepareAttention(l, k, v));
+    }
+    this.allKv.push(kv);
+    return kv;
+  }
+
+  /** KV caches allocated so far (sessions alive at once, at most). */
+  get kvCachesMade(): number {
+    return this.allKv.length;
+  }
+
+  releaseKv(kv: KvCache): void {
+    this.freeKv.push(kv);
   }
 
   /** A fresh sequence; routerMasking routes it among resident experts only (approximate). */
@@ -857,31 +892,29 @@ export class GpuModel implements LanguageModel {
       a.staging,
     ];
     for (const b of buffers) b.destroy();
+    for (const kv of this.allKv) for (const b of kv.buffers) b.destroy();
+    this.ops.destroy();
   }
+}
+
+/** A session's KV cache (k and v per layer) and the attention ops bound to it. */
+export interface KvCache {
+  buffers: GPUBuffer[];
+  attention: Op[][];
 }
 
 export class GpuSession implements Session {
   private len = 0;
-  readonly attention: Op[][];
-  private caches: GPUBuffer[] = [];
+  private kv: KvCache | null;
 
   constructor(private model: GpuModel, readonly routerMasking: boolean) {
-    const c = model.config;
-    const device = model.gpu.device;
-    const bytes = model.maxContext * c.numKvHeads * c.headDim * 4;
-    this.attention = [];
-    for (let l = 0; l < c.numLayers; l++) {
-      const mk = (kind: string) =>
-        device.createBuffer({
-          label: `kv.${kind}.${l}`,
-          size: bytes,
-          usage: GPUBufferUsage.STORAGE,
-        });
-      const k = mk("k");
-      const v = mk("v");
-      this.caches.push(k, v);
-      this.attention.push(model.prepareAttention(l, k, v));
-    }
+    this.kv = model.acquireKv();
+  }
+
+  /** Per layer: KV store, attention over this session's cache, o_proj + residual. */
+  get attention(): Op[][] {
+    if (this.kv === null) throw new RangeError("this session was freed");
+    return this.kv.attention;
   }
 
   get length(): number {
@@ -921,9 +954,10 @@ export class GpuSession implements Session {
     this.len = length;
   }
 
+  /** Hands the KV cache back to the model for the next session (no GPU allocation then). */
   free(): void {
-    for (const b of this.caches) b.destroy();
-    this.caches = [];
+    if (this.kv !== null) this.model.releaseKv(this.kv);
+    this.kv = null;
   }
 }
 
