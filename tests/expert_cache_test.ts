@@ -152,3 +152,31 @@ Deno.test("router masking: exact when every expert is resident, no loads once wa
     }
   });
 });
+
+Deno.test("GpuModel.onRouting reports each layer's final routing once per step, whatever the budget", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const traces: string[][] = [];
+      for (const slots of [undefined, 6]) {
+        const model = await GpuModel.open(opened.weights, {
+          gpu,
+          maxContext: 64,
+          expertSlots: slots,
+        });
+        const trace: string[] = [];
+        model.onRouting = (l, experts) => trace.push(`${l}:${experts.join(",")}`);
+        await run(model);
+        traces.push(trace);
+        model.destroy();
+      }
+      // prefill (one entry per layer) + one per layer per decoded token
+      assert.equal(traces[0].length, SMALL.layers * (1 + DECODE.length));
+      assert.deepEqual(traces[1], traces[0]);
+      assert.ok(traces[0].every((t) => t.split(":")[1].split(",").length >= SMALL.topK));
+    } finally {
+      opened.close();
+    }
+  });
+});

@@ -149,6 +149,11 @@ export class GpuModel implements LanguageModel {
   readonly cache: ExpertCache;
   /** Every expert resident: no routing ever needs the CPU. */
   readonly allResident: boolean;
+  /**
+   * Called with every layer's final routing of every step: experts [T*K] (token-major, each
+   * token's top-k in descending weight). For routing studies; costs nothing when unset.
+   */
+  onRouting?: (layer: number, experts: Uint32Array) => void;
   readonly stats: StepStats = {
     steps: 0,
     readbacks: 0,
@@ -650,8 +655,16 @@ export class GpuModel implements LanguageModel {
   }
 
   /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
+  /** Hands a layer's final routing (experts [T*K], token-major) to onRouting. */
+  private emitRouting(routing: Uint32Array, l: number, T: number): void {
+    if (!this.onRouting) return;
+    const base = l * this.maxBatch * this.config.topK;
+    this.onRouting(l, routing.slice(base, base + T * this.config.topK));
+  }
+
   private countHits(routing: Uint32Array, from: number, to: number, T: number): void {
     for (let l = from; l < to; l++) {
+      this.emitRouting(routing, l, T);
       // (with router masking, absent experts picked with weight 0 are not uses)
       const keys = this.routedKeys(routing, l, T).filter((k) => this.cache.isResident(k));
       this.cache.metrics.hits += keys.length;
@@ -693,6 +706,7 @@ export class GpuModel implements LanguageModel {
       this.countHits(r.routing, counted, l0, T);
       this.scoreGuesses(guessed, r.routing, counted, l0, T);
       // layer l0 saw its true input: load exactly what it routed to
+      this.emitRouting(r.routing, l0, T);
       const routed = this.routedKeys(r.routing, l0, T);
       const protect = this.protectedKeys(session, routed, l0);
       const now = ++this.clock;
@@ -813,6 +827,7 @@ export class GpuModel implements LanguageModel {
         this.act.staging.getMappedRange(this.routingOffset, T * K * 4),
       ).slice();
       this.act.staging.unmap();
+      this.onRouting?.(l, idx);
       let keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
       if (session.routerMasking && this.cache.residentIn(l).size > 0) {
         // routed among resident experts; absent picks carry weight 0 and need no load
