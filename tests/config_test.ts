@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { ConfigError, parseConfig, readConfig } from "../src/config.ts";
 
-const REFERENCE = new URL("../../shared/reference/", import.meta.url).pathname;
+const REFERENCE = new URL("./fixtures/reference_configs/", import.meta.url).pathname;
 const qwen3 = () => JSON.parse(Deno.readTextFileSync(`${REFERENCE}qwen3-30b-a3b.config.json`));
 const omniText = () =>
   JSON.parse(Deno.readTextFileSync(`${REFERENCE}qwen3-omni-30b-a3b-thinker-text.config.json`));
