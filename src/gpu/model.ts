@@ -15,7 +15,7 @@ import type {
   SessionOptions,
   TensorView,
 } from "../types.ts";
-import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
+import type { Op, WeightDType, WeightRef } from "./ops_api.ts";
 import { Ops } from "./ops.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
