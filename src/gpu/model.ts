@@ -70,6 +70,28 @@ export interface StepStats {
 
 const DTYPES: Record<TensorView["dtype"], WeightDType> = { F32: "f32", BF16: "bf16", F16: "f16" };
 
+/**
+ * The default expert budget: every expert when the device can allocate them all, else the largest
+ * count (halving) whose pool buffers it can allocate, leaving the rest of memory to the resident
+ * weights' share (allocated first in the constructor).
+ */
+async function fittingExpertSlots(
+  device: GPUDevice,
+  config: ModelConfig,
+  dtype: WeightDType,
+): Promise<number> {
+  const total = config.numLayers * config.numExperts;
+  for (let slots = total; slots >= config.topK; slots = Math.floor(slots / 2)) {
+    device.pushErrorScope("out-of-memory");
+    const probe = new ExpertPool(device, config, dtype, slots);
+    const error = await device.popErrorScope();
+    probe.destroy();
+    if (error === null) return slots;
+    console.error(`${slots} expert slots do not fit the device (${error.message}); trying fewer`);
+  }
+  return config.topK;
+}
+
 /** Upload a checkpoint matrix as-is (packed in u32) for the matmul kernels. */
 function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRef {
   const buffer = device.createBuffer({
@@ -291,6 +313,10 @@ export class GpuModel implements LanguageModel {
 
   static async open(weights: ModelWeights, opts: GpuModelOptions = {}): Promise<GpuModel> {
     const gpu = opts.gpu ?? await openGpu();
+    if (opts.expertSlots === undefined) {
+      const dtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
+      opts = { ...opts, expertSlots: await fittingExpertSlots(gpu.device, weights.config, dtype) };
+    }
     return new GpuModel(gpu, weights, opts);
   }
 
