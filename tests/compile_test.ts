@@ -1,0 +1,35 @@
+/**
+ * `deno task compile` embeds what the binary needs (kernels, the default model, the chat page) and
+ * only the runtime's npm packages (deno.compile.json). Running the binary needs the denort runtime,
+ * which cannot be downloaded here; this checks the compile step with the Deno binary standing in
+ * for denort (DENORT_BIN), which exercises everything but the final start-up.
+ */
+import assert from "node:assert/strict";
+
+const ROOT = new URL("../", import.meta.url).pathname;
+
+Deno.test("deno compile embeds kernels, the default model and the chat page, without test-only packages", async () => {
+  const out = await Deno.makeTempDir({ prefix: "compile_" });
+  try {
+    const task = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks.compile as string;
+    const args = task.split(" ").slice(1).map((a) => a === "dist/moe-runtime" ? `${out}/bin` : a);
+    const r = await new Deno.Command(Deno.execPath(), {
+      args,
+      cwd: ROOT,
+      env: { DENORT_BIN: Deno.execPath(), NO_COLOR: "1" },
+      stdout: "piped",
+      stderr: "piped",
+    }).output();
+    const log = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
+    assert.equal(r.code, 0, log);
+    for (const part of ["kernels", "weights", "web", "hono", "jinja", "hash-wasm"]) {
+      assert.match(log, new RegExp(part), `${part} is embedded`);
+    }
+    for (const testOnly of ["onnxruntime-web", "playwright-core", "openai/", "tokenizer-qwen3"]) {
+      assert.doesNotMatch(log, new RegExp(testOnly), `${testOnly} is not embedded`);
+    }
+    assert.ok((await Deno.stat(`${out}/bin`)).size > 0);
+  } finally {
+    await Deno.remove(out, { recursive: true });
+  }
+});
