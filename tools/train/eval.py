@@ -63,15 +63,20 @@ def heldout_windows():
 
 @torch.no_grad()
 def perplexity(model, windows):
+    """Mean NLL over the scored tokens, their count, and per-layer top-k expert hit counts."""
     total, count = 0.0, 0
+    load = torch.zeros(MODEL["num_hidden_layers"], MODEL["num_experts"], dtype=torch.long)
     for i in range(0, len(windows), 8):
         batch = torch.tensor(windows[i:i + 8])
-        logits, _ = model(batch)
+        logits, router = model(batch)
+        for layer, r in enumerate(router):
+            experts = torch.topk(r, MODEL["num_experts_per_tok"], dim=-1).indices.flatten()
+            load[layer] += torch.bincount(experts, minlength=MODEL["num_experts"])
         nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
                               batch[:, 1:].reshape(-1), reduction="sum")
         total += nll.item()
         count += batch[:, 1:].numel()
-    return total / count, count
+    return total / count, count, load.tolist()
 
 
 @torch.no_grad()
@@ -97,8 +102,10 @@ def main():
     windows = heldout_windows()
     with open(os.path.join(HERE, "heldout_eval_ids.json"), "w") as fh:
         json.dump({"window": WINDOW, "windows": windows}, fh, separators=(",", ":"))
-    loss, scored = perplexity(model, windows)
+    loss, scored, load = perplexity(model, windows)
     print(f"held-out loss {loss:.5f} ppl {math.exp(loss):.3f} over {scored} tokens", flush=True)
+    for layer, counts in enumerate(load):
+        print(f"layer {layer} expert load {counts}", flush=True)
     continuations = []
     for prompt in PROMPTS:
         prompt_ids = tok.encode(prompt)
@@ -118,6 +125,8 @@ def main():
             "scored_tokens": scored,
             "mean_nll": loss,
             "perplexity": math.exp(loss),
+            "expert_load": {"what": "per layer, how many held-out tokens picked each expert "
+                                    "among their top-k", "counts": load},
         },
         "greedy": {
             "new_tokens": GREEDY_TOKENS,

@@ -59,7 +59,7 @@ def hf_config():
         "attention_dropout": 0.0,
         "initializer_range": 0.02,
         "output_router_logits": False,
-        "router_aux_loss_coef": 0.01,
+        "router_aux_loss_coef": 0.05,  # 0.01 left experts dead in this small model (README)
         "sliding_window": None,
         "use_sliding_window": False,
         "max_window_layers": MODEL["num_hidden_layers"],

@@ -6,7 +6,11 @@ linear warmup over WARMUP_STEPS, then cosine from LR_PEAK to LR_PEAK * LR_FLOOR_
 elapsed fraction of --minutes goes from 0 to 1; training stops when the time is up (or at
 --max-steps). A checkpoint is written every CKPT_EVERY steps and at the end.
 
-Usage: train.py --minutes 75 [--max-steps N]
+Usage: train.py --minutes 75 [--max-steps N] [--aux-coef C]
+       [--resume checkpoints/latest.pt --schedule-start FRAC]
+--resume continues from a checkpoint's weights (and optimizer state when saved); the cosine then
+runs from FRAC (the fraction of the schedule already done) to 1 over --minutes, after a fresh
+warmup of WARMUP_STEPS when no optimizer state is available.
 """
 
 import argparse
@@ -78,11 +82,11 @@ def token_stream(name, tok, chat):
     return arr
 
 
-def lr_at(step, frac):
-    if step < WARMUP_STEPS:
-        return LR_PEAK * (step + 1) / WARMUP_STEPS
+def lr_at(frac, warm_step, warmup):
+    """Cosine over the schedule fraction, times a linear ramp over the first warmup steps."""
+    ramp = min(1.0, (warm_step + 1) / warmup) if warmup else 1.0
     cos = 0.5 * (1 + math.cos(math.pi * min(frac, 1.0)))
-    return LR_PEAK * (LR_FLOOR_FRAC + (1 - LR_FLOOR_FRAC) * cos)
+    return ramp * LR_PEAK * (LR_FLOOR_FRAC + (1 - LR_FLOOR_FRAC) * cos)
 
 
 def loss_on(model, ids):
@@ -92,10 +96,11 @@ def loss_on(model, ids):
     return ce, aux, router
 
 
-def save(model, step, extra):
+def save(model, opt, step, extra):
     os.makedirs(CKPT_DIR, exist_ok=True)
     tmp = os.path.join(CKPT_DIR, "latest.pt.tmp")
-    torch.save({"step": step, "model": model.state_dict(), "config": MODEL, **extra}, tmp)
+    torch.save({"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "config": MODEL, **extra}, tmp)
     os.replace(tmp, os.path.join(CKPT_DIR, "latest.pt"))
 
 
@@ -103,6 +108,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--minutes", type=float, required=True)
     ap.add_argument("--max-steps", type=int, default=1 << 30)
+    ap.add_argument("--aux-coef", type=float, default=AUX_COEF)
+    ap.add_argument("--resume", default=None)
+    ap.add_argument("--schedule-start", type=float, default=0.0)
     args = ap.parse_args()
     torch.set_num_threads(THREADS)
     torch.manual_seed(SEED)
@@ -116,26 +124,38 @@ def main():
 
     model = Qwen3MoeForCausalLM(MODEL)
     model.init_weights(INIT_STD)
+    ckpt = torch.load(args.resume, map_location="cpu") if args.resume else None
+    if ckpt:
+        model.load_state_dict(ckpt["model"])
     print(f"parameters {sum(p.numel() for p in model.parameters())}", flush=True)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
     no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": WEIGHT_DECAY},
                              {"params": no_decay, "weight_decay": 0.0}], lr=LR_PEAK, betas=BETAS)
-    gen = torch.Generator().manual_seed(SEED)
-    t_start, budget = time.time(), args.minutes * 60
+    warmup = WARMUP_STEPS
     step, ema, held = 0, None, float("nan")
+    if ckpt:
+        step, ema = ckpt["step"], ckpt.get("train_loss_ema")
+        if "optimizer" in ckpt:
+            opt.load_state_dict(ckpt["optimizer"])
+            warmup = 0
+        print(f"resumed from {args.resume} at step {step}", flush=True)
+    gen = torch.Generator().manual_seed(SEED + step)
+    t_start, budget = time.time(), args.minutes * 60
+    first_step, s0 = step, args.schedule_start
     while step < args.max_steps:
-        frac = (time.time() - t_start) / budget
-        if frac >= 1.0:
+        elapsed = (time.time() - t_start) / budget
+        if elapsed >= 1.0:
             break
-        lr = lr_at(step, frac)
+        frac = s0 + (1.0 - s0) * elapsed
+        lr = lr_at(frac, step - first_step, warmup)
         for g in opt.param_groups:
             g["lr"] = lr
         starts = torch.randint(0, len(train_ids) - win, (BATCH,), generator=gen)
         batch = torch.stack([train_ids[s:s + win] for s in starts])
         ce, aux, router = loss_on(model, batch)
         opt.zero_grad(set_to_none=True)
-        (ce + AUX_COEF * aux).backward()
+        (ce + args.aux_coef * aux).backward()
         gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), GRAD_CLIP)
         opt.step()
         step += 1
@@ -151,10 +171,10 @@ def main():
                 held = loss_on(model, held_batch)[0].item()
             print(f"eval step {step} heldout_loss {held:.4f} ppl {math.exp(held):.2f}", flush=True)
         if step % CKPT_EVERY == 0:
-            save(model, step, {"train_loss_ema": ema, "heldout_loss": held})
+            save(model, opt, step, {"train_loss_ema": ema, "heldout_loss": held})
     with torch.no_grad():
         held = loss_on(model, held_batch)[0].item()
-    save(model, step, {"train_loss_ema": ema, "heldout_loss": held})
+    save(model, opt, step, {"train_loss_ema": ema, "heldout_loss": held})
     print(json.dumps({"done": True, "steps": step, "seconds": round(time.time() - t_start),
                       "train_loss_ema": ema, "heldout_loss_16win": held}), flush=True)
 
