@@ -114,6 +114,9 @@ function uploadF32(device: GPUDevice, data: Float32Array<ArrayBuffer>, label: st
   return buffer;
 }
 
+/** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
+const UPLOADS_PER_FLUSH = 16;
+
 /** mapAsync offsets must be multiples of 8; keep staging regions generously aligned. */
 const STAGING_ALIGN = 256;
 
@@ -252,10 +255,6 @@ export class GpuModel implements LanguageModel {
       opts.policy ?? new LruPolicy<number>(),
     );
     this.allResident = slots === total;
-    if (this.allResident) {
-      const none = new Set<number>();
-      for (let key = 0; key < total; key++) this.cache.load(key, 0, none);
-    }
 
     const f32 = (n: number, label: string) =>
       device.createBuffer({
@@ -317,7 +316,22 @@ export class GpuModel implements LanguageModel {
       const dtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
       opts = { ...opts, expertSlots: await fittingExpertSlots(gpu.device, weights.config, dtype) };
     }
-    return new GpuModel(gpu, weights, opts);
+    const model = new GpuModel(gpu, weights, opts);
+    if (model.allResident) await model.loadAllExperts();
+    return model;
+  }
+
+  /** Uploads every expert, flushing the queue now and then so staging copies do not pile up. */
+  private async loadAllExperts(): Promise<void> {
+    const none = new Set<number>();
+    const total = this.config.numLayers * this.config.numExperts;
+    for (let key = 0; key < total; key++) {
+      this.cache.load(key, 0, none);
+      if ((key + 1) % UPLOADS_PER_FLUSH === 0) {
+        this.gpu.device.queue.submit([]);
+        await this.gpu.device.queue.onSubmittedWorkDone();
+      }
+    }
   }
 
   get config(): ModelConfig {
@@ -739,6 +753,7 @@ export class GpuModel implements LanguageModel {
       for (const key of routed) {
         if (this.cache.isResident(key)) {
           this.cache.metrics.hits++;
+          if (guessed.delete(key)) this.stats.prefetchUseful++;
           continue;
         }
         this.cache.metrics.misses++;
