@@ -180,3 +180,27 @@ Deno.test("GpuModel.onRouting reports each layer's final routing once per step, 
     }
   });
 });
+
+Deno.test("perLayerRouting (the naive baseline) gives the same logits with a readback per layer", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const fast = await GpuModel.open(opened.weights, { gpu, maxContext: 64 });
+      const want = await run(fast);
+      const fastPerStep = fast.stats.readbacks / fast.stats.steps;
+      fast.destroy();
+      const naive = await GpuModel.open(opened.weights, {
+        gpu,
+        maxContext: 64,
+        perLayerRouting: true,
+      });
+      assert.deepEqual(await run(naive), want);
+      assert.equal(fastPerStep, 1);
+      assert.equal(naive.stats.readbacks / naive.stats.steps, SMALL.layers + 1);
+      naive.destroy();
+    } finally {
+      opened.close();
+    }
+  });
+});

@@ -52,6 +52,11 @@ export interface GpuModelOptions {
   prefetch?: boolean;
   /** Sessions route among resident experts only unless they ask otherwise (approximate). */
   routerMasking?: boolean;
+  /**
+   * The naive design, kept as a baseline for benchmarks: every step waits for each layer's
+   * routing on the CPU (one readback per layer) before running its experts.
+   */
+  perLayerRouting?: boolean;
 }
 
 /** How often the GPU had to report back to the CPU, and what the expert cache did. */
@@ -206,6 +211,7 @@ export class GpuModel implements LanguageModel {
   private embedRow: (id: number) => Float32Array;
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
+  private perLayerRouting: boolean;
   /** KV caches not in use by a session, and every one ever made (freed by destroy()). */
   private freeKv: KvCache[] = [];
   private allKv: KvCache[] = [];
@@ -226,6 +232,7 @@ export class GpuModel implements LanguageModel {
     this.ops = new Ops(gpu);
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
+    this.perLayerRouting = opts.perLayerRouting ?? false;
     const T = this.maxBatch;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numLayers: L } = c;
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
@@ -672,6 +679,7 @@ export class GpuModel implements LanguageModel {
     for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
     device.queue.writeBuffer(this.act.x, 0, x);
 
+    if (this.perLayerRouting) return this.prefillLayerwise(session, T, lastOnly);
     if (this.allResident) {
       const enc = device.createCommandEncoder({ label: "forward" });
       this.encodeLayers(enc, session, 0, c.numLayers, T);
@@ -840,7 +848,8 @@ export class GpuModel implements LanguageModel {
   }
 
   /**
-   * Prefill under a budget: per layer, run attention and the router, read the routing back,
+   * Prefill under a budget (and every step with perLayerRouting): per layer, run attention and
+   * the router, read the routing back,
    * then run the experts in groups that fit the slots, loading each routed expert once. Pairs
    * whose expert is absent are skipped by the kernels, so y fills up group by group before the
    * weighted sum.
