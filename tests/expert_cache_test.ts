@@ -145,6 +145,7 @@ Deno.test("router masking: exact when every expert is resident, no loads once wa
       const readbacks = model.stats.readbacks;
       for (const id of DECODE) await m.forward([id]);
       assert.equal(model.cache.metrics.misses, loads, "masked decode never loads");
+      assert.equal(model.cache.residentCount, 20, "masking starts once the budget is filled");
       assert.equal(model.stats.readbacks - readbacks, DECODE.length, "one readback per token");
       model.destroy();
     } finally {

@@ -66,6 +66,11 @@ export class ExpertCache {
     return this.pool.totalSlots;
   }
 
+  /** No free slot left: the next load evicts. */
+  get isFull(): boolean {
+    return this.free.length === 0;
+  }
+
   get residentCount(): number {
     return this.slotOf.size;
   }

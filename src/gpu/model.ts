@@ -215,8 +215,13 @@ export class GpuModel implements LanguageModel {
   /** KV caches not in use by a session, and every one ever made (freed by destroy()). */
   private freeKv: KvCache[] = [];
   private allKv: KvCache[] = [];
-  /** Logical time for the eviction policy: one tick per layer visit. */
+  /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
+
+  private tick(): number {
+    this.clock += 1 / this.config.numLayers;
+    return this.clock;
+  }
   private routingOffset: number;
   private missedOffset: number;
 
@@ -545,8 +550,19 @@ export class GpuModel implements LanguageModel {
 
   // ---- recording ----
 
-  private router(session: GpuSession, l: number): Op[] {
-    return session.routerMasking ? this.maskedRouterOps[l] : this.routerOps[l];
+  /**
+   * Whether the pass being recorded routes among resident experts only: the session asked for
+   * router masking and the cache is full (free slots are filled by normal loads first, so the
+   * mask never leaves budget unused).
+   */
+  private masking = false;
+
+  private startPass(session: GpuSession): void {
+    this.masking = session.routerMasking && this.cache.isFull;
+  }
+
+  private router(l: number): Op[] {
+    return this.masking ? this.maskedRouterOps[l] : this.routerOps[l];
   }
 
   /** Layers [from, to): attention, router, experts, combine; snapshots x first when budgeted. */
@@ -568,7 +584,7 @@ export class GpuModel implements LanguageModel {
       pass ??= enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
       for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.router(session, l)) op.record(pass, T);
+      for (const op of this.router(l)) op.record(pass, T);
       for (const op of this.expertOps[l]) op.record(pass, T);
       this.combineOps[l].record(pass, T);
     }
@@ -681,6 +697,7 @@ export class GpuModel implements LanguageModel {
 
     if (this.perLayerRouting) return this.prefillLayerwise(session, T, lastOnly);
     if (this.allResident) {
+      this.startPass(session);
       const enc = device.createCommandEncoder({ label: "forward" });
       this.encodeLayers(enc, session, 0, c.numLayers, T);
       const rows = this.encodeHead(enc, T, lastOnly);
@@ -716,7 +733,7 @@ export class GpuModel implements LanguageModel {
       // (with router masking, absent experts picked with weight 0 are not uses)
       const keys = this.routedKeys(routing, l, T).filter((k) => this.cache.isResident(k));
       this.cache.metrics.hits += keys.length;
-      this.cache.touch(keys, ++this.clock);
+      this.cache.touch(keys, this.tick());
     }
   }
 
@@ -740,6 +757,7 @@ export class GpuModel implements LanguageModel {
         enc.copyBufferToBuffer(this.act.snap[from], 0, this.act.x, 0, T * c.hiddenSize * 4);
       }
       enc.clearBuffer(this.pool.missed);
+      this.startPass(session);
       this.encodeLayers(enc, session, from, L, T);
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
@@ -757,7 +775,7 @@ export class GpuModel implements LanguageModel {
       this.emitRouting(r.routing, l0, T);
       const routed = this.routedKeys(r.routing, l0, T);
       const protect = this.protectedKeys(session, routed, l0);
-      const now = ++this.clock;
+      const now = this.tick();
       for (const key of routed) {
         if (this.cache.isResident(key)) {
           this.cache.metrics.hits++;
@@ -774,7 +792,7 @@ export class GpuModel implements LanguageModel {
       this.cache.touch(routed, now);
       // later layers ran on an approximate input: their flagged experts are good guesses
       guessed = new Set();
-      if (this.prefetch && !session.routerMasking) {
+      if (this.prefetch && !this.masking) {
         for (let l = l0 + 1; l < L; l++) {
           for (const key of this.routedKeys(r.routing, l, T)) {
             if (this.cache.isResident(key)) protect.add(key);
@@ -805,7 +823,7 @@ export class GpuModel implements LanguageModel {
   private firstMissedLayer(session: GpuSession, missed: Uint32Array, from: number): number {
     const { numLayers: L, numExperts: E } = this.config;
     for (let l = from; l < L; l++) {
-      if (session.routerMasking && this.cache.residentIn(l).size > 0) continue;
+      if (this.masking && this.cache.residentIn(l).size > 0) continue;
       for (let e = 0; e < E; e++) if (missed[l * E + e]) return l;
     }
     return -1;
@@ -814,7 +832,7 @@ export class GpuModel implements LanguageModel {
   /** With router masking: one resident expert of each layer but l, kept so that no layer is
    * left without one (empty when they and `need` more slots do not fit together). */
   private lastOfOtherLayers(session: GpuSession, l: number, need: number): number[] {
-    if (!session.routerMasking) return [];
+    if (!this.masking) return [];
     const keep: number[] = [];
     for (let other = 0; other < this.config.numLayers; other++) {
       if (other === l) continue;
@@ -863,11 +881,12 @@ export class GpuModel implements LanguageModel {
     const device = this.gpu.device;
     const K = c.topK;
     for (let l = 0; l < c.numLayers; l++) {
+      this.startPass(session);
       let enc = device.createCommandEncoder({ label: `prefill.${l}.router` });
       let pass = enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
       for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.router(session, l)) op.record(pass, T);
+      for (const op of this.router(l)) op.record(pass, T);
       pass.end();
       enc.copyBufferToBuffer(this.act.idx[l], 0, this.act.staging, this.routingOffset, T * K * 4);
       device.queue.submit([enc.finish()]);
@@ -879,14 +898,14 @@ export class GpuModel implements LanguageModel {
       this.act.staging.unmap();
       this.onRouting?.(l, idx);
       let keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
-      if (session.routerMasking && this.cache.residentIn(l).size > 0) {
+      if (this.masking && this.cache.residentIn(l).size > 0) {
         // routed among resident experts; absent picks carry weight 0 and need no load
         keys = keys.filter((k) => this.cache.isResident(k));
       }
       // resident experts first: they need no load
       keys.sort((a, b) => Number(this.cache.isResident(b)) - Number(this.cache.isResident(a)));
       this.stats.prefillRouted += keys.length;
-      const now = ++this.clock;
+      const now = this.tick();
       const kept = this.lastOfOtherLayers(session, l, 1).length;
       const groupSize = this.cache.capacity - kept;
       for (let g = 0; g < keys.length; g += groupSize) {
