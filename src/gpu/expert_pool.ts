@@ -132,3 +132,25 @@ export class ExpertPool {
     this.missed.destroy();
   }
 }
+
+/**
+ * The default expert budget: every expert when the device can allocate them all, else the largest
+ * count (halving) whose pool buffers it can allocate, leaving the rest of memory to the resident
+ * weights' share (allocated first in the constructor).
+ */
+export async function fittingExpertSlots(
+  device: GPUDevice,
+  config: ModelConfig,
+  dtype: WeightDType,
+): Promise<number> {
+  const total = config.numLayers * config.numExperts;
+  for (let slots = total; slots >= config.topK; slots = Math.floor(slots / 2)) {
+    device.pushErrorScope("out-of-memory");
+    const probe = new ExpertPool(device, config, dtype, slots);
+    const error = await device.popErrorScope();
+    probe.destroy();
+    if (error === null) return slots;
+    console.error(`${slots} expert slots do not fit the device (${error.message}); trying fewer`);
+  }
+  return config.topK;
+}

@@ -6,20 +6,12 @@
  * Legend: T tokens in a step, D hidden, V vocab, Hq/Hkv heads, Dh head dim, E experts, K top-k,
  * I expert intermediate.
  */
-import type {
-  LanguageModel,
-  LayerWeights,
-  ModelConfig,
-  ModelWeights,
-  Session,
-  SessionOptions,
-  TensorView,
-} from "../types.ts";
-import type { Op, WeightDType, WeightRef } from "./ops_api.ts";
+import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
+import type { Op, WeightRef } from "./ops_api.ts";
 import { Ops } from "./ops.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
-import { ExpertPool } from "./expert_pool.ts";
+import { ExpertPool, fittingExpertSlots } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
 import {
   CheckpointExperts,
@@ -28,15 +20,23 @@ import {
   type ExpertSource,
 } from "./expert_cache.ts";
 import { type EvictionPolicy, LruPolicy } from "../experts/policy.ts";
+import {
+  align4,
+  DTYPES,
+  embedGather,
+  type GpuLayer,
+  uploadF32,
+  uploadLayer,
+  uploadLmHead,
+} from "./resident.ts";
+import { ContextOverflowError, GpuSession, type KvCache } from "./session.ts";
+
+export { ContextOverflowError, GpuSession };
 
 /** Tokens per forward step; longer prompts are prefilled in chunks of this many. */
 export const DEFAULT_MAX_BATCH = 64;
 /** Default context when the caller does not ask for one (the config's maximum can be huge). */
 export const DEFAULT_MAX_CONTEXT = 4096;
-
-export class ContextOverflowError extends Error {
-  override name = "ContextOverflowError";
-}
 
 export interface GpuModelOptions {
   gpu?: Gpu;
@@ -73,52 +73,6 @@ export interface StepStats {
   prefetchMissed: number;
 }
 
-const DTYPES: Record<TensorView["dtype"], WeightDType> = { F32: "f32", BF16: "bf16", F16: "f16" };
-
-/**
- * The default expert budget: every expert when the device can allocate them all, else the largest
- * count (halving) whose pool buffers it can allocate, leaving the rest of memory to the resident
- * weights' share (allocated first in the constructor).
- */
-async function fittingExpertSlots(
-  device: GPUDevice,
-  config: ModelConfig,
-  dtype: WeightDType,
-): Promise<number> {
-  const total = config.numLayers * config.numExperts;
-  for (let slots = total; slots >= config.topK; slots = Math.floor(slots / 2)) {
-    device.pushErrorScope("out-of-memory");
-    const probe = new ExpertPool(device, config, dtype, slots);
-    const error = await device.popErrorScope();
-    probe.destroy();
-    if (error === null) return slots;
-    console.error(`${slots} expert slots do not fit the device (${error.message}); trying fewer`);
-  }
-  return config.topK;
-}
-
-/** Upload a checkpoint matrix as-is (packed in u32) for the matmul kernels. */
-function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRef {
-  const buffer = device.createBuffer({
-    label,
-    size: align4(t.bytes.byteLength),
-    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(buffer, 0, t.bytes as Uint8Array<ArrayBuffer>);
-  return { buffer, dtype: DTYPES[t.dtype], offsetElems: 0 };
-}
-
-/** Upload a norm weight converted to f32 (norm kernels take f32 weights). */
-function uploadF32(device: GPUDevice, data: Float32Array<ArrayBuffer>, label: string): GPUBuffer {
-  const buffer = device.createBuffer({
-    label,
-    size: align4(data.byteLength),
-    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-  });
-  device.queue.writeBuffer(buffer, 0, data);
-  return buffer;
-}
-
 /** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
 const UPLOADS_PER_FLUSH = 16;
 
@@ -127,22 +81,6 @@ const STAGING_ALIGN = 256;
 
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
-}
-
-function align4(n: number): number {
-  return Math.ceil(n / 4) * 4;
-}
-
-interface GpuLayer {
-  inputNorm: GPUBuffer;
-  q: WeightRef;
-  k: WeightRef;
-  v: WeightRef;
-  o: WeightRef;
-  qNorm: GPUBuffer;
-  kNorm: GPUBuffer;
-  postNorm: GPUBuffer;
-  router: WeightRef;
 }
 
 /** Activations of one step, shared by all sessions (steps run one at a time). */
@@ -762,7 +700,7 @@ export class GpuModel implements LanguageModel {
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      const l0 = this.firstMissedLayer(session, r.missed, from);
+      const l0 = this.firstMissedLayer(r.missed, from);
       if (l0 < 0) {
         this.countHits(r.routing, counted, L, T);
         this.scoreGuesses(guessed, r.routing, counted, L, T);
@@ -774,7 +712,7 @@ export class GpuModel implements LanguageModel {
       // layer l0 saw its true input: load exactly what it routed to
       this.emitRouting(r.routing, l0, T);
       const routed = this.routedKeys(r.routing, l0, T);
-      const protect = this.protectedKeys(session, routed, l0);
+      const protect = this.protectedKeys(routed, l0);
       const now = this.tick();
       for (const key of routed) {
         if (this.cache.isResident(key)) {
@@ -820,7 +758,7 @@ export class GpuModel implements LanguageModel {
    * with router masking only in a layer with no resident expert (elsewhere the flags come from
    * absent experts picked with weight 0, which add nothing).
    */
-  private firstMissedLayer(session: GpuSession, missed: Uint32Array, from: number): number {
+  private firstMissedLayer(missed: Uint32Array, from: number): number {
     const { numLayers: L, numExperts: E } = this.config;
     for (let l = from; l < L; l++) {
       if (this.masking && this.cache.residentIn(l).size > 0) continue;
@@ -831,7 +769,7 @@ export class GpuModel implements LanguageModel {
 
   /** With router masking: one resident expert of each layer but l, kept so that no layer is
    * left without one (empty when they and `need` more slots do not fit together). */
-  private lastOfOtherLayers(session: GpuSession, l: number, need: number): number[] {
+  private lastOfOtherLayers(l: number, need: number): number[] {
     if (!this.masking) return [];
     const keep: number[] = [];
     for (let other = 0; other < this.config.numLayers; other++) {
@@ -845,8 +783,8 @@ export class GpuModel implements LanguageModel {
   }
 
   /** Keys a load for layer l must not evict: l's routed experts (and see lastOfOtherLayers). */
-  private protectedKeys(session: GpuSession, routed: number[], l: number): Set<number> {
-    return new Set([...routed, ...this.lastOfOtherLayers(session, l, routed.length)]);
+  private protectedKeys(routed: number[], l: number): Set<number> {
+    return new Set([...routed, ...this.lastOfOtherLayers(l, routed.length)]);
   }
 
   /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
@@ -906,11 +844,11 @@ export class GpuModel implements LanguageModel {
       keys.sort((a, b) => Number(this.cache.isResident(b)) - Number(this.cache.isResident(a)));
       this.stats.prefillRouted += keys.length;
       const now = this.tick();
-      const kept = this.lastOfOtherLayers(session, l, 1).length;
+      const kept = this.lastOfOtherLayers(l, 1).length;
       const groupSize = this.cache.capacity - kept;
       for (let g = 0; g < keys.length; g += groupSize) {
         const group = keys.slice(g, g + groupSize);
-        const protect = this.protectedKeys(session, group, l);
+        const protect = this.protectedKeys(group, l);
         for (const key of group) {
           if (this.cache.isResident(key)) {
             this.cache.metrics.hits++;
@@ -979,119 +917,4 @@ export class GpuModel implements LanguageModel {
     for (const kv of this.allKv) for (const b of kv.buffers) b.destroy();
     this.ops.destroy();
   }
-}
-
-/** A session's KV cache (k and v per layer) and the attention ops bound to it. */
-export interface KvCache {
-  buffers: GPUBuffer[];
-  attention: Op[][];
-}
-
-export class GpuSession implements Session {
-  private len = 0;
-  private kv: KvCache | null;
-
-  constructor(private model: GpuModel, readonly routerMasking: boolean) {
-    this.kv = model.acquireKv();
-  }
-
-  /** Per layer: KV store, attention over this session's cache, o_proj + residual. */
-  get attention(): Op[][] {
-    if (this.kv === null) throw new RangeError("this session was freed");
-    return this.kv.attention;
-  }
-
-  get length(): number {
-    return this.len;
-  }
-
-  forward(ids: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array[]> {
-    return this.model.exclusive(async () => {
-      if (ids.length === 0) throw new RangeError("forward() needs at least one token");
-      if (this.len + ids.length > this.model.maxContext) {
-        throw new ContextOverflowError(
-          `${this.len + ids.length} tokens exceed the context of ${this.model.maxContext}`,
-        );
-      }
-      const V = this.model.config.vocabSize;
-      for (const id of ids) {
-        if (!Number.isInteger(id) || id < 0 || id >= V) {
-          throw new RangeError(`token id ${id} is outside the vocabulary [0, ${V})`);
-        }
-      }
-      const rows: Float32Array[] = [];
-      const B = this.model.maxBatch;
-      for (let i = 0; i < ids.length; i += B) {
-        const chunk = ids.slice(i, i + B);
-        const last = i + B >= ids.length;
-        const r = await this.model.step(this, chunk, this.len, !!opts.lastOnly && last);
-        this.len += chunk.length;
-        if (!opts.lastOnly) rows.push(...r);
-        else if (last) rows.push(...r);
-      }
-      return rows;
-    });
-  }
-
-  truncate(length: number): void {
-    if (length < 0 || length > this.len) throw new RangeError(`cannot truncate to ${length}`);
-    this.len = length;
-  }
-
-  /** Hands the KV cache back to the model for the next session (no GPU allocation then). */
-  free(): void {
-    if (this.kv !== null) this.model.releaseKv(this.kv);
-    this.kv = null;
-  }
-}
-
-function uploadLayer(device: GPUDevice, lw: LayerWeights, l: number): GpuLayer {
-  const p = `layers.${l}`;
-  return {
-    inputNorm: uploadF32(device, toFloat32(lw.inputNorm), `${p}.input_norm`),
-    q: uploadMatrix(device, lw.q, `${p}.q`),
-    k: uploadMatrix(device, lw.k, `${p}.k`),
-    v: uploadMatrix(device, lw.v, `${p}.v`),
-    o: uploadMatrix(device, lw.o, `${p}.o`),
-    qNorm: uploadF32(device, toFloat32(lw.qNorm), `${p}.q_norm`),
-    kNorm: uploadF32(device, toFloat32(lw.kNorm), `${p}.k_norm`),
-    postNorm: uploadF32(device, toFloat32(lw.postAttentionNorm), `${p}.post_norm`),
-    router: uploadMatrix(device, lw.router, `${p}.router`),
-  };
-}
-
-/** lm_head [V, D] in row chunks that each fit one storage binding. */
-function uploadLmHead(
-  device: GPUDevice,
-  t: TensorView,
-  gpu: Gpu,
-): { w: WeightRef; rows: number; first: number }[] {
-  const [V, D] = t.shape;
-  const rowBytes = t.bytes.byteLength / V;
-  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-  // whole rows per chunk, an even count so bf16 chunks start on a u32
-  const perChunk = Math.max(2, Math.floor(limit / rowBytes / 2) * 2);
-  const chunks = [];
-  for (let first = 0; first < V; first += perChunk) {
-    const rows = Math.min(perChunk, V - first);
-    const view: TensorView = {
-      ...t,
-      shape: [rows, D],
-      bytes: t.bytes.subarray(first * rowBytes, (first + rows) * rowBytes),
-    };
-    chunks.push({ w: uploadMatrix(device, view, `lm_head.${first}`), rows, first });
-  }
-  return chunks;
-}
-
-/** Embedding rows [D] as f32, read from the mapped table on demand. */
-function embedGather(t: TensorView): (id: number) => Float32Array {
-  const [, D] = t.shape;
-  const rowBytes = t.bytes.byteLength / t.shape[0];
-  return (id) =>
-    toFloat32({
-      ...t,
-      shape: [1, D],
-      bytes: t.bytes.subarray(id * rowBytes, (id + 1) * rowBytes),
-    });
 }

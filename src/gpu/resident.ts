@@ -1,0 +1,108 @@
+/**
+ * Resident weights on the GPU: checkpoint matrices uploaded as they are (packed in u32 for the
+ * kernels), norm weights converted to f32, lm_head in chunks that fit one storage binding, and the
+ * embedding table left in the mapped checkpoint (rows gathered on the CPU).
+ */
+import type { LayerWeights, TensorView } from "../types.ts";
+import type { Gpu } from "./device.ts";
+import type { WeightDType, WeightRef } from "./ops_api.ts";
+import { toFloat32 } from "../dtype.ts";
+
+export const DTYPES: Record<TensorView["dtype"], WeightDType> = {
+  F32: "f32",
+  BF16: "bf16",
+  F16: "f16",
+};
+
+/** Upload a checkpoint matrix as-is (packed in u32) for the matmul kernels. */
+export function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRef {
+  const buffer = device.createBuffer({
+    label,
+    size: align4(t.bytes.byteLength),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(buffer, 0, t.bytes as Uint8Array<ArrayBuffer>);
+  return { buffer, dtype: DTYPES[t.dtype], offsetElems: 0 };
+}
+
+/** Upload a norm weight converted to f32 (norm kernels take f32 weights). */
+export function uploadF32(
+  device: GPUDevice,
+  data: Float32Array<ArrayBuffer>,
+  label: string,
+): GPUBuffer {
+  const buffer = device.createBuffer({
+    label,
+    size: align4(data.byteLength),
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+  });
+  device.queue.writeBuffer(buffer, 0, data);
+  return buffer;
+}
+
+export function align4(n: number): number {
+  return Math.ceil(n / 4) * 4;
+}
+
+export interface GpuLayer {
+  inputNorm: GPUBuffer;
+  q: WeightRef;
+  k: WeightRef;
+  v: WeightRef;
+  o: WeightRef;
+  qNorm: GPUBuffer;
+  kNorm: GPUBuffer;
+  postNorm: GPUBuffer;
+  router: WeightRef;
+}
+
+export function uploadLayer(device: GPUDevice, lw: LayerWeights, l: number): GpuLayer {
+  const p = `layers.${l}`;
+  return {
+    inputNorm: uploadF32(device, toFloat32(lw.inputNorm), `${p}.input_norm`),
+    q: uploadMatrix(device, lw.q, `${p}.q`),
+    k: uploadMatrix(device, lw.k, `${p}.k`),
+    v: uploadMatrix(device, lw.v, `${p}.v`),
+    o: uploadMatrix(device, lw.o, `${p}.o`),
+    qNorm: uploadF32(device, toFloat32(lw.qNorm), `${p}.q_norm`),
+    kNorm: uploadF32(device, toFloat32(lw.kNorm), `${p}.k_norm`),
+    postNorm: uploadF32(device, toFloat32(lw.postAttentionNorm), `${p}.post_norm`),
+    router: uploadMatrix(device, lw.router, `${p}.router`),
+  };
+}
+
+/** lm_head [V, D] in row chunks that each fit one storage binding. */
+export function uploadLmHead(
+  device: GPUDevice,
+  t: TensorView,
+  gpu: Gpu,
+): { w: WeightRef; rows: number; first: number }[] {
+  const [V, D] = t.shape;
+  const rowBytes = t.bytes.byteLength / V;
+  const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+  // whole rows per chunk, an even count so bf16 chunks start on a u32
+  const perChunk = Math.max(2, Math.floor(limit / rowBytes / 2) * 2);
+  const chunks = [];
+  for (let first = 0; first < V; first += perChunk) {
+    const rows = Math.min(perChunk, V - first);
+    const view: TensorView = {
+      ...t,
+      shape: [rows, D],
+      bytes: t.bytes.subarray(first * rowBytes, (first + rows) * rowBytes),
+    };
+    chunks.push({ w: uploadMatrix(device, view, `lm_head.${first}`), rows, first });
+  }
+  return chunks;
+}
+
+/** Embedding rows [D] as f32, read from the mapped table on demand. */
+export function embedGather(t: TensorView): (id: number) => Float32Array {
+  const [, D] = t.shape;
+  const rowBytes = t.bytes.byteLength / t.shape[0];
+  return (id) =>
+    toFloat32({
+      ...t,
+      shape: [1, D],
+      bytes: t.bytes.subarray(id * rowBytes, (id + 1) * rowBytes),
+    });
+}
