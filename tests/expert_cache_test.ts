@@ -205,3 +205,37 @@ Deno.test("perLayerRouting (the naive baseline) gives the same logits with a rea
     }
   });
 });
+
+Deno.test("GpuModel prefill of a prompt longer than a batch loads each expert once per layer", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const full = await GpuModel.open(opened.weights, { gpu, maxContext: 64, maxBatch: 8 });
+      const want = await full.newSession().forward(PROMPT);
+      full.destroy();
+      const model = await GpuModel.open(opened.weights, {
+        gpu,
+        maxContext: 64,
+        maxBatch: 8,
+        expertSlots: 5,
+      });
+      const routed: Set<number>[] = Array.from({ length: SMALL.layers }, () => new Set());
+      model.onRouting = (l, experts) => experts.forEach((e) => routed[l].add(e));
+      const got = await model.newSession().forward(PROMPT);
+      assert.deepEqual(got, want, "bit-identical to all experts resident");
+      const distinct = routed.reduce((n, s) => n + s.size, 0);
+      assert.equal(model.stats.prefillRouted, distinct);
+      assert.equal(model.stats.prefillLoads, distinct, "one load per routed expert per layer");
+      const chunks = Math.ceil(PROMPT.length / 8);
+      assert.equal(
+        model.stats.readbacks,
+        SMALL.layers + chunks,
+        "per layer, then logits per chunk",
+      );
+      model.destroy();
+    } finally {
+      opened.close();
+    }
+  });
+});

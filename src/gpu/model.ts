@@ -9,6 +9,7 @@
 import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
 import type { Op, WeightRef } from "./ops_api.ts";
 import { Ops } from "./ops.ts";
+import { readU32 } from "./readback.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
 import { ExpertPool, fittingExpertSlots } from "./expert_pool.ts";
@@ -102,6 +103,16 @@ interface Activations {
   staging: GPUBuffer; // MAP_READ: logits | routing [L, T, K] | missed [L, E]
 }
 
+/** State of a prompt between the stages of prefillByLayer (token-major, f32 unless noted). */
+interface PromptBuffers {
+  tokens: number;
+  x: GPUBuffer; // [T, D]
+  xn: GPUBuffer; // [T, D]
+  idx: GPUBuffer; // u32 [T, K]
+  weights: GPUBuffer; // [T, K]
+  y: GPUBuffer; // [T*K, D]
+}
+
 /** What one readback brings: logits rows, every layer's routing, and the miss flags. */
 interface Readback {
   logits: Float32Array[];
@@ -153,6 +164,7 @@ export class GpuModel implements LanguageModel {
   /** KV caches not in use by a session, and every one ever made (freed by destroy()). */
   private freeKv: KvCache[] = [];
   private allKv: KvCache[] = [];
+  private prompt: PromptBuffers | null = null;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
 
@@ -633,7 +645,6 @@ export class GpuModel implements LanguageModel {
     for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
     device.queue.writeBuffer(this.act.x, 0, x);
 
-    if (this.perLayerRouting) return this.prefillLayerwise(session, T, lastOnly);
     if (this.allResident) {
       this.startPass(session);
       const enc = device.createCommandEncoder({ label: "forward" });
@@ -644,7 +655,6 @@ export class GpuModel implements LanguageModel {
       this.countHits(r.routing, 0, c.numLayers, T);
       return r.logits;
     }
-    if (T > 1) return this.prefillLayerwise(session, T, lastOnly);
     return this.decodeOptimistic(session, T, lastOnly);
   }
 
@@ -803,49 +813,90 @@ export class GpuModel implements LanguageModel {
     }
   }
 
+  /** Whether a forward of T tokens goes layer by layer over the whole prompt (routing read
+   * back per layer): prefill under a budget, and every step of the perLayerRouting baseline. */
+  layerwise(T: number): boolean {
+    return this.perLayerRouting || (!this.allResident && T > 1);
+  }
+
   /**
-   * Prefill under a budget (and every step with perLayerRouting): per layer, run attention and
-   * the router, read the routing back,
-   * then run the experts in groups that fit the slots, loading each routed expert once. Pairs
-   * whose expert is absent are skipped by the kernels, so y fills up group by group before the
-   * weighted sum.
+   * Prefill under a budget (and every step with perLayerRouting), layer by layer over the whole
+   * prompt, so each routed expert is loaded once per layer per prompt whatever the budget. The
+   * prompt runs in chunks of maxBatch tokens whose state (residual, normed input, routing,
+   * weights, expert outputs) waits in prompt-sized buffers between stages:
+   * 1. every chunk: attention and router of layer l; then one readback of the layer's routing;
+   * 2. the routed experts in groups that fit the slots; every chunk runs the group's pairs
+   *    (pairs whose expert is absent are skipped, so its y fills up group by group);
+   * 3. every chunk: the weighted sum into the residual.
+   * Then the final norm and lm_head (last row, or every row chunk by chunk).
    */
-  private async prefillLayerwise(
+  async prefillByLayer(
     session: GpuSession,
-    T: number,
+    ids: number[],
+    pos0: number,
     lastOnly: boolean,
   ): Promise<Float32Array[]> {
     const c = this.config;
     const device = this.gpu.device;
-    const K = c.topK;
+    const { hiddenSize: D, topK: K, numExperts: E } = c;
+    const B = this.maxBatch;
+    const T = ids.length;
+    const chunks: { t0: number; n: number }[] = [];
+    for (let t0 = 0; t0 < T; t0 += B) chunks.push({ t0, n: Math.min(B, T - t0) });
+    const p = this.promptBuffers(T);
+    const x = new Float32Array(T * D);
+    for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
+    device.queue.writeBuffer(p.x, 0, x);
+    this.stats.steps++;
+    const a = this.act;
+    /** One submission for chunk ch: step uniform, copies in, ops, copies out. */
+    const run = (
+      ch: { t0: number; n: number },
+      ins: [GPUBuffer, GPUBuffer, number][],
+      ops: Op[],
+      outs: [GPUBuffer, GPUBuffer, number][],
+    ) => {
+      device.queue.writeBuffer(
+        this.ops.step,
+        0,
+        new Uint32Array([ch.n, pos0 + ch.t0, pos0 + ch.t0 + ch.n, 0]),
+      );
+      const enc = device.createCommandEncoder();
+      for (const [from, to, width] of ins) {
+        enc.copyBufferToBuffer(from, ch.t0 * width * 4, to, 0, ch.n * width * 4);
+      }
+      const pass = enc.beginComputePass();
+      for (const op of ops) op.record(pass, ch.n);
+      pass.end();
+      for (const [from, to, width] of outs) {
+        enc.copyBufferToBuffer(from, 0, to, ch.t0 * width * 4, ch.n * width * 4);
+      }
+      device.queue.submit([enc.finish()]);
+    };
     for (let l = 0; l < c.numLayers; l++) {
       this.startPass(session);
-      let enc = device.createCommandEncoder({ label: `prefill.${l}.router` });
-      let pass = enc.beginComputePass();
-      for (const op of this.attnInputs[l]) op.record(pass, T);
-      for (const op of session.attention[l]) op.record(pass, T);
-      for (const op of this.router(l)) op.record(pass, T);
-      pass.end();
-      enc.copyBufferToBuffer(this.act.idx[l], 0, this.act.staging, this.routingOffset, T * K * 4);
-      device.queue.submit([enc.finish()]);
-      await this.act.staging.mapAsync(GPUMapMode.READ, this.routingOffset, T * K * 4);
+      // 1. attention + router, chunk by chunk
+      for (const ch of chunks) {
+        run(ch, [[p.x, a.x, D]], [
+          ...this.attnInputs[l],
+          ...session.attention[l],
+          ...this.router(l),
+        ], [[a.x, p.x, D], [a.xn, p.xn, D], [a.idx[l], p.idx, K], [a.weights, p.weights, K]]);
+      }
+      const idx = await readU32(this.gpu, p.idx, 0, T * K);
       this.stats.readbacks++;
-      const idx = new Uint32Array(
-        this.act.staging.getMappedRange(this.routingOffset, T * K * 4),
-      ).slice();
-      this.act.staging.unmap();
       this.onRouting?.(l, idx);
-      let keys = [...new Set(idx)].map((e) => l * c.numExperts + e);
+      let keys = [...new Set(idx)].map((e) => l * E + e);
       if (this.masking && this.cache.residentIn(l).size > 0) {
         // routed among resident experts; absent picks carry weight 0 and need no load
         keys = keys.filter((k) => this.cache.isResident(k));
       }
       // resident experts first: they need no load
-      keys.sort((a, b) => Number(this.cache.isResident(b)) - Number(this.cache.isResident(a)));
+      keys.sort((x, y) => Number(this.cache.isResident(y)) - Number(this.cache.isResident(x)));
       this.stats.prefillRouted += keys.length;
       const now = this.tick();
-      const kept = this.lastOfOtherLayers(l, 1).length;
-      const groupSize = this.cache.capacity - kept;
+      const groupSize = this.cache.capacity - this.lastOfOtherLayers(l, 1).length;
+      // 2. experts, group by group
       for (let g = 0; g < keys.length; g += groupSize) {
         const group = keys.slice(g, g + groupSize);
         const protect = this.protectedKeys(group, l);
@@ -861,21 +912,57 @@ export class GpuModel implements LanguageModel {
           }
         }
         this.cache.touch(group, now);
-        enc = device.createCommandEncoder({ label: `prefill.${l}.experts` });
-        pass = enc.beginComputePass();
-        for (const op of this.expertOps[l]) op.record(pass, T);
-        pass.end();
-        device.queue.submit([enc.finish()]);
+        for (const ch of chunks) {
+          run(ch, [[p.xn, a.xn, D], [p.idx, a.idx[l], K], [p.y, a.y, K * D]], this.expertOps[l], [
+            [a.y, p.y, K * D],
+          ]);
+        }
       }
-      enc = device.createCommandEncoder({ label: `prefill.${l}.combine` });
-      pass = enc.beginComputePass();
-      this.combineOps[l].record(pass, T);
-      pass.end();
-      device.queue.submit([enc.finish()]);
+      // 3. weighted sum into the residual
+      for (const ch of chunks) {
+        run(ch, [[p.x, a.x, D], [p.y, a.y, K * D], [p.weights, a.weights, K]], [
+          this.combineOps[l],
+        ], [[a.x, p.x, D]]);
+      }
     }
-    const enc = device.createCommandEncoder({ label: "prefill.head" });
-    const rows = this.encodeHead(enc, T, lastOnly);
-    return (await this.submitAndRead(enc, rows)).logits;
+    // final norm and lm_head
+    const rows: Float32Array[] = [];
+    for (const ch of lastOnly ? chunks.slice(-1) : chunks) {
+      run(ch, [[p.x, a.x, D]], [], []);
+      const enc = device.createCommandEncoder({ label: "prefill.head" });
+      const n = this.encodeHead(enc, ch.n, lastOnly);
+      rows.push(...(await this.submitAndRead(enc, n)).logits);
+    }
+    return rows;
+  }
+
+  private destroyPromptBuffers(): void {
+    const p = this.prompt;
+    if (p) { for (const b of [p.x, p.xn, p.idx, p.weights, p.y]) b.destroy(); }
+    this.prompt = null;
+  }
+
+  /** Prompt-sized buffers of prefillByLayer, grown on demand and kept. */
+  private promptBuffers(T: number): PromptBuffers {
+    if (this.prompt && this.prompt.tokens >= T) return this.prompt;
+    this.destroyPromptBuffers();
+    const { hiddenSize: D, topK: K } = this.config;
+    const tokens = Math.max(T, this.maxBatch);
+    const mk = (n: number, label: string) =>
+      this.gpu.device.createBuffer({
+        label: `prompt.${label}`,
+        size: align4(n * 4),
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
+      });
+    this.prompt = {
+      tokens,
+      x: mk(tokens * D, "x"),
+      xn: mk(tokens * D, "xn"),
+      idx: mk(tokens * K, "idx"),
+      weights: mk(tokens * K, "weights"),
+      y: mk(tokens * K * D, "y"),
+    };
+    return this.prompt;
   }
 
   /** Frees every GPU buffer the model made (sessions free their own KV caches). */
@@ -915,6 +1002,7 @@ export class GpuModel implements LanguageModel {
     ];
     for (const b of buffers) b.destroy();
     for (const kv of this.allKv) for (const b of kv.buffers) b.destroy();
+    this.destroyPromptBuffers();
     this.ops.destroy();
   }
 }

@@ -45,6 +45,11 @@ export class GpuSession implements Session {
           throw new RangeError(`token id ${id} is outside the vocabulary [0, ${V})`);
         }
       }
+      if (this.model.layerwise(ids.length)) {
+        const rows = await this.model.prefillByLayer(this, ids, this.len, !!opts.lastOnly);
+        this.len += ids.length;
+        return rows;
+      }
       const rows: Float32Array[] = [];
       const B = this.model.maxBatch;
       for (let i = 0; i < ids.length; i += B) {
