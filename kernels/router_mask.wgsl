@@ -1,15 +1,16 @@
 // Router masking (the approximate mode): before top-k, the logits of experts that are not
 // resident in GPU slots become a huge negative number, so softmax gives them zero probability:
 // top-k then picks the resident experts first and, when fewer than k are resident, absent ones
-// with weight exactly 0 (their pairs are skipped and add nothing). A layer with no resident
-// expert is left unmasked (exact routing), so the cache can warm up.
+// with weight exactly 0 (their pairs are skipped and add nothing). A layer with fewer than
+// min_resident (at least 1) resident experts is left unmasked (exact routing), so it can load
+// its share of the budget.
 //
 // logits[t, e] for t < n_tokens, e < num_experts; slots[slot_base + e] == ABSENT_SLOT when absent.
 
 struct Params {
   num_experts: u32,
   slot_base: u32,
-  _pad0: u32,
+  min_resident: u32,
   _pad1: u32,
 }
 
@@ -37,7 +38,7 @@ fn main(
       resident++;
     }
   }
-  if (resident == 0u) {
+  if (resident < max(p.min_resident, 1u)) {
     return;
   }
   if (slots[p.slot_base + i % p.num_experts] == ABSENT_SLOT) {

@@ -125,7 +125,7 @@ Deno.test("GpuModel prefill under a budget loads each routed expert once per lay
   });
 });
 
-Deno.test("router masking: exact when every expert is resident, no loads once warm under a budget", async () => {
+Deno.test("router masking: exact when every expert is resident, no loads once each layer holds its share", async () => {
   await withSmall(async (dir) => {
     const opened = openModelDir(dir);
     const gpu = await openGpu();
@@ -140,7 +140,13 @@ Deno.test("router masking: exact when every expert is resident, no loads once wa
 
       const model = await GpuModel.open(opened.weights, { gpu, maxContext: 64, expertSlots: 20 });
       const m = model.newSession({ routerMasking: true });
-      await m.forward(PROMPT); // warms every layer past top-k resident experts
+      // warm-up: layers below their share of the slots route exactly and load
+      await m.forward(PROMPT);
+      for (const id of DECODE) await m.forward([id]);
+      const quota = model.layerQuota;
+      for (let l = 0; l < SMALL.layers; l++) {
+        assert.ok(model.cache.residentIn(l).size >= quota, `layer ${l} holds its share`);
+      }
       const loads = model.cache.metrics.misses;
       const readbacks = model.stats.readbacks;
       for (const id of DECODE) await m.forward([id]);

@@ -14,11 +14,12 @@ function refMask(
   slotBase: number,
   T: number,
   E: number,
+  minResident: number,
 ): Float32Array {
   const out = logits.slice();
   let resident = 0;
   for (let e = 0; e < E; e++) if (slots[slotBase + e] !== ABSENT) resident++;
-  if (resident === 0) return out;
+  if (resident < Math.max(minResident, 1)) return out;
   for (let t = 0; t < T; t++) {
     for (let e = 0; e < E; e++) if (slots[slotBase + e] === ABSENT) out[t * E + e] = MASKED;
   }
@@ -32,17 +33,23 @@ gpuTest("routerMask() masks exactly the absent experts of its layer", async () =
   for (const [i, e] of [2, 5, 9, 11, 15].entries()) slots[E + e] = i;
   for (const [i, e] of [0, 1, 7].entries()) slots[2 * E + e] = 10 + i;
   const slotBuf = buffer(slots);
-  for (const layer of [0, 1, 2]) {
-    const logits = randomF32(T * E, 7 + layer, 3);
-    const out = buffer(logits);
-    run(
-      [ops.routerMask({ logits: out, slots: slotBuf, slotBase: layer * E, numExperts: E })],
-      T,
-    );
-    const got = await readF32(gpu, out, 0, T * E);
-    assert.deepStrictEqual(got, refMask(logits, slots, layer * E, T, E), `layer ${layer}`);
-    if (layer === 0) assert.deepStrictEqual(got, logits, "none resident: exact routing");
-    else assert.notDeepStrictEqual(got, logits);
+  for (const minResident of [0, 4]) {
+    for (const layer of [0, 1, 2]) {
+      const logits = randomF32(T * E, 7 + layer, 3);
+      const out = buffer(logits);
+      const slotBase = layer * E;
+      run(
+        [ops.routerMask({ logits: out, slots: slotBuf, slotBase, numExperts: E, minResident })],
+        T,
+      );
+      const got = await readF32(gpu, out, 0, T * E);
+      const want = refMask(logits, slots, slotBase, T, E, minResident);
+      assert.deepStrictEqual(got, want, `layer ${layer}, minResident ${minResident}`);
+      // none resident, or fewer than minResident: exact routing
+      const exact = layer === 0 || (layer === 2 && minResident === 4);
+      if (exact) assert.deepStrictEqual(got, logits, `layer ${layer} routes exactly`);
+      else assert.notDeepStrictEqual(got, logits);
+    }
   }
 });
 
@@ -55,7 +62,7 @@ gpuTest("routerMask() then topk() picks only resident experts", async () => {
   const logits = buffer(randomF32(T * E, 99, 4));
   const idx = buffer(T * k * 4), weights = buffer(T * k * 4);
   run([
-    ops.routerMask({ logits, slots: buffer(slots), slotBase: 0, numExperts: E }),
+    ops.routerMask({ logits, slots: buffer(slots), slotBase: 0, numExperts: E, minResident: 1 }),
     ops.topk({ logits, idx, weights, numExperts: E, k, normTopk: true }),
   ], T);
   const chosen = new Uint32Array((await readF32(gpu, idx, 0, T * k)).buffer);

@@ -430,6 +430,7 @@ export class GpuModel implements LanguageModel {
           slots: this.pool.slotTable,
           slotBase: l * E,
           numExperts: E,
+          minResident: this.layerQuota,
         })]
         : []),
       this.ops.topk({
@@ -765,28 +766,37 @@ export class GpuModel implements LanguageModel {
 
   /**
    * The first layer from `from` on whose missed flags mean a real miss: any flag in exact mode;
-   * with router masking only in a layer with no resident expert (elsewhere the flags come from
+   * with router masking only in a layer below its share of slots (elsewhere the flags come from
    * absent experts picked with weight 0, which add nothing).
    */
   private firstMissedLayer(missed: Uint32Array, from: number): number {
     const { numLayers: L, numExperts: E } = this.config;
     for (let l = from; l < L; l++) {
-      if (this.masking && this.cache.residentIn(l).size > 0) continue;
+      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) continue;
       for (let e = 0; e < E; e++) if (missed[l * E + e]) return l;
     }
     return -1;
   }
 
-  /** With router masking: one resident expert of each layer but l, kept so that no layer is
-   * left without one (empty when they and `need` more slots do not fit together). */
+  /** With router masking, each layer's share of the slots: a layer with fewer resident experts
+   * routes exactly and loads (evicting from layers above their share), one with at least this
+   * many routes among its resident experts. */
+  get layerQuota(): number {
+    return Math.max(1, Math.floor(this.cache.capacity / this.config.numLayers));
+  }
+
+  /** With router masking: up to layerQuota resident experts of each layer but l, kept so that
+   * loads for l evict from layers above their share (empty when they and `need` more slots do
+   * not fit together). */
   private lastOfOtherLayers(l: number, need: number): number[] {
     if (!this.masking) return [];
     const keep: number[] = [];
     for (let other = 0; other < this.config.numLayers; other++) {
       if (other === l) continue;
+      let n = 0;
       for (const k of this.cache.residentIn(other)) {
+        if (n++ === this.layerQuota) break;
         keep.push(k);
-        break;
       }
     }
     return keep.length + need <= this.cache.capacity ? keep : [];
@@ -887,7 +897,7 @@ export class GpuModel implements LanguageModel {
       this.stats.readbacks++;
       this.onRouting?.(l, idx);
       let keys = [...new Set(idx)].map((e) => l * E + e);
-      if (this.masking && this.cache.residentIn(l).size > 0) {
+      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) {
         // routed among resident experts; absent picks carry weight 0 and need no load
         keys = keys.filter((k) => this.cache.isResident(k));
       }

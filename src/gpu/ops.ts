@@ -634,12 +634,18 @@ export class Ops implements OpsApi {
   }
 
   routerMask(
-    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number },
+    a: {
+      logits: GPUBuffer;
+      slots: GPUBuffer;
+      slotBase: number;
+      numExperts: number;
+      minResident: number;
+    },
   ): Op {
     return this.simple(
       "routerMask",
       { kernel: "router_mask", bindings: ["uniform", "uniform", "read", "rw"] },
-      [a.numExperts, a.slotBase],
+      [a.numExperts, a.slotBase, a.minResident],
       [a.slots, a.logits],
       (t) => ceilDiv(t * a.numExperts, WG_64),
     );

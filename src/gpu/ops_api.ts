@@ -143,10 +143,16 @@ export interface OpsApi {
   ): Op;
 
   /** Router masking (approximate mode): logits[t, e] = -3e38 (zero probability) for every
-   * expert e whose slots[slotBase + e] is absent, unless no expert of the layer is resident
-   * (then the layer routes exactly). */
+   * expert e whose slots[slotBase + e] is absent, unless fewer than max(minResident, 1)
+   * experts of the layer are resident (then the layer routes exactly). */
   routerMask(
-    a: { logits: GPUBuffer; slots: GPUBuffer; slotBase: number; numExperts: number },
+    a: {
+      logits: GPUBuffer;
+      slots: GPUBuffer;
+      slotBase: number;
+      numExperts: number;
+      minResident: number;
+    },
   ): Op;
 
   /** out[0] = index of the largest x[T-1, 0..n) (lowest index on ties), as u32. */
