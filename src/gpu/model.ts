@@ -165,6 +165,8 @@ export class GpuModel implements LanguageModel {
   private freeKv: KvCache[] = [];
   private allKv: KvCache[] = [];
   private prompt: PromptBuffers | null = null;
+  /** Whether open() made the device (then destroy() destroys it too). */
+  private ownsGpu = false;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
 
@@ -273,12 +275,14 @@ export class GpuModel implements LanguageModel {
   }
 
   static async open(weights: ModelWeights, opts: GpuModelOptions = {}): Promise<GpuModel> {
+    const ownsGpu = opts.gpu === undefined;
     const gpu = opts.gpu ?? await openGpu();
     if (opts.expertSlots === undefined) {
       const dtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
       opts = { ...opts, expertSlots: await fittingExpertSlots(gpu.device, weights.config, dtype) };
     }
     const model = new GpuModel(gpu, weights, opts);
+    model.ownsGpu = ownsGpu;
     if (model.allResident) await model.loadAllExperts();
     return model;
   }
@@ -1014,5 +1018,8 @@ export class GpuModel implements LanguageModel {
     for (const kv of this.allKv) for (const b of kv.buffers) b.destroy();
     this.destroyPromptBuffers();
     this.ops.destroy();
+    // a device this model opened goes with it (llvmpipe devices left to process exit each keep
+    // threads alive until teardown)
+    if (this.ownsGpu) this.gpu.device.destroy();
   }
 }
