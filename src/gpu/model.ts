@@ -165,6 +165,9 @@ export class GpuModel implements LanguageModel {
   private freeKv: KvCache[] = [];
   private allKv: KvCache[] = [];
   private prompt: PromptBuffers | null = null;
+  /** Host-side staging of one step, made once: the Step uniform and the embedding rows. */
+  private stepUniform = new Uint32Array(4);
+  private stepRows: Float32Array<ArrayBuffer>;
   /** Whether open() made the device (then destroy() destroys it too). */
   private ownsGpu = false;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
@@ -187,6 +190,7 @@ export class GpuModel implements LanguageModel {
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext);
     this.ops = new Ops(gpu);
+    this.stepRows = new Float32Array(this.maxBatch * c.hiddenSize);
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
     this.perLayerRouting = opts.perLayerRouting ?? false;
@@ -619,6 +623,27 @@ export class GpuModel implements LanguageModel {
 
   // ---- one step ----
 
+  /** The Step uniform for T tokens at positions pos0.. (ops_api.ts). */
+  private writeStep(T: number, pos0: number): void {
+    const u = this.stepUniform;
+    u[0] = T;
+    u[1] = pos0;
+    u[2] = pos0 + T;
+    this.gpu.device.queue.writeBuffer(this.ops.step, 0, u);
+  }
+
+  /** Embedding rows of ids, gathered on the CPU from the mapped table into `rows`, then to
+   * `target` [T, D] on the GPU. */
+  private writeEmbeddings(
+    ids: number[],
+    target: GPUBuffer,
+    rows: Float32Array<ArrayBuffer>,
+  ): void {
+    const D = this.config.hiddenSize;
+    for (let t = 0; t < ids.length; t++) rows.set(this.embedRow(ids[t]), t * D);
+    this.gpu.device.queue.writeBuffer(target, 0, rows);
+  }
+
   /** Runs steps one at a time (activations are shared between sessions). */
   exclusive<R>(fn: () => Promise<R>): Promise<R> {
     const run = this.queue.then(fn, fn);
@@ -644,11 +669,8 @@ export class GpuModel implements LanguageModel {
     const device = this.gpu.device;
     const D = c.hiddenSize;
     this.stats.steps++;
-    device.queue.writeBuffer(this.ops.step, 0, new Uint32Array([T, pos0, pos0 + T, 0]));
-    // embeddings: rows gathered on the CPU from the mapped table
-    const x = new Float32Array(T * D);
-    for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
-    device.queue.writeBuffer(this.act.x, 0, x);
+    this.writeStep(T, pos0);
+    this.writeEmbeddings(ids, this.act.x, this.stepRows.subarray(0, T * D));
 
     if (this.allResident) {
       this.startPass(session);
@@ -858,9 +880,7 @@ export class GpuModel implements LanguageModel {
     const chunks: { t0: number; n: number }[] = [];
     for (let t0 = 0; t0 < T; t0 += B) chunks.push({ t0, n: Math.min(B, T - t0) });
     const p = this.promptBuffers(T);
-    const x = new Float32Array(T * D);
-    for (let t = 0; t < T; t++) x.set(this.embedRow(ids[t]), t * D);
-    device.queue.writeBuffer(p.x, 0, x);
+    this.writeEmbeddings(ids, p.x, new Float32Array(T * D));
     this.stats.steps++;
     const a = this.act;
     /** One submission for chunk ch: step uniform, copies in, ops, copies out. */
@@ -870,11 +890,7 @@ export class GpuModel implements LanguageModel {
       ops: Op[],
       outs: [GPUBuffer, GPUBuffer, number][],
     ) => {
-      device.queue.writeBuffer(
-        this.ops.step,
-        0,
-        new Uint32Array([ch.n, pos0 + ch.t0, pos0 + ch.t0 + ch.n, 0]),
-      );
+      this.writeStep(ch.n, pos0 + ch.t0);
       const enc = device.createCommandEncoder();
       for (const [from, to, width] of ins) {
         enc.copyBufferToBuffer(from, ch.t0 * width * 4, to, 0, ch.n * width * 4);
