@@ -1,7 +1,10 @@
 /**
  * Serving figures of the embedded default model: starts the real server (main.ts serve's code
- * path, in this process, on a free loopback port), streams chat completions one after another
- * and then 4 at once, and reports time to first token and decode tokens/s from the client's side.
+ * path: serve() here, the model in a WorkerEngine, on a free loopback port), streams chat
+ * completions one after another and then 4 at once, and reports time to first token and decode
+ * tokens/s from the client's side, and the latency of GET /health (asked every ~20 ms) during the
+ * 4 concurrent generations; then the same /health figure with the model in this thread
+ * (LocalEngine), where every GPU readback blocks the server.
  *
  *   ./bin/deno run -A --unstable-webgpu --unstable-no-legacy-abort bench/server.ts
  */
@@ -9,11 +12,18 @@ import { DEFAULT_MODEL_DIR, openModel } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { loadTokenizer } from "../src/tokenizer.ts";
 import { serve } from "../src/server/app.ts";
+import type { Engine } from "../src/engine/engine.ts";
+import { LocalEngine } from "../src/engine/local.ts";
+import { WorkerEngine } from "../src/engine/worker_engine.ts";
 
 /** Tokens per reply: long enough for a steady decode rate, short enough for a quick run. */
 const MAX_TOKENS = 64;
 const SEQUENTIAL = 5;
 const CONCURRENT = 4;
+/** Context of the served sessions (prompt + reply fit with room to spare). */
+const MAX_CONTEXT = 512;
+/** Pause between /health requests while generations run. */
+const HEALTH_POLL_MS = 20;
 const PROMPTS = [
   "Tell me about the sea.",
   "What did the king say to his servants?",
@@ -78,34 +88,92 @@ function median(xs: number[]): number {
   return s[Math.floor(s.length / 2)];
 }
 
+/** Streams CONCURRENT replies at once while GET /health is asked every HEALTH_POLL_MS. */
+async function concurrentWithHealth(url: string) {
+  let running = true;
+  const health: number[] = [];
+  const polling = (async () => {
+    while (running) {
+      const t0 = performance.now();
+      const res = await fetch(`${url}/health`);
+      await res.arrayBuffer();
+      if (res.status !== 200) throw new Error(`/health answered ${res.status}`);
+      health.push(performance.now() - t0);
+      await new Promise((r) => setTimeout(r, HEALTH_POLL_MS));
+    }
+  })();
+  const t0 = performance.now();
+  const runs = await Promise.all(
+    Array.from({ length: CONCURRENT }, (_, i) => streamOne(url, PROMPTS[i % PROMPTS.length])),
+  );
+  const wall = (performance.now() - t0) / 1000;
+  running = false;
+  await polling;
+  return { runs, wall, health };
+}
+
+function healthFigure(health: number[]): string {
+  return `/health during ${CONCURRENT} concurrent streams: median ${
+    median(health).toFixed(1)
+  } ms,` +
+    ` max ${Math.max(...health).toFixed(1)} ms over ${health.length} requests`;
+}
+
+const tokenizer = await loadTokenizer(DEFAULT_MODEL_DIR);
+
+/** Runs serve() over `engine` until `fn` is done. */
+async function withServer<T>(engine: Engine, fn: (url: string) => Promise<T>): Promise<T> {
+  const stop = new AbortController();
+  const { server, url } = serve({
+    engine,
+    tokenizer,
+    modelId: "default",
+    host: "127.0.0.1",
+    port: 0,
+    signal: stop.signal,
+  });
+  try {
+    return await fn(url);
+  } finally {
+    stop.abort();
+    await server.finished;
+  }
+}
+
+// the model in the engine worker, as main.ts serve runs it
+const worker = await WorkerEngine.start({
+  kind: "runtime",
+  flags: { "max-context": String(MAX_CONTEXT) },
+  defaultContext: MAX_CONTEXT,
+});
+const { seq, conc } = await withServer(worker, async (url) => {
+  await streamOne(url, "warm up");
+  const seq: Run[] = [];
+  for (let i = 0; i < SEQUENTIAL; i++) seq.push(await streamOne(url, PROMPTS[i % PROMPTS.length]));
+  return { seq, conc: await concurrentWithHealth(url) };
+});
+const workerStats = worker.stats();
+await worker.close();
+
+// the same model in this thread: each GPU readback blocks the server's event loop
 const opened = await openModel(DEFAULT_MODEL_DIR);
 const model = await GpuModel.open(opened.weights, {
-  maxContext: 512,
+  maxContext: MAX_CONTEXT,
   expertSource: opened.experts,
 });
-const tokenizer = await loadTokenizer(DEFAULT_MODEL_DIR);
-const stop = new AbortController();
-const { server, url } = serve({
-  model,
-  tokenizer,
-  modelId: "default",
-  host: "127.0.0.1",
-  port: 0,
-  signal: stop.signal,
+const local = new LocalEngine(model, tokenizer);
+const inThread = await withServer(local, async (url) => {
+  await streamOne(url, "warm up");
+  return await concurrentWithHealth(url);
 });
-await streamOne(url, "warm up");
-const seq: Run[] = [];
-for (let i = 0; i < SEQUENTIAL; i++) seq.push(await streamOne(url, PROMPTS[i % PROMPTS.length]));
-const t0 = performance.now();
-const conc = await Promise.all(
-  Array.from({ length: CONCURRENT }, (_, i) => streamOne(url, PROMPTS[i % PROMPTS.length])),
-);
-const concWall = (performance.now() - t0) / 1000;
+await local.close();
+
 const c = model.config;
 console.log(`machine: ${model.gpu.adapterInfo.description}; ${Deno.build.target}`);
 console.log(
   `model: default (${c.numLayers} layers, hidden ${c.hiddenSize}, ${c.numExperts} experts ` +
-    `top-${c.topK}, vocab ${c.vocabSize}), replies of up to ${MAX_TOKENS} tokens, greedy`,
+    `top-${c.topK}, vocab ${c.vocabSize}), replies of up to ${MAX_TOKENS} tokens, greedy, ` +
+    `model in the engine worker`,
 );
 console.log(
   `sequential (${SEQUENTIAL} requests): TTFT median ${
@@ -113,15 +181,19 @@ console.log(
   }` +
     ` ms, decode median ${median(seq.map((r) => r.decodeTokPerS)).toFixed(1)} tokens/s`,
 );
-const total = conc.reduce((n, r) => n + r.tokens, 0);
+const total = conc.runs.reduce((n, r) => n + r.tokens, 0);
 console.log(
   `${CONCURRENT} concurrent (queued FIFO): TTFT ${
-    conc.map((r) => r.ttftMs.toFixed(0)).join(", ")
+    conc.runs.map((r) => r.ttftMs.toFixed(0)).join(", ")
   }` +
-    ` ms; ${total} tokens in ${concWall.toFixed(2)} s = ${(total / concWall).toFixed(1)} tokens/s`,
+    ` ms; ${total} tokens in ${conc.wall.toFixed(2)} s = ${
+      (total / conc.wall).toFixed(1)
+    } tokens/s`,
 );
-console.log(`GPU readbacks per step: ${(model.stats.readbacks / model.stats.steps).toFixed(2)}`);
-stop.abort();
-await server.finished;
+console.log(`${healthFigure(conc.health)} (model in the engine worker)`);
+console.log(`${healthFigure(inThread.health)} (model in the server's thread, for comparison)`);
+console.log(
+  `GPU readbacks per step: ${(workerStats.gpuReadbacks / workerStats.gpuSteps).toFixed(2)}`,
+);
 model.destroy();
 opened.close();

@@ -1,16 +1,19 @@
 /**
- * The generation loop: prompt ids -> sampled ids and their text, one piece per token.
+ * The generation loop's text side: prompt ids -> sampled ids and their text, one piece per token.
  *
- *   prefill the prompt (one forward, last row only) -> sample -> decode one token at a time,
- *   until an EOS id, max_tokens, a stop string, or the abort signal.
+ *   session.decode (GPU: tokens sampled on the GPU, read back in batches; other sessions:
+ *   src/decode_cpu.ts) -> for each token read back: its text, stop strings, EOS, max_tokens.
  *
  * Stop strings are never emitted: text that could still be the start of a stop string is held
- * back until the next tokens rule it in or out. Usage counts every sampled token, the EOS or the
- * one completing a stop string included (as vLLM counts them).
+ * back until the next tokens rule it in or out. When a token completes a stop string, the tokens
+ * after it in the same readback are discarded (never emitted, not counted) and the decode is told
+ * to keep only what came before, so the session's KV cache is rolled back to them. Usage counts
+ * every kept token, the EOS or the one completing a stop string included (as vLLM counts them).
  */
-import type { Session } from "./types.ts";
+import type { DecodeRequest, DecodeResult, DecodeStats, Session } from "./types.ts";
 import type { StreamDecoder } from "./tokenizer.ts";
-import { Prng, randomSeed, sampleToken, type SamplingParams, TokenHistory } from "./sampling.ts";
+import type { SamplingParams } from "./sampling.ts";
+import { decodeWithForward } from "./decode_cpu.ts";
 
 /**
  * One sampled token (EOS included) and the text it releases: "" while text is held back, the
@@ -30,6 +33,8 @@ export interface GenerationResult {
   text: string;
   promptTokens: number;
   completionTokens: number;
+  /** The decode steps' readbacks, submissions, time and expert loads (prefill excluded). */
+  stats: DecodeStats;
 }
 
 export interface GenerateOptions {
@@ -43,8 +48,10 @@ export interface GenerateOptions {
   stop?: string[];
   /** Turns ids into text for this sequence (Tokenizer.streamDecoder()). */
   decoder: StreamDecoder;
-  /** Aborting ends the loop with GenerationAbortedError at the next token boundary. */
+  /** Aborting ends the loop with GenerationAbortedError (checked at each readback and token). */
   signal?: AbortSignal;
+  /** Decode steps per GPU readback (undefined: adaptive; 1: one readback per token). */
+  stepsPerReadback?: number;
 }
 
 /** The request's abort signal fired (client gone): generation stopped, its session is free. */
@@ -79,9 +86,17 @@ function heldLength(text: string, stops: string[]): number {
   return held;
 }
 
+/** The session's decode, or the CPU one through forward(). */
+function decodeOf(
+  session: Session,
+  req: DecodeRequest,
+): AsyncGenerator<number[], DecodeResult, number | undefined> {
+  return session.decode ? session.decode(req) : decodeWithForward(session, req);
+}
+
 /**
  * Runs one sequence on `session` (which must be fresh or truncated to 0). Yields a Piece per
- * generated token; returns the finish reason and exact usage.
+ * generated token; returns the finish reason, exact usage and the decode's stats.
  */
 export async function* generate(
   session: Session,
@@ -89,8 +104,6 @@ export async function* generate(
 ): AsyncGenerator<Piece, GenerationResult> {
   const eos = new Set(opts.eosIds);
   const stops = (opts.stop ?? []).filter((s) => s.length > 0);
-  const history = new TokenHistory(opts.promptIds);
-  const rng = new Prng(opts.sampling.seed ?? randomSeed());
   let full = ""; // every decoded character so far
   let emitted = 0; // characters of `full` already released
   let completionTokens = 0;
@@ -100,37 +113,56 @@ export async function* generate(
     if (opts.signal?.aborted) throw new GenerationAbortedError();
   };
   check();
-  // prefill: one pass over the prompt, last row only
-  let [logits] = await session.forward(opts.promptIds, { lastOnly: true });
-  while (true) {
-    check();
-    const token = sampleToken(logits, opts.sampling, history, rng);
-    history.addGenerated(token);
-    completionTokens++;
-    const isEos = eos.has(token);
-    const last = isEos || completionTokens >= opts.maxTokens;
-    if (!isEos) full += opts.decoder.push(token);
-    if (last) full += opts.decoder.flush(); // an unfinished character is final now
-    const stopAt = findStop(full, stops, emitted);
-    if (stopAt >= 0) full = full.slice(0, stopAt);
-    // hold back a possible stop-string prefix unless the sequence ends here
-    const release = stopAt >= 0 || last
-      ? full.length
-      : full.length - heldLength(full.slice(emitted), stops);
-    const text = full.slice(emitted, release);
-    emitted = release;
-    yield { token, text };
-    if (stopAt >= 0 || isEos) {
-      finishReason = "stop";
-      break;
+  const decode = decodeOf(session, {
+    feed: opts.promptIds,
+    maxTokens: opts.maxTokens,
+    sampling: opts.sampling,
+    eosIds: [...eos],
+    signal: opts.signal,
+    stepsPerReadback: opts.stepsPerReadback,
+  });
+  let ended = false;
+  try {
+    let step = await decode.next();
+    while (!step.done) {
+      const tokens = step.value;
+      let keep: number | undefined;
+      for (let i = 0; i < tokens.length; i++) {
+        check();
+        const token = tokens[i];
+        completionTokens++;
+        const isEos = eos.has(token);
+        const last = isEos || completionTokens >= opts.maxTokens;
+        if (!isEos) full += opts.decoder.push(token);
+        if (last) full += opts.decoder.flush(); // an unfinished character is final now
+        const stopAt = findStop(full, stops, emitted);
+        if (stopAt >= 0) full = full.slice(0, stopAt);
+        // hold back a possible stop-string prefix unless the sequence ends here
+        const release = stopAt >= 0 || last
+          ? full.length
+          : full.length - heldLength(full.slice(emitted), stops);
+        const text = full.slice(emitted, release);
+        emitted = release;
+        yield { token, text };
+        if (stopAt >= 0 || isEos) finishReason = "stop";
+        if (stopAt >= 0) {
+          keep = i + 1;
+          break;
+        }
+      }
+      check();
+      step = await decode.next(keep);
     }
-    if (last) break;
-    [logits] = await session.forward([token], { lastOnly: true });
+    ended = true;
+    if (step.value.finish === "abort") throw new GenerationAbortedError();
+    return {
+      finishReason,
+      text: full.slice(0, emitted),
+      promptTokens: opts.promptIds.length,
+      completionTokens,
+      stats: step.value.stats,
+    };
+  } finally {
+    if (!ended) await decode.return(undefined as never); // rolls the session back
   }
-  return {
-    finishReason,
-    text: full.slice(0, emitted),
-    promptTokens: opts.promptIds.length,
-    completionTokens,
-  };
 }

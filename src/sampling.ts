@@ -1,19 +1,37 @@
 /**
- * Next-token sampling from one row of logits.
+ * Next-token sampling from one row of logits: the CPU reference of the GPU sampler
+ * (src/gpu/sampler.ts, kernels/sample_*.wgsl). Both follow this algorithm exactly, bit for bit.
  *
- * Order (llama.cpp's default sampler chain, the same as vLLM's for these samplers):
- *   1. penalties on the raw logits: repetition_penalty (Hugging Face: over every token id seen in
- *      prompt + output, positive logits are divided by it and negative ones multiplied), then
- *      frequency_penalty and presence_penalty (OpenAI: over generated tokens only,
- *      logit -= count * frequency + (count > 0) * presence);
- *   2. temperature 0 -> greedy: the largest penalised logit, lowest id on ties; done;
- *   3. top_k: keep the k largest logits (ties broken by lowest id);
- *   4. top_p: keep the smallest prefix (by descending probability, softmax of the kept logits)
- *      whose mass reaches top_p;
- *   5. min_p: drop tokens whose probability is below min_p times the largest probability;
- *   6. temperature: softmax(logit / temperature) over the survivors, then draw with the request's
- *      seeded PRNG.
+ * Inputs: logits [V] f32; the sequence's ids at positions 0..len-1 (prompt, then generated tokens
+ * from genStart on); the token drawn sits at position len; the request's SamplingParams. Every
+ * parameter is used as its f32 value (fround), as the GPU holds it.
+ *
+ *   1. Penalties, in f32 arithmetic (fround after every operation), x_i = logits_i:
+ *      repetition (Hugging Face; tokens anywhere in ids[0..len)): x_i = x_i > 0 ? x_i * invRep
+ *      : x_i * rep, invRep = fround(1 / rep) (a product: WGSL division is not correctly
+ *      rounded, multiplication is); then presence and frequency (OpenAI; c_i = count of i in
+ *      ids[genStart..len)): if c_i > 0, x_i -= fround(fround(c_i * frequency) + presence).
+ *   2. temperature 0: the token is argmax_i x_i, the lowest index on ties. Done.
+ *   3. M = max_i x_i. Order the tokens by (x desc, index asc); the kept set S is all tokens.
+ *   4. top_k (0 < topK < V): S = the first topK tokens in that order (ties by index).
+ *   5. top_p (topP < 1): e_i = expf(fround(x_i - M)) and its weight qe_i = floor(e_i * 2^31), for
+ *      i in S; Z = sum of qe over S; goal = ceil(P24 * Z / 2^24) with P24 = ceil(topP * 2^24)
+ *      (so goal is topP * Z, rounded up); S = the shortest prefix of S (same order) whose sum of
+ *      qe reaches goal.
+ *   6. min_p (minP > 0): S = { i in S : e_i >= minP } (e as in 5: the top token has e = 1, so
+ *      this is p_i >= minP * p_max).
+ *   7. Draw: qw_i = floor(expf(fround(fround(x_i - M) * invT)) * 2^31) over S, with
+ *      invT = fround(1 / temperature); W = sum of qw; u24 = the first word of Philox4x32-10 at
+ *      counter n = len - genStart >>> 8 (src/philox.ts: uniform24(seed, n) = u24 * 2^-24);
+ *      t = floor(u24 * W / 2^24) (< W); walking S in INDEX order and adding up qw, the token is
+ *      the first where the running sum exceeds t.
+ *
+ * expf is an f32 exp of fixed operations (below; within 1 ulp of exp), and sums are of integers
+ * (below 2^53 here, 64-bit on the GPU): both sides compute the same bits whatever the order of
+ * their sums, so they pick the same token. The weights resolve probabilities to 2^-31 of the top
+ * token's: a token below that is never drawn (and below exp(-80) its e is 0).
  */
+import { uniform24 } from "./philox.ts";
 
 /** The sampling parameters of one request (OpenAI names plus vLLM's top_k/min_p). */
 export interface SamplingParams {
@@ -31,7 +49,7 @@ export interface SamplingParams {
   presencePenalty: number;
   /** 0 = off. */
   frequencyPenalty: number;
-  /** Same seed, same draws; absent = a random seed. */
+  /** Same seed, same draws (a safe integer, possibly negative); needed when temperature > 0. */
   seed?: number;
 }
 
@@ -46,151 +64,271 @@ export const GREEDY: SamplingParams = {
   frequencyPenalty: 0,
 };
 
-/** The largest seed the PRNG state holds exactly (it is a 32-bit generator). */
-const SEED_MODULUS = 2 ** 32;
-
-/** mulberry32: a small, fast 32-bit PRNG; same seed, same sequence of uniforms in [0, 1). */
-export class Prng {
-  #state: number;
-
-  constructor(seed: number) {
-    this.#state = ((seed % SEED_MODULUS) + SEED_MODULUS) % SEED_MODULUS >>> 0;
-  }
-
-  next(): number {
-    this.#state = (this.#state + 0x6d2b79f5) >>> 0;
-    let t = this.#state;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / SEED_MODULUS;
-  }
-}
-
-/** A random seed for requests that give none. */
+/** A random seed for requests that give none: a random 32-bit non-negative integer. */
 export function randomSeed(): number {
   return crypto.getRandomValues(new Uint32Array(1))[0];
 }
 
-/** Tokens seen so far in one sequence, for the penalties. */
-export class TokenHistory {
-  /** Every id in prompt + output (repetition_penalty's set). */
-  readonly seen = new Set<number>();
-  /** Count of each id among generated tokens (presence/frequency penalties). */
-  readonly generated = new Map<number, number>();
+/** The tokens of one sequence: ids[0..len) (prompt, then generated from genStart on). */
+export interface History {
+  ids: ArrayLike<number>;
+  genStart: number;
+}
 
-  constructor(promptIds: Iterable<number> = []) {
-    for (const id of promptIds) this.seen.add(id);
+/** Throws a RangeError naming the first parameter the algorithm cannot take (the server and CLI
+ * check the same ranges on their input). The seed is checked where a draw needs it (seedOf). */
+export function checkSamplingParams(p: SamplingParams): void {
+  const bad = (name: string, rule: string, value: unknown) => {
+    throw new RangeError(`sampling: ${name} ${rule}, got ${value}`);
+  };
+  if (!(p.temperature >= 0 && Number.isFinite(p.temperature))) {
+    bad("temperature", "must be finite and >= 0", p.temperature);
   }
-
-  addGenerated(id: number): void {
-    this.seen.add(id);
-    this.generated.set(id, (this.generated.get(id) ?? 0) + 1);
+  if (!(Number.isInteger(p.topK) && p.topK >= 0)) bad("topK", "must be an integer >= 0", p.topK);
+  if (!(p.topP > 0 && p.topP <= 1)) bad("topP", "must be in (0, 1]", p.topP);
+  if (!(p.minP >= 0 && p.minP <= 1)) bad("minP", "must be in [0, 1]", p.minP);
+  if (!(p.repetitionPenalty > 0 && Number.isFinite(p.repetitionPenalty))) {
+    bad("repetitionPenalty", "must be finite and > 0", p.repetitionPenalty);
+  }
+  if (!Number.isFinite(p.presencePenalty)) {
+    bad("presencePenalty", "must be finite", p.presencePenalty);
+  }
+  if (!Number.isFinite(p.frequencyPenalty)) {
+    bad("frequencyPenalty", "must be finite", p.frequencyPenalty);
   }
 }
 
-/** Step 1: the penalised logits (a copy; the input is not changed). */
-export function applyPenalties(
+/** The seed of a request that draws (temperature > 0): a RangeError when it has none. Greedy
+ * requests need none (0). */
+export function seedOf(p: SamplingParams): number {
+  if (p.temperature === 0) return p.seed ?? 0;
+  if (!Number.isSafeInteger(p.seed)) {
+    throw new RangeError(
+      `sampling: seed must be a safe integer when temperature > 0 (randomSeed() gives one), ` +
+        `got ${p.seed}`,
+    );
+  }
+  return p.seed!;
+}
+
+/** Whether any penalty changes a logit. */
+export function hasPenalties(p: SamplingParams): boolean {
+  return p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+}
+
+/** Whether top_k keeps fewer tokens than the vocabulary. */
+export function topKActive(p: SamplingParams, vocab: number): boolean {
+  return p.topK > 0 && p.topK < vocab;
+}
+
+/** Whether top_p keeps fewer tokens than all (its f32 value below 1). */
+export function topPActive(p: SamplingParams): boolean {
+  return Math.fround(p.topP) < 1;
+}
+
+const f32 = Math.fround;
+
+/** Fixed-point weights: floor(e * 2^31) (the GPU's u32 holds 2^31, the weight of e = 1). */
+const WEIGHT_SCALE = 2 ** 31;
+/** u24 and P24 are multiples of 2^-24 scaled to integers. */
+const UNIT_SCALE = 2 ** 24;
+
+/** expf's domain: below it the result is 0 (at -80 it is 1.8e-35, still a normal f32). */
+const EXPF_MIN = -80;
+/** f32 constants of expf: log2(e), ln(2) split as 0.693359375 (9 bits: n * it is exact) plus a
+ * correction, and Cephes' expf polynomial for exp(r) - 1 - r over |r| <= ln(2) / 2. */
+const LOG2E = f32(Math.LOG2E);
+const LN2_HI = f32(0.693359375);
+const LN2_LO = f32(-2.12194440e-4);
+const EXPF_POLY = [
+  1.9875691500e-4,
+  1.3981999507e-3,
+  8.3334519073e-3,
+  4.1665795894e-2,
+  1.6666665459e-1,
+  5.0000001201e-1,
+].map(f32);
+
+/** Round half to even (WGSL's round()). */
+function roundHalfEven(v: number): number {
+  const r = Math.round(v); // half up
+  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+}
+
+/**
+ * exp(d) for d <= 0 in f32 operations, each rounded (no fused multiply-add): within 1 ulp of the
+ * correctly rounded exp, and the same bits in kernels/sample_topp.wgsl and sample_draw.wgsl.
+ * n = round(d * log2 e); r = (d - n * LN2_HI) - n * LN2_LO; exp(r) by Cephes' polynomial;
+ * times 2^n. 0 below EXPF_MIN (and for NaN).
+ */
+export function expf(d: number): number {
+  if (!(d >= EXPF_MIN)) return 0;
+  const n = roundHalfEven(f32(d * LOG2E));
+  const r = f32(f32(d - f32(n * LN2_HI)) - f32(n * LN2_LO));
+  let p = EXPF_POLY[0];
+  for (let k = 1; k < EXPF_POLY.length; k++) p = f32(f32(p * r) + EXPF_POLY[k]);
+  const y = f32(f32(f32(p * f32(r * r)) + r) + 1);
+  return f32(y * 2 ** n);
+}
+
+/** The fixed-point weight of e in [0, 1]: floor(e * 2^31). */
+export function weight(e: number): number {
+  return Math.floor(e * WEIGHT_SCALE);
+}
+
+/** floor (or ceil when `up`) of a * b / 2^24, exactly, for integers a <= 2^24 and b < 2^50. */
+export function mulFrac24(a: number, b: number, up: boolean): number {
+  const bHigh = Math.floor(b / UNIT_SCALE);
+  const low = a * (b - bHigh * UNIT_SCALE);
+  const frac = Math.floor(low / UNIT_SCALE);
+  return a * bHigh + frac + (up && frac * UNIT_SCALE !== low ? 1 : 0);
+}
+
+/** top_p as the integer P24 = ceil(topP * 2^24) (f32 topP times 2^24: exact). */
+export function topP24(p: SamplingParams): number {
+  return Math.ceil(f32(p.topP) * UNIT_SCALE);
+}
+
+/** Step 1: the penalised logits, f32. */
+export function penalise(
   logits: ArrayLike<number>,
   p: SamplingParams,
-  history: TokenHistory,
+  history: History,
 ): Float32Array {
-  const out = Float32Array.from(logits);
-  if (p.repetitionPenalty !== 1) {
-    for (const id of history.seen) {
-      out[id] = out[id] > 0 ? out[id] / p.repetitionPenalty : out[id] * p.repetitionPenalty;
+  const x = Float32Array.from(logits);
+  if (!hasPenalties(p)) return x;
+  const V = x.length;
+  const seen = new Uint8Array(V);
+  const count = new Uint32Array(V);
+  for (let pos = 0; pos < history.ids.length; pos++) {
+    const id = history.ids[pos];
+    if (!(Number.isInteger(id) && id >= 0 && id < V)) {
+      throw new RangeError(`history id ${id} at position ${pos} is outside the vocabulary (${V})`);
     }
+    seen[id] = 1;
+    if (pos >= history.genStart) count[id]++;
   }
-  if (p.presencePenalty !== 0 || p.frequencyPenalty !== 0) {
-    for (const [id, count] of history.generated) {
-      out[id] -= count * p.frequencyPenalty + p.presencePenalty;
-    }
+  const rep = f32(p.repetitionPenalty), invRep = f32(1 / rep);
+  const presence = f32(p.presencePenalty), frequency = f32(p.frequencyPenalty);
+  for (let i = 0; i < V; i++) {
+    if (rep !== 1 && seen[i]) x[i] = x[i] > 0 ? x[i] * invRep : x[i] * rep;
+    if (count[i] > 0) x[i] = x[i] - f32(f32(count[i] * frequency) + presence);
   }
-  return out;
+  return x;
 }
 
 /** The index of the largest value; the lowest index wins ties. */
-function argmax(x: ArrayLike<number>): number {
+function argmax(x: Float32Array): number {
   let best = 0;
   for (let i = 1; i < x.length; i++) if (x[i] > x[best]) best = i;
   return best;
 }
 
-/** Softmax of `logits[ids]` (divided by `scale`), in the order of ids. */
-function softmaxOf(logits: Float32Array, ids: number[], scale = 1): Float64Array {
-  let max = -Infinity;
-  for (const id of ids) max = Math.max(max, logits[id] / scale);
-  const p = new Float64Array(ids.length);
-  let sum = 0;
-  for (let i = 0; i < ids.length; i++) sum += p[i] = Math.exp(logits[ids[i]] / scale - max);
-  for (let i = 0; i < ids.length; i++) p[i] /= sum;
-  return p;
-}
-
-/**
- * Logits this far below the largest have probability below e^-TAIL_CUTOFF relative to the top
- * token, so all of them together (vocab * e^-30 < 2e-8 for 152k ids) cannot change which prefix
- * top_p keeps while 1 - top_p exceeds TOP_P_EXACT_MARGIN. Cutting them first spares sorting the
- * whole vocabulary at every step.
- */
-const TAIL_CUTOFF = 30;
-const TOP_P_EXACT_MARGIN = 1e-6;
-
-/** Ids that filtering can keep: those >= the k-th largest logit, and not in the negligible tail. */
-function candidates(x: Float32Array, p: SamplingParams): number[] {
-  let floor = -Infinity;
-  if (p.topK > 0 && p.topK < x.length) floor = x.slice().sort()[x.length - p.topK];
-  if (p.topP < 1 - TOP_P_EXACT_MARGIN) {
-    let max = -Infinity;
-    for (let i = 0; i < x.length; i++) if (x[i] > max) max = x[i];
-    floor = Math.max(floor, max - TAIL_CUTOFF);
+/** Indices of x in the order (x desc, index asc). Sorted as one f64 each: the complement of the
+ * f32's order-preserving 32-bit key times 2^bits plus the index (below 2^53, exact). */
+function descendingOrder(x: Float32Array): Uint32Array {
+  const V = x.length;
+  const bits = Math.max(1, Math.ceil(Math.log2(V)));
+  if (32 + bits > 53) throw new RangeError(`vocabulary of ${V} is too large to order`);
+  const scale = 2 ** bits;
+  const u = new Uint32Array(x.buffer, x.byteOffset, V);
+  const composite = new Float64Array(V);
+  for (let i = 0; i < V; i++) {
+    // -0 orders as +0 (equal values: ties go by index).
+    const w = u[i] === 0x80000000 ? 0 : u[i];
+    const key = w & 0x80000000 ? ~w >>> 0 : (w | 0x80000000) >>> 0;
+    composite[i] = (0xffffffff - key) * scale + i;
   }
-  const ids: number[] = [];
-  for (let i = 0; i < x.length; i++) if (x[i] >= floor) ids.push(i);
-  return ids;
+  composite.sort();
+  const order = new Uint32Array(V);
+  for (let j = 0; j < V; j++) order[j] = composite[j] % scale;
+  return order;
 }
 
-/** The tokens a draw can pick and their probabilities (steps 1-6). Greedy gives one token, p=1. */
+/** Steps 3-6: the kept set S (any order) and M. */
+function keptSet(x: Float32Array, p: SamplingParams): { kept: Uint32Array; m: number } {
+  const V = x.length;
+  let m = -Infinity;
+  for (let i = 0; i < V; i++) if (x[i] > m) m = x[i];
+  const e = (i: number) => expf(f32(x[i] - m));
+  let kept: Uint32Array;
+  if (topKActive(p, V) || topPActive(p)) {
+    const order = descendingOrder(x);
+    let n = topKActive(p, V) ? p.topK : V;
+    if (topPActive(p)) {
+      let z = 0;
+      for (let j = 0; j < n; j++) z += weight(e(order[j]));
+      const goal = mulFrac24(topP24(p), z, true);
+      let sum = 0;
+      for (let j = 0; j < n; j++) {
+        sum += weight(e(order[j]));
+        if (sum >= goal) {
+          n = j + 1;
+          break;
+        }
+      }
+    }
+    kept = order.subarray(0, n);
+  } else {
+    kept = Uint32Array.from(x.keys());
+  }
+  const minP = f32(p.minP);
+  if (minP > 0) kept = kept.filter((i) => e(i) >= minP);
+  return { kept, m };
+}
+
+/** The tokens a draw can pick (in index order) and their probabilities (steps 1-7). Greedy gives
+ * one token with probability 1. */
 export function samplingDistribution(
   logits: ArrayLike<number>,
   p: SamplingParams,
-  history: TokenHistory,
+  history: History,
 ): { ids: number[]; probs: Float64Array } {
-  const x = applyPenalties(logits, p, history);
+  checkSamplingParams(p);
+  const x = penalise(logits, p, history);
   if (p.temperature === 0) return { ids: [argmax(x)], probs: Float64Array.of(1) };
-  const filtering = (p.topK > 0 && p.topK < x.length) || p.topP < 1 || p.minP > 0;
-  let ids = filtering ? candidates(x, p) : Array.from(x.keys());
-  ids = ids.filter((i) => x[i] !== -Infinity);
-  if (filtering) ids.sort((a, b) => x[b] - x[a] || a - b);
-  if (p.topK > 0 && p.topK < ids.length) ids = ids.slice(0, p.topK);
-  if (p.topP < 1) {
-    const probs = softmaxOf(x, ids);
-    let mass = 0;
-    let keep = 0;
-    while (keep < ids.length && mass < p.topP) mass += probs[keep++];
-    ids = ids.slice(0, Math.max(1, keep));
-  }
-  if (p.minP > 0) {
-    const probs = softmaxOf(x, ids);
-    const floor = p.minP * probs[0];
-    ids = ids.filter((_, i) => probs[i] >= floor);
-  }
-  return { ids, probs: softmaxOf(x, ids, p.temperature) };
+  const { ids, q, total } = drawWeights(x, p);
+  return { ids: Array.from(ids), probs: q.map((v) => v / total) };
 }
 
-/** Draws one token id from `logits` under `p`; `rng` is the request's seeded generator. */
-export function sampleToken(
+/** Step 7's weights qw over S, S in index order, and their sum W. */
+function drawWeights(x: Float32Array, p: SamplingParams) {
+  const { kept, m } = keptSet(x, p);
+  const ids = kept.sort();
+  const invT = f32(1 / p.temperature);
+  const q = new Float64Array(ids.length);
+  let total = 0;
+  for (let j = 0; j < ids.length; j++) {
+    total += q[j] = weight(expf(f32(f32(x[ids[j]] - m) * invT)));
+  }
+  return { ids, q, total };
+}
+
+/** The next token of a sequence: the token at position history.ids.length. */
+export function sampleNext(
   logits: ArrayLike<number>,
   p: SamplingParams,
-  history: TokenHistory,
-  rng: Prng,
+  history: History,
 ): number {
-  const { ids, probs } = samplingDistribution(logits, p, history);
-  if (ids.length === 1) return ids[0];
-  const u = rng.next();
-  let cum = 0;
-  for (let i = 0; i < ids.length; i++) {
-    cum += probs[i];
-    if (u < cum) return ids[i];
+  checkSamplingParams(p);
+  const seed = seedOf(p);
+  if (!(Number.isInteger(history.genStart) && history.genStart >= 0)) {
+    throw new RangeError(`history.genStart must be an integer >= 0, got ${history.genStart}`);
   }
-  return ids[ids.length - 1]; // rounding left cum just below 1
+  if (history.genStart > history.ids.length) {
+    throw new RangeError(
+      `history.genStart (${history.genStart}) is past the sequence's end (${history.ids.length})`,
+    );
+  }
+  const x = penalise(logits, p, history);
+  if (p.temperature === 0) return argmax(x);
+  const { ids, q, total } = drawWeights(x, p);
+  const u24 = uniform24(seed, history.ids.length - history.genStart) * UNIT_SCALE;
+  const t = mulFrac24(u24, total, false);
+  let sum = 0;
+  for (let j = 0; j < ids.length; j++) {
+    sum += q[j];
+    if (sum > t) return ids[j];
+  }
+  throw new Error(`unreachable: t = ${t} is below W = ${total}`);
 }

@@ -4,6 +4,8 @@
  *   E experts, K experts per token (top-k), I expert intermediate size.
  */
 
+import type { SamplingParams } from "./sampling.ts";
+
 /** The text model's hyper-parameters, read once from config.json (see src/config.ts). */
 export interface ModelConfig {
   /** "qwen3_moe" or "qwen3_omni_moe" (the thinker's text model). */
@@ -107,6 +109,54 @@ export interface Session {
   forward(ids: number[], opts?: { lastOnly?: boolean }): Promise<Float32Array[]>;
   /** Drops the KV cache back to `length` tokens (0: empty). */
   truncate(length: number): void;
+  /**
+   * Feeds req.feed and samples up to req.maxTokens tokens, yielding them as they are read back
+   * (in batches; never past an EOS or max_tokens). The value passed to next() settles the tokens
+   * just yielded: undefined keeps them all and goes on; a number k keeps the first k and ends the
+   * decode (a stop string completed at token k).
+   * Afterwards the KV cache holds every kept token but the last. Sessions without it decode
+   * through forward() on the CPU (src/decode_cpu.ts).
+   */
+  decode?(req: DecodeRequest): AsyncGenerator<number[], DecodeResult, number | undefined>;
   /** Frees the session's KV cache and buffers; the session cannot be used after. */
   free(): void;
+}
+
+/** Why a decode ended. */
+export type DecodeFinish = "eos" | "length" | "stop" | "abort";
+
+export interface DecodeRequest {
+  /** Tokens fed before sampling (the prompt, or a turn's new tokens); at least one. */
+  feed: number[];
+  /** Tokens to sample at most (>= 1). */
+  maxTokens: number;
+  /** The seed (when set) makes the draws reproducible: the n-th sampled token of a decode uses
+   * counter n of the Philox stream of that seed (src/sampling.ts). */
+  sampling: SamplingParams;
+  /** Ids that end the sequence (the EOS is kept, as Hugging Face's generate does). */
+  eosIds: number[];
+  /** Checked at each readback: an aborted decode keeps what was already handed out. */
+  signal?: AbortSignal;
+  /** Decode steps per readback; undefined adapts. 1 reads back every step, unpipelined. */
+  stepsPerReadback?: number;
+}
+
+/** The decode steps of one decode (the prefill and the first token excluded). */
+export interface DecodeStats {
+  /** Tokens sampled by decode steps and kept. */
+  tokens: number;
+  /** GPU -> CPU round trips and command submissions of those steps. */
+  readbacks: number;
+  submits: number;
+  /** Wall-clock milliseconds from the first token's readback to the last readback. */
+  ms: number;
+  /** Expert records uploaded meanwhile. */
+  expertLoads: number;
+}
+
+export interface DecodeResult {
+  /** Every kept token, in order (EOS included). */
+  tokens: number[];
+  finish: DecodeFinish;
+  stats: DecodeStats;
 }

@@ -5,8 +5,12 @@
  * output is predictable: after a lowercase letter comes the next letter of "abc...z", after "z" a
  * space, after anything else "a"; the "eosAfter" byte, when set, is followed by <|im_end|>.
  * It counts live sessions so tests can check every session is freed.
+ *
+ * The server tests run it in the engine worker: the factories below (openBigramEngineModel and
+ * the others) are what a `{kind: "module"}` EngineSpec names, and startTestServer() serves
+ * through a WorkerEngine over one of them by default.
  */
-import type { LanguageModel, ModelConfig, Session } from "../src/types.ts";
+import type { LanguageModel, ModelConfig, Session, SessionOptions } from "../src/types.ts";
 import {
   loadTokenizer,
   QWEN_SPECIAL_TOKENS,
@@ -14,6 +18,11 @@ import {
   writeByteTokenizer,
 } from "../src/tokenizer.ts";
 import { type AppOptions, serve } from "../src/server/app.ts";
+import type { Engine } from "../src/engine/engine.ts";
+import { runtimeStats } from "../src/engine/local.ts";
+import { type EngineModel, type EngineSpec, WorkerEngine } from "../src/engine/worker_engine.ts";
+import { openRuntime } from "../src/cli/runtime.ts";
+import { openReferenceModel } from "../src/reference/model.ts";
 
 /** 256 bytes + 3 specials (ids 256..258) + a few unused ids, as a fixture vocab would have. */
 export const TEST_VOCAB = 272;
@@ -29,6 +38,8 @@ export interface TestModelOptions {
   maxContext?: number;
   /** The byte after which the greedy successor is <|im_end|> (default: none). */
   eosAfter?: string;
+  /** Each forward() waits this long first, as a real model's step takes time (default 0). */
+  stepDelayMs?: number;
 }
 
 /** The greedy successor of `prev` in the test model. */
@@ -49,6 +60,7 @@ function noise(prev: number, next: number): number {
 export class BigramTestModel implements LanguageModel {
   readonly config: ModelConfig;
   readonly maxContext: number;
+  readonly stepDelayMs: number;
   readonly #table: Float32Array[] = [];
   /** Sessions created and not yet freed. */
   liveSessions = 0;
@@ -59,6 +71,7 @@ export class BigramTestModel implements LanguageModel {
 
   constructor(opts: TestModelOptions = {}) {
     this.maxContext = opts.maxContext ?? 256;
+    this.stepDelayMs = opts.stepDelayMs ?? 0;
     this.config = {
       modelType: "qwen3_moe",
       tensorPrefix: "",
@@ -113,7 +126,10 @@ class BigramSession implements Session {
     return this.#ids.length;
   }
 
-  forward(ids: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array[]> {
+  async forward(ids: number[], opts: { lastOnly?: boolean } = {}): Promise<Float32Array[]> {
+    if (this.#model.stepDelayMs > 0) {
+      await new Promise((r) => setTimeout(r, this.#model.stepDelayMs));
+    }
     if (this.#freed) throw new Error("BigramSession.forward after free()");
     if (this.#ids.length + ids.length > this.#model.maxContext) {
       throw new Error(`BigramSession: ${this.#ids.length + ids.length} tokens exceed the context`);
@@ -125,7 +141,7 @@ class BigramSession implements Session {
     }
     this.#ids.push(...ids);
     const rows = ids.map((id) => this.#model.row(id).slice());
-    return Promise.resolve(opts.lastOnly ? rows.slice(-1) : rows);
+    return opts.lastOnly ? rows.slice(-1) : rows;
   }
 
   truncate(length: number): void {
@@ -146,39 +162,171 @@ export async function testModelDir(): Promise<string> {
   return dir;
 }
 
-/** A running server over a BigramTestModel on a free loopback port. */
+/** Options of openBigramEngineModel(): the model's, and failures on demand. */
+export interface BigramEngineOptions extends TestModelOptions {
+  /** The first `failSessions` newSession() calls throw Error(failMessage) (default 0). */
+  failSessions?: number;
+  failMessage?: string;
+  /** When set, opening fails with Error(loadError): a model that does not load. */
+  loadError?: string;
+  /** Fixed figures reported as the model's own (expert cache hits, misses, ...). */
+  cacheFigures?: Record<string, number>;
+}
+
+/**
+ * The engine worker's factory of a BigramTestModel and the byte tokenizer. Its stats() are the
+ * model's own session counters (bigramLiveSessions, bigramSessionsCreated,
+ * bigramMaxLiveSessions) plus `cacheFigures`.
+ */
+export async function openBigramEngineModel(
+  opts: BigramEngineOptions = {},
+): Promise<EngineModel> {
+  if (opts.loadError !== undefined) throw new Error(opts.loadError);
+  const dir = await testModelDir();
+  const tokenizer = await loadTokenizer(dir);
+  await Deno.remove(dir, { recursive: true });
+  const bigram = new BigramTestModel(opts);
+  let failures = opts.failSessions ?? 0;
+  const model: LanguageModel = {
+    config: bigram.config,
+    maxContext: bigram.maxContext,
+    newSession() {
+      if (failures > 0) {
+        failures--;
+        throw new Error(opts.failMessage ?? "newSession failed on purpose");
+      }
+      return bigram.newSession();
+    },
+  };
+  return {
+    model,
+    tokenizer,
+    stats: () => ({
+      ...opts.cacheFigures,
+      bigramLiveSessions: bigram.liveSessions,
+      bigramSessionsCreated: bigram.sessionsCreated,
+      bigramMaxLiveSessions: bigram.maxLiveSessions,
+    }),
+  };
+}
+
+/**
+ * The engine worker's factory of the GPU runtime over the embedded default model (flags as
+ * `main.ts serve` takes them), counting the sessions opened masked and exact (maskedSessions,
+ * exactSessions in stats()).
+ */
+export async function openCountingRuntime(
+  opts: { flags: Record<string, string | boolean>; defaultContext: number },
+): Promise<EngineModel> {
+  const rt = await openRuntime(opts.flags, opts.defaultContext);
+  const counts = { maskedSessions: 0, exactSessions: 0 };
+  const gpu = rt.model;
+  const model: LanguageModel = {
+    config: gpu.config,
+    maxContext: gpu.maxContext,
+    newSession(o?: SessionOptions) {
+      const s = gpu.newSession(o);
+      counts[s.routerMasking ? "maskedSessions" : "exactSessions"]++;
+      return s;
+    },
+  };
+  return {
+    model,
+    tokenizer: await loadTokenizer(rt.opened.dir),
+    stats: () => ({ ...runtimeStats(rt), ...counts }),
+    close: () => rt.close(),
+  };
+}
+
+/** The engine worker's factory of the CPU reference model over a checkpoint directory. */
+export async function openReferenceEngineModel(
+  opts: { dir: string; maxContext: number },
+): Promise<EngineModel> {
+  const model = await openReferenceModel(opts.dir, { maxContext: opts.maxContext });
+  return { model, tokenizer: await loadTokenizer(opts.dir), close: () => model.close() };
+}
+
+/** A spec for the engine worker: `exportName` of this module called with `options`. */
+export function testModelSpec(exportName: string, options: unknown): EngineSpec {
+  return { kind: "module", url: import.meta.url, exportName, options };
+}
+
+/** A running server on a free loopback port. */
 export interface TestServer {
   url: string;
-  model: BigramTestModel;
   tokenizer: Tokenizer;
+  /** The engine it serves (a WorkerEngine unless the test gave its own engine, or a model). */
+  engine: Engine | Promise<Engine> | null;
+  /** The engine's latest figures (a WorkerEngine's: the last snapshot its worker pushed). */
+  stats(): Record<string, number>;
+  /** The bigram model's session counters as stats() reports them. */
+  model: { liveSessions: number; sessionsCreated: number; maxLiveSessions: number };
   close(): Promise<void>;
 }
 
-/** Starts serve() on 127.0.0.1:0 with a BigramTestModel and the byte tokenizer. */
-export async function startTestServer(
-  opts: Partial<AppOptions> & TestModelOptions = {},
-): Promise<TestServer> {
+export interface TestServerOptions extends Partial<AppOptions>, BigramEngineOptions {
+  /** What the engine worker opens (default: openBigramEngineModel with these options). */
+  spec?: EngineSpec;
+}
+
+/**
+ * Starts serve() on 127.0.0.1:0 with the byte tokenizer (or `opts.tokenizer`) over a
+ * WorkerEngine that opens `opts.spec`, by default the bigram model with `opts`'s options; an
+ * `engine` or `model` given in `opts` is served as it is instead (and not closed).
+ */
+export async function startTestServer(opts: TestServerOptions = {}): Promise<TestServer> {
   const dir = await testModelDir();
-  const tokenizer = await loadTokenizer(dir);
-  const model = new BigramTestModel(opts);
+  const tokenizer = opts.tokenizer ?? await loadTokenizer(dir);
+  const { maxContext, eosAfter, stepDelayMs, failSessions, failMessage, loadError, cacheFigures } =
+    opts;
+  const owned = opts.engine === undefined && opts.model === undefined
+    ? await WorkerEngine.start(
+      opts.spec ?? testModelSpec("openBigramEngineModel", {
+        maxContext,
+        eosAfter,
+        stepDelayMs,
+        failSessions,
+        failMessage,
+        loadError,
+        cacheFigures,
+      }),
+    )
+    : null;
+  const engine = owned ?? opts.engine;
   const abort = new AbortController();
   const { server, url } = serve({
     modelId: TEST_MODEL_ID,
     maxBodyBytes: 64 * 1024,
     ...opts,
-    model: opts.model ?? model,
+    engine,
     tokenizer,
     host: "127.0.0.1",
     port: 0,
     signal: abort.signal,
   });
+  let ready: Engine | null = owned;
+  Promise.resolve(engine).then((e) => ready = e ?? null, () => {});
+  const stats = () => ready?.stats() ?? {};
   return {
     url,
-    model,
     tokenizer,
+    engine: engine ?? null,
+    stats,
+    model: {
+      get liveSessions() {
+        return stats().bigramLiveSessions;
+      },
+      get sessionsCreated() {
+        return stats().bigramSessionsCreated;
+      },
+      get maxLiveSessions() {
+        return stats().bigramMaxLiveSessions;
+      },
+    },
     close: async () => {
       abort.abort();
       await server.finished;
+      await owned?.close();
       await Deno.remove(dir, { recursive: true });
     },
   };

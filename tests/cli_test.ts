@@ -86,8 +86,33 @@ Deno.test("main.ts generate --json prints the reference's greedy continuation", 
     const want = await greedy(ref, ids, 16);
     const eos = new Set(ref.config.eosTokenIds);
     const stop = want.findIndex((t) => eos.has(t));
-    assert.deepEqual(JSON.parse(r.stdout), { ids: stop < 0 ? want : want.slice(0, stop + 1) });
+    const out = JSON.parse(r.stdout);
+    const kept = stop < 0 ? want : want.slice(0, stop + 1);
+    assert.deepEqual(out.ids, kept);
+    // stats of the decode steps: every token after the first, all experts resident
+    assert.equal(out.stats.tokens, kept.length - 1);
+    assert.equal(out.stats.expertLoads, 0);
+    assert.ok(out.stats.readbacks >= 1 && out.stats.readbacks <= out.stats.tokens);
+    assert.ok(out.stats.submits >= out.stats.readbacks && out.stats.ms > 0);
   });
+});
+
+Deno.test("main.ts generate --steps-per-readback 1 and the smallest budget give the same ids, one readback per token and loads", async () => {
+  const base = ["generate", "--ids", "5,6,7", "--max-tokens", "24", "--json"];
+  const adaptive = JSON.parse((await cli(base)).stdout);
+  const one = await cli([...base, "--steps-per-readback", "1"]);
+  assert.equal(one.code, 0, one.stderr);
+  const r1 = JSON.parse(one.stdout);
+  assert.deepEqual(r1.ids, adaptive.ids);
+  assert.equal(r1.stats.readbacks, r1.stats.tokens);
+  assert.equal(r1.stats.submits, r1.stats.tokens);
+  assert.ok(adaptive.stats.readbacks < adaptive.stats.tokens);
+  const budget = JSON.parse((await cli([...base, "--expert-slots", "4"])).stdout);
+  assert.deepEqual(budget.ids, adaptive.ids);
+  assert.ok(budget.stats.expertLoads > 0);
+  const bad = await cli([...base, "--steps-per-readback", "0"]);
+  assert.equal(bad.code, 2);
+  assert.match(bad.stderr, /--steps-per-readback/);
 });
 
 Deno.test("main.ts generate without --model runs the embedded default model", async () => {
@@ -149,5 +174,5 @@ Deno.test("main.ts generate works without FFI (the read fallback a compiled bina
   const withFfi = await cli(["generate", "--ids", "1,2,3", "--max-tokens", "4", "--json"]);
   const dec = new TextDecoder();
   assert.equal(out.code, 0, dec.decode(out.stderr));
-  assert.deepEqual(JSON.parse(dec.decode(out.stdout)), JSON.parse(withFfi.stdout));
+  assert.deepEqual(JSON.parse(dec.decode(out.stdout)).ids, JSON.parse(withFfi.stdout).ids);
 });

@@ -8,7 +8,7 @@ import assert from "node:assert/strict";
 
 const ROOT = new URL("../", import.meta.url).pathname;
 
-Deno.test("deno compile embeds kernels, the default model and the chat page, without test-only packages", async () => {
+Deno.test("deno compile embeds kernels, the default model, the chat page and the engine worker, without test-only packages", async () => {
   const out = await Deno.makeTempDir({ prefix: "compile_" });
   try {
     const task = JSON.parse(await Deno.readTextFile(`${ROOT}deno.json`)).tasks.compile as string;
@@ -22,7 +22,9 @@ Deno.test("deno compile embeds kernels, the default model and the chat page, wit
     }).output();
     const log = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
     assert.equal(r.code, 0, log);
-    for (const part of ["kernels", "weights", "web", "hono", "jinja", "hash-wasm"]) {
+    for (
+      const part of ["kernels", "weights", "web", "engine/worker.ts", "hono", "jinja", "hash-wasm"]
+    ) {
       assert.match(log, new RegExp(part), `${part} is embedded`);
     }
     for (const testOnly of ["onnxruntime-web", "playwright-core", "openai/", "tokenizer-qwen3"]) {

@@ -8,8 +8,8 @@ import { type FixtureOptions, SMALL, TINY, writeFixture } from "../weights/fixtu
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { greedy, openReferenceModel } from "../src/reference/model.ts";
-import { generateGreedy } from "../src/cli/generate.ts";
 import { greedyToken } from "../src/greedy.ts";
+import { GREEDY } from "../src/sampling.ts";
 
 /** The acceptance bar: max |logit - float64 reference|. */
 const LOGIT_TOLERANCE = 1e-4;
@@ -148,7 +148,11 @@ Deno.test("GpuModel greedy 32 tokens equal the reference's (SMALL BF16)", async 
       const eos = new Set(model.config.eosTokenIds);
       const stop = want.findIndex((t) => eos.has(t));
       const expected = stop < 0 ? want : want.slice(0, stop + 1);
-      const got = await generateGreedy(model, ids, 32);
+      const session = model.newSession();
+      const it = session.decode({ feed: ids, maxTokens: 32, sampling: GREEDY, eosIds: [...eos] });
+      const got: number[] = [];
+      for (let step = await it.next(); !step.done; step = await it.next()) got.push(...step.value);
+      session.free();
       assert.deepEqual(got, expected);
     } finally {
       model.destroy();
@@ -171,7 +175,7 @@ Deno.test("GpuModel reuses a freed session's KV cache without carrying its state
       b.free();
       assert.equal(model.kvCachesMade, 1);
       assert.deepEqual(again, first);
-      assert.throws(() => a.attention, RangeError);
+      await assert.rejects(a.forward([1]), RangeError);
     } finally {
       model.destroy();
       opened.close();

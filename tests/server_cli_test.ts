@@ -1,7 +1,11 @@
-/** expertCacheStats(): the GPU expert cache snapshot flattened for /metrics and /stats. */
+/**
+ * expertCacheStats(): the GPU expert cache snapshot flattened for /metrics and /stats; serve's
+ * --steps-per-readback takes a positive integer only.
+ */
 import assert from "node:assert/strict";
 import { ExpertMetrics } from "../src/experts/metrics.ts";
-import { expertCacheStats } from "../src/server/cli.ts";
+import { expertCacheStats, serveCommand } from "../src/server/cli.ts";
+import { UsageError } from "../src/cli/args.ts";
 
 Deno.test("expertCacheStats() flattens counters and gives load latencies in seconds", () => {
   const m = new ExpertMetrics();
@@ -22,4 +26,10 @@ Deno.test("expertCacheStats() flattens counters and gives load latencies in seco
   assert.ok(Math.abs(s.coldLoadMeanSeconds - 0.03) < 1e-12);
   assert.equal(s.warmLoads, 1);
   assert.ok(Math.abs(s.warmLoadMeanSeconds - 0.002) < 1e-12);
+});
+
+Deno.test("serveCommand() refuses a --steps-per-readback that is not a positive integer", async () => {
+  for (const bad of ["0", "-2", "1.5", "many"]) {
+    await assert.rejects(serveCommand(["--steps-per-readback", bad]), UsageError, bad);
+  }
 });

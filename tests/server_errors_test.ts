@@ -1,10 +1,16 @@
 /**
- * The server's error matrix over raw fetch: each failure answers OpenAI-style JSON with the
- * right status, type, param and code, and the server keeps serving afterwards.
+ * The server's error matrix over raw fetch, with the model in the engine worker: each failure
+ * answers OpenAI-style JSON with the right status, type, param and code, and the server keeps
+ * serving afterwards; errors raised in the worker keep their class across the boundary.
  */
 import assert from "node:assert/strict";
-import { startTestServer, TEST_MODEL_ID, type TestServer } from "./_test_model.ts";
-import type { LanguageModel } from "../src/types.ts";
+import { startTestServer, TEST_MODEL_ID, testModelSpec, type TestServer } from "./_test_model.ts";
+import type { Engine } from "../src/engine/engine.ts";
+import { GenerationAbortedError } from "../src/generate.ts";
+import { QueueAbortedError } from "../src/server/queue.ts";
+import { ContextOverflowError } from "../src/gpu/session.ts";
+import { ApiError, ContextLengthError, internalError } from "../src/server/errors.ts";
+import { fromWire, toWire, WorkerEngine } from "../src/engine/worker_engine.ts";
 
 interface ErrorJson {
   error: { message: string; type: string; param: string | null; code: string | null };
@@ -78,7 +84,7 @@ Deno.test("server answers each bad request with its OpenAI error and keeps servi
     });
     assert.equal(ok.status, 200);
     assert.equal((await ok.json()).choices[0].message.content, "ab");
-    assert.equal(server.model.liveSessions, 0);
+    assert.equal(server.stats().liveSessions, 0);
   } finally {
     await server.close();
   }
@@ -109,39 +115,26 @@ Deno.test("server with apiKey answers 401 to a missing or wrong Bearer key, 200 
   }
 });
 
-Deno.test("server turns an exception inside the model into a 500 JSON error and keeps serving", async () => {
-  let fail = true;
-  const server = await startTestServer();
-  const real = server.model;
-  const flaky: LanguageModel = {
-    config: real.config,
-    maxContext: real.maxContext,
-    newSession() {
-      if (fail) {
-        fail = false;
-        throw new Error("device lost");
-      }
-      return real.newSession();
-    },
-  };
-  const server2 = await startTestServer({ model: flaky });
+Deno.test("server turns an exception inside the model (in the worker) into a 500 JSON error and keeps serving", async () => {
+  const server = await startTestServer({ failSessions: 1, failMessage: "device lost" });
   try {
-    const r = await post(server2, "/v1/chat/completions", chat({}));
+    const r = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(r.status, 500);
     assert.equal(r.json.error.type, "server_error");
-    assert.match(r.json.error.message, /device lost/);
-    const again = await post(server2, "/v1/chat/completions", chat({}));
+    assert.equal(r.json.error.message, "internal server error: Error: device lost");
+    const again = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(again.status, 200);
+    assert.equal(server.stats().liveSessions, 0);
   } finally {
-    await server2.close();
     await server.close();
   }
 });
 
-Deno.test("/health answers 503 loading while the model promise is pending, then ok", async () => {
-  let resolve!: (m: LanguageModel) => void;
-  const pending = new Promise<LanguageModel>((r) => resolve = r);
-  const server = await startTestServer({ model: pending });
+Deno.test("/health answers 503 loading while the engine promise is pending, then ok", async () => {
+  let resolve!: (e: Engine) => void;
+  const pending = new Promise<Engine>((r) => resolve = r);
+  const server = await startTestServer({ engine: pending });
+  const engine = await WorkerEngine.start(testModelSpec("openBigramEngineModel", {}));
   try {
     const loading = await fetch(`${server.url}/health`);
     assert.equal(loading.status, 503);
@@ -149,12 +142,59 @@ Deno.test("/health answers 503 loading while the model promise is pending, then 
     const early = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(early.status, 503);
     assert.equal(early.json.error.code, "model_loading");
-    resolve(server.model);
+    resolve(engine);
     await pending;
     const ok = await fetch(`${server.url}/health`);
     assert.equal(ok.status, 200);
     assert.deepEqual(await ok.json(), { status: "ok" });
   } finally {
     await server.close();
+    await engine.close();
+  }
+});
+
+Deno.test("WorkerEngine.start() rejects with the load error; /health says error and requests get 500 naming it", async () => {
+  const spec = testModelSpec("openBigramEngineModel", { loadError: "weights are corrupt" });
+  await assert.rejects(WorkerEngine.start(spec), { name: "Error", message: "weights are corrupt" });
+  const server = await startTestServer({ engine: WorkerEngine.start(spec) });
+  try {
+    let health = await fetch(`${server.url}/health`);
+    for (let i = 0; i < 500 && health.status === 503; i++) { // loading until the worker answers
+      await health.body?.cancel();
+      await new Promise((r) => setTimeout(r, 10));
+      health = await fetch(`${server.url}/health`);
+    }
+    assert.equal(health.status, 500);
+    assert.deepEqual(await health.json(), { status: "error", error: "weights are corrupt" });
+    const r = await post(server, "/v1/chat/completions", chat({}));
+    assert.equal(r.status, 500);
+    assert.equal(r.json.error.code, "model_load_failed");
+    assert.match(r.json.error.message, /weights are corrupt/);
+    const stats = await (await fetch(`${server.url}/stats`)).json();
+    assert.equal(stats.status, "error");
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("fromWire(toWire(e)) keeps the class, name, message and ApiError fields", () => {
+  const cases: Error[] = [
+    new GenerationAbortedError(),
+    new QueueAbortedError(),
+    new ContextOverflowError("position 300 past the KV cache of 256"),
+    new ContextLengthError("too long", "max_tokens"),
+    internalError(new Error("boom")),
+    new RangeError("out of range"),
+  ];
+  for (const e of cases) {
+    const back = fromWire(structuredClone(toWire(e)));
+    assert.equal(Object.getPrototypeOf(back), Object.getPrototypeOf(e), e.name);
+    assert.equal(back.name, e.name);
+    assert.equal(back.message, e.message);
+    if (e instanceof ApiError) {
+      assert.ok(back instanceof ApiError);
+      assert.deepEqual(back.toJSON(), e.toJSON());
+      assert.equal(back.status, e.status);
+    }
   }
 });

@@ -45,12 +45,15 @@ Deno.test("generate() holds back a possible stop-string prefix and releases it w
     stop: ["cdx"],
   });
   assert.deepEqual(pieces.map((p) => p.text), ["a", "b", "", "", "cde", "f"]);
-  assert.deepEqual(result, {
+  const { stats, ...rest } = result;
+  assert.deepEqual(rest, {
     finishReason: "length",
     text: "abcdef",
     promptTokens: 1,
     completionTokens: 6,
   });
+  // decode steps: every token after the first, one forward (and readback) each on the CPU path
+  assert.deepEqual([stats.tokens, stats.readbacks, stats.submits], [5, 5, 5]);
 });
 
 Deno.test("generate() stops at a stop string without emitting it, counting its tokens", async () => {
@@ -100,7 +103,8 @@ Deno.test("generate() throws GenerationAbortedError at the next token after abor
   assert.equal((await it.next()).value.text, "a");
   abort.abort();
   await assert.rejects(it.next(), GenerationAbortedError);
-  assert.equal(session.length, 2); // prompt + "a" fed back; nothing after the abort
+  // the KV cache holds the prompt; "a", the last kept token, is fed by the next forward
+  assert.equal(session.length, 1);
   session.free();
 });
 

@@ -1,7 +1,7 @@
 /**
  * The server on the CPU reference model over the TINY fixture checkpoint (with the byte-level
- * tokenizer writeByteTokenizer() adds): greedy completions through the openai client give the
- * same tokens as the reference's own greedy decoding.
+ * tokenizer writeByteTokenizer() adds), opened in the engine worker: greedy completions through
+ * the openai client give the same tokens as the reference's own greedy decoding in this thread.
  */
 import assert from "node:assert/strict";
 import OpenAI from "openai";
@@ -9,6 +9,8 @@ import { TINY, writeFixture } from "../weights/fixture.ts";
 import { greedy, openReferenceModel } from "../src/reference/model.ts";
 import { loadTokenizer, writeByteTokenizer } from "../src/tokenizer.ts";
 import { serve } from "../src/server/app.ts";
+import { WorkerEngine } from "../src/engine/worker_engine.ts";
+import { testModelSpec } from "./_test_model.ts";
 
 /** Enough tokens to see the model's own continuation; the TINY reference decodes in ms each. */
 const STEPS = 12;
@@ -20,8 +22,11 @@ Deno.test("server on the reference TINY fixture matches greedy() token for token
   await writeByteTokenizer(dir, TINY.vocab);
   const model = await openReferenceModel(dir, { maxContext: 128 });
   const tokenizer = await loadTokenizer(dir);
+  const engine = await WorkerEngine.start(
+    testModelSpec("openReferenceEngineModel", { dir, maxContext: 128 }),
+  );
   const { server, url } = serve({
-    model,
+    engine,
     tokenizer,
     modelId: "tiny",
     port: 0,
@@ -48,6 +53,7 @@ Deno.test("server on the reference TINY fixture matches greedy() token for token
   } finally {
     abort.abort();
     await server.finished;
+    await engine.close();
     model.close();
     await Deno.remove(dir, { recursive: true });
   }

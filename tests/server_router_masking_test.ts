@@ -1,28 +1,22 @@
 /**
- * The router_masking request extension reaches the GPU runtime: a served GpuModel with an expert
- * budget creates masked sessions for requests that ask, exact ones otherwise.
+ * The router_masking request extension reaches the GPU runtime in the engine worker: a served
+ * GpuModel with an expert budget creates masked sessions for requests that ask, exact ones
+ * otherwise (counted in the worker, read from the engine's stats()).
  */
 import assert from "node:assert/strict";
-import { DEFAULT_MODEL_DIR, openModel } from "../src/model_dir.ts";
-import { GpuModel, type GpuSession } from "../src/gpu/model.ts";
-import { startTestServer } from "./_test_model.ts";
-import type { SessionOptions } from "../src/types.ts";
+import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
+import { loadTokenizer } from "../src/tokenizer.ts";
+import { startTestServer, testModelSpec } from "./_test_model.ts";
 
 Deno.test("router_masking in a request selects masked sessions; a non-boolean is a 400", async () => {
-  const opened = await openModel(DEFAULT_MODEL_DIR);
-  const model = await GpuModel.open(opened.weights, {
-    maxContext: 256,
-    expertSource: opened.experts,
-    expertSlots: 40,
+  const server = await startTestServer({
+    spec: testModelSpec("openCountingRuntime", {
+      flags: { "expert-slots": "40", "max-context": "256" },
+      defaultContext: 256,
+    }),
+    tokenizer: await loadTokenizer(DEFAULT_MODEL_DIR),
+    modelId: "default",
   });
-  const made: boolean[] = [];
-  const newSession = model.newSession.bind(model);
-  model.newSession = (opts?: SessionOptions): GpuSession => {
-    const s = newSession(opts);
-    made.push(s.routerMasking);
-    return s;
-  };
-  const server = await startTestServer({ model, modelId: "default" });
   try {
     const ask = (extra: Record<string, unknown>) =>
       fetch(`${server.url}/v1/completions`, {
@@ -30,19 +24,20 @@ Deno.test("router_masking in a request selects masked sessions; a non-boolean is
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ model: "default", prompt: "In the", max_tokens: 3, ...extra }),
       });
+    const made: [number, number][] = [];
     for (const masking of [true, false]) {
       const r = await ask({ router_masking: masking, temperature: 0 });
       assert.equal(r.status, 200, await r.clone().text());
       const body = await r.json();
       assert.equal(body.usage.completion_tokens, 3);
+      made.push([server.stats().maskedSessions, server.stats().exactSessions]);
     }
-    assert.deepEqual(made, [true, false]);
+    assert.deepEqual(made, [[1, 0], [1, 1]]); // masked first, then exact
+    assert.equal(server.stats().expertSlots, 40);
     const bad = await ask({ router_masking: "yes" });
     assert.equal(bad.status, 400);
     assert.equal((await bad.json()).error.param, "router_masking");
   } finally {
     await server.close();
-    model.destroy();
-    opened.close();
   }
 });

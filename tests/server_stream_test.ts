@@ -1,7 +1,7 @@
 /**
- * Streaming under load and disconnects: 16 concurrent streaming clients each get their complete
- * reply with exact usage; a client that aborts mid-stream frees its session and the next request
- * runs; /metrics and /stats count what was served.
+ * Streaming under load and disconnects, through the engine worker: 16 concurrent streaming
+ * clients each get their complete reply with exact usage; a client that aborts mid-stream frees
+ * its session in the worker and the next request runs; /metrics and /stats count what was served.
  */
 import assert from "node:assert/strict";
 import { startTestServer, TEST_MODEL_ID, type TestServer } from "./_test_model.ts";
@@ -64,31 +64,40 @@ Deno.test("server completes 16 concurrent streaming clients one at a time, each 
         total_tokens: promptTokens + 10 + i,
       });
     }
-    assert.equal(server.model.sessionsCreated, CLIENTS);
-    assert.equal(server.model.maxLiveSessions, 1); // queued: one generation at a time
-    assert.equal(server.model.liveSessions, 0);
+    const stats = server.stats();
+    assert.equal(stats.sessionsCreated, CLIENTS);
+    assert.equal(stats.bigramSessionsCreated, CLIENTS);
+    assert.equal(stats.bigramMaxLiveSessions, 1); // queued: one generation at a time
+    assert.equal(stats.liveSessions, 0);
+    assert.equal(stats.bigramLiveSessions, 0);
+    assert.equal(stats.queueWaiting, 0);
+    assert.equal(stats.queueBusy, 0);
   } finally {
     await server.close();
   }
 });
 
-Deno.test("server frees the session of a client that disconnects mid-stream", async () => {
-  const server = await startTestServer({ maxContext: 100_000 });
+Deno.test("server frees the session in the worker of a client that disconnects mid-stream, then serves the next", async () => {
+  // 5 ms a step: the 50,000 tokens asked for would take minutes; the abort must end them
+  const server = await startTestServer({ maxContext: 100_000, stepDelayMs: 5 });
   try {
     const abort = new AbortController();
     const res = await streamChat(server, "hi", 50_000, abort.signal);
     const reader = res.body!.getReader();
     const first = await reader.read(); // the stream is live: a session is generating
     assert.ok(!first.done);
-    assert.equal(server.model.liveSessions, 1);
+    assert.equal(server.stats().liveSessions, 1);
+    assert.equal(server.stats().bigramLiveSessions, 1);
     abort.abort();
     await reader.cancel().catch(() => {});
-    await eventually(() => server.model.liveSessions === 0, "the aborted session was freed");
+    await eventually(() => server.stats().liveSessions === 0, "the aborted session was freed");
+    assert.equal(server.stats().bigramLiveSessions, 0);
+    assert.equal(server.stats().queueBusy, 0);
     const next = await readEvents(await streamChat(server, "hi", 3));
     const usage = next.at(-1)!.usage as Record<string, number>;
     assert.equal(usage.completion_tokens, 3);
-    assert.equal(server.model.liveSessions, 0);
-    assert.equal(server.model.sessionsCreated, 2);
+    assert.equal(server.stats().liveSessions, 0);
+    assert.equal(server.stats().bigramSessionsCreated, 2);
   } finally {
     await server.close();
   }
@@ -96,7 +105,7 @@ Deno.test("server frees the session of a client that disconnects mid-stream", as
 
 Deno.test("/metrics and /stats report requests, tokens and the expert cache figures", async () => {
   const server = await startTestServer({
-    cacheStats: () => ({ hits: 30, misses: 10, evictions: 4, bytesUploaded: 2048 }),
+    cacheFigures: { hits: 30, misses: 10, evictions: 4, bytesUploaded: 2048 }, // from the worker
   });
   try {
     await readEvents(await streamChat(server, "hi", 5));
@@ -118,9 +127,13 @@ Deno.test("/metrics and /stats report requests, tokens and the expert cache figu
     assert.equal(value("qwen_moe_expert_cache_hits"), 30);
     assert.equal(value("qwen_moe_expert_cache_bytes_uploaded"), 2048);
     assert.equal(value("qwen_moe_expert_cache_hit_rate"), 0.75);
+    assert.equal(value("qwen_moe_live_sessions"), 0);
+    assert.equal(value("qwen_moe_queue_busy"), 0);
     const stats = await (await fetch(`${server.url}/stats`)).json();
     assert.equal(stats.completionTokens, 5);
     assert.equal(stats.cache.hitRate, 0.75);
+    assert.deepEqual(stats.sessions, { live: 0, created: 1 });
+    assert.deepEqual(stats.queue, { waiting: 0, busy: false });
     assert.ok(stats.tokensPerSecond > 0);
   } finally {
     await server.close();

@@ -1,12 +1,14 @@
 /**
  * The flags every inference command shares (--model, --expert-slots, --expert-cache-mib,
- * --policy, --no-prefetch, --max-context) and the one place that turns them into a GpuModel.
+ * --policy, --no-prefetch, --router-masking, --max-context, --steps-per-readback) and the one
+ * place that turns them into a GpuModel.
  */
 import { type Flags, info, numberFlag, UsageError } from "./args.ts";
 import { type OpenedModel, openModel } from "../model_dir.ts";
 import { GpuModel } from "../gpu/model.ts";
 import { slotBytes } from "../gpu/expert_pool.ts";
 import { policyByName } from "../experts/policy.ts";
+import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
 
 export const RUNTIME_STRING_FLAGS = [
   "model",
@@ -14,6 +16,7 @@ export const RUNTIME_STRING_FLAGS = [
   "expert-cache-mib",
   "policy",
   "max-context",
+  "steps-per-readback",
 ];
 export const RUNTIME_BOOLEAN_FLAGS = ["no-prefetch", "router-masking"];
 
@@ -45,6 +48,12 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       const dtype = opened.weights.layers[0].expert(0).gate.dtype;
       expertSlots = Math.floor((mib * 2 ** 20) / slotBytes(c, dtype));
     }
+    const stepsPerReadback = flags["steps-per-readback"] === undefined ? undefined : numberFlag(
+      flags,
+      "steps-per-readback",
+      0,
+      (n) => Number.isInteger(n) && n >= 1 && n <= MAX_STEPS_PER_BATCH,
+    );
     let policy;
     try {
       policy = policyByName<number>((flags.policy as string | undefined) ?? "lru");
@@ -58,6 +67,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       policy,
       prefetch: !flags["no-prefetch"],
       routerMasking: !!flags["router-masking"],
+      stepsPerReadback,
     });
     const total = c.numLayers * c.numExperts;
     info(

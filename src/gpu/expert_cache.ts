@@ -41,6 +41,8 @@ export class ExpertBudgetError extends Error {
 
 export class ExpertCache {
   readonly metrics = new ExpertMetrics();
+  /** Expert records uploaded so far (every cause: demand, prefetch, preload). */
+  loads = 0;
   /** Keys loaded speculatively and not yet used. */
   private prefetched = new Set<number>();
   private slotOf = new Map<number, number>();
@@ -111,6 +113,7 @@ export class ExpertCache {
     const ms = performance.now() - t0;
     this.metrics.recordLoad(rec.source === "cold" ? "cold" : "warm", ms);
     this.metrics.bytesUploaded += rec.bytes.byteLength;
+    this.loads++;
     this.slotOf.set(key, slot);
     this.byLayer[layer].add(key);
     this.policy.insert(key, now);

@@ -1,13 +1,17 @@
 /**
- * The Qwen3-MoE forward pass on WebGPU. Resident weights (attention, norms, routers, final norm,
- * lm_head) are uploaded once; the embedding table stays in the mapped checkpoint and its rows are
- * gathered on the CPU; experts live in an ExpertPool reached through a GPU-side slot table.
+ * The Qwen3-MoE forward pass on WebGPU. Resident weights (embedding table, attention, norms,
+ * routers, final norm, lm_head) are uploaded once; experts live in an ExpertPool reached through a
+ * GPU-side slot table; the next token is sampled on the GPU (src/gpu/sampler.ts) into the
+ * sequence's token ids, from which the next step gathers its embedding row. A decode step
+ * therefore needs nothing from the CPU, and the decode loop (src/gpu/decode_loop.ts) decides how
+ * many steps to encode per submission and when to read back.
  *
  * Legend: T tokens in a step, D hidden, V vocab, Hq/Hkv heads, Dh head dim, E experts, K top-k,
- * I expert intermediate.
+ * I expert intermediate, L layers, N decode steps in a batch.
  */
 import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
 import type { Op, WeightRef } from "./ops_api.ts";
+import type { SamplingParams } from "../sampling.ts";
 import { Ops } from "./ops.ts";
 import { readU32 } from "./readback.ts";
 import { type Gpu, openGpu } from "./device.ts";
@@ -24,15 +28,25 @@ import { type EvictionPolicy, LruPolicy } from "../experts/policy.ts";
 import {
   align4,
   DTYPES,
-  embedGather,
   type GpuLayer,
+  type RowChunk,
   uploadF32,
   uploadLayer,
-  uploadLmHead,
+  uploadVocabMatrices,
 } from "./resident.ts";
-import { ContextOverflowError, GpuSession, type KvCache } from "./session.ts";
+import { GpuSampler, type SamplerRequest } from "./sampler.ts";
+import type { Sequence } from "./sequence.ts";
+import {
+  type Batch,
+  type BatchResult,
+  type ForwardHost,
+  MAX_STEPS_PER_BATCH,
+  type StepStats,
+} from "./host.ts";
+import { ContextOverflowError, GpuSession } from "./session.ts";
 
 export { ContextOverflowError, GpuSession };
+export type { StepStats };
 
 /** Tokens per forward step; longer prompts are prefilled in chunks of this many. */
 export const DEFAULT_MAX_BATCH = 64;
@@ -58,20 +72,8 @@ export interface GpuModelOptions {
    * routing on the CPU (one readback per layer) before running its experts.
    */
   perLayerRouting?: boolean;
-}
-
-/** How often the GPU had to report back to the CPU, and what the expert cache did. */
-export interface StepStats {
-  steps: number;
-  readbacks: number;
-  /** Extra passes over layers caused by misses (0 when every routed expert was resident). */
-  reruns: number;
-  /** Prefill only: distinct (layer, expert) pairs routed, and experts loaded for them. */
-  prefillRouted: number;
-  prefillLoads: number;
-  /** Speculative loads that the final routing used / loads whose layer missed without a guess. */
-  prefetchUseful: number;
-  prefetchMissed: number;
+  /** Steps per readback sessions use unless a request says otherwise (default: adaptive). */
+  stepsPerReadback?: number;
 }
 
 /** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
@@ -79,6 +81,13 @@ const UPLOADS_PER_FLUSH = 16;
 
 /** mapAsync offsets must be multiples of 8; keep staging regions generously aligned. */
 const STAGING_ALIGN = 256;
+/** Bytes of one Step uniform record (n_tokens, pos0, kv_len, pad). */
+const STEP_RECORD_BYTES = 16;
+/** Batches that may be in flight at once (submitted, not yet read): one read, one queued, one
+ * being encoded. Each has its own step table region and staging buffer. */
+const RING = 3;
+/** The sampler's end flag when the sequence has not ended. */
+const NO_END = 0xffffffff;
 
 function alignUp(n: number, a: number): number {
   return Math.ceil(n / a) * a;
@@ -97,7 +106,7 @@ interface Activations {
   weights: GPUBuffer; // [T, K]
   h: GPUBuffer; // [T*K, I]
   y: GPUBuffer; // [T*K, D]
-  snap: GPUBuffer[]; // per layer: [T, D] residual at the layer's start (budgeted runs only)
+  snap: GPUBuffer[]; // per layer: [max(T, 2N), D] residual at the layer's start (budgeted runs)
   xLast: GPUBuffer; // [1, D] last row of xn
   logits: GPUBuffer; // [T, V]
   staging: GPUBuffer; // MAP_READ: logits | routing [L, T, K] | missed [L, E]
@@ -113,21 +122,64 @@ interface PromptBuffers {
   y: GPUBuffer; // [T*K, D]
 }
 
-/** What one readback brings: logits rows, every layer's routing, and the miss flags. */
+/** What one logits readback brings: logits rows, every layer's routing, and the miss flags. */
 interface Readback {
   logits: Float32Array[];
   routing: Uint32Array; // [L, maxBatch * K], rows of the step first
   missed: Uint32Array; // [L, E]
 }
 
-export class GpuModel implements LanguageModel {
+/** One forward inside a batch: T tokens at pos0, from layer `from` (a rerun starts later). */
+interface ForwardRecord {
+  T: number;
+  pos0: number;
+  from: number;
+  /** Row of the snapshot buffers this forward writes (and, from > 0, restores) under a budget. */
+  snapRow: number;
+  /** Whether the forward ends with the head and the sampler (the last of a prefill, every step). */
+  sample: boolean;
+  /** Where its routing [L, T*K] goes in the routing log (u32 index). */
+  routeAt: number;
+  /** Row of the miss log [N, L*E] (decode steps under a budget), else -1. */
+  missRow: number;
+}
+
+/** The readback buffers of one ring slot and where each part lives in them. */
+interface Slot {
+  stepTable: GPUBuffer; // [records, 4] u32 Step records, copied to the Step uniform per forward
+  routeLog: GPUBuffer; // u32 [routing of every forward of the batch]
+  missLog: GPUBuffer | null; // u32 [N, L*E] (budgeted models only)
+  staging: GPUBuffer; // MAP_READ: end | tokens | routing | missed
+  /** Capacity in forwards and in routed (token, layer, k) entries. */
+  records: number;
+  routeWords: number;
+}
+
+/** A Batch as the model built it. */
+interface ModelBatch extends Batch {
+  records: ForwardRecord[];
+  slot: Slot;
+  commands: GPUCommandBuffer | null;
+  /** The session asked for router masking / the batch was recorded with the mask on. */
+  masked: boolean;
+  masking: boolean;
+  /** Staging layout (bytes): end at 0, tokens at 4, routing at routeOffset, missed at missOffset. */
+  routeOffset: number;
+  missOffset: number;
+  readBytes: number;
+}
+
+export class GpuModel implements LanguageModel, ForwardHost {
   readonly maxContext: number;
   readonly maxBatch: number;
   readonly ops: Ops;
   readonly pool: ExpertPool;
   readonly cache: ExpertCache;
+  readonly sampler: GpuSampler;
   /** Every expert resident: no routing ever needs the CPU. */
   readonly allResident: boolean;
+  /** Steps per readback of sessions that do not choose (undefined: adaptive). */
+  readonly stepsPerReadback: number | undefined;
   /**
    * Called with every layer's final routing of every step: experts [T*K] (token-major, each
    * token's top-k in descending weight). For routing studies; costs nothing when unset.
@@ -136,14 +188,16 @@ export class GpuModel implements LanguageModel {
   readonly stats: StepStats = {
     steps: 0,
     readbacks: 0,
+    submits: 0,
     reruns: 0,
     prefillRouted: 0,
     prefillLoads: 0,
     prefetchUseful: 0,
     prefetchMissed: 0,
+    expertLoads: 0,
   };
   private layers: GpuLayer[];
-  private lmHead: { w: WeightRef; rows: number; first: number }[];
+  private vocab: { embed: RowChunk[]; lmHead: RowChunk[] };
   private finalNorm: GPUBuffer;
   private act: Activations;
   private rope: GPUBuffer;
@@ -157,17 +211,20 @@ export class GpuModel implements LanguageModel {
   private headAll: Op[];
   private headLast: Op[];
   private queue: Promise<unknown> = Promise.resolve();
-  private embedRow: (id: number) => Float32Array;
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
   private perLayerRouting: boolean;
-  /** KV caches not in use by a session, and every one ever made (freed by destroy()). */
-  private freeKv: KvCache[] = [];
-  private allKv: KvCache[] = [];
+  /** Sequences not in use by a session, and every one ever made (freed by destroy()). */
+  private freeSeqs: Sequence[] = [];
+  private allSeqs: Sequence[] = [];
   private prompt: PromptBuffers | null = null;
-  /** Host-side staging of one step, made once: the Step uniform and the embedding rows. */
+  /** Host-side staging of one step's Step uniform, made once. */
   private stepUniform = new Uint32Array(4);
-  private stepRows: Float32Array<ArrayBuffer>;
+  /** Readback ring of the decode loop (made on first use) and the next slot to use. */
+  private slots: Slot[] = [];
+  private nextSlot = 0;
+  /** Experts loaded speculatively for the step being repaired, not yet scored. */
+  private guessed = new Set<number>();
   /** Whether open() made the device (then destroy() destroys it too). */
   private ownsGpu = false;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
@@ -190,10 +247,10 @@ export class GpuModel implements LanguageModel {
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext);
     this.ops = new Ops(gpu);
-    this.stepRows = new Float32Array(this.maxBatch * c.hiddenSize);
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
     this.perLayerRouting = opts.perLayerRouting ?? false;
+    this.stepsPerReadback = opts.stepsPerReadback;
     const T = this.maxBatch;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numLayers: L } = c;
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
@@ -202,9 +259,8 @@ export class GpuModel implements LanguageModel {
     this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l));
     const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
     this.finalNorm = finalNorm;
-    this.lmHead = uploadLmHead(device, weights.lmHead, gpu);
+    this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu);
     this.rope = uploadF32(device, ropeTable(this.maxContext, Dh, c.ropeTheta), "rope_table");
-    this.embedRow = embedGather(weights.embed);
 
     // experts: a pool of slots, filled up front when every expert fits, else lazily
     const total = L * E;
@@ -232,6 +288,7 @@ export class GpuModel implements LanguageModel {
       });
     this.routingOffset = alignUp(T * V * 4, STAGING_ALIGN);
     this.missedOffset = this.routingOffset + L * T * K * 4;
+    const snapRows = Math.max(T, 2 * MAX_STEPS_PER_BATCH);
     this.act = {
       x: f32(T * D, "x"),
       xn: f32(T * D, "xn"),
@@ -244,7 +301,7 @@ export class GpuModel implements LanguageModel {
       weights: f32(T * K, "topk_weights"),
       h: f32(T * K * I, "experts_h"),
       y: f32(T * K * D, "experts_y"),
-      snap: this.allResident ? [] : this.layers.map((_, l) => f32(T * D, `snapshot.${l}`)),
+      snap: this.allResident ? [] : this.layers.map((_, l) => f32(snapRows * D, `snapshot.${l}`)),
       xLast: f32(D, "x_last"),
       logits: f32(T * V, "logits"),
       staging: device.createBuffer({
@@ -253,6 +310,7 @@ export class GpuModel implements LanguageModel {
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       }),
     };
+    this.sampler = new GpuSampler(gpu, this.ops, V, this.act.logits);
     this.attnInputs = this.layers.map((_, l) => this.prepareAttentionInputs(l));
     this.routerOps = this.layers.map((_, l) => this.prepareRouter(l, false));
     this.maskedRouterOps = this.layers.map((_, l) => this.prepareRouter(l, true));
@@ -308,13 +366,28 @@ export class GpuModel implements LanguageModel {
     return this.weights.config;
   }
 
-  /** A KV cache from the free list, or a new one (buffers and ops made once, reused). */
-  acquireKv(): KvCache {
-    const free = this.freeKv.pop();
+  /** A sequence's buffers from the free list, or new ones (buffers and ops made once, reused). */
+  acquireSequence(): Sequence {
+    const free = this.freeSeqs.pop();
     if (free) return free;
     const c = this.config;
     const bytes = this.maxContext * c.numKvHeads * c.headDim * 4;
-    const kv: KvCache = { buffers: [], attention: [] };
+    const sampler = this.sampler.createSequence(this.maxContext + 1);
+    const seq: Sequence = {
+      kv: [],
+      attention: [],
+      sampler,
+      embed: this.vocab.embed.map((chunk) =>
+        this.ops.embed({
+          ids: sampler.ids,
+          table: chunk.w,
+          first: chunk.first,
+          rows: chunk.rows,
+          hidden: c.hiddenSize,
+          out: this.act.x,
+        })
+      ),
+    };
     for (let l = 0; l < c.numLayers; l++) {
       const mk = (kind: string) =>
         this.gpu.device.createBuffer({
@@ -324,20 +397,20 @@ export class GpuModel implements LanguageModel {
         });
       const k = mk("k");
       const v = mk("v");
-      kv.buffers.push(k, v);
-      kv.attention.push(this.prepareAttention(l, k, v));
+      seq.kv.push(k, v);
+      seq.attention.push(this.prepareAttention(l, k, v));
     }
-    this.allKv.push(kv);
-    return kv;
+    this.allSeqs.push(seq);
+    return seq;
   }
 
-  /** KV caches allocated so far (sessions alive at once, at most). */
+  /** Sequences allocated so far (sessions alive at once, at most). */
   get kvCachesMade(): number {
-    return this.allKv.length;
+    return this.allSeqs.length;
   }
 
-  releaseKv(kv: KvCache): void {
-    this.freeKv.push(kv);
+  releaseSequence(seq: Sequence): void {
+    this.freeSeqs.push(seq);
   }
 
   /** A fresh sequence; routerMasking routes it among resident experts only (approximate). */
@@ -376,8 +449,8 @@ export class GpuModel implements LanguageModel {
     ];
   }
 
-  /** Per-session: KV store and attention over that session's cache, then o_proj + residual. */
-  prepareAttention(l: number, kCache: GPUBuffer, vCache: GPUBuffer): Op[] {
+  /** Per sequence: KV store and attention over that sequence's cache, then o_proj + residual. */
+  private prepareAttention(l: number, kCache: GPUBuffer, vCache: GPUBuffer): Op[] {
     const c = this.config;
     const a = this.act;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
@@ -493,7 +566,7 @@ export class GpuModel implements LanguageModel {
 
   /** lm_head over the rows of x, chunk by chunk into logits [T, V]. */
   private prepareHead(x: GPUBuffer, V: number): Op[] {
-    return this.lmHead.map((chunk) =>
+    return this.vocab.lmHead.map((chunk) =>
       this.ops.matmul({
         x,
         w: chunk.w,
@@ -516,33 +589,37 @@ export class GpuModel implements LanguageModel {
    */
   private masking = false;
 
-  private startPass(session: GpuSession): void {
-    this.masking = session.routerMasking && this.cache.isFull;
+  private startPass(masked: boolean): void {
+    this.masking = masked && this.cache.isFull;
   }
 
   private router(l: number): Op[] {
     return this.masking ? this.maskedRouterOps[l] : this.routerOps[l];
   }
 
-  /** Layers [from, to): attention, router, experts, combine; snapshots x first when budgeted. */
+  /**
+   * Layers [from, to): attention, router, experts, combine. Under a budget each layer first
+   * snapshots the residual x into row `snapRow` of its snapshot buffer (a rerun restarts there).
+   */
   private encodeLayers(
     enc: GPUCommandEncoder,
-    session: GpuSession,
+    seq: Sequence,
     from: number,
     to: number,
     T: number,
+    snapRow = 0,
   ): void {
     const rowBytes = T * this.config.hiddenSize * 4;
     let pass: GPUComputePassEncoder | null = null;
     for (let l = from; l < to; l++) {
       if (!this.allResident) {
         pass?.end();
-        enc.copyBufferToBuffer(this.act.x, 0, this.act.snap[l], 0, rowBytes);
+        enc.copyBufferToBuffer(this.act.x, 0, this.act.snap[l], snapRow * rowBytes, rowBytes);
         pass = null;
       }
       pass ??= enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
-      for (const op of session.attention[l]) op.record(pass, T);
+      for (const op of seq.attention[l]) op.record(pass, T);
       for (const op of this.router(l)) op.record(pass, T);
       for (const op of this.expertOps[l]) op.record(pass, T);
       this.combineOps[l].record(pass, T);
@@ -550,12 +627,12 @@ export class GpuModel implements LanguageModel {
     pass?.end();
   }
 
-  /** Final norm and lm_head (all rows, or only the last), then copy results for readback. */
-  private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean): number {
+  /** Final norm and lm_head into logits: every row, or only the last (into row 0). */
+  private encodeLogits(enc: GPUCommandEncoder, T: number, lastOnly: boolean): void {
     const D = this.config.hiddenSize;
     let pass = enc.beginComputePass();
     this.finalNormOp.record(pass, T);
-    if (lastOnly) {
+    if (lastOnly && T > 1) {
       pass.end();
       enc.copyBufferToBuffer(this.act.xn, (T - 1) * D * 4, this.act.xLast, 0, D * 4);
       pass = enc.beginComputePass();
@@ -564,6 +641,11 @@ export class GpuModel implements LanguageModel {
       for (const op of this.headAll) op.record(pass, T);
     }
     pass.end();
+  }
+
+  /** Final norm and lm_head, then the logits rows copied for readback. */
+  private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean): number {
+    this.encodeLogits(enc, T, lastOnly);
     const rows = lastOnly ? 1 : T;
     enc.copyBufferToBuffer(
       this.act.logits,
@@ -601,6 +683,7 @@ export class GpuModel implements LanguageModel {
   private async submitAndRead(enc: GPUCommandEncoder, logitRows: number): Promise<Readback> {
     const c = this.config;
     this.gpu.device.queue.submit([enc.finish()]);
+    this.stats.submits++;
     const staging = this.act.staging;
     await staging.mapAsync(GPUMapMode.READ);
     this.stats.readbacks++;
@@ -623,7 +706,7 @@ export class GpuModel implements LanguageModel {
 
   // ---- one step ----
 
-  /** The Step uniform for T tokens at positions pos0.. (ops_api.ts). */
+  /** The Step uniform for T tokens at positions pos0.. (ops_api.ts), written through the queue. */
   private writeStep(T: number, pos0: number): void {
     const u = this.stepUniform;
     u[0] = T;
@@ -632,16 +715,16 @@ export class GpuModel implements LanguageModel {
     this.gpu.device.queue.writeBuffer(this.ops.step, 0, u);
   }
 
-  /** Embedding rows of ids, gathered on the CPU from the mapped table into `rows`, then to
-   * `target` [T, D] on the GPU. */
-  private writeEmbeddings(
-    ids: number[],
-    target: GPUBuffer,
-    rows: Float32Array<ArrayBuffer>,
-  ): void {
-    const D = this.config.hiddenSize;
-    for (let t = 0; t < ids.length; t++) rows.set(this.embedRow(ids[t]), t * D);
-    this.gpu.device.queue.writeBuffer(target, 0, rows);
+  /** The sequence's token ids at positions pos0.. (the embedding gather reads them there). */
+  private writeIds(seq: Sequence, ids: number[], pos0: number): void {
+    this.gpu.device.queue.writeBuffer(seq.sampler.ids, pos0 * 4, Uint32Array.from(ids));
+  }
+
+  /** Embedding rows of ids[pos0 .. pos0 + T) into x (the Step uniform must be set). */
+  private encodeEmbed(enc: GPUCommandEncoder, seq: Sequence, T: number): void {
+    const pass = enc.beginComputePass();
+    for (const op of seq.embed) op.record(pass, T);
+    pass.end();
   }
 
   /** Runs steps one at a time (activations are shared between sessions). */
@@ -652,142 +735,200 @@ export class GpuModel implements LanguageModel {
   }
 
   /**
-   * Runs T = ids.length tokens at positions pos0.. through every layer and returns logits rows
-   * (all T, or only the last). With every expert resident this is one submission and one
-   * readback. With a budget, decode runs optimistically with the slots it has and reruns from
-   * the first layer that routed to an absent expert; prefill goes layer by layer, loading each
-   * routed expert once per layer.
+   * Logits of ids at positions pos0.. (all rows, or only the last). Prompts longer than maxBatch
+   * go in chunks; under a budget prompts go layer by layer (prefillByLayer).
    */
-  async step(
-    session: GpuSession,
+  async forward(
+    seq: Sequence,
+    masked: boolean,
     ids: number[],
     pos0: number,
     lastOnly: boolean,
   ): Promise<Float32Array[]> {
+    this.writeIds(seq, ids, pos0);
+    if (this.layerwise(ids.length)) {
+      await this.prefillByLayer(seq, masked, ids.length, pos0);
+      return await this.headRows(ids.length, lastOnly);
+    }
+    const rows: Float32Array[] = [];
+    const B = this.maxBatch;
+    for (let i = 0; i < ids.length; i += B) {
+      const n = Math.min(B, ids.length - i);
+      const last = i + B >= ids.length;
+      const r = await this.step(seq, masked, n, pos0 + i, lastOnly && last);
+      if (!lastOnly || last) rows.push(...r);
+    }
+    return rows;
+  }
+
+  /**
+   * Runs T tokens (ids already written) at positions pos0.. through every layer and returns
+   * logits rows (all T, or only the last). With every expert resident this is one submission and
+   * one readback. With a budget, decode runs optimistically with the slots it has and reruns from
+   * the first layer that routed to an absent expert.
+   */
+  private async step(
+    seq: Sequence,
+    masked: boolean,
+    T: number,
+    pos0: number,
+    lastOnly: boolean,
+  ): Promise<Float32Array[]> {
     const c = this.config;
-    const T = ids.length;
     const device = this.gpu.device;
-    const D = c.hiddenSize;
     this.stats.steps++;
     this.writeStep(T, pos0);
-    this.writeEmbeddings(ids, this.act.x, this.stepRows.subarray(0, T * D));
-
     if (this.allResident) {
-      this.startPass(session);
+      this.startPass(masked);
       const enc = device.createCommandEncoder({ label: "forward" });
-      this.encodeLayers(enc, session, 0, c.numLayers, T);
+      this.encodeEmbed(enc, seq, T);
+      this.encodeLayers(enc, seq, 0, c.numLayers, T);
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      this.countHits(r.routing, 0, c.numLayers, T);
+      this.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
       return r.logits;
     }
-    return this.decodeOptimistic(session, T, lastOnly);
+    return this.decodeOptimistic(seq, masked, T, lastOnly);
   }
 
-  /** Distinct expert keys routed at layer l for the T rows of `routing`. */
-  private routedKeys(routing: Uint32Array, l: number, T: number): number[] {
+  /** Distinct expert keys routed at layer l for the T rows of a routing block whose layers are
+   * `stride` entries apart. */
+  private routedKeys(routing: Uint32Array, stride: number, l: number, T: number): number[] {
     const { numExperts: E, topK: K } = this.config;
-    const base = l * this.maxBatch * K;
+    const base = l * stride * K;
     const keys = new Set<number>();
     for (let i = 0; i < T * K; i++) keys.add(l * E + routing[base + i]);
     return [...keys];
   }
 
-  /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
   /** Hands a layer's final routing (experts [T*K], token-major) to onRouting. */
-  private emitRouting(routing: Uint32Array, l: number, T: number): void {
+  private emitRouting(routing: Uint32Array, stride: number, l: number, T: number): void {
     if (!this.onRouting) return;
-    const base = l * this.maxBatch * this.config.topK;
+    const base = l * stride * this.config.topK;
     this.onRouting(l, routing.slice(base, base + T * this.config.topK));
   }
 
-  private countHits(routing: Uint32Array, from: number, to: number, T: number): void {
+  /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
+  private countHits(
+    routing: Uint32Array,
+    stride: number,
+    from: number,
+    to: number,
+    T: number,
+  ): void {
     for (let l = from; l < to; l++) {
-      this.emitRouting(routing, l, T);
+      this.emitRouting(routing, stride, l, T);
       // (with router masking, absent experts picked with weight 0 are not uses)
-      const keys = this.routedKeys(routing, l, T).filter((k) => this.cache.isResident(k));
+      const keys = this.routedKeys(routing, stride, l, T).filter((k) => this.cache.isResident(k));
       this.cache.metrics.hits += keys.length;
       this.cache.touch(keys, this.tick());
     }
   }
 
+  private load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
+    const before = this.cache.loads;
+    const ok = this.cache.load(key, now, protect, speculative);
+    this.stats.expertLoads += this.cache.loads - before;
+    return ok;
+  }
+
+  /** The optimistic decode of forward(): reruns from the first missed layer until none misses. */
   private async decodeOptimistic(
-    session: GpuSession,
+    seq: Sequence,
+    masked: boolean,
     T: number,
     lastOnly: boolean,
   ): Promise<Float32Array[]> {
     const c = this.config;
-    const { numLayers: L, numExperts: E } = c;
+    const L = c.numLayers;
     const device = this.gpu.device;
+    const stride = this.maxBatch;
     let from = 0;
     /** Layers below this are final and counted. */
     let counted = 0;
-    let guessed = new Set<number>();
-    let rerun = false;
+    this.guessed = new Set<number>();
     for (;;) {
       const enc = device.createCommandEncoder({ label: "decode" });
-      if (rerun) {
+      if (from > 0) {
         // the residual stream as it entered layer `from` (the failed pass went on from there)
         enc.copyBufferToBuffer(this.act.snap[from], 0, this.act.x, 0, T * c.hiddenSize * 4);
+      } else {
+        this.encodeEmbed(enc, seq, T);
       }
       enc.clearBuffer(this.pool.missed);
-      this.startPass(session);
-      this.encodeLayers(enc, session, from, L, T);
+      this.startPass(masked);
+      this.encodeLayers(enc, seq, from, L, T);
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
       const l0 = this.firstMissedLayer(r.missed, from);
       if (l0 < 0) {
-        this.countHits(r.routing, counted, L, T);
-        this.scoreGuesses(guessed, r.routing, counted, L, T);
+        this.countHits(r.routing, stride, counted, L, T);
+        this.scoreGuesses(r.routing, stride, counted, L, T);
         return r.logits;
       }
-      // layers before l0 are final
-      this.countHits(r.routing, counted, l0, T);
-      this.scoreGuesses(guessed, r.routing, counted, l0, T);
-      // layer l0 saw its true input: load exactly what it routed to
-      this.emitRouting(r.routing, l0, T);
-      const routed = this.routedKeys(r.routing, l0, T);
-      const protect = this.protectedKeys(routed, l0);
-      const now = this.tick();
-      for (const key of routed) {
-        if (this.cache.isResident(key)) {
-          this.cache.metrics.hits++;
-          if (guessed.delete(key)) this.stats.prefetchUseful++;
-          continue;
-        }
-        this.cache.metrics.misses++;
-        if (guessed.has(key)) this.stats.prefetchUseful++;
-        else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
-        if (!this.cache.load(key, now, protect)) {
-          throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
-        }
-      }
-      this.cache.touch(routed, now);
-      // later layers ran on an approximate input: their flagged experts are good guesses
-      guessed = new Set();
-      if (this.prefetch && !this.masking) {
-        for (let l = l0 + 1; l < L; l++) {
-          for (const key of this.routedKeys(r.routing, l, T)) {
-            if (this.cache.isResident(key)) protect.add(key);
-          }
-        }
-        for (let l = l0 + 1; l < L; l++) {
-          for (let e = 0; e < E; e++) {
-            const key = l * E + e;
-            if (!r.missed[key]) continue;
-            if (!this.cache.load(key, now, protect, true)) break;
-            protect.add(key);
-            guessed.add(key);
-          }
-        }
-      }
+      this.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
       counted = l0 + 1;
       from = l0;
-      rerun = true;
-      this.stats.reruns++;
     }
+  }
+
+  /**
+   * A pass that started at layer `from` found its first real miss at layer l0: counts the final
+   * layers [counted, l0), then loads exactly what l0 routed to (its input was exact) and, with
+   * prefetch, the experts later layers flagged on their approximate input.
+   */
+  private loadForMiss(
+    routing: Uint32Array,
+    missed: Uint32Array,
+    stride: number,
+    counted: number,
+    l0: number,
+    from: number,
+    T: number,
+  ): void {
+    const { numLayers: L, numExperts: E } = this.config;
+    this.countHits(routing, stride, counted, l0, T);
+    this.scoreGuesses(routing, stride, counted, l0, T);
+    // layer l0 saw its true input: load exactly what it routed to
+    this.emitRouting(routing, stride, l0, T);
+    const routed = this.routedKeys(routing, stride, l0, T);
+    const protect = this.protectedKeys(routed, l0);
+    const now = this.tick();
+    for (const key of routed) {
+      if (this.cache.isResident(key)) {
+        this.cache.metrics.hits++;
+        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
+        continue;
+      }
+      this.cache.metrics.misses++;
+      if (this.guessed.has(key)) this.stats.prefetchUseful++;
+      else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
+      if (!this.load(key, now, protect)) {
+        throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
+      }
+    }
+    this.cache.touch(routed, now);
+    // later layers ran on an approximate input: their flagged experts are good guesses
+    this.guessed = new Set();
+    if (this.prefetch && !this.masking) {
+      for (let l = l0 + 1; l < L; l++) {
+        for (const key of this.routedKeys(routing, stride, l, T)) {
+          if (this.cache.isResident(key)) protect.add(key);
+        }
+      }
+      for (let l = l0 + 1; l < L; l++) {
+        for (let e = 0; e < E; e++) {
+          const key = l * E + e;
+          if (!missed[key]) continue;
+          if (!this.load(key, now, protect, true)) break;
+          protect.add(key);
+          this.guessed.add(key);
+        }
+      }
+    }
+    this.stats.reruns++;
   }
 
   /**
@@ -795,11 +936,11 @@ export class GpuModel implements LanguageModel {
    * with router masking only in a layer below its share of slots (elsewhere the flags come from
    * absent experts picked with weight 0, which add nothing).
    */
-  private firstMissedLayer(missed: Uint32Array, from: number): number {
+  private firstMissedLayer(missed: Uint32Array, from: number, at = 0): number {
     const { numLayers: L, numExperts: E } = this.config;
     for (let l = from; l < L; l++) {
       if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) continue;
-      for (let e = 0; e < E; e++) if (missed[l * E + e]) return l;
+      for (let e = 0; e < E; e++) if (missed[at + l * E + e]) return l;
     }
     return -1;
   }
@@ -835,16 +976,16 @@ export class GpuModel implements LanguageModel {
 
   /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
   private scoreGuesses(
-    guessed: Set<number>,
     routing: Uint32Array,
+    stride: number,
     from: number,
     to: number,
     T: number,
   ): void {
-    if (guessed.size === 0) return;
+    if (this.guessed.size === 0) return;
     for (let l = from; l < to; l++) {
-      for (const key of this.routedKeys(routing, l, T)) {
-        if (guessed.delete(key)) this.stats.prefetchUseful++;
+      for (const key of this.routedKeys(routing, stride, l, T)) {
+        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
       }
     }
   }
@@ -857,59 +998,38 @@ export class GpuModel implements LanguageModel {
 
   /**
    * Prefill under a budget (and every step with perLayerRouting), layer by layer over the whole
-   * prompt, so each routed expert is loaded once per layer per prompt whatever the budget. The
-   * prompt runs in chunks of maxBatch tokens whose state (residual, normed input, routing,
-   * weights, expert outputs) waits in prompt-sized buffers between stages:
+   * prompt (ids already written at pos0..), so each routed expert is loaded once per layer per
+   * prompt whatever the budget. The prompt runs in chunks of maxBatch tokens whose state
+   * (residual, normed input, routing, weights, expert outputs) waits in prompt-sized buffers
+   * between stages:
+   * 0. every chunk: embedding rows into the residual;
    * 1. every chunk: attention and router of layer l; then one readback of the layer's routing;
    * 2. the routed experts in groups that fit the slots; every chunk runs the group's pairs
    *    (pairs whose expert is absent are skipped, so its y fills up group by group);
    * 3. every chunk: the weighted sum into the residual.
-   * Then the final norm and lm_head (last row, or every row chunk by chunk).
+   * The final residual stays in the prompt buffers (headRows or sampleAfterPrompt read it).
    */
-  async prefillByLayer(
-    session: GpuSession,
-    ids: number[],
+  private async prefillByLayer(
+    seq: Sequence,
+    masked: boolean,
+    T: number,
     pos0: number,
-    lastOnly: boolean,
-  ): Promise<Float32Array[]> {
+  ): Promise<void> {
     const c = this.config;
-    const device = this.gpu.device;
     const { hiddenSize: D, topK: K, numExperts: E } = c;
-    const B = this.maxBatch;
-    const T = ids.length;
-    const chunks: { t0: number; n: number }[] = [];
-    for (let t0 = 0; t0 < T; t0 += B) chunks.push({ t0, n: Math.min(B, T - t0) });
+    const chunks = this.chunks(T);
     const p = this.promptBuffers(T);
-    this.writeEmbeddings(ids, p.x, new Float32Array(T * D));
     this.stats.steps++;
     const a = this.act;
-    /** One submission for chunk ch: step uniform, copies in, ops, copies out. */
-    const run = (
-      ch: { t0: number; n: number },
-      ins: [GPUBuffer, GPUBuffer, number][],
-      ops: Op[],
-      outs: [GPUBuffer, GPUBuffer, number][],
-    ) => {
-      this.writeStep(ch.n, pos0 + ch.t0);
-      const enc = device.createCommandEncoder();
-      for (const [from, to, width] of ins) {
-        enc.copyBufferToBuffer(from, ch.t0 * width * 4, to, 0, ch.n * width * 4);
-      }
-      const pass = enc.beginComputePass();
-      for (const op of ops) op.record(pass, ch.n);
-      pass.end();
-      for (const [from, to, width] of outs) {
-        enc.copyBufferToBuffer(from, 0, to, ch.t0 * width * 4, ch.n * width * 4);
-      }
-      device.queue.submit([enc.finish()]);
-    };
+    const run = this.chunkRunner(pos0);
+    for (const ch of chunks) run(ch, [], seq.embed, [[a.x, p.x, D]]);
     for (let l = 0; l < c.numLayers; l++) {
-      this.startPass(session);
+      this.startPass(masked);
       // 1. attention + router, chunk by chunk
       for (const ch of chunks) {
         run(ch, [[p.x, a.x, D]], [
           ...this.attnInputs[l],
-          ...session.attention[l],
+          ...seq.attention[l],
           ...this.router(l),
         ], [[a.x, p.x, D], [a.xn, p.xn, D], [a.idx[l], p.idx, K], [a.weights, p.weights, K]]);
       }
@@ -937,7 +1057,7 @@ export class GpuModel implements LanguageModel {
           }
           this.cache.metrics.misses++;
           this.stats.prefillLoads++;
-          if (!this.cache.load(key, now, protect)) {
+          if (!this.load(key, now, protect)) {
             throw new ExpertBudgetError(`no slot free for layer ${l}'s experts`);
           }
         }
@@ -955,11 +1075,54 @@ export class GpuModel implements LanguageModel {
         ], [[a.x, p.x, D]]);
       }
     }
-    // final norm and lm_head
+  }
+
+  /** The prompt's chunks of at most maxBatch tokens. */
+  private chunks(T: number): { t0: number; n: number }[] {
+    const chunks: { t0: number; n: number }[] = [];
+    for (let t0 = 0; t0 < T; t0 += this.maxBatch) {
+      chunks.push({ t0, n: Math.min(this.maxBatch, T - t0) });
+    }
+    return chunks;
+  }
+
+  /** One submission for a chunk of the prompt: Step uniform, copies in, ops, copies out. */
+  private chunkRunner(pos0: number) {
+    const device = this.gpu.device;
+    return (
+      ch: { t0: number; n: number },
+      ins: [GPUBuffer, GPUBuffer, number][],
+      ops: Op[],
+      outs: [GPUBuffer, GPUBuffer, number][],
+    ) => {
+      this.writeStep(ch.n, pos0 + ch.t0);
+      const enc = device.createCommandEncoder();
+      for (const [from, to, width] of ins) {
+        enc.copyBufferToBuffer(from, ch.t0 * width * 4, to, 0, ch.n * width * 4);
+      }
+      if (ops.length > 0) {
+        const pass = enc.beginComputePass();
+        for (const op of ops) op.record(pass, ch.n);
+        pass.end();
+      }
+      for (const [from, to, width] of outs) {
+        enc.copyBufferToBuffer(from, 0, to, ch.t0 * width * 4, ch.n * width * 4);
+      }
+      device.queue.submit([enc.finish()]);
+      this.stats.submits++;
+    };
+  }
+
+  /** Logits rows (every row, or the last) of the prompt prefillByLayer left in its buffers. */
+  private async headRows(T: number, lastOnly: boolean): Promise<Float32Array[]> {
+    const D = this.config.hiddenSize;
+    const p = this.prompt!;
+    const chunks = this.chunks(T);
+    const run = this.chunkRunner(0);
     const rows: Float32Array[] = [];
     for (const ch of lastOnly ? chunks.slice(-1) : chunks) {
-      run(ch, [[p.x, a.x, D]], [], []);
-      const enc = device.createCommandEncoder({ label: "prefill.head" });
+      run(ch, [[p.x, this.act.x, D]], [], []);
+      const enc = this.gpu.device.createCommandEncoder({ label: "prefill.head" });
       const n = this.encodeHead(enc, ch.n, lastOnly);
       rows.push(...(await this.submitAndRead(enc, n)).logits);
     }
@@ -995,14 +1158,323 @@ export class GpuModel implements LanguageModel {
     return this.prompt;
   }
 
+  // ---- the decode loop's batches (src/gpu/host.ts) ----
+
+  setRequest(seq: Sequence, req: SamplerRequest): void {
+    this.sampler.writeRequest(seq.sampler, req);
+  }
+
+  /** A ring slot with room for `records` forwards routing `routeWords` (token, layer, k) entries. */
+  private slotFor(records: number, routeWords: number): Slot {
+    const i = this.nextSlot;
+    this.nextSlot = (this.nextSlot + 1) % RING;
+    const old = this.slots[i];
+    if (old && old.records >= records && old.routeWords >= routeWords) return old;
+    if (old) {
+      for (const b of [old.stepTable, old.routeLog, old.missLog, old.staging]) b?.destroy();
+    }
+    const c = this.config;
+    const device = this.gpu.device;
+    records = Math.max(records, old?.records ?? 0, MAX_STEPS_PER_BATCH);
+    routeWords = Math.max(routeWords, old?.routeWords ?? 0);
+    const LE = c.numLayers * c.numExperts;
+    const missWords = this.allResident ? 0 : MAX_STEPS_PER_BATCH * LE;
+    const slot: Slot = {
+      records,
+      routeWords,
+      stepTable: device.createBuffer({
+        label: `steps.${i}`,
+        size: records * STEP_RECORD_BYTES,
+        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      }),
+      routeLog: device.createBuffer({
+        label: `routing_log.${i}`,
+        size: align4(routeWords * 4),
+        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      }),
+      missLog: missWords === 0 ? null : device.createBuffer({
+        label: `miss_log.${i}`,
+        size: missWords * 4,
+        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      }),
+      staging: device.createBuffer({
+        label: `batch_readback.${i}`,
+        size: alignUp(4 * (records + 2), STAGING_ALIGN) + alignUp(routeWords * 4, STAGING_ALIGN) +
+          missWords * 4,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      }),
+    };
+    this.slots[i] = slot;
+    return slot;
+  }
+
+  /**
+   * Encodes the forwards of a batch, each one: its Step record into the Step uniform, embedding
+   * (or, for a rerun, the snapshot of its first layer), layers, then for sampling forwards the
+   * head and the sampler; its routing (and under a budget its miss flags) into the logs. Then the
+   * readback copies: end flag, sampled tokens, routing, misses.
+   */
+  private encodeBatch(
+    seq: Sequence,
+    masked: boolean,
+    records: ForwardRecord[],
+    first: number,
+    count: number,
+    steps: number,
+    sampling: SamplingParams,
+  ): ModelBatch {
+    const c = this.config;
+    const { hiddenSize: D, numLayers: L, topK: K, numExperts: E } = c;
+    const device = this.gpu.device;
+    const routeWords = records.reduce((n, r) => n + r.T * L * K, 0);
+    const slot = this.slotFor(records.length, routeWords);
+    const table = new Uint32Array(records.length * 4);
+    records.forEach((r, i) => table.set([r.T, r.pos0, r.pos0 + r.T, 0], i * 4));
+    device.queue.writeBuffer(slot.stepTable, 0, table);
+    this.startPass(masked);
+    const masking = this.masking;
+    const samplerOps = this.sampler.ops(seq.sampler, sampling);
+    const enc = device.createCommandEncoder({ label: "batch" });
+    records.forEach((r, i) => {
+      enc.copyBufferToBuffer(slot.stepTable, i * STEP_RECORD_BYTES, this.ops.step, 0, 16);
+      if (r.from === 0) {
+        this.encodeEmbed(enc, seq, r.T);
+      } else if (r.from < L) {
+        // a rerun: the residual as it entered layer `from` in the failed pass
+        const rowBytes = r.T * D * 4;
+        enc.copyBufferToBuffer(
+          this.act.snap[r.from],
+          r.snapRow * rowBytes,
+          this.act.x,
+          0,
+          rowBytes,
+        );
+      } // (from === L: x already holds the residual, only the head runs)
+      if (r.missRow >= 0) enc.clearBuffer(this.pool.missed);
+      this.encodeLayers(enc, seq, r.from, L, r.T, r.snapRow);
+      if (r.sample) {
+        this.encodeLogits(enc, r.T, true);
+        const pass = enc.beginComputePass();
+        for (const op of samplerOps) op.record(pass, 1);
+        pass.end();
+      }
+      for (let l = 0; l < L; l++) {
+        const n = r.T * K;
+        enc.copyBufferToBuffer(this.act.idx[l], 0, slot.routeLog, (r.routeAt + l * n) * 4, n * 4);
+      }
+      if (r.missRow >= 0) {
+        enc.copyBufferToBuffer(
+          this.pool.missed,
+          0,
+          slot.missLog!,
+          r.missRow * L * E * 4,
+          L * E * 4,
+        );
+      }
+    });
+    // readback: end flag | tokens | routing | missed
+    const routeOffset = alignUp(4 * (count + 1), STAGING_ALIGN);
+    const missOffset = routeOffset + alignUp(routeWords * 4, STAGING_ALIGN);
+    const missRows = records.filter((r) => r.missRow >= 0).length;
+    enc.copyBufferToBuffer(seq.sampler.state, 0, slot.staging, 0, 4);
+    enc.copyBufferToBuffer(seq.sampler.ids, first * 4, slot.staging, 4, count * 4);
+    enc.copyBufferToBuffer(slot.routeLog, 0, slot.staging, routeOffset, routeWords * 4);
+    if (missRows > 0) {
+      enc.copyBufferToBuffer(slot.missLog!, 0, slot.staging, missOffset, missRows * L * E * 4);
+    }
+    return {
+      seq,
+      first,
+      count,
+      steps,
+      records,
+      slot,
+      masked,
+      masking,
+      commands: enc.finish(),
+      routeOffset,
+      missOffset,
+      readBytes: missOffset + missRows * L * E * 4,
+    };
+  }
+
+  async prefill(
+    seq: Sequence,
+    masked: boolean,
+    ids: number[],
+    pos0: number,
+    sampling: SamplingParams,
+  ): Promise<Batch> {
+    const T = ids.length;
+    const { numLayers: L, topK: K } = this.config;
+    this.writeIds(seq, ids, pos0);
+    let records: ForwardRecord[];
+    if (this.layerwise(T)) {
+      // layer by layer, then a forward of no layer: the last chunk's head and the sampler
+      await this.prefillByLayer(seq, masked, T, pos0);
+      const last = this.chunks(T).at(-1)!;
+      const p = this.prompt!;
+      this.chunkRunner(pos0)(last, [[p.x, this.act.x, this.config.hiddenSize]], [], []);
+      records = [{
+        T: last.n,
+        pos0: pos0 + last.t0,
+        from: L,
+        snapRow: 0,
+        sample: true,
+        routeAt: 0,
+        missRow: -1,
+      }];
+    } else {
+      records = [];
+      let routeAt = 0;
+      const half = this.snapHalf();
+      for (const ch of this.chunks(T)) {
+        records.push({
+          T: ch.n,
+          pos0: pos0 + ch.t0,
+          from: 0,
+          snapRow: half,
+          sample: ch.t0 + ch.n === T,
+          routeAt,
+          // (a budgeted model prefills one token this way: as a decode step, misses checked)
+          missRow: this.allResident ? -1 : 0,
+        });
+        routeAt += ch.n * L * K;
+      }
+      this.stats.steps += records.length;
+    }
+    const b = this.encodeBatch(seq, masked, records, pos0 + T, 1, 0, sampling);
+    this.submit(b);
+    return b;
+  }
+
+  /**
+   * First snapshot row of a batch being encoded: the half of the snapshot buffers that the last
+   * submitted batch does not use, so a batch submitted behind one being read cannot overwrite the
+   * rows a repair of that one restarts from.
+   */
+  private snapHalf(): number {
+    return this.lastHalf === 0 ? MAX_STEPS_PER_BATCH : 0;
+  }
+  /** First snapshot row of the last submitted batch. */
+  private lastHalf = 0;
+
+  encodeSteps(
+    seq: Sequence,
+    masked: boolean,
+    pos0: number,
+    n: number,
+    sampling: SamplingParams,
+  ): Batch {
+    if (n < 1 || n > MAX_STEPS_PER_BATCH) {
+      throw new RangeError(`a batch has 1..${MAX_STEPS_PER_BATCH} steps, not ${n}`);
+    }
+    const { numLayers: L, topK: K } = this.config;
+    const records: ForwardRecord[] = [];
+    const half = this.snapHalf();
+    for (let i = 0; i < n; i++) {
+      records.push({
+        T: 1,
+        pos0: pos0 + i,
+        from: 0,
+        snapRow: half + i,
+        sample: true,
+        routeAt: i * L * K,
+        missRow: this.allResident ? -1 : i,
+      });
+    }
+    return this.encodeBatch(seq, masked, records, pos0 + 1, n, n, sampling);
+  }
+
+  submit(batch: Batch): void {
+    const b = batch as ModelBatch;
+    if (b.commands === null) throw new Error("batch submitted twice");
+    this.gpu.device.queue.submit([b.commands]);
+    this.lastHalf = b.records[0].snapRow < MAX_STEPS_PER_BATCH ? 0 : MAX_STEPS_PER_BATCH;
+    b.commands = null;
+    this.stats.submits++;
+    this.stats.steps += b.steps;
+  }
+
+  async read(batch: Batch, meanwhile?: () => void): Promise<BatchResult> {
+    const b = batch as ModelBatch;
+    const { numLayers: L, topK: K, numExperts: E } = this.config;
+    const staging = b.slot.staging;
+    const mapped = staging.mapAsync(GPUMapMode.READ, 0, b.readBytes);
+    meanwhile?.();
+    await mapped;
+    this.stats.readbacks++;
+    let words: Uint32Array;
+    try {
+      words = new Uint32Array(staging.getMappedRange(0, b.readBytes)).slice();
+    } finally {
+      staging.unmap();
+    }
+    const end = words[0] === NO_END ? -1 : words[0];
+    const tokens = Array.from(words.subarray(1, 1 + b.count));
+    const route = words.subarray(b.routeOffset / 4);
+    const miss = words.subarray(b.missOffset / 4);
+    // the expert cache learns each forward's routing, up to the first real miss
+    this.masking = b.masking;
+    let invalidAt = -1;
+    for (const [i, r] of b.records.entries()) {
+      const routing = route.subarray(r.routeAt, r.routeAt + L * r.T * K);
+      const l0 = r.missRow < 0 ? -1 : this.firstMissedLayer(miss, r.from, r.missRow * L * E);
+      if (l0 < 0) {
+        this.countHits(routing, r.T, r.from, L, r.T);
+        this.scoreGuesses(routing, r.T, r.from, L, r.T);
+        this.guessed = new Set();
+        continue;
+      }
+      invalidAt = i;
+      this.pendingMiss = {
+        routing: routing.slice(),
+        missed: miss.slice(r.missRow * L * E, (r.missRow + 1) * L * E),
+        l0,
+        from: r.from,
+        record: r,
+      };
+      break;
+    }
+    return { tokens, end, invalidAt };
+  }
+
+  /** The miss read() found, kept for repair(). */
+  private pendingMiss: {
+    routing: Uint32Array;
+    missed: Uint32Array;
+    l0: number;
+    from: number;
+    record: ForwardRecord;
+  } | null = null;
+
+  repair(batch: Batch, result: BatchResult, sampling: SamplingParams): Batch {
+    const b = batch as ModelBatch;
+    const m = this.pendingMiss;
+    if (m === null || result.invalidAt < 0) throw new Error("repair() without a miss to repair");
+    this.pendingMiss = null;
+    this.masking = b.masking;
+    this.loadForMiss(m.routing, m.missed, 1, m.from, m.l0, m.from, 1);
+    const r = m.record;
+    const rerun: ForwardRecord = { ...r, from: m.l0, routeAt: 0, missRow: 0 };
+    // the dropped steps ran on invalid tokens and may have set the end flag
+    this.gpu.device.queue.writeBuffer(b.seq.sampler.state, 0, Uint32Array.of(NO_END));
+    const out = this.encodeBatch(b.seq, b.masked, [rerun], r.pos0 + 1, 1, 0, sampling);
+    this.submit(out);
+    return out;
+  }
+
   /** Frees every GPU buffer the model made (sessions free their own KV caches). */
   destroy(): void {
     this.pool.destroy();
     const a = this.act;
+    const lm = this.vocab.lmHead.map((c) => c.w.buffer);
+    const embed = this.vocab.embed.map((c) => c.w.buffer).filter((b) => !lm.includes(b));
     const buffers: GPUBuffer[] = [
       this.rope,
       this.finalNorm,
-      ...this.lmHead.map((c) => c.w.buffer),
+      ...lm,
+      ...embed,
       ...this.layers.flatMap((l) => [
         l.inputNorm,
         l.q.buffer,
@@ -1029,9 +1501,15 @@ export class GpuModel implements LanguageModel {
       a.xLast,
       a.logits,
       a.staging,
+      ...this.slots.flatMap((s) => [s.stepTable, s.routeLog, s.staging]),
+      ...this.slots.flatMap((s) => s.missLog ? [s.missLog] : []),
     ];
     for (const b of buffers) b.destroy();
-    for (const kv of this.allKv) for (const b of kv.buffers) b.destroy();
+    for (const seq of this.allSeqs) {
+      for (const b of seq.kv) b.destroy();
+      this.sampler.destroySequence(seq.sampler);
+    }
+    this.sampler.destroy();
     this.destroyPromptBuffers();
     this.ops.destroy();
     // a device this model opened goes with it (llvmpipe devices left to process exit each keep

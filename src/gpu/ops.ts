@@ -255,7 +255,7 @@ export class Ops implements OpsApi {
     name: string,
     spec: KernelSpec,
     params: Field[],
-    buffers: GPUBuffer[],
+    buffers: (GPUBuffer | GPUBufferBinding)[],
     groupsFor: (nTokens: number) => number,
   ): Op {
     const pipeline = this.shaders.pipeline(spec);
@@ -620,6 +620,34 @@ export class Ops implements OpsApi {
       [a.k, a.hidden],
       [a.y, a.weights, a.out],
       (t) => ceilDiv(t * a.hidden, WG_64),
+    );
+  }
+
+  embed(
+    a: {
+      ids: GPUBuffer;
+      table: WeightRef;
+      first: number;
+      rows: number;
+      hidden: number;
+      out: GPUBuffer;
+    },
+  ): Op {
+    checkMultiple("embed", "hidden", a.hidden, VEC);
+    checkWeightOffset("embed", a.table.dtype, a.table.offsetElems);
+    const w = this.weightBinding("embed", a.table, a.rows, a.hidden);
+    const spec: KernelSpec = {
+      kernel: "embed",
+      bindings: ["uniform", "uniform", "read", "read", "rw"],
+      weights: weightLoader(a.table.dtype, [w.offsetElems], [a.hidden]),
+    };
+    const perToken = a.hidden / VEC;
+    return this.simple(
+      "embed",
+      spec,
+      [a.hidden, a.first, a.rows, w.offsetElems],
+      [a.ids, w.binding, a.out],
+      (t) => ceilDiv(t * perToken, WG_64),
     );
   }
 

@@ -155,6 +155,20 @@ export interface OpsApi {
     },
   ): Op;
 
+  /** Embedding gather: out[t, :] = table[ids[pos0 + t] - first, :] (f32) for tokens whose id is in
+   * [first, first + rows), the rows of the table this op binds (one op per chunk of the table;
+   * the others leave the row alone). table is [rows, hidden] in its dtype. */
+  embed(
+    a: {
+      ids: GPUBuffer;
+      table: WeightRef;
+      first: number;
+      rows: number;
+      hidden: number;
+      out: GPUBuffer;
+    },
+  ): Op;
+
   /** out[0] = index of the largest x[T-1, 0..n) (lowest index on ties), as u32. */
   argmax(a: { x: GPUBuffer; n: number; out: GPUBuffer }): Op;
 }

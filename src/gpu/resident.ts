@@ -1,7 +1,7 @@
 /**
  * Resident weights on the GPU: checkpoint matrices uploaded as they are (packed in u32 for the
- * kernels), norm weights converted to f32, lm_head in chunks that fit one storage binding, and the
- * embedding table left in the mapped checkpoint (rows gathered on the CPU).
+ * kernels), norm weights converted to f32, lm_head and the embedding table in row chunks that fit
+ * one storage binding (one upload when they are tied); the embedding rows are gathered on the GPU.
  */
 import type { LayerWeights, TensorView } from "../types.ts";
 import type { Gpu } from "./device.ts";
@@ -71,12 +71,20 @@ export function uploadLayer(device: GPUDevice, lw: LayerWeights, l: number): Gpu
   };
 }
 
-/** lm_head [V, D] in row chunks that each fit one storage binding. */
-export function uploadLmHead(
+/** Rows [first, first + rows) of a [V, D] matrix, uploaded as one buffer. */
+export interface RowChunk {
+  w: WeightRef;
+  rows: number;
+  first: number;
+}
+
+/** A [V, D] matrix (lm_head, the embedding table) in row chunks that each fit one storage binding. */
+export function uploadRowChunks(
   device: GPUDevice,
   t: TensorView,
   gpu: Gpu,
-): { w: WeightRef; rows: number; first: number }[] {
+  label: string,
+): RowChunk[] {
   const [V, D] = t.shape;
   const rowBytes = t.bytes.byteLength / V;
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
@@ -90,19 +98,24 @@ export function uploadLmHead(
       shape: [rows, D],
       bytes: t.bytes.subarray(first * rowBytes, (first + rows) * rowBytes),
     };
-    chunks.push({ w: uploadMatrix(device, view, `lm_head.${first}`), rows, first });
+    chunks.push({ w: uploadMatrix(device, view, `${label}.${first}`), rows, first });
   }
   return chunks;
 }
 
-/** Embedding rows [D] as f32, read from the mapped table on demand. */
-export function embedGather(t: TensorView): (id: number) => Float32Array {
-  const [, D] = t.shape;
-  const rowBytes = t.bytes.byteLength / t.shape[0];
-  return (id) =>
-    toFloat32({
-      ...t,
-      shape: [1, D],
-      bytes: t.bytes.subarray(id * rowBytes, (id + 1) * rowBytes),
-    });
+/**
+ * lm_head and the embedding table on the GPU, in row chunks. With tie_word_embeddings they are one
+ * tensor, uploaded once and shared.
+ */
+export function uploadVocabMatrices(
+  device: GPUDevice,
+  embed: TensorView,
+  lmHead: TensorView,
+  gpu: Gpu,
+): { embed: RowChunk[]; lmHead: RowChunk[] } {
+  const head = uploadRowChunks(device, lmHead, gpu, lmHead === embed ? "embed_tied" : "lm_head");
+  return {
+    lmHead: head,
+    embed: lmHead === embed ? head : uploadRowChunks(device, embed, gpu, "embed"),
+  };
 }

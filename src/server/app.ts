@@ -1,7 +1,9 @@
 /**
  * The OpenAI-compatible HTTP server: a Hono app whose routes are one table, a wrapper that turns
  * every exception into OpenAI-style JSON, Bearer-key auth on /v1/*, request metrics, and /health
- * answering while the model loads. `serve()` runs it on Deno.serve (127.0.0.1:8000 by default).
+ * answering while the engine loads. `serve()` runs it on Deno.serve (127.0.0.1:8000 by default).
+ * The model runs in an Engine (a WorkerEngine for `main.ts serve`): /health, /metrics and /stats
+ * never wait on it.
  */
 import { type Context, Hono } from "hono";
 import type { LanguageModel } from "../types.ts";
@@ -15,8 +17,9 @@ import {
   ModelLoadingError,
   RouteNotFoundError,
 } from "./errors.ts";
-import { GenerationQueue } from "./queue.ts";
-import { ServerMetrics } from "./metrics.ts";
+import { ServerMetrics, splitEngineStats } from "./metrics.ts";
+import type { Engine } from "../engine/engine.ts";
+import { LocalEngine } from "../engine/local.ts";
 import type { RunnerContext } from "./runner.ts";
 import { chatCompletions, completions, type EndpointContext } from "./endpoints.ts";
 import { modelList } from "./openai_types.ts";
@@ -29,8 +32,11 @@ export const DEFAULT_HOST = "127.0.0.1";
 export const DEFAULT_PORT = 8000;
 
 export interface AppOptions {
-  /** The model, or the promise of it while it loads (/health says "loading" until then). */
-  model: LanguageModel | Promise<LanguageModel>;
+  /** The engine, or the promise of it while it loads (/health says "loading" until then). */
+  engine?: Engine | Promise<Engine>;
+  /** In-process alternative to `engine`: the model (or its promise), run by a LocalEngine. */
+  model?: LanguageModel | Promise<LanguageModel>;
+  /** Encodes prompts and renders the chat template on the server's thread. */
   tokenizer: Tokenizer;
   /** The id clients name in "model" and GET /v1/models lists. */
   modelId: string;
@@ -38,75 +44,84 @@ export interface AppOptions {
   apiKey?: string;
   maxBodyBytes?: number;
   defaultMaxTokens?: number;
-  /** Expert cache figures (hits, misses, evictions, bytesUploaded, coldLoadSeconds, ...). */
+  /** Figures merged over the engine's stats() (hits, misses, evictions, bytesUploaded, ...). */
   cacheStats?: () => Record<string, number>;
+  /** Decode steps per GPU readback for every job; absent or null: adaptive. */
+  stepsPerReadback?: number | null;
 }
 
 type Handler = (c: Context) => Response | Promise<Response>;
 
-/** The model's load state, shared by /health and the endpoints. */
-class ModelState {
-  model: LanguageModel | null = null;
+/** The engine's load state, shared by /health, /metrics, /stats and the endpoints. */
+class EngineState {
+  engine: Engine | null = null;
   failure: string | null = null;
 
-  constructor(model: LanguageModel | Promise<LanguageModel>) {
-    Promise.resolve(model).then(
-      (m) => this.model = m,
+  constructor(engine: Engine | Promise<Engine>) {
+    Promise.resolve(engine).then(
+      (e) => this.engine = e,
       (e) => this.failure = e instanceof Error ? e.message : String(e),
     );
   }
 
-  ready(): LanguageModel {
-    if (this.failure !== null) throw new ModelLoadFailedError(this.failure);
-    if (this.model === null) throw new ModelLoadingError();
-    return this.model;
+  get status(): "ok" | "loading" | "error" {
+    return this.engine ? "ok" : this.failure !== null ? "error" : "loading";
   }
+
+  ready(): Engine {
+    if (this.failure !== null) throw new ModelLoadFailedError(this.failure);
+    if (this.engine === null) throw new ModelLoadingError();
+    return this.engine;
+  }
+}
+
+/** The engine given, or a LocalEngine over the model given. */
+function engineOf(opts: AppOptions): Engine | Promise<Engine> {
+  if (opts.engine !== undefined) return opts.engine;
+  if (opts.model === undefined) throw new TypeError("createApp() needs an engine or a model");
+  return Promise.resolve(opts.model).then((m) => new LocalEngine(m, opts.tokenizer));
 }
 
 const INDEX_HTML = new URL("../../web/index.html", import.meta.url);
 
-/** Hit rate from hits and misses when the callback does not give one. */
-function withHitRate(stats: Record<string, number>): Record<string, number> {
-  if ("hitRate" in stats || !("hits" in stats && "misses" in stats)) return stats;
-  const total = stats.hits + stats.misses;
-  return { ...stats, hitRate: total > 0 ? stats.hits / total : 0 };
-}
-
 export function createApp(opts: AppOptions): Hono {
-  const state = new ModelState(opts.model);
-  const queue = new GenerationQueue();
+  const state = new EngineState(engineOf(opts));
   const metrics = new ServerMetrics();
   const created = Math.floor(Date.now() / 1000);
   let template: ChatTemplate | null = null;
-  const cacheStats = () => withHitRate(opts.cacheStats?.() ?? {});
+  /** The engine's latest figures (never waits on a worker), plus the cacheStats callback's. */
+  const engineStats = () => splitEngineStats({ ...state.engine?.stats(), ...opts.cacheStats?.() });
   const ctx: EndpointContext = {
     modelId: opts.modelId,
     maxBodyBytes: opts.maxBodyBytes ?? DEFAULT_MAX_BODY_BYTES,
     runner: (): RunnerContext => ({
-      model: state.ready(),
+      engine: state.ready(),
       tokenizer: opts.tokenizer,
-      queue,
       metrics,
       defaultMaxTokens: opts.defaultMaxTokens ?? DEFAULT_MAX_TOKENS,
+      stepsPerReadback: opts.stepsPerReadback ?? null,
     }),
     template: () => template ??= chatTemplateFromConfig(opts.tokenizer.config, opts.tokenizer),
   };
 
   const health: Handler = (c) => {
     if (state.failure !== null) return c.json({ status: "error", error: state.failure }, 500);
-    return state.model ? c.json({ status: "ok" }) : c.json({ status: "loading" }, 503);
+    return state.engine ? c.json({ status: "ok" }) : c.json({ status: "loading" }, 503);
   };
-  const stats: Handler = (c) =>
-    c.json({
+  const stats: Handler = (c) => {
+    const s = engineStats();
+    return c.json({
       model: opts.modelId,
-      status: state.model ? "ok" : state.failure ? "error" : "loading",
+      status: state.status,
       generations: metrics.generations,
       promptTokens: metrics.promptTokens,
       completionTokens: metrics.completionTokens,
       tokensPerSecond: metrics.lastTokensPerSecond,
-      queue: { waiting: queue.waiting, busy: queue.busy },
-      cache: cacheStats(),
+      queue: s.queue,
+      sessions: s.sessions,
+      cache: s.cache,
     });
+  };
   const page: Handler = async (c) => c.html(await Deno.readTextFile(INDEX_HTML));
 
   // deno-fmt-ignore
@@ -115,7 +130,7 @@ export function createApp(opts: AppOptions): Hono {
     ["POST", "/v1/completions",      (c) => completions(ctx, c.req.raw)],
     ["GET",  "/v1/models",           (c) => c.json(modelList(opts.modelId, created))],
     ["GET",  "/health",              health],
-    ["GET",  "/metrics",             (c) => c.text(metrics.render(queue, cacheStats()))],
+    ["GET",  "/metrics",             (c) => c.text(metrics.render(engineStats()))],
     ["GET",  "/stats",               stats],
     ["GET",  "/",                    page],
   ];

@@ -154,7 +154,7 @@ export async function completions(ctx: EndpointContext, req: Request): Promise<R
   const arrival = performance.now();
   const body = await readJsonBody(req, ctx.maxBodyBytes);
   const runner = ctx.runner();
-  const parsed = parseCompletionRequest(body, runner.model.config.vocabSize);
+  const parsed = parseCompletionRequest(body, runner.engine.info.config.vocabSize);
   checkModel(parsed.model, ctx.modelId);
   const ids = typeof parsed.prompt === "string"
     ? runner.tokenizer.encode(parsed.prompt)

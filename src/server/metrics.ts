@@ -1,7 +1,7 @@
 /**
  * Server counters and their Prometheus text exposition (format 0.0.4): requests by route and
- * status, prompt and completion tokens, time to first token, decode tokens/s, queue depth, and
- * the expert cache's figures from the runtime's cacheStats() callback.
+ * status, prompt and completion tokens, time to first token, decode tokens/s, and the engine's
+ * figures (queue depth, live sessions, the expert cache's and GPU counters) from its stats().
  */
 
 /** Prefix of every metric name. */
@@ -15,6 +15,29 @@ export interface GenerationTiming {
   ttftSeconds: number;
   /** First to last token. */
   decodeSeconds: number;
+}
+
+/** An engine's stats() snapshot, grouped for /stats and /metrics. */
+export interface EngineFigures {
+  queue: { waiting: number; busy: boolean };
+  sessions: { live: number; created: number };
+  /** Every other figure: the expert cache's (with hitRate) and the GPU counters. */
+  cache: Record<string, number>;
+}
+
+/** Groups a stats() snapshot; hitRate comes from hits and misses when the engine gives none. */
+export function splitEngineStats(stats: Record<string, number>): EngineFigures {
+  const { queueWaiting = 0, queueBusy = 0, liveSessions = 0, sessionsCreated = 0, ...cache } =
+    stats;
+  if (!("hitRate" in cache) && "hits" in cache && "misses" in cache) {
+    const total = cache.hits + cache.misses;
+    cache.hitRate = total > 0 ? cache.hits / total : 0;
+  }
+  return {
+    queue: { waiting: queueWaiting, busy: queueBusy > 0 },
+    sessions: { live: liveSessions, created: sessionsCreated },
+    cache,
+  };
 }
 
 /** camelCase or spaced key -> snake_case metric name part. */
@@ -55,8 +78,9 @@ export class ServerMetrics {
     }
   }
 
-  /** Prometheus text; `cache` holds the expert cache figures (names become snake_case). */
-  render(queue: { waiting: number; busy: boolean }, cache: Record<string, number> = {}): string {
+  /** Prometheus text; the cache figures' names become snake_case. */
+  render(engine: EngineFigures = splitEngineStats({})): string {
+    const { queue, sessions, cache } = engine;
     const lines: string[] = [];
     const metric = (name: string, type: string, help: string, samples: [string, number][]) => {
       lines.push(`# HELP ${PREFIX}_${name} ${help}`, `# TYPE ${PREFIX}_${name} ${type}`);
@@ -89,6 +113,7 @@ export class ServerMetrics {
     ]]);
     metric("queue_waiting", "gauge", "Requests waiting for the model.", [["", queue.waiting]]);
     metric("queue_busy", "gauge", "1 while a generation runs.", [["", queue.busy ? 1 : 0]]);
+    metric("live_sessions", "gauge", "Sessions holding a KV cache.", [["", sessions.live]]);
     for (const [key, v] of Object.entries(cache)) {
       if (typeof v !== "number" || !Number.isFinite(v)) continue;
       metric(`expert_cache_${snake(key)}`, "gauge", `Expert cache ${key}.`, [["", v]]);

@@ -1,4 +1,7 @@
-/** The server's public face: the app, serve(), the CLI command, and its error classes. */
+/**
+ * The server's public face: the app, serve(), the CLI command, its error classes, and the engines
+ * it runs on (in-process LocalEngine, WorkerEngine in a Deno Worker).
+ */
 export {
   type AppOptions,
   createApp,
@@ -19,3 +22,12 @@ export type {
   ModelList,
   Usage,
 } from "./openai_types.ts";
+export type { Engine, EngineInfo, EngineJob } from "../engine/engine.ts";
+export { EngineClosedError } from "../engine/engine.ts";
+export { eosIds, LocalEngine, type LocalEngineOptions, runtimeStats } from "../engine/local.ts";
+export {
+  type EngineModel,
+  type EngineSpec,
+  EngineWorkerError,
+  WorkerEngine,
+} from "../engine/worker_engine.ts";

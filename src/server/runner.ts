@@ -1,23 +1,24 @@
 /**
- * Runs one request's generation: waits its turn in the model's queue, opens a Session of its own,
- * generates, and always frees the session and releases the queue (finished, failed or aborted),
- * recording the timings in the metrics.
+ * Runs one request's generation on the engine (which queues it, opens and frees its session),
+ * recording time to first token and decode speed in the server's metrics, measured here on the
+ * server's thread as the pieces arrive.
  */
-import type { LanguageModel, Session } from "../types.ts";
 import type { Tokenizer } from "../tokenizer.ts";
-import { generate, type GenerationResult, type Piece } from "../generate.ts";
+import type { GenerationResult, Piece } from "../generate.ts";
 import type { SamplingParams } from "../sampling.ts";
+import type { Engine } from "../engine/engine.ts";
 import { ContextLengthError, InvalidParameterError } from "./errors.ts";
-import type { GenerationQueue } from "./queue.ts";
 import type { ServerMetrics } from "./metrics.ts";
 
 export interface RunnerContext {
-  model: LanguageModel;
+  engine: Engine;
+  /** Encodes prompts on the server's thread (the engine decodes with its own copy). */
   tokenizer: Tokenizer;
-  queue: GenerationQueue;
   metrics: ServerMetrics;
   /** max_tokens when the request gives none (still capped by the context left). */
   defaultMaxTokens: number;
+  /** Decode steps per GPU readback for every job; null: the runtime's adaptive choice. */
+  stepsPerReadback: number | null;
 }
 
 export interface Job {
@@ -38,11 +39,12 @@ export interface Job {
 /** Checks the prompt and max_tokens against the context; returns the max_tokens to use. */
 export function resolveMaxTokens(ctx: RunnerContext, job: Job): number {
   const n = job.promptIds.length;
-  const room = ctx.model.maxContext - n;
+  const maxContext = ctx.engine.info.maxContext;
+  const room = maxContext - n;
   if (n === 0) throw new InvalidParameterError(job.promptParam, "the prompt encodes to no tokens");
   if (room < 1) {
     throw new ContextLengthError(
-      `this model's maximum context length is ${ctx.model.maxContext} tokens and the prompt has ` +
+      `this model's maximum context length is ${maxContext} tokens and the prompt has ` +
         `${n}, leaving no room to generate; shorten the ${job.promptParam}`,
       job.promptParam,
     );
@@ -50,7 +52,7 @@ export function resolveMaxTokens(ctx: RunnerContext, job: Job): number {
   if (job.maxTokens === null) return Math.min(ctx.defaultMaxTokens, room);
   if (job.maxTokens > room) {
     throw new ContextLengthError(
-      `this model's maximum context length is ${ctx.model.maxContext} tokens; you requested ` +
+      `this model's maximum context length is ${maxContext} tokens; you requested ` +
         `${n + job.maxTokens} (${n} in the prompt, ${job.maxTokens} for max_tokens); lower ` +
         `max_tokens to at most ${room} or shorten the ${job.promptParam}`,
       "max_tokens",
@@ -59,36 +61,23 @@ export function resolveMaxTokens(ctx: RunnerContext, job: Job): number {
   return job.maxTokens;
 }
 
-/** Every id that ends generation: config.json's eos_token_id list plus the tokenizer's eos. */
-export function eosIds(ctx: RunnerContext): number[] {
-  const ids = new Set(ctx.model.config.eosTokenIds);
-  if (ctx.tokenizer.eosTokenId !== null) ids.add(ctx.tokenizer.eosTokenId);
-  return [...ids];
-}
-
 /** Generates for `job` in its turn; the caller must have checked it with resolveMaxTokens. */
 export async function* runJob(
   ctx: RunnerContext,
   job: Job,
   maxTokens: number,
 ): AsyncGenerator<Piece, GenerationResult> {
-  const release = await ctx.queue.acquire(job.signal);
-  let session: Session | null = null;
+  const it = ctx.engine.run({
+    promptIds: job.promptIds,
+    maxTokens,
+    stop: job.stop,
+    sampling: job.sampling,
+    routerMasking: job.routerMasking,
+    stepsPerReadback: ctx.stepsPerReadback,
+  }, job.signal);
   let first = 0;
   let last = 0;
   try {
-    session = ctx.model.newSession(
-      job.routerMasking === null ? {} : { routerMasking: job.routerMasking },
-    );
-    const it = generate(session, {
-      promptIds: job.promptIds,
-      maxTokens,
-      sampling: job.sampling,
-      eosIds: eosIds(ctx),
-      stop: job.stop,
-      decoder: ctx.tokenizer.streamDecoder({ skipSpecial: true }),
-      signal: job.signal,
-    });
     while (true) {
       const step = await it.next();
       last = performance.now();
@@ -105,7 +94,6 @@ export async function* runJob(
       yield step.value;
     }
   } finally {
-    session?.free();
-    release();
+    await it.return(undefined as never); // ended early (client gone): the engine frees the session
   }
 }

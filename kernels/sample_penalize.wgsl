@@ -1,0 +1,56 @@
+// Sampler penalties, pass 2 of 2: x[i] = logits[i] with the repetition penalty if token i occurs
+// in the history (counts[i] != 0), then minus count * frequency + presence if it occurs among the
+// generated tokens; counts[i] is reset to 0 for the next step. One invocation per token.
+
+// The request (src/gpu/sampler.ts writes it; every kernels/sample_*.wgsl declares the same struct).
+struct Request {
+  vocab: u32,
+  capacity: u32,
+  gen_start: u32,
+  max_end: u32,
+  top_k: u32,
+  // ceil(top_p * 2^24)
+  top_p24: u32,
+  seed_lo: u32,
+  seed_hi: u32,
+  n_eos: u32,
+  min_p: f32,
+  inv_t: f32,
+  rep: f32,
+  inv_rep: f32,
+  presence: f32,
+  frequency: f32,
+  // 0.0, added to products that an addition follows: a compiler may contract a * b + c into one
+  // fma (one rounding instead of two); with a * b + zero it can only fuse the harmless add.
+  zero: f32,
+  eos: array<vec4<u32>, 2>,
+}
+
+@group(0) @binding(1) var<uniform> req: Request;
+@group(0) @binding(2) var<storage, read> logits: array<f32>; // [vocab], row 0
+@group(0) @binding(3) var<storage, read_write> counts: array<u32>; // [vocab]
+@group(0) @binding(4) var<storage, read_write> x: array<f32>; // [vocab]
+
+const WG: u32 = 64u;
+// Generated occurrences in counts[i] (the top bit is kernels/sample_counts.wgsl's SEEN).
+const GENERATED: u32 = 0x7fffffffu;
+
+@compute @workgroup_size(WG)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (i >= req.vocab) {
+    return;
+  }
+  let c = counts[i];
+  counts[i] = 0u;
+  var v = logits[i];
+  if (c != 0u) {
+    // rep = 1 gives v * 1 = v: no test of it needed.
+    v = select(v * req.rep, v * req.inv_rep, v > 0.0) + req.zero;
+    let generated = c & GENERATED;
+    if (generated != 0u) {
+      v = v - ((f32(generated) * req.frequency + req.zero) + req.presence);
+    }
+  }
+  x[i] = v;
+}
