@@ -18,6 +18,7 @@ import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
 import { ExpertPool, fittingExpertSlots } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
+import { Residency } from "./residency.ts";
 import {
   CheckpointExperts,
   ExpertBudgetError,
@@ -223,17 +224,10 @@ export class GpuModel implements LanguageModel, ForwardHost {
   /** Readback ring of the decode loop (made on first use) and the next slot to use. */
   private slots: Slot[] = [];
   private nextSlot = 0;
-  /** Experts loaded speculatively for the step being repaired, not yet scored. */
-  private guessed = new Set<number>();
   /** Whether open() made the device (then destroy() destroys it too). */
   private ownsGpu = false;
-  /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
-  private clock = 0;
-
-  private tick(): number {
-    this.clock += 1 / this.config.numLayers;
-    return this.clock;
-  }
+  /** What to load under a budget, and what the cache learns from each pass. */
+  private res: Residency;
   private routingOffset: number;
   private missedOffset: number;
 
@@ -279,6 +273,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
       opts.policy ?? new LruPolicy<number>(),
     );
     this.allResident = slots === total;
+    this.res = new Residency(c, this.cache, this.stats, this.prefetch, () => this.onRouting);
 
     const f32 = (n: number, label: string) =>
       device.createBuffer({
@@ -511,7 +506,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
           slots: this.pool.slotTable,
           slotBase: l * E,
           numExperts: E,
-          minResident: this.layerQuota,
+          minResident: this.res.layerQuota,
         })]
         : []),
       this.ops.topk({
@@ -583,18 +578,16 @@ export class GpuModel implements LanguageModel, ForwardHost {
   // ---- recording ----
 
   /**
-   * Whether the pass being recorded routes among resident experts only: the session asked for
-   * router masking and the cache is full (free slots are filled by normal loads first, so the
+   * Sets whether the pass being recorded routes among resident experts only: the session asked
+   * for router masking and the cache is full (free slots are filled by normal loads first, so the
    * mask never leaves budget unused).
    */
-  private masking = false;
-
   private startPass(masked: boolean): void {
-    this.masking = masked && this.cache.isFull;
+    this.res.masking = masked && this.cache.isFull;
   }
 
   private router(l: number): Op[] {
-    return this.masking ? this.maskedRouterOps[l] : this.routerOps[l];
+    return this.res.masking ? this.maskedRouterOps[l] : this.routerOps[l];
   }
 
   /**
@@ -786,51 +779,10 @@ export class GpuModel implements LanguageModel, ForwardHost {
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      this.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
+      this.res.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
       return r.logits;
     }
     return this.decodeOptimistic(seq, masked, T, lastOnly);
-  }
-
-  /** Distinct expert keys routed at layer l for the T rows of a routing block whose layers are
-   * `stride` entries apart. */
-  private routedKeys(routing: Uint32Array, stride: number, l: number, T: number): number[] {
-    const { numExperts: E, topK: K } = this.config;
-    const base = l * stride * K;
-    const keys = new Set<number>();
-    for (let i = 0; i < T * K; i++) keys.add(l * E + routing[base + i]);
-    return [...keys];
-  }
-
-  /** Hands a layer's final routing (experts [T*K], token-major) to onRouting. */
-  private emitRouting(routing: Uint32Array, stride: number, l: number, T: number): void {
-    if (!this.onRouting) return;
-    const base = l * stride * this.config.topK;
-    this.onRouting(l, routing.slice(base, base + T * this.config.topK));
-  }
-
-  /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
-  private countHits(
-    routing: Uint32Array,
-    stride: number,
-    from: number,
-    to: number,
-    T: number,
-  ): void {
-    for (let l = from; l < to; l++) {
-      this.emitRouting(routing, stride, l, T);
-      // (with router masking, absent experts picked with weight 0 are not uses)
-      const keys = this.routedKeys(routing, stride, l, T).filter((k) => this.cache.isResident(k));
-      this.cache.metrics.hits += keys.length;
-      this.cache.touch(keys, this.tick());
-    }
-  }
-
-  private load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
-    const before = this.cache.loads;
-    const ok = this.cache.load(key, now, protect, speculative);
-    this.stats.expertLoads += this.cache.loads - before;
-    return ok;
   }
 
   /** The optimistic decode of forward(): reruns from the first missed layer until none misses. */
@@ -847,7 +799,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     let from = 0;
     /** Layers below this are final and counted. */
     let counted = 0;
-    this.guessed = new Set<number>();
+    this.res.guessed = new Set<number>();
     for (;;) {
       const enc = device.createCommandEncoder({ label: "decode" });
       if (from > 0) {
@@ -862,132 +814,21 @@ export class GpuModel implements LanguageModel, ForwardHost {
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      const l0 = this.firstMissedLayer(r.missed, from);
+      const l0 = this.res.firstMissedLayer(r.missed, from);
       if (l0 < 0) {
-        this.countHits(r.routing, stride, counted, L, T);
-        this.scoreGuesses(r.routing, stride, counted, L, T);
+        this.res.countHits(r.routing, stride, counted, L, T);
+        this.res.scoreGuesses(r.routing, stride, counted, L, T);
         return r.logits;
       }
-      this.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
+      this.res.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
       counted = l0 + 1;
       from = l0;
     }
   }
 
-  /**
-   * A pass that started at layer `from` found its first real miss at layer l0: counts the final
-   * layers [counted, l0), then loads exactly what l0 routed to (its input was exact) and, with
-   * prefetch, the experts later layers flagged on their approximate input.
-   */
-  private loadForMiss(
-    routing: Uint32Array,
-    missed: Uint32Array,
-    stride: number,
-    counted: number,
-    l0: number,
-    from: number,
-    T: number,
-  ): void {
-    const { numLayers: L, numExperts: E } = this.config;
-    this.countHits(routing, stride, counted, l0, T);
-    this.scoreGuesses(routing, stride, counted, l0, T);
-    // layer l0 saw its true input: load exactly what it routed to
-    this.emitRouting(routing, stride, l0, T);
-    const routed = this.routedKeys(routing, stride, l0, T);
-    const protect = this.protectedKeys(routed, l0);
-    const now = this.tick();
-    for (const key of routed) {
-      if (this.cache.isResident(key)) {
-        this.cache.metrics.hits++;
-        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
-        continue;
-      }
-      this.cache.metrics.misses++;
-      if (this.guessed.has(key)) this.stats.prefetchUseful++;
-      else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
-      if (!this.load(key, now, protect)) {
-        throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
-      }
-    }
-    this.cache.touch(routed, now);
-    // later layers ran on an approximate input: their flagged experts are good guesses
-    this.guessed = new Set();
-    if (this.prefetch && !this.masking) {
-      for (let l = l0 + 1; l < L; l++) {
-        for (const key of this.routedKeys(routing, stride, l, T)) {
-          if (this.cache.isResident(key)) protect.add(key);
-        }
-      }
-      for (let l = l0 + 1; l < L; l++) {
-        for (let e = 0; e < E; e++) {
-          const key = l * E + e;
-          if (!missed[key]) continue;
-          if (!this.load(key, now, protect, true)) break;
-          protect.add(key);
-          this.guessed.add(key);
-        }
-      }
-    }
-    this.stats.reruns++;
-  }
-
-  /**
-   * The first layer from `from` on whose missed flags mean a real miss: any flag in exact mode;
-   * with router masking only in a layer below its share of slots (elsewhere the flags come from
-   * absent experts picked with weight 0, which add nothing).
-   */
-  private firstMissedLayer(missed: Uint32Array, from: number, at = 0): number {
-    const { numLayers: L, numExperts: E } = this.config;
-    for (let l = from; l < L; l++) {
-      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) continue;
-      for (let e = 0; e < E; e++) if (missed[at + l * E + e]) return l;
-    }
-    return -1;
-  }
-
-  /** With router masking, each layer's share of the slots: a layer with fewer resident experts
-   * routes exactly and loads (evicting from layers above their share), one with at least this
-   * many routes among its resident experts. */
+  /** With router masking, each layer's share of the expert slots (see Residency). */
   get layerQuota(): number {
-    return Math.max(1, Math.floor(this.cache.capacity / this.config.numLayers));
-  }
-
-  /** With router masking: up to layerQuota resident experts of each layer but l, kept so that
-   * loads for l evict from layers above their share (empty when they and `need` more slots do
-   * not fit together). */
-  private lastOfOtherLayers(l: number, need: number): number[] {
-    if (!this.masking) return [];
-    const keep: number[] = [];
-    for (let other = 0; other < this.config.numLayers; other++) {
-      if (other === l) continue;
-      let n = 0;
-      for (const k of this.cache.residentIn(other)) {
-        if (n++ === this.layerQuota) break;
-        keep.push(k);
-      }
-    }
-    return keep.length + need <= this.cache.capacity ? keep : [];
-  }
-
-  /** Keys a load for layer l must not evict: l's routed experts (and see lastOfOtherLayers). */
-  private protectedKeys(routed: number[], l: number): Set<number> {
-    return new Set([...routed, ...this.lastOfOtherLayers(l, routed.length)]);
-  }
-
-  /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
-  private scoreGuesses(
-    routing: Uint32Array,
-    stride: number,
-    from: number,
-    to: number,
-    T: number,
-  ): void {
-    if (this.guessed.size === 0) return;
-    for (let l = from; l < to; l++) {
-      for (const key of this.routedKeys(routing, stride, l, T)) {
-        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
-      }
-    }
+    return this.res.layerQuota;
   }
 
   /** Whether a forward of T tokens goes layer by layer over the whole prompt (routing read
@@ -1016,7 +857,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     pos0: number,
   ): Promise<void> {
     const c = this.config;
-    const { hiddenSize: D, topK: K, numExperts: E } = c;
+    const { hiddenSize: D, topK: K } = c;
     const chunks = this.chunks(T);
     const p = this.promptBuffers(T);
     this.stats.steps++;
@@ -1036,32 +877,10 @@ export class GpuModel implements LanguageModel, ForwardHost {
       const idx = await readU32(this.gpu, p.idx, 0, T * K);
       this.stats.readbacks++;
       this.onRouting?.(l, idx);
-      let keys = [...new Set(idx)].map((e) => l * E + e);
-      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) {
-        // routed among resident experts; absent picks carry weight 0 and need no load
-        keys = keys.filter((k) => this.cache.isResident(k));
-      }
-      // resident experts first: they need no load
-      keys.sort((x, y) => Number(this.cache.isResident(y)) - Number(this.cache.isResident(x)));
-      this.stats.prefillRouted += keys.length;
-      const now = this.tick();
-      const groupSize = this.cache.capacity - this.lastOfOtherLayers(l, 1).length;
+      const now = this.res.tick();
       // 2. experts, group by group
-      for (let g = 0; g < keys.length; g += groupSize) {
-        const group = keys.slice(g, g + groupSize);
-        const protect = this.protectedKeys(group, l);
-        for (const key of group) {
-          if (this.cache.isResident(key)) {
-            this.cache.metrics.hits++;
-            continue;
-          }
-          this.cache.metrics.misses++;
-          this.stats.prefillLoads++;
-          if (!this.load(key, now, protect)) {
-            throw new ExpertBudgetError(`no slot free for layer ${l}'s experts`);
-          }
-        }
-        this.cache.touch(group, now);
+      for (const group of this.res.prefillGroups(l, idx)) {
+        this.res.loadGroup(l, group, now);
         for (const ch of chunks) {
           run(ch, [[p.xn, a.xn, D], [p.idx, a.idx[l], K], [p.y, a.y, K * D]], this.expertOps[l], [
             [a.y, p.y, K * D],
@@ -1232,7 +1051,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     records.forEach((r, i) => table.set([r.T, r.pos0, r.pos0 + r.T, 0], i * 4));
     device.queue.writeBuffer(slot.stepTable, 0, table);
     this.startPass(masked);
-    const masking = this.masking;
+    const masking = this.res.masking;
     const samplerOps = this.sampler.ops(seq.sampler, sampling);
     const enc = device.createCommandEncoder({ label: "batch" });
     records.forEach((r, i) => {
@@ -1415,15 +1234,15 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const route = words.subarray(b.routeOffset / 4);
     const miss = words.subarray(b.missOffset / 4);
     // the expert cache learns each forward's routing, up to the first real miss
-    this.masking = b.masking;
+    this.res.masking = b.masking;
     let invalidAt = -1;
     for (const [i, r] of b.records.entries()) {
       const routing = route.subarray(r.routeAt, r.routeAt + L * r.T * K);
-      const l0 = r.missRow < 0 ? -1 : this.firstMissedLayer(miss, r.from, r.missRow * L * E);
+      const l0 = r.missRow < 0 ? -1 : this.res.firstMissedLayer(miss, r.from, r.missRow * L * E);
       if (l0 < 0) {
-        this.countHits(routing, r.T, r.from, L, r.T);
-        this.scoreGuesses(routing, r.T, r.from, L, r.T);
-        this.guessed = new Set();
+        this.res.countHits(routing, r.T, r.from, L, r.T);
+        this.res.scoreGuesses(routing, r.T, r.from, L, r.T);
+        this.res.guessed = new Set();
         continue;
       }
       invalidAt = i;
@@ -1453,8 +1272,8 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const m = this.pendingMiss;
     if (m === null || result.invalidAt < 0) throw new Error("repair() without a miss to repair");
     this.pendingMiss = null;
-    this.masking = b.masking;
-    this.loadForMiss(m.routing, m.missed, 1, m.from, m.l0, m.from, 1);
+    this.res.masking = b.masking;
+    this.res.loadForMiss(m.routing, m.missed, 1, m.from, m.l0, m.from, 1);
     const r = m.record;
     const rerun: ForwardRecord = { ...r, from: m.l0, routeAt: 0, missRow: 0 };
     // the dropped steps ran on invalid tokens and may have set the end flag

@@ -1,0 +1,235 @@
+/**
+ * Which experts are loaded, and what the expert cache learns from each pass: the decisions of
+ * running under an expert budget, apart from the forward pass that computes (src/gpu/model.ts).
+ *
+ * - A pass that routed to absent experts: its first missed layer saw its exact input, so exactly
+ *   what that layer routed to is loaded; with prefetch, the experts later layers flagged on their
+ *   approximate input are loaded along (guesses, scored when the final routing arrives).
+ * - A pass whose layers all found their experts: each layer's distinct routed experts are hits
+ *   that the eviction policy hears about (its clock advances 1/L per layer visit).
+ * - Router masking: each layer's share of the slots (layerQuota); a layer below it routes exactly
+ *   and loads, evicting from layers above their share.
+ * - Prefill under a budget: each layer's routed experts in groups that fit the slots.
+ *
+ * Keys are l*E + e. Routing blocks are [L][T*K] with layers `stride` tokens apart.
+ */
+import type { ModelConfig } from "../types.ts";
+import { ExpertBudgetError, type ExpertCache } from "./expert_cache.ts";
+import type { StepStats } from "./host.ts";
+
+export class Residency {
+  /** Whether the pass being recorded or read routes among resident experts only. */
+  masking = false;
+  /** Experts loaded speculatively for the pass being repaired, not yet scored. */
+  guessed = new Set<number>();
+  /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
+  private clock = 0;
+
+  constructor(
+    private config: ModelConfig,
+    private cache: ExpertCache,
+    private stats: StepStats,
+    private prefetch: boolean,
+    /** The routing hook of the model (GpuModel.onRouting), read at each use. */
+    private onRouting: () => ((layer: number, experts: Uint32Array) => void) | undefined,
+  ) {}
+
+  tick(): number {
+    this.clock += 1 / this.config.numLayers;
+    return this.clock;
+  }
+
+  /** Distinct expert keys routed at layer l for the T rows of a routing block whose layers are
+   * `stride` entries apart. */
+  routedKeys(routing: Uint32Array, stride: number, l: number, T: number): number[] {
+    const { numExperts: E, topK: K } = this.config;
+    const base = l * stride * K;
+    const keys = new Set<number>();
+    for (let i = 0; i < T * K; i++) keys.add(l * E + routing[base + i]);
+    return [...keys];
+  }
+
+  /** Hands a layer's final routing (experts [T*K], token-major) to onRouting. */
+  emitRouting(routing: Uint32Array, stride: number, l: number, T: number): void {
+    const onRouting = this.onRouting();
+    if (!onRouting) return;
+    const base = l * stride * this.config.topK;
+    onRouting(l, routing.slice(base, base + T * this.config.topK));
+  }
+
+  /** Layers [from, to) ran with all their experts resident: hits for the policy and metrics. */
+  countHits(
+    routing: Uint32Array,
+    stride: number,
+    from: number,
+    to: number,
+    T: number,
+  ): void {
+    for (let l = from; l < to; l++) {
+      this.emitRouting(routing, stride, l, T);
+      // (with router masking, absent experts picked with weight 0 are not uses)
+      const keys = this.routedKeys(routing, stride, l, T).filter((k) => this.cache.isResident(k));
+      this.cache.metrics.hits += keys.length;
+      this.cache.touch(keys, this.tick());
+    }
+  }
+
+  load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
+    const before = this.cache.loads;
+    const ok = this.cache.load(key, now, protect, speculative);
+    this.stats.expertLoads += this.cache.loads - before;
+    return ok;
+  }
+
+  /**
+   * A pass that started at layer `from` found its first real miss at layer l0: counts the final
+   * layers [counted, l0), then loads exactly what l0 routed to (its input was exact) and, with
+   * prefetch, the experts later layers flagged on their approximate input.
+   */
+  loadForMiss(
+    routing: Uint32Array,
+    missed: Uint32Array,
+    stride: number,
+    counted: number,
+    l0: number,
+    from: number,
+    T: number,
+  ): void {
+    const { numLayers: L, numExperts: E } = this.config;
+    this.countHits(routing, stride, counted, l0, T);
+    this.scoreGuesses(routing, stride, counted, l0, T);
+    // layer l0 saw its true input: load exactly what it routed to
+    this.emitRouting(routing, stride, l0, T);
+    const routed = this.routedKeys(routing, stride, l0, T);
+    const protect = this.protectedKeys(routed, l0);
+    const now = this.tick();
+    for (const key of routed) {
+      if (this.cache.isResident(key)) {
+        this.cache.metrics.hits++;
+        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
+        continue;
+      }
+      this.cache.metrics.misses++;
+      if (this.guessed.has(key)) this.stats.prefetchUseful++;
+      else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
+      if (!this.load(key, now, protect)) {
+        throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
+      }
+    }
+    this.cache.touch(routed, now);
+    // later layers ran on an approximate input: their flagged experts are good guesses
+    this.guessed = new Set();
+    if (this.prefetch && !this.masking) {
+      for (let l = l0 + 1; l < L; l++) {
+        for (const key of this.routedKeys(routing, stride, l, T)) {
+          if (this.cache.isResident(key)) protect.add(key);
+        }
+      }
+      for (let l = l0 + 1; l < L; l++) {
+        for (let e = 0; e < E; e++) {
+          const key = l * E + e;
+          if (!missed[key]) continue;
+          if (!this.load(key, now, protect, true)) break;
+          protect.add(key);
+          this.guessed.add(key);
+        }
+      }
+    }
+    this.stats.reruns++;
+  }
+
+  /**
+   * The first layer from `from` on whose missed flags mean a real miss: any flag in exact mode;
+   * with router masking only in a layer below its share of slots (elsewhere the flags come from
+   * absent experts picked with weight 0, which add nothing).
+   */
+  firstMissedLayer(missed: Uint32Array, from: number, at = 0): number {
+    const { numLayers: L, numExperts: E } = this.config;
+    for (let l = from; l < L; l++) {
+      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) continue;
+      for (let e = 0; e < E; e++) if (missed[at + l * E + e]) return l;
+    }
+    return -1;
+  }
+
+  /** With router masking, each layer's share of the slots: a layer with fewer resident experts
+   * routes exactly and loads (evicting from layers above their share), one with at least this
+   * many routes among its resident experts. */
+  get layerQuota(): number {
+    return Math.max(1, Math.floor(this.cache.capacity / this.config.numLayers));
+  }
+
+  /** With router masking: up to layerQuota resident experts of each layer but l, kept so that
+   * loads for l evict from layers above their share (empty when they and `need` more slots do
+   * not fit together). */
+  lastOfOtherLayers(l: number, need: number): number[] {
+    if (!this.masking) return [];
+    const keep: number[] = [];
+    for (let other = 0; other < this.config.numLayers; other++) {
+      if (other === l) continue;
+      let n = 0;
+      for (const k of this.cache.residentIn(other)) {
+        if (n++ === this.layerQuota) break;
+        keep.push(k);
+      }
+    }
+    return keep.length + need <= this.cache.capacity ? keep : [];
+  }
+
+  /** Keys a load for layer l must not evict: l's routed experts (and see lastOfOtherLayers). */
+  protectedKeys(routed: number[], l: number): Set<number> {
+    return new Set([...routed, ...this.lastOfOtherLayers(l, routed.length)]);
+  }
+
+  /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
+  scoreGuesses(
+    routing: Uint32Array,
+    stride: number,
+    from: number,
+    to: number,
+    T: number,
+  ): void {
+    if (this.guessed.size === 0) return;
+    for (let l = from; l < to; l++) {
+      for (const key of this.routedKeys(routing, stride, l, T)) {
+        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
+      }
+    }
+  }
+
+  /**
+   * Prefill under a budget: the keys layer l's prompt routed to (idx [T*K]), in groups that fit
+   * the slots, resident experts first (they need no load). With router masking, a layer at its
+   * share routes among resident experts only: absent picks carry weight 0 and need no load.
+   */
+  prefillGroups(l: number, idx: Uint32Array): number[][] {
+    const E = this.config.numExperts;
+    let keys = [...new Set(idx)].map((e) => l * E + e);
+    if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) {
+      keys = keys.filter((k) => this.cache.isResident(k));
+    }
+    keys.sort((x, y) => Number(this.cache.isResident(y)) - Number(this.cache.isResident(x)));
+    this.stats.prefillRouted += keys.length;
+    const groupSize = this.cache.capacity - this.lastOfOtherLayers(l, 1).length;
+    const groups: number[][] = [];
+    for (let g = 0; g < keys.length; g += groupSize) groups.push(keys.slice(g, g + groupSize));
+    return groups;
+  }
+
+  /** Makes a prefill group of layer l resident (the group fits: prefillGroups sized it). */
+  loadGroup(l: number, group: number[], now: number): void {
+    const protect = this.protectedKeys(group, l);
+    for (const key of group) {
+      if (this.cache.isResident(key)) {
+        this.cache.metrics.hits++;
+        continue;
+      }
+      this.cache.metrics.misses++;
+      this.stats.prefillLoads++;
+      if (!this.load(key, now, protect)) {
+        throw new ExpertBudgetError(`no slot free for layer ${l}'s experts`);
+      }
+    }
+    this.cache.touch(group, now);
+  }
+}
