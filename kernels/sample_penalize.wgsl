@@ -14,14 +14,16 @@ struct Request {
   seed_lo: u32,
   seed_hi: u32,
   n_eos: u32,
-  min_p: f32,
+  // ceil(min_p * 2^31): the least weight min_p keeps
+  min_q: u32,
   inv_t: f32,
   rep: f32,
   inv_rep: f32,
   presence: f32,
   frequency: f32,
-  // 0.0, added to products that an addition follows: a compiler may contract a * b + c into one
-  // fma (one rounding instead of two); with a * b + zero it can only fuse the harmless add.
+  // 0.0, added to the penalties' products that a subtraction follows: a compiler may contract
+  // a * b - c into one fma (one rounding instead of two); with (a * b + zero) - c it can only fuse
+  // the harmless add.
   zero: f32,
   eos: array<vec4<u32>, 2>,
 }

@@ -1,5 +1,5 @@
 // Sampling, filter 2: the top_p cut, after kernels/sample_topk.wgsl (whose M and cut it reads
-// from sel and narrows). Over the kept tokens, the weights qe_i = weight(expf(x_i - M)) (stored in
+// from sel and narrows). Over the kept tokens, the weights qe_i = exp_weight(x_i - M) (stored in
 // qe, 0 elsewhere) and their exact sum Z (64-bit); goal = ceil(top_p24 * Z / 2^24); the new cut
 // ends the shortest prefix of the order (x desc, index asc) whose sum of qe reaches goal. One
 // workgroup of WG invocations, V = vocab:
@@ -8,7 +8,7 @@
 //     goal, by bisection over the key's 32 bits (32 passes);
 //   - the tokens at key t taken in index order until the sum reaches goal (a pass over
 //     contiguous chunks, a scan of their sums from sum(qe : key > t), a walk of one chunk).
-// About 35 * V / WG + 560 loop iterations per invocation (21,350 at V = 151936).
+// About 35 * V / WG + 530 loop iterations per invocation (21,320 at V = 151936).
 
 // The request (src/gpu/sampler.ts writes it; every kernels/sample_*.wgsl declares the same struct).
 struct Request {
@@ -22,14 +22,16 @@ struct Request {
   seed_lo: u32,
   seed_hi: u32,
   n_eos: u32,
-  min_p: f32,
+  // ceil(min_p * 2^31): the least weight min_p keeps
+  min_q: u32,
   inv_t: f32,
   rep: f32,
   inv_rep: f32,
   presence: f32,
   frequency: f32,
-  // 0.0, added to products that an addition follows: a compiler may contract a * b + c into one
-  // fma (one rounding instead of two); with a * b + zero it can only fuse the harmless add.
+  // 0.0, added to the penalties' products that a subtraction follows: a compiler may contract
+  // a * b - c into one fma (one rounding instead of two); with (a * b + zero) - c it can only fuse
+  // the harmless add.
   zero: f32,
   eos: array<vec4<u32>, 2>,
 }
@@ -68,49 +70,11 @@ fn in_cut(k: u32, i: u32, cut_key: u32, cut_idx: u32) -> bool {
   return k > cut_key || (k == cut_key && i <= cut_idx);
 }
 
-// ---- exact arithmetic: the operations of src/sampling.ts expf(), weight() and mulFrac24(), so
-// the same bits (sample_topp.wgsl and sample_draw.wgsl carry identical copies of this section;
+// ---- exact arithmetic: the integer operations of src/sampling.ts expWeight() and mulFrac24(),
+// so the same bits (sample_topp.wgsl and sample_draw.wgsl carry identical copies of this section;
 // tests/sampler_gpu_test.ts runs it against the CPU's). ----
 
-// Below it expf is 0 (exp(-80) = 1.8e-35 is still a normal f32).
-const EXPF_MIN: f32 = -80.0;
-// log2(e); ln(2) = LN2_HI + LN2_LO with LN2_HI of 9 bits (n * LN2_HI is exact); Cephes' expf
-// polynomial: exp(r) = 1 + r + r^2 * P(r) for |r| <= ln(2) / 2. Hex: the exact f32 values.
-const LOG2E: f32 = 0x1.715476p0f;
-const LN2_HI: f32 = 0x1.630000p-1f;
-const LN2_LO: f32 = -0x1.bd0106p-13f;
-const EXPF_P0: f32 = 0x1.a0d2cep-13f;
-const EXPF_P1: f32 = 0x1.6e879cp-10f;
-const EXPF_P2: f32 = 0x1.111210p-7f;
-const EXPF_P3: f32 = 0x1.555382p-5f;
-const EXPF_P4: f32 = 0x1.555554p-3f;
-const EXPF_P5: f32 = 0x1.000000p-1f;
-// Weight of e = 1: weights are floor(e * 2^31).
-const WEIGHT_ONE: f32 = 2147483648.0;
-
-// exp(d) for d <= 0, within 1 ulp; every product an addition follows gets + req.zero.
-fn expf(d: f32) -> f32 {
-  if (!(d >= EXPF_MIN)) {
-    return 0.0;
-  }
-  let n = round(d * LOG2E);
-  let r = (d - n * LN2_HI) - (n * LN2_LO + req.zero);
-  var p = EXPF_P0;
-  p = (p * r + req.zero) + EXPF_P1;
-  p = (p * r + req.zero) + EXPF_P2;
-  p = (p * r + req.zero) + EXPF_P3;
-  p = (p * r + req.zero) + EXPF_P4;
-  p = (p * r + req.zero) + EXPF_P5;
-  let y = ((p * (r * r) + req.zero) + r) + 1.0;
-  return y * bitcast<f32>(u32(i32(n) + 127) << 23u);
-}
-
-fn weight(e: f32) -> u32 {
-  return u32(e * WEIGHT_ONE);
-}
-
 // Unsigned 64-bit integers are vec2<u32>(low word, high word).
-
 fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
   let lo = a.x + b.x;
   return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
@@ -136,12 +100,54 @@ fn mulhi(a: u32, b: u32) -> u32 {
 fn mul_frac24(a: u32, b: vec2<u32>, up: bool) -> vec2<u32> {
   let b_high = (b.x >> 24u) | (b.y << 8u);
   let b_low = b.x & 0xffffffu;
-  let low = vec2<u32>(a * b_low, mulhi(a, b_low)); // below 2^49
+  let low = vec2<u32>(a * b_low, mulhi(a, b_low)); // below 2^48
   var frac = (low.x >> 24u) | (low.y << 8u);
   if (up && (low.x & 0xffffffu) != 0u) {
     frac += 1u;
   }
   return add64(vec2<u32>(a * b_high, mulhi(a, b_high)), vec2<u32>(frac, 0u));
+}
+
+// Below this d the weight is 0 (exp(-22) * 2^31 = 0.6).
+const EXP_WEIGHT_MIN_D: f32 = -22.0;
+// -d in units of 2^-26 (below 2^31).
+const D_SCALE: f32 = 67108864.0;
+// round(log2(e) * 2^30) and round(ln(2) * 2^32).
+const LOG2E_Q30: u32 = 1549082005u;
+const LN2_Q32: u32 = 2977044472u;
+// round(2^(31 - j/64)), j = 0..63.
+const EXP2_TABLE = array<u32, 64>(
+  2147483648u, 2124350982u, 2101467502u, 2078830522u, 2056437387u, 2034285470u,
+  2012372174u, 1990694927u, 1969251188u, 1948038440u, 1927054196u, 1906295993u,
+  1885761398u, 1865448001u, 1845353420u, 1825475297u, 1805811301u, 1786359126u,
+  1767116489u, 1748081133u, 1729250827u, 1710623359u, 1692196547u, 1673968228u,
+  1655936265u, 1638098541u, 1620452965u, 1602997467u, 1585730000u, 1568648537u,
+  1551751076u, 1535035634u, 1518500250u, 1502142985u, 1485961921u, 1469955159u,
+  1454120821u, 1438457051u, 1422962010u, 1407633882u, 1392470869u, 1377471191u,
+  1362633090u, 1347954824u, 1333434672u, 1319070932u, 1304861917u, 1290805962u,
+  1276901417u, 1263146652u, 1249540052u, 1236080024u, 1222764986u, 1209593378u,
+  1196563654u, 1183674286u, 1170923762u, 1158310587u, 1145833280u, 1133490379u,
+  1121280436u, 1109202018u, 1097253708u, 1085434106u,
+);
+
+// floor(exp(d) * 2^31) for d <= 0, give or take 64: D = floor(-d * 2^26); y = D * log2(e)
+// = k + f (56 fraction bits); 2^-f = 2^(-j/64) (table) * exp(-h) with h = g * ln(2) < 0.011 and
+// exp(-h) = 1 - (h - h^2/2 + h^3/6) (32-bit fixed point); the weight is (2^31 * 2^-f) >> k.
+fn exp_weight(d: f32) -> u32 {
+  if (!(d > EXP_WEIGHT_MIN_D)) {
+    return 0u;
+  }
+  let big_d = u32(-d * D_SCALE); // exact scaling, then truncation
+  let hi = mulhi(big_d, LOG2E_Q30);
+  let lo = big_d * LOG2E_Q30;
+  let k = hi >> 24u;
+  let frac = ((hi & 0xffffffu) << 8u) | (lo >> 24u);
+  let h = mulhi(frac & 0x3ffffffu, LN2_Q32);
+  let h2 = mulhi(h, h);
+  let p = h - (h2 >> 1u) + mulhi(h2, h) / 6u;
+  let t = EXP2_TABLE[frac >> 26u];
+  let m = t - mulhi(t, p);
+  return select(0u, m >> min(k, 31u), k < 32u);
 }
 
 // ---- end of exact arithmetic ----
@@ -195,7 +201,7 @@ fn main(@builtin(local_invocation_index) lid: u32) {
     let v = x[i];
     var q = 0u;
     if (in_cut(order_key(v), i, cut_key, cut_idx)) {
-      q = weight(expf(v - m));
+      q = exp_weight(v - m);
     }
     qe[i] = q;
     z = add64(z, vec2<u32>(q, 0u));

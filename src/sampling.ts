@@ -14,24 +14,24 @@
  *   2. temperature 0: the token is argmax_i x_i, the lowest index on ties. Done.
  *   3. M = max_i x_i. Order the tokens by (x desc, index asc); the kept set S is all tokens.
  *   4. top_k (0 < topK < V): S = the first topK tokens in that order (ties by index).
- *   5. top_p (topP < 1): e_i = expf(fround(x_i - M)) and its weight qe_i = floor(e_i * 2^31), for
- *      i in S; Z = sum of qe over S; goal = ceil(P24 * Z / 2^24) with P24 = ceil(topP * 2^24)
- *      (so goal is topP * Z, rounded up); S = the shortest prefix of S (same order) whose sum of
- *      qe reaches goal.
- *   6. min_p (minP > 0): S = { i in S : e_i >= minP } (e as in 5: the top token has e = 1, so
- *      this is p_i >= minP * p_max).
- *   7. Draw: qw_i = floor(expf(fround(fround(x_i - M) * invT)) * 2^31) over S, with
- *      invT = fround(1 / temperature); W = sum of qw; u24 = the first word of Philox4x32-10 at
- *      counter n = len - genStart >>> 8 (src/philox.ts: uniform24(seed, n) = u24 * 2^-24);
+ *   5. top_p (topP < 1): the weights qe_i = expWeight(fround(x_i - M)) = floor(exp(x_i - M) *
+ *      2^31) of i in S (integers: the top token weighs 2^31); Z = sum of qe over S;
+ *      goal = ceil(P24 * Z / 2^24) with P24 = ceil(topP * 2^24) (topP * Z, rounded up); S = the
+ *      shortest prefix of S (same order) whose sum of qe reaches goal.
+ *   6. min_p (minP > 0): S = { i in S : qe_i >= ceil(minP * 2^31) } (p_i >= minP * p_max).
+ *   7. Draw: qw_i = expWeight(fround(fround(x_i - M) * invT)) over S, invT = fround(1 /
+ *      temperature); W = sum of qw; u24 = the first word of Philox4x32-10 at counter
+ *      n = len - genStart, >>> 8 (src/philox.ts: uniform24(seed, n) = u24 * 2^-24);
  *      t = floor(u24 * W / 2^24) (< W); walking S in INDEX order and adding up qw, the token is
  *      the first where the running sum exceeds t.
  *
- * expf is an f32 exp of fixed operations (below; within 1 ulp of exp), and sums are of integers
- * (below 2^53 here, 64-bit on the GPU): both sides compute the same bits whatever the order of
- * their sums, so they pick the same token. The weights resolve probabilities to 2^-31 of the top
- * token's: a token below that is never drawn (and below exp(-80) its e is 0).
+ * Past the penalties, x_i - M and its product with invT (single f32 operations, the same on any
+ * device), everything is integer arithmetic (expWeight computes exp in fixed point; sums are
+ * exact, below 2^53 here and 64-bit on the GPU): the GPU and the CPU compute the same bits
+ * whatever the order of their sums, and pick the same token. The weights resolve probabilities to
+ * 2^-31 of the top token's: a token below that is never drawn.
  */
-import { uniform24 } from "./philox.ts";
+import { mulhi32, uniform24 } from "./philox.ts";
 
 /** The sampling parameters of one request (OpenAI names plus vLLM's top_k/min_p). */
 export interface SamplingParams {
@@ -128,52 +128,55 @@ export function topPActive(p: SamplingParams): boolean {
 
 const f32 = Math.fround;
 
-/** Fixed-point weights: floor(e * 2^31) (the GPU's u32 holds 2^31, the weight of e = 1). */
-const WEIGHT_SCALE = 2 ** 31;
+/** Weights are floor(exp(d) * 2^31): 2^31 is the weight of the top token (a u32 holds it). */
+const WEIGHT_SHIFT = 31;
 /** u24 and P24 are multiples of 2^-24 scaled to integers. */
 const UNIT_SCALE = 2 ** 24;
 
-/** expf's domain: below it the result is 0 (at -80 it is 1.8e-35, still a normal f32). */
-const EXPF_MIN = -80;
-/** f32 constants of expf: log2(e), ln(2) split as 0.693359375 (9 bits: n * it is exact) plus a
- * correction, and Cephes' expf polynomial for exp(r) - 1 - r over |r| <= ln(2) / 2. */
-const LOG2E = f32(Math.LOG2E);
-const LN2_HI = f32(0.693359375);
-const LN2_LO = f32(-2.12194440e-4);
-const EXPF_POLY = [
-  1.9875691500e-4,
-  1.3981999507e-3,
-  8.3334519073e-3,
-  4.1665795894e-2,
-  1.6666665459e-1,
-  5.0000001201e-1,
-].map(f32);
+// expWeight's fixed-point constants (kernels/sample_topp.wgsl and sample_draw.wgsl hold the same).
+/** Below this d the weight is 0 (exp(-22) * 2^31 = 0.6). */
+export const EXP_WEIGHT_MIN_D = -22;
+/** -d in units of 2^-26: below 22 * 2^26 < 2^31. */
+const D_SHIFT = 26;
+/** round(log2(e) * 2^30): D * LOG2E_Q30 is -d * log2(e) in units of 2^-56. */
+const LOG2E_Q30 = Math.round(Math.LOG2E * 2 ** 30);
+/** round(ln(2) * 2^32). */
+const LN2_Q32 = Math.round(Math.LN2 * 2 ** 32);
+/** 2^(-j/64) * 2^31, rounded, j = 0..63: the top 6 bits of the fraction of the exponent. */
+export const EXP2_TABLE = Array.from({ length: 64 }, (_, j) => Math.round(2 ** (31 - j / 64)));
 
-/** Round half to even (WGSL's round()). */
-function roundHalfEven(v: number): number {
-  const r = Math.round(v); // half up
-  return r - v === 0.5 && r % 2 !== 0 ? r - 1 : r;
+/** High and low words of a * b for u32 a, b. */
+function mul64(a: number, b: number): [number, number] {
+  return [mulhi32(a, b), Math.imul(a, b) >>> 0];
 }
 
 /**
- * exp(d) for d <= 0 in f32 operations, each rounded (no fused multiply-add): within 1 ulp of the
- * correctly rounded exp, and the same bits in kernels/sample_topp.wgsl and sample_draw.wgsl.
- * n = round(d * log2 e); r = (d - n * LN2_HI) - n * LN2_LO; exp(r) by Cephes' polynomial;
- * times 2^n. 0 below EXPF_MIN (and for NaN).
+ * The weight floor(exp(d) * 2^31) of d <= 0, give or take 64, in integer arithmetic that
+ * kernels/sample_topp.wgsl and sample_draw.wgsl repeat bit for bit (GPU compilers may fuse and
+ * reorder float operations; integer ones have a single answer): D = floor(-d * 2^26);
+ * y = D * log2(e) = k + f (64-bit, 56 fraction bits); 2^-f = 2^(-j/64) (table) * 2^(-g) with
+ * exp(-g ln 2) = 1 - P, P = h - h^2/2 + h^3/6, h = g ln 2 < 0.011 (32-bit fixed point); the
+ * weight is (2^31 * 2^-f) >> k. 0 for d < EXP_WEIGHT_MIN_D (and NaN).
  */
-export function expf(d: number): number {
-  if (!(d >= EXPF_MIN)) return 0;
-  const n = roundHalfEven(f32(d * LOG2E));
-  const r = f32(f32(d - f32(n * LN2_HI)) - f32(n * LN2_LO));
-  let p = EXPF_POLY[0];
-  for (let k = 1; k < EXPF_POLY.length; k++) p = f32(f32(p * r) + EXPF_POLY[k]);
-  const y = f32(f32(f32(p * f32(r * r)) + r) + 1);
-  return f32(y * 2 ** n);
+export function expWeight(d: number): number {
+  if (!(d > EXP_WEIGHT_MIN_D)) return 0;
+  const D = Math.floor(f32(-d * 2 ** D_SHIFT)); // exact: a power-of-two scaling, then truncation
+  const [hi, lo] = mul64(D, LOG2E_Q30);
+  const k = hi >>> 24;
+  const frac = (((hi & 0xffffff) << 8) | (lo >>> 24)) >>> 0; // 2^-f's exponent, 32 bits
+  const g = frac & 0x3ffffff; // below 2^-6, in units of 2^-32
+  const h = mulhi32(g, LN2_Q32);
+  const h2 = mulhi32(h, h);
+  const h3 = mulhi32(h2, h);
+  const p = h - (h2 >>> 1) + Math.floor(h3 / 6);
+  const t = EXP2_TABLE[frac >>> 26];
+  const m = t - mulhi32(t, p);
+  return k >= 32 ? 0 : m >>> k;
 }
 
-/** The fixed-point weight of e in [0, 1]: floor(e * 2^31). */
-export function weight(e: number): number {
-  return Math.floor(e * WEIGHT_SCALE);
+/** min_p as a weight: qe >= ceil(minP * 2^31) is e >= minP (f32 minP times 2^31: exact). */
+export function minWeight(p: SamplingParams): number {
+  return Math.ceil(f32(p.minP) * 2 ** WEIGHT_SHIFT);
 }
 
 /** floor (or ceil when `up`) of a * b / 2^24, exactly, for integers a <= 2^24 and b < 2^50. */
@@ -250,18 +253,18 @@ function keptSet(x: Float32Array, p: SamplingParams): { kept: Uint32Array; m: nu
   const V = x.length;
   let m = -Infinity;
   for (let i = 0; i < V; i++) if (x[i] > m) m = x[i];
-  const e = (i: number) => expf(f32(x[i] - m));
+  const qe = (i: number) => expWeight(f32(x[i] - m));
   let kept: Uint32Array;
   if (topKActive(p, V) || topPActive(p)) {
     const order = descendingOrder(x);
     let n = topKActive(p, V) ? p.topK : V;
     if (topPActive(p)) {
       let z = 0;
-      for (let j = 0; j < n; j++) z += weight(e(order[j]));
+      for (let j = 0; j < n; j++) z += qe(order[j]);
       const goal = mulFrac24(topP24(p), z, true);
       let sum = 0;
       for (let j = 0; j < n; j++) {
-        sum += weight(e(order[j]));
+        sum += qe(order[j]);
         if (sum >= goal) {
           n = j + 1;
           break;
@@ -272,8 +275,10 @@ function keptSet(x: Float32Array, p: SamplingParams): { kept: Uint32Array; m: nu
   } else {
     kept = Uint32Array.from(x.keys());
   }
-  const minP = f32(p.minP);
-  if (minP > 0) kept = kept.filter((i) => e(i) >= minP);
+  if (p.minP > 0) {
+    const min = minWeight(p);
+    kept = kept.filter((i) => qe(i) >= min);
+  }
   return { kept, m };
 }
 
@@ -299,7 +304,7 @@ function drawWeights(x: Float32Array, p: SamplingParams) {
   const q = new Float64Array(ids.length);
   let total = 0;
   for (let j = 0; j < ids.length; j++) {
-    total += q[j] = weight(expf(f32(f32(x[ids[j]] - m) * invT)));
+    total += q[j] = expWeight(f32(f32(x[ids[j]] - m) * invT));
   }
   return { ids, q, total };
 }

@@ -22,16 +22,26 @@ Deno.test("deno compile embeds kernels, the default model, the chat page and the
     }).output();
     const log = new TextDecoder().decode(r.stdout) + new TextDecoder().decode(r.stderr);
     assert.equal(r.code, 0, log);
-    for (
-      const part of ["kernels", "weights", "web", "engine/worker.ts", "hono", "jinja", "hash-wasm"]
-    ) {
+    for (const part of ["kernels", "weights", "web", "engine", "hono", "jinja", "hash-wasm"]) {
       assert.match(log, new RegExp(part), `${part} is embedded`);
     }
     for (const testOnly of ["onnxruntime-web", "playwright-core", "openai/", "tokenizer-qwen3"]) {
       assert.doesNotMatch(log, new RegExp(testOnly), `${testOnly} is not embedded`);
     }
-    assert.ok((await Deno.stat(`${out}/bin`)).size > 0);
+    // the engine worker is reached only through new URL(..., import.meta.url): --include puts it in
+    const binary = await Deno.readFile(`${out}/bin`);
+    const marker = new TextEncoder().encode("the engine worker got a job before its model opened");
+    assert.ok(indexOf(binary, marker) >= 0, "src/engine/worker.ts is embedded");
   } finally {
     await Deno.remove(out, { recursive: true });
   }
 });
+
+/** First index of `needle` in `hay`, or -1. */
+function indexOf(hay: Uint8Array, needle: Uint8Array): number {
+  outer: for (let i = hay.indexOf(needle[0]); i >= 0; i = hay.indexOf(needle[0], i + 1)) {
+    for (let j = 1; j < needle.length; j++) if (hay[i + j] !== needle[j]) continue outer;
+    return i;
+  }
+  return -1;
+}

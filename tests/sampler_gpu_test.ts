@@ -15,7 +15,15 @@ import {
   samplerLoopIterations,
   type SamplerSequence,
 } from "../src/gpu/sampler.ts";
-import { GREEDY, sampleNext, samplingDistribution, type SamplingParams } from "../src/sampling.ts";
+import {
+  EXP_WEIGHT_MIN_D,
+  expWeight,
+  GREEDY,
+  mulFrac24,
+  sampleNext,
+  samplingDistribution,
+  type SamplingParams,
+} from "../src/sampling.ts";
 import { buffer, gpu, gpuTest, ops, rng } from "./kernel_harness.ts";
 
 const device = gpu.device;
@@ -456,4 +464,153 @@ gpuTest("GpuSampler's draws follow the distribution (chi-square, 20000 draws)", 
     fx.destroy();
   }
   console.log(lines.join("\n"));
+});
+
+/** A section of a kernel's text: from the line holding `from` to the line holding `to`. */
+function section(text: string, from: string, to: string): string {
+  const start = text.lastIndexOf("\n", text.indexOf(from)) + 1;
+  const end = text.indexOf("\n", text.indexOf(to, start)) + 1;
+  assert.ok(start > 0 && end > start, `${from} ... ${to}`);
+  return text.slice(start, end);
+}
+
+/** The exact-arithmetic section of sample_topp.wgsl and sample_draw.wgsl (identical), with the
+ * Request struct it reads req.zero from. */
+async function exactArithmetic(): Promise<string> {
+  const read = (name: string) =>
+    Deno.readTextFile(new URL(`../kernels/${name}.wgsl`, import.meta.url));
+  const [topp, draw] = await Promise.all([read("sample_topp"), read("sample_draw")]);
+  const exact = (t: string) =>
+    section(t, "// ---- exact arithmetic", "// ---- end of exact arithmetic");
+  assert.equal(exact(draw), exact(topp), "the two copies are identical");
+  const request = section(topp, "struct Request {", "var<uniform> req: Request;");
+  return request + exact(topp);
+}
+
+/** Runs `main` (bindings: 1 = req (zero), 2 = input words, 3 = output words) over n invocations
+ * and returns the output. */
+async function runExact(code: string, input: Uint32Array, outWords: number): Promise<Uint32Array> {
+  const module = device.createShaderModule({ code });
+  const types: GPUBufferBindingType[] = ["uniform", "read-only-storage", "storage"];
+  const layout = device.createBindGroupLayout({
+    entries: types.map((type, i) => ({
+      binding: i + 1,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type },
+    })),
+  });
+  const pipeline = device.createComputePipeline({
+    layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+    compute: { module, entryPoint: "main" },
+  });
+  const req = device.createBuffer({
+    size: 96,
+    usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+  });
+  const inBuffer = buffer(input, "exact.in");
+  const out = buffer(outWords * 4, "exact.out");
+  const bindGroup = device.createBindGroup({
+    layout,
+    entries: [req, inBuffer, out].map((b, i) => ({ binding: i + 1, resource: { buffer: b } })),
+  });
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(Math.ceil(input.length / 64));
+  pass.end();
+  device.queue.submit([encoder.finish()]);
+  const result = await readU32(gpu, out, 0, outWords);
+  for (const b of [req, inBuffer, out]) b.destroy();
+  return result;
+}
+
+gpuTest(
+  "the kernels' exp_weight() gives expWeight()'s bits (2^20 inputs in [-23, 0])",
+  async () => {
+    const n = 1 << 20;
+    const d = new Float32Array(n);
+    const next = rng(77);
+    // Half in [-1, 0] (the fraction bits), half over the whole range and past its end.
+    for (let i = 0; i < n; i++) d[i] = (next() - 1) * (i % 2 ? 11.5 : 0.5);
+    const edges = [
+      0,
+      -0,
+      -1e-30,
+      -1e-9,
+      -(2 ** -26),
+      -Math.LN2,
+      -1,
+      -21.5,
+      -21.99999,
+      -22,
+      -22.00001,
+    ];
+    d.set([...edges, -Infinity, NaN]);
+    const code = (await exactArithmetic()) + `
+@group(0) @binding(2) var<storage, read> d: array<f32>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (i < arrayLength(&d)) {
+    out[i] = exp_weight(d[i]);
+  }
+}`;
+    const out = await runExact(code, new Uint32Array(d.buffer), n);
+    let worst = 0;
+    for (let i = 0; i < n; i++) {
+      const q = expWeight(d[i]);
+      if (out[i] !== q) assert.fail(`exp_weight(${d[i]}): GPU ${out[i]}, CPU ${q}`);
+      if (d[i] > EXP_WEIGHT_MIN_D) worst = Math.max(worst, Math.abs(q - Math.exp(d[i]) * 2 ** 31));
+    }
+    assert.equal(expWeight(0), 2 ** 31, "the top token weighs 2^31");
+    assert.ok(worst < 64, `|expWeight(d) - exp(d) * 2^31| up to ${worst}`);
+    console.log(`${n} inputs: identical; |expWeight(d) - exp(d) * 2^31| <= ${worst.toFixed(1)}`);
+  },
+);
+
+gpuTest("the kernels' mul_frac24() is floor/ceil(a * b / 2^24), exactly", async () => {
+  const n = 1 << 16;
+  const input = new Uint32Array(3 * n);
+  const next = rng(5);
+  const cases: [number, bigint][] = [];
+  for (let i = 0; i < n; i++) {
+    const a = i < 4 ? [0, 1, 2 ** 24, 2 ** 24 - 1][i] : Math.floor((next() + 1) / 2 * 2 ** 24);
+    const b = i < 8 ? [0n, 1n, (1n << 50n) - 1n, 1n << 24n][i % 4] : BigInt(
+          Math.floor((next() + 1) / 2 * 2 ** 24),
+        ) * (1n << 26n) + BigInt(Math.floor((next() + 1) / 2 * 2 ** 26));
+    cases.push([a, b]);
+    input.set([a, Number(b & 0xffffffffn), Number(b >> 32n)], 3 * i);
+  }
+  const code = (await exactArithmetic()) + `
+@group(0) @binding(2) var<storage, read> abc: array<u32>;
+@group(0) @binding(3) var<storage, read_write> out: array<u32>;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (3u * i < arrayLength(&abc)) {
+    let b = vec2<u32>(abc[3u * i + 1u], abc[3u * i + 2u]);
+    let down = mul_frac24(abc[3u * i], b, false);
+    let up = mul_frac24(abc[3u * i], b, true);
+    out[4u * i] = down.x;
+    out[4u * i + 1u] = down.y;
+    out[4u * i + 2u] = up.x;
+    out[4u * i + 3u] = up.y;
+  }
+}`;
+  const out = await runExact(code, input, 4 * n);
+  cases.forEach(([a, b], i) => {
+    const product = BigInt(a) * b;
+    const down = product >> 24n;
+    const up = down + ((product & 0xffffffn) === 0n ? 0n : 1n);
+    const gpuDown = BigInt(out[4 * i]) + (BigInt(out[4 * i + 1]) << 32n);
+    const gpuUp = BigInt(out[4 * i + 2]) + (BigInt(out[4 * i + 3]) << 32n);
+    assert.equal(gpuDown, down, `floor(${a} * ${b} / 2^24)`);
+    assert.equal(gpuUp, up, `ceil(${a} * ${b} / 2^24)`);
+    if (b < 1n << 50n) {
+      assert.equal(mulFrac24(a, Number(b), false), Number(down), `CPU floor ${a} ${b}`);
+      assert.equal(mulFrac24(a, Number(b), true), Number(up), `CPU ceil ${a} ${b}`);
+    }
+  });
 });

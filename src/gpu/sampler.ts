@@ -1,7 +1,8 @@
 /**
  * Next-token sampling on the GPU: the algorithm of src/sampling.ts (its CPU reference, which
  * documents it), so that decode steps can follow one another without the CPU. The kernels are
- * kernels/sample_*.wgsl, one workgroup each for the filters and the draw.
+ * kernels/sample_*.wgsl, one workgroup each for the filters and the draw. They compute the CPU's
+ * bits (weights and sums are integers), so they pick the CPU's token.
  *
  * Per sequence: `ids` (u32 [capacity], the sequence's tokens; the sampled token of a step goes to
  * ids[kv_len]), `params` (the request, a uniform written by writeRequest) and `state` (u32: end,
@@ -21,6 +22,7 @@ import { seedKey } from "../philox.ts";
 import {
   checkSamplingParams,
   hasPenalties,
+  minWeight,
   type SamplingParams,
   seedOf,
   topKActive,
@@ -43,10 +45,11 @@ const LLVMPIPE_LOOP_LIMIT = 65535;
 /** Invocations of the one-workgroup kernels (WG of sample_argmax/topk/topp/draw.wgsl). */
 const WG_SELECT = 256;
 /** Passes over an invocation's share of the vocabulary in sample_topp.wgsl, the busiest kernel
- * (sample_topk.wgsl makes as many): e and Z, 32 bisection steps, the ties, the walk of a chunk. */
+ * (sample_topk.wgsl makes as many): weights and Z, 32 bisection steps, the ties, the walk of a
+ * chunk. */
 const SELECT_PASSES = 35;
-/** Its other loop iterations: 35 tree reductions of log2(WG) steps, invocation 0's scan of WG
- * chunk counts, and one more per loop entered (about 80). */
+/** Its other loop iterations: at most 35 tree reductions of log2(WG) steps, invocation 0's scan
+ * of WG chunk sums, and one more per loop entered (about 80). */
 const SELECT_OVERHEAD = 35 * Math.log2(WG_SELECT) + WG_SELECT + 80;
 /** Workgroup size of the per-position and per-token kernels (sample_counts, sample_penalize). */
 const WG_ELEMENTWISE = 64;
@@ -138,18 +141,18 @@ function requestBytes(vocab: number, capacity: number, req: SamplerRequest): Arr
     seedLo,
     seedHi,
     req.eosIds.length,
+    minWeight(p),
   ]);
   const rep = Math.fround(p.repetitionPenalty);
   // Float32Array stores round to f32: the values src/sampling.ts computes with.
   f.set([
-    p.minP,
     p.temperature > 0 ? 1 / p.temperature : 0,
     rep,
     1 / rep,
     p.presencePenalty,
     p.frequencyPenalty,
     0, // zero
-  ], 9);
+  ], 10);
   u.set(req.eosIds, 16);
   return bytes;
 }
