@@ -390,3 +390,76 @@ gpuTest("decode: router masking keeps zero expert loads once the cache is warm",
     opened.close();
   }
 });
+
+gpuTest(
+  "generate(): stop strings completed mid batch and across batches end the text, usage and KV cache exactly, with the steps per readback 1 result as reference",
+  async () => {
+    const { generate } = await import("../src/generate.ts");
+    const { loadTokenizer } = await import("../src/tokenizer.ts");
+    const opened = await openModel(DEFAULT_MODEL_DIR);
+    const tokenizer = await loadTokenizer(DEFAULT_MODEL_DIR);
+    const model = await GpuModel.open(opened.weights, {
+      gpu,
+      maxContext: 256,
+      expertSource: opened.experts,
+    });
+    const promptIds = tokenizer.encode("In the beginning God created");
+    const run = async (stop: string[], spr: number | undefined, session: Session) => {
+      const it = generate(session, {
+        promptIds,
+        maxTokens: 40,
+        sampling: GREEDY,
+        eosIds: [],
+        stop,
+        decoder: tokenizer.streamDecoder({ skipSpecial: true }),
+        stepsPerReadback: spr,
+      });
+      const pieces: { token: number; text: string }[] = [];
+      for (let step = await it.next();; step = await it.next()) {
+        if (step.done) return { pieces, result: step.value };
+        pieces.push(step.value);
+      }
+    };
+    try {
+      const s0 = model.newSession();
+      const plain = await run([], 1, s0);
+      s0.free();
+      // end of each token's text in the full text
+      const ends: number[] = [];
+      let full = "";
+      for (const p of plain.pieces) ends.push((full += p.text).length);
+      // with 4 steps per readback the tokens come back as [0], [1..4], [5..8], [9..12], ...
+      for (const [j, where] of [[6, "mid batch"], [9, "across batches"]] as const) {
+        // the shortest suffix of the text through token j that starts in an earlier token and
+        // occurs first there
+        let stop = "";
+        for (let k = ends[j] - ends[j - 1] + 1; k <= ends[j]; k++) {
+          const s = full.slice(ends[j] - k, ends[j]);
+          if (full.indexOf(s) === ends[j] - k) {
+            stop = s;
+            break;
+          }
+        }
+        assert.ok(stop.length > 0, `a stop string ending in token ${j}`);
+        for (const spr of [1, 4]) {
+          const s = model.newSession();
+          const { pieces, result } = await run([stop], spr, s);
+          const tag = `${where}, spr ${spr}, stop ${JSON.stringify(stop)}`;
+          assert.equal(result.finishReason, "stop", tag);
+          assert.equal(result.completionTokens, j + 1, tag);
+          assert.equal(result.text, full.slice(0, ends[j] - stop.length), tag);
+          assert.equal(pieces.map((p) => p.text).join(""), result.text, tag);
+          assert.deepEqual(
+            pieces.map((p) => p.token),
+            plain.pieces.slice(0, j + 1).map((p) => p.token),
+          );
+          await assertRolledBack(model, s, pieces.map((p) => p.token), promptIds, tag);
+          s.free();
+        }
+      }
+    } finally {
+      model.destroy();
+      opened.close();
+    }
+  },
+);
