@@ -53,6 +53,12 @@ function exists(path: string): boolean {
   }
 }
 
+/** A bare file name: joined to the checkpoint directory, it cannot point outside it. */
+function isShardName(name: unknown): name is string {
+  return typeof name === "string" && name !== "" && name !== "." && name !== ".." &&
+    !/[\/\\\0]/.test(name);
+}
+
 /** The shard file names of dir, from the index when there is one. */
 function shardNames(dir: string): { shards: string[]; weightMap: Record<string, string> | null } {
   const indexPath = `${dir}/${INDEX_FILE}`;
@@ -68,6 +74,14 @@ function shardNames(dir: string): { shards: string[]; weightMap: Record<string, 
       throw new CheckpointError(`${indexPath} has no weight_map object; re-download the index`);
     }
     const weightMap = map as Record<string, string>;
+    for (const [name, shard] of Object.entries(weightMap)) {
+      if (!isShardName(shard)) {
+        throw new CheckpointError(
+          `${indexPath}: weight_map maps tensor ${name} to ${JSON.stringify(shard)}, which is ` +
+            `not a file name: shards must sit beside the index (no "/", "\\" or "..")`,
+        );
+      }
+    }
     return { shards: [...new Set(Object.values(weightMap))].sort(), weightMap };
   }
   if (exists(`${dir}/${SINGLE_FILE}`)) return { shards: [SINGLE_FILE], weightMap: null };

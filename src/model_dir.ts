@@ -1,7 +1,9 @@
 /**
  * Opens a model directory for the runtime. Three kinds:
- * - a packed directory (manifest.json, base.bin, experts.bin; made by `main.ts pack`): experts
- *   are memory-mapped from experts.bin and checksum-verified on first load;
+ * - a packed directory (manifest.json, base.bin, experts.bin; made by `main.ts pack`), recognised
+ *   by its manifest.json even when that is damaged (the error then names manifest.json): the
+ *   manifest and every base tensor are checksum-verified at open, experts are memory-mapped from
+ *   experts.bin and checksum-verified on first load;
  * - a Hugging Face checkpoint (config.json + safetensors): the runtime packs it once into a cache
  *   directory first and says so on stderr (audit reads the checkpoint directly);
  * - nothing given: the default model embedded in weights/default/ (a packed directory that
@@ -12,7 +14,7 @@ import { createHash } from "node:crypto";
 import type { ModelWeights } from "./types.ts";
 import { openCheckpoint } from "./checkpoint.ts";
 import { type AuditReport, loadWeights } from "./weights.ts";
-import { isPackedDir, openPacked } from "./packed_weights.ts";
+import { looksPacked, openPacked } from "./packed_weights.ts";
 import { pack } from "./pack/pack.ts";
 import { terminalProgress } from "./pack/progress.ts";
 import type { ExpertSource } from "./gpu/expert_cache.ts";
@@ -20,6 +22,22 @@ import type { ExpertSource } from "./gpu/expert_cache.ts";
 /** The embedded default model (a packed directory beside the sources). */
 export const DEFAULT_MODEL_DIR = new URL("../weights/default/", import.meta.url).pathname
   .replace(/\/$/, "");
+
+/** Thrown when a --model directory is neither a packed model nor a checkpoint. */
+export class ModelDirError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = "ModelDirError";
+  }
+}
+
+function isFile(path: string): boolean {
+  try {
+    return Deno.statSync(path).isFile;
+  } catch {
+    return false;
+  }
+}
 
 export interface OpenedModel {
   dir: string;
@@ -69,9 +87,15 @@ function checkpointKey(dir: string): string {
  */
 export async function openModel(dir: string = DEFAULT_MODEL_DIR): Promise<OpenedModel> {
   let packedDir = dir;
-  if (!isPackedDir(dir)) {
+  if (!looksPacked(dir)) {
+    if (!isFile(join(dir, "config.json"))) {
+      throw new ModelDirError(
+        `${dir} has neither manifest.json (a packed model) nor config.json (a Hugging Face ` +
+          `checkpoint); pass the model's directory to --model`,
+      );
+    }
     packedDir = join(packCacheRoot(), checkpointKey(dir));
-    if (!isPackedDir(packedDir)) {
+    if (!looksPacked(packedDir)) {
       console.error(
         `${dir} is a Hugging Face checkpoint: packing it once into ${packedDir} ` +
           `(run \`main.ts pack --in ${dir} --out DIR\` to choose the place)`,

@@ -3,13 +3,26 @@
  * zero-copy views into the mapped base.bin, and `layers[l].expert(e)` hands out views into the
  * expert store's record (mapped experts.bin, checksum-verified on first use). The audit has the
  * loader's shape, so `audit` and the server report packed and checkpoint models alike.
+ *
+ * Nothing unverified reaches a caller: the manifest is checked (fields and its own checksum),
+ * base.bin's size and every base tensor's checksum, and every copied file's, before openPacked
+ * returns; expert records are verified on their first read. Each failure is a named error that
+ * names the file and the tensor or field (ManifestError, PackedFileError, TensorChecksumError,
+ * FileChecksumError, ExpertStoreError, ExpertChecksumError).
  */
 
 import { parseConfig } from "./config.ts";
 import { ExpertStore, type ExpertStoreOptions } from "./experts/store.ts";
 import { mapFile, type MappedFile } from "./mmap.ts";
-import { BASE_FILE, EXPERTS_FILE, MANIFEST_FILE, type PackManifest } from "./pack/format.ts";
-import { isPackedDir, ManifestError, readManifest } from "./pack/manifest.ts";
+import {
+  BASE_FILE,
+  createRecordHasher,
+  EXPERTS_FILE,
+  MANIFEST_FILE,
+  type PackManifest,
+} from "./pack/format.ts";
+import { checkFileSize, verifyBaseTensor, verifyCopiedFile } from "./pack/integrity.ts";
+import { isPackedDir, looksPacked, ManifestError, readManifest, REPACK } from "./pack/manifest.ts";
 import type {
   ExpertWeights,
   LayerWeights,
@@ -27,7 +40,7 @@ import {
   type TensorSpec,
 } from "./weights.ts";
 
-export { isPackedDir };
+export { isPackedDir, looksPacked };
 
 /** An opened packed model. */
 export interface PackedModel {
@@ -43,34 +56,37 @@ export interface PackedModel {
 
 const PART_KEYS = ["gate", "up", "down"] as const;
 
-/** Opens dir (a packed model); throws ManifestError / ExpertStoreError when it is not sound. */
+/**
+ * Opens dir (a packed model), verifying the manifest, base.bin and the copied files (see the
+ * module comment); throws a named error naming the file and tensor or field when it is not sound.
+ */
 export async function openPacked(
   dir: string,
   opts: ExpertStoreOptions = {},
 ): Promise<PackedModel> {
-  const manifest = readManifest(dir);
+  const manifest = await readManifest(dir);
   const manifestPath = `${dir}/${MANIFEST_FILE}`;
-  const c = parseConfig(manifest.config, manifestPath);
+  const c = checkAgainstConfig(manifest, manifestPath);
   const x = manifest.experts;
-  if (x.numLayers !== c.numLayers || x.numExperts !== c.numExperts) {
-    throw new ManifestError(
-      `${manifestPath}: ${x.numLayers} x ${x.numExperts} expert records but the config has ` +
-        `${c.numLayers} layers x ${c.numExperts} experts; re-run \`main.ts pack --force\``,
-    );
-  }
   const basePath = `${dir}/${BASE_FILE}`;
+  checkFileSize(basePath, manifest.base.bytes);
+  const hasher = await createRecordHasher();
+  for (const f of manifest.copied) verifyCopiedFile(hasher, dir, f);
   const base = mapFile(basePath);
   let experts: ExpertStore | null = null;
   try {
-    if (base.size !== manifest.base.bytes) {
-      throw new ManifestError(
-        `${basePath} is ${base.size} bytes but the manifest says ${manifest.base.bytes}: it is ` +
-          `truncated or from another pack; re-run \`main.ts pack --force\``,
+    for (const [name, t] of Object.entries(manifest.base.tensors)) {
+      verifyBaseTensor(
+        hasher,
+        name,
+        t,
+        base.bytes.subarray(t.offset, t.offset + t.bytes),
+        basePath,
       );
     }
     const expertsPath = `${dir}/${EXPERTS_FILE}`;
     experts = await ExpertStore.open(expertsPath, x, opts);
-    const weights = buildWeights(c, manifest, base, basePath, experts, expertsPath, manifestPath);
+    const weights = buildWeights(c, manifest, base, basePath, experts, expertsPath);
     const audit = buildAudit(dir, c, manifest, base, basePath, experts, expertsPath);
     const store = experts;
     return {
@@ -96,6 +112,63 @@ function sameShape(a: readonly number[], b: readonly number[]): boolean {
   return a.length === b.length && a.every((d, i) => d === b[i]);
 }
 
+/** The tensors the runtime takes from base.bin, by checkpoint name, with their spec. */
+function neededBaseTensors(c: ModelConfig): { name: string; spec: TensorSpec }[] {
+  const out: { name: string; spec: TensorSpec }[] = [];
+  const add = (spec: TensorSpec, layer?: number) =>
+    out.push({ name: tensorName(spec.template, c.tensorPrefix, layer), spec });
+  add(GLOBAL_TENSORS.embed);
+  for (let l = 0; l < c.numLayers; l++) {
+    for (const key of Object.keys(LAYER_TENSORS) as (keyof typeof LAYER_TENSORS)[]) {
+      add(LAYER_TENSORS[key], l);
+    }
+  }
+  add(GLOBAL_TENSORS.finalNorm);
+  if (!c.tieWordEmbeddings) add(GLOBAL_TENSORS.lmHead);
+  return out;
+}
+
+/**
+ * The manifest's config, checked against its tensors: expert record counts, and the shape of
+ * every base tensor and expert part the runtime needs (the tensor table of src/weights.ts).
+ * Throws ManifestError naming manifest.json and every tensor at fault.
+ */
+export function checkAgainstConfig(m: PackManifest, manifestPath: string): ModelConfig {
+  const c = parseConfig(m.config, manifestPath);
+  const x = m.experts;
+  const problems: string[] = [];
+  if (x.numLayers !== c.numLayers || x.numExperts !== c.numExperts) {
+    problems.push(
+      `${x.numLayers} x ${x.numExperts} expert records but the config has ` +
+        `${c.numLayers} layers x ${c.numExperts} experts`,
+    );
+  }
+  for (const { name, spec } of neededBaseTensors(c)) {
+    const t = m.base.tensors[name];
+    const want = spec.shape(c);
+    if (t === undefined || !sameShape(t.shape, want)) {
+      problems.push(
+        `base tensor ${name} is ${t ? `[${t.shape}]` : "missing"}, expected ` +
+          `${spec.legend} = [${want}]`,
+      );
+    }
+  }
+  for (const k of PART_KEYS) {
+    const want = EXPERT_TENSORS[k].shape(c);
+    if (!sameShape(x.parts[k].shape, want)) {
+      problems.push(
+        `experts.parts.${k} is [${x.parts[k].shape}], expected ` +
+          `${EXPERT_TENSORS[k].legend} = [${want}]`,
+      );
+    }
+  }
+  if (problems.length > 0) {
+    throw new ManifestError(`${manifestPath}: ${problems.join("; ")}; ${REPACK}`);
+  }
+  return c;
+}
+
+/** Views of the manifest's tensors (whose shapes checkAgainstConfig has checked). */
 function buildWeights(
   c: ModelConfig,
   m: PackManifest,
@@ -103,18 +176,10 @@ function buildWeights(
   basePath: string,
   store: ExpertStore,
   expertsPath: string,
-  manifestPath: string,
 ): ModelWeights {
   const view = (s: TensorSpec, layer?: number): TensorView => {
     const name = tensorName(s.template, c.tensorPrefix, layer);
     const t = m.base.tensors[name];
-    const want = s.shape(c);
-    if (t === undefined || !sameShape(t.shape, want)) {
-      throw new ManifestError(
-        `${manifestPath}: base tensor ${name} is ${t ? `[${t.shape}]` : "missing"}, expected ` +
-          `${s.legend} = [${want}]; re-run \`main.ts pack --force\``,
-      );
-    }
     return {
       name,
       dtype: t.dtype,
@@ -125,15 +190,6 @@ function buildWeights(
     };
   };
   const parts = m.experts.parts;
-  for (const k of PART_KEYS) {
-    const want = EXPERT_TENSORS[k].shape(c);
-    if (!sameShape(parts[k].shape, want)) {
-      throw new ManifestError(
-        `${manifestPath}: expert ${k} is [${parts[k].shape}], expected ` +
-          `${EXPERT_TENSORS[k].legend} = [${want}]; re-run \`main.ts pack --force\``,
-      );
-    }
-  }
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.numLayers; l++) {
     const t = {} as Record<keyof typeof LAYER_TENSORS, TensorView>;

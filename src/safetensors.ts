@@ -4,6 +4,11 @@
  * (offsets are relative to the end of the header). Reading gives zero-copy TensorViews into a
  * mapped file; writing follows the Python library (tensors sorted by name, data packed in that
  * order, header padded with spaces to a multiple of 8 bytes).
+ *
+ * Reading validates the header as the reference implementation does (huggingface/safetensors,
+ * `Metadata::validate` and `read_metadata`): sorted by offset, the tensors' byte ranges start at 0,
+ * follow each other with no gap or overlap, each is exactly elements x dtype size, and the last
+ * ends where the file ends. Bytes no tensor owns are refused, never silently skipped.
  */
 
 import { DTYPE_BYTES, elementCount } from "./dtype.ts";
@@ -26,6 +31,26 @@ const HEADER_ALIGN = 8;
 const MAX_HEADER_BYTES = 100_000_000;
 const METADATA_KEY = "__metadata__";
 const SUPPORTED: readonly string[] = ["F32", "BF16", "F16"];
+/** Element sizes of the format's dtypes (the reference's `Dtype::size`), supported or not. */
+const FORMAT_DTYPE_BYTES: Record<string, number> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  F8_E8M0: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+  C64: 8,
+};
 
 /** A tensor as the header describes it, dtype not yet checked against what we support. */
 export interface HeaderEntry {
@@ -92,17 +117,39 @@ export function parseHeader(
     }
     entries.push(checkEntry(name, raw, path, dataLen));
   }
-  entries.sort((a, b) => a.begin - b.begin);
-  for (let i = 1; i < entries.length; i++) {
-    if (entries[i].begin < entries[i - 1].end) {
+  entries.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  checkContiguous(entries, path, dataLen);
+  return { entries, metadata, dataStart };
+}
+
+/** Sorted entries must tile the data section exactly: from 0, no gap, no overlap, to its end. */
+function checkContiguous(entries: HeaderEntry[], path: string, dataLen: number): void {
+  let end = 0;
+  for (let i = 0; i < entries.length; i++) {
+    const e = entries[i];
+    if (e.begin < end) {
       throw new SafetensorsError(
-        `${path}: tensors ${entries[i - 1].name} and ${
-          entries[i].name
-        } overlap; the file is corrupt`,
+        `${path}: tensors ${entries[i - 1].name} and ${e.name} overlap; the file is corrupt`,
       );
     }
+    if (e.begin > end) {
+      const after = i === 0 ? "the start of the data" : `tensor ${entries[i - 1].name}`;
+      throw new SafetensorsError(
+        `${path}: ${e.begin - end} data bytes between ${after} and tensor ${e.name} belong to ` +
+          `no tensor (data_offsets must be contiguous, as the safetensors library requires); ` +
+          `the file is corrupt or was not written by a safetensors library`,
+      );
+    }
+    end = e.end;
   }
-  return { entries, metadata, dataStart };
+  if (end !== dataLen) {
+    const last = entries.length ? `the last tensor ${entries[entries.length - 1].name}` : "";
+    throw new SafetensorsError(
+      `${path}: ${dataLen - end} data bytes after ${last || "the header (no tensors)"} belong ` +
+        `to no tensor (the data must end with the last tensor); the file is corrupt or was ` +
+        `appended to`,
+    );
+  }
 }
 
 function checkEntry(name: string, raw: unknown, path: string, dataLen: number): HeaderEntry {
@@ -131,8 +178,12 @@ function checkEntry(name: string, raw: unknown, path: string, dataLen: number): 
         `the file is truncated`,
     );
   }
-  if (isSupportedDType(r.dtype)) {
-    const want = elementCount(shape) * DTYPE_BYTES[r.dtype];
+  const size = isSupportedDType(r.dtype) ? DTYPE_BYTES[r.dtype] : FORMAT_DTYPE_BYTES[r.dtype];
+  if (size !== undefined) {
+    const want = elementCount(shape) * size;
+    if (!Number.isSafeInteger(want)) {
+      throw new SafetensorsError(`${where} has shape ${JSON.stringify(shape)}, too large`);
+    }
     if (end - begin !== want) {
       throw new SafetensorsError(
         `${where} has ${end - begin} bytes but ${r.dtype} ${JSON.stringify(shape)} needs ${want}`,

@@ -4,11 +4,16 @@
  * is resident, and each routed expert loaded once per layer during prefill.
  */
 import assert from "node:assert/strict";
-import { SMALL, writeFixture } from "../weights/fixture.ts";
+import { SMALL, TINY, writeFixture } from "../weights/fixture.ts";
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
-import { ExpertBudgetError } from "../src/gpu/expert_cache.ts";
-import { LrfuPolicy } from "../src/experts/policy.ts";
+import { ExpertBudgetError, ExpertCache, ExpertUploadError } from "../src/gpu/expert_cache.ts";
+import { ABSENT, ExpertPool } from "../src/gpu/expert_pool.ts";
+import { LrfuPolicy, LruPolicy } from "../src/experts/policy.ts";
+import { ExpertChecksumError } from "../src/experts/store.ts";
+import { openPacked, type PackedModel } from "../src/packed_weights.ts";
+import { pack } from "../src/pack/pack.ts";
+import { EXPERTS_FILE } from "../src/pack/format.ts";
 import { openGpu } from "../src/gpu/device.ts";
 
 const OPTS = { ...SMALL, dtype: "BF16" as const };
@@ -242,6 +247,145 @@ Deno.test("GpuModel prefill of a prompt longer than a batch loads each expert on
       model.destroy();
     } finally {
       opened.close();
+    }
+  });
+});
+
+/** A packed TINY model whose record of layer 1 expert 3 has one flipped byte. */
+async function withDamagedRecord(
+  fn: (m: PackedModel, bad: number, hf: string) => Promise<void>,
+) {
+  const dir = await Deno.makeTempDir({ prefix: "expert_cache_damaged_" });
+  try {
+    await writeFixture(`${dir}/hf`, TINY);
+    const out = `${dir}/packed`;
+    const r = (await pack(`${dir}/hf`, out)).manifest.experts.records[1 * TINY.experts + 3];
+    const bytes = Deno.readFileSync(`${out}/${EXPERTS_FILE}`);
+    bytes[r.offset + 100] ^= 0x10;
+    Deno.writeFileSync(`${out}/${EXPERTS_FILE}`, bytes);
+    const m = await openPacked(out);
+    try {
+      await fn(m, 1 * TINY.experts + 3, `${dir}/hf`);
+    } finally {
+      m.close();
+    }
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("ExpertCache.load() of a damaged record changes nothing: no slot lost, no victim evicted, later loads work", async () => {
+  await withDamagedRecord(async (m, bad) => {
+    const gpu = await openGpu();
+    const pool = new ExpertPool(gpu.device, m.config, "f32", 4);
+    const policy = new LruPolicy<number>();
+    const cache = new ExpertCache(pool, m.experts, policy);
+    const none = new Set<number>();
+    try {
+      // more failed loads than slots: each one must give its slot back
+      for (let i = 0; i < 6; i++) {
+        assert.throws(() => cache.load(bad, i, none), ExpertChecksumError);
+      }
+      assert.equal(cache.freeCount, 4);
+      assert.equal(cache.residentCount, 0);
+      assert.ok(pool.table.every((s) => s === ABSENT));
+      // every slot still usable
+      for (const [i, key] of [0, 1, 2, 4].entries()) assert.ok(cache.load(key, 10 + i, none));
+      assert.equal(cache.freeCount, 0);
+      // full: the failed load must not evict the policy's victim (key 0, least recently used)
+      const table = pool.table.slice();
+      assert.throws(() => cache.load(bad, 20, none), ExpertChecksumError);
+      assert.deepEqual(pool.table, table, "slot table unchanged");
+      assert.ok(cache.isResident(0), "the victim stays resident");
+      assert.equal(cache.metrics.evictions, 0);
+      assert.equal(policy.victim([0, 1, 2, 4], 21), 0, "policy state unchanged");
+      // a good record then evicts exactly that victim and takes its slot
+      const slot0 = pool.table[0];
+      assert.ok(cache.load(5, 21, none));
+      assert.ok(!cache.isResident(0));
+      assert.equal(pool.table[5], slot0);
+      assert.equal(cache.metrics.evictions, 1);
+      assert.equal(cache.loads, 5);
+      await cache.settle(); // every upload was accepted by WebGPU
+    } finally {
+      pool.destroy();
+      gpu.device.destroy();
+    }
+  });
+});
+
+Deno.test("ExpertCache: an upload WebGPU refuses raises ExpertUploadError and frees its slot", async () => {
+  await withDamagedRecord(async (m) => {
+    const gpu = await openGpu();
+    const pool = new ExpertPool(gpu.device, m.config, "f32", 4);
+    const cache = new ExpertCache(pool, m.experts, new LruPolicy<number>());
+    const none = new Set<number>();
+    try {
+      assert.ok(cache.load(0, 0, none));
+      await cache.settle();
+      pool.pools[0].buffer.destroy(); // every write into the pool now fails validation
+      assert.ok(cache.load(6, 1, none)); // WebGPU answers asynchronously
+      const err = await cache.settle().catch((e) => e);
+      assert.ok(err instanceof ExpertUploadError, `got ${err}`);
+      assert.equal(err.layer, 0);
+      assert.equal(err.expert, 6);
+      assert.match(err.message, /expert 6 of layer 0/);
+      assert.ok(!cache.isResident(6), "the failed expert is dropped");
+      assert.equal(pool.table[6], ABSENT);
+      assert.equal(cache.freeCount, 3, "its slot is free again");
+      assert.ok(cache.isResident(0));
+      await cache.settle(); // raised once
+      // the next load raises a failure found since the last settle()
+      assert.ok(cache.load(7, 2, none));
+      await new Promise((r) => setTimeout(r, 50));
+      await gpu.device.queue.onSubmittedWorkDone();
+      assert.throws(() => cache.load(8, 3, none), ExpertUploadError);
+      assert.equal(cache.freeCount + cache.residentCount, cache.capacity);
+    } finally {
+      pool.destroy();
+      gpu.device.destroy();
+    }
+  });
+});
+
+Deno.test("GpuModel with 4 expert slots and one damaged record: steps routed to it throw ExpertChecksumError, every other step still runs exactly", async () => {
+  await withDamagedRecord(async (m, _bad, hf) => {
+    const gpu = await openGpu();
+    const intact = openModelDir(hf);
+    const full = await GpuModel.open(intact.weights, { gpu, maxContext: 64 });
+    const model = await GpuModel.open(m.weights, {
+      gpu,
+      maxContext: 64,
+      expertSlots: 4,
+      expertSource: m.experts,
+    });
+    try {
+      let failed = 0, ranAfterFailure = 0;
+      for (let i = 0; i < 40; i++) {
+        const ids = [(i * 37 + 5) % TINY.vocab, (i * 11 + 1) % TINY.vocab];
+        const s = model.newSession();
+        try {
+          const got = await s.forward(ids);
+          const want = full.newSession();
+          assert.deepEqual(got, await want.forward(ids), `prompt ${ids}`);
+          want.free();
+          if (failed > 0) ranAfterFailure++;
+        } catch (e) {
+          assert.ok(e instanceof ExpertChecksumError, `prompt ${ids}: got ${e}`);
+          assert.equal(e.layer, 1);
+          assert.equal(e.expert, 3);
+          failed++;
+        }
+        s.free();
+        assert.equal(model.cache.freeCount + model.cache.residentCount, 4, "no slot lost");
+      }
+      assert.ok(failed >= 4, `only ${failed} prompts routed to the damaged expert`);
+      assert.ok(ranAfterFailure > 0, "no step ran after a failed load");
+    } finally {
+      model.destroy();
+      full.destroy();
+      intact.close();
+      gpu.device.destroy();
     }
   });
 });

@@ -11,7 +11,7 @@ import { TINY, writeFixture } from "../weights/fixture.ts";
 const root = await Deno.makeTempDir({ prefix: "expert_store_test_" });
 await writeFixture(`${root}/hf`, { ...TINY, dtype: "BF16" });
 await pack(`${root}/hf`, `${root}/packed`);
-const manifest = readManifest(`${root}/packed`);
+const manifest = await readManifest(`${root}/packed`);
 globalThis.addEventListener("unload", () => Deno.removeSync(root, { recursive: true }));
 
 async function copyPacked(name: string): Promise<string> {

@@ -117,7 +117,7 @@ Deno.test("pack() copies tokenizer files; force replaces only a packed outDir", 
   await Deno.writeTextFile(`${hf}/tokenizer.json`, '{"model":{}}');
   await pack(hf, out);
   assert.equal(await Deno.readTextFile(`${out}/tokenizer.json`), '{"model":{}}');
-  assert.deepEqual(readManifest(out).copied, ["tokenizer.json"]);
+  assert.deepEqual((await readManifest(out)).copied.map((c) => c.name), ["tokenizer.json"]);
   await assert.rejects(
     pack(hf, out),
     (e: Error) => e instanceof PackError && /--force/.test(e.message),
@@ -194,5 +194,17 @@ Deno.test("runPackCommand() packs into a new nested directory and reports the si
   const { layers: L, experts: E, inter: I, hidden: D } = TINY;
   assert.equal(r.expertBytes, L * E * 3 * I * D * 4);
   assert.equal(r.manifest.experts.records.length, L * E);
+  await Deno.remove(root, { recursive: true });
+});
+
+Deno.test("pack() --force replaces a packed outDir whose manifest.json is damaged", async () => {
+  const { root, hf } = await fixture({});
+  const out = `${root}/packed`;
+  await pack(hf, out);
+  await Deno.writeTextFile(`${out}/manifest.json`, "{ not json");
+  assert.ok(!isPackedDir(out));
+  await pack(hf, out, { force: true });
+  assert.ok(isPackedDir(out));
+  (await openPacked(out)).close();
   await Deno.remove(root, { recursive: true });
 });

@@ -151,6 +151,42 @@ Deno.test("parseHeader() rejects malformed files with the file and tensor named"
   assert.throws(() => parseHeader(badJson, "f"), /header is not valid JSON/);
 });
 
+Deno.test("parseHeader() refuses bytes no tensor owns (gap, start past 0, trailing data), as huggingface/safetensors does", () => {
+  const t = (begin: number, end: number) => ({
+    dtype: "F32",
+    shape: [(end - begin) / 4],
+    data_offsets: [begin, end],
+  });
+  const ok = rawFile({ a: t(0, 8), b: t(8, 16) }, new Uint8Array(16));
+  assert.deepEqual(parseHeader(ok, "f").entries.map((e) => e.name), ["a", "b"]);
+  const cases: [Uint8Array, RegExp][] = [
+    [
+      rawFile({ a: t(0, 8), b: t(12, 20) }, new Uint8Array(20)),
+      /f: 4 data bytes between tensor a and tensor b belong to no tensor/,
+    ],
+    [
+      rawFile({ a: t(8, 16) }, new Uint8Array(16)),
+      /f: 8 data bytes between the start of the data and tensor a belong to no tensor/,
+    ],
+    [
+      rawFile({ a: t(0, 8) }, new Uint8Array(12)),
+      /f: 4 data bytes after the last tensor a belong to no tensor/,
+    ],
+    [rawFile({}, new Uint8Array(4)), /4 data bytes after the header \(no tensors\)/],
+    [
+      rawFile({ a: { dtype: "I64", shape: [3], data_offsets: [0, 16] } }, new Uint8Array(16)),
+      /tensor a has 16 bytes but I64 \[3\] needs 24/,
+    ],
+  ];
+  for (const [bytes, re] of cases) {
+    assert.throws(
+      () => parseHeader(bytes, "f"),
+      (e: Error) => e instanceof SafetensorsError && re.test(e.message),
+      String(re),
+    );
+  }
+});
+
 Deno.test("openSafetensors() lists I32 tensors but view() refuses them naming tensor and dtype", async () => {
   await withTempDir(async (dir) => {
     const path = `${dir}/i.safetensors`;

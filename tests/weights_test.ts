@@ -342,3 +342,32 @@ Deno.test("openCheckpoint() names a missing shard, a missing model file and an i
     );
   });
 });
+
+Deno.test("openCheckpoint() refuses index shard names that leave the directory, naming the tensor", async () => {
+  await withFixture({ shards: 2 }, async (dir) => {
+    // a real shard reachable through ../: joined unchecked, it would be read from outside dir
+    const outside = `${dir}_outside.safetensors`;
+    await Deno.copyFile(`${dir}/model-00002-of-00002.safetensors`, outside);
+    const path = `${dir}/model.safetensors.index.json`;
+    const original = await Deno.readTextFile(path);
+    try {
+      for (const shard of [`../${outside.split("/").pop()}`, outside, "sub/x.safetensors", ".."]) {
+        const index = JSON.parse(original);
+        for (const [name, file] of Object.entries(index.weight_map)) {
+          if (file === "model-00002-of-00002.safetensors") index.weight_map[name] = shard;
+        }
+        await Deno.writeTextFile(path, JSON.stringify(index));
+        assert.throws(
+          () => openCheckpoint(dir),
+          (e: Error) =>
+            e instanceof CheckpointError &&
+            /model\.safetensors\.index\.json: weight_map maps tensor \S+ to .* which is not a file name/
+              .test(e.message),
+          shard,
+        );
+      }
+    } finally {
+      await Deno.remove(outside);
+    }
+  });
+});

@@ -3,6 +3,12 @@
  * its source (the packed file, memory-mapped), uploads it into a free or evicted slot and points
  * the GPU slot table at it. The eviction policy decides victims; keys the current step still
  * needs are protected.
+ *
+ * A failed load leaves the cache as it was: the record is read (and checksum-verified) before any
+ * slot is taken or any expert evicted, so a damaged record (ExpertChecksumError) changes nothing
+ * and later loads of other experts work. The upload runs in WebGPU error scopes; WebGPU reports
+ * their errors asynchronously, so an upload that failed drops its expert from the cache (slot
+ * freed, table ABSENT) and raises ExpertUploadError from the next load() or from settle().
  */
 import type { ModelWeights } from "../types.ts";
 import type { EvictionPolicy } from "../experts/policy.ts";
@@ -39,6 +45,18 @@ export class ExpertBudgetError extends Error {
   override name = "ExpertBudgetError";
 }
 
+/** The GPU refused an expert's upload (out of memory, validation); the expert is not resident. */
+export class ExpertUploadError extends Error {
+  constructor(readonly layer: number, readonly expert: number, gpuMessage: string) {
+    super(
+      `uploading expert ${expert} of layer ${layer} into its GPU slot failed (${gpuMessage}); ` +
+        `the expert was dropped from the cache: lower --expert-slots or --expert-cache-mib if ` +
+        `the device is out of memory`,
+    );
+    this.name = "ExpertUploadError";
+  }
+}
+
 export class ExpertCache {
   readonly metrics = new ExpertMetrics();
   /** Expert records uploaded so far (every cause: demand, prefetch, preload). */
@@ -49,6 +67,10 @@ export class ExpertCache {
   private free: number[] = [];
   /** Resident keys of each layer. */
   private byLayer: Set<number>[];
+  /** Uploads whose error scopes have not answered yet. */
+  private pending = new Set<Promise<void>>();
+  /** The first upload that failed and has not been raised yet. */
+  private uploadFailure: ExpertUploadError | null = null;
 
   constructor(
     readonly pool: ExpertPool,
@@ -90,28 +112,44 @@ export class ExpertCache {
     }
   }
 
+  /** Free slots (the capacity minus the resident experts). */
+  get freeCount(): number {
+    return this.free.length;
+  }
+
   /**
    * Makes `key` resident, evicting a policy victim outside `protect` if no slot is free.
    * Returns false when every slot is protected (the caller must not need more than capacity).
+   * Throws, changing nothing, when the record cannot be read (ExpertChecksumError, ...), and
+   * ExpertUploadError for an earlier upload the GPU refused.
    */
   load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
     if (this.slotOf.has(key)) return true;
-    let slot = this.free.pop();
-    if (slot === undefined) {
+    this.raiseUploadFailure();
+    let victim: number | undefined;
+    if (this.free.length === 0) {
       const candidates = [...this.slotOf.keys()].filter((k) => !protect.has(k));
-      const victim = this.policy.victim(candidates, now);
+      victim = this.policy.victim(candidates, now);
       if (victim === undefined) return false;
-      slot = this.evict(victim);
     }
     const E = this.pool.config.numExperts;
     const layer = Math.floor(key / E);
     const expert = key % E;
     const t0 = performance.now();
+    // read (and verify) before taking a slot: a record that cannot be read changes nothing
     const rec = this.source.read(layer, expert);
-    this.pool.uploadRecord(slot, rec.bytes);
+    this.pool.checkRecord(rec.bytes);
+    const slot = victim === undefined ? this.free.pop()! : this.evict(victim);
+    let scope: Promise<string | null>;
+    try {
+      scope = this.pool.uploadRecord(slot, rec.bytes);
+    } catch (e) {
+      this.free.push(slot);
+      throw e;
+    }
     this.pool.assign(layer, expert, slot);
     const ms = performance.now() - t0;
-    this.metrics.recordLoad(rec.source === "cold" ? "cold" : "warm", ms);
+    this.metrics.recordLoad(rec.source, ms);
     this.metrics.bytesUploaded += rec.bytes.byteLength;
     this.loads++;
     this.slotOf.set(key, slot);
@@ -121,18 +159,57 @@ export class ExpertCache {
       this.prefetched.add(key);
       this.metrics.prefetchIssued++;
     }
+    this.watch(key, slot, scope);
     return true;
   }
 
+  /**
+   * Waits for the error scopes of every upload issued so far; throws ExpertUploadError when one
+   * failed (its expert is then no longer resident).
+   */
+  async settle(): Promise<void> {
+    await Promise.all(this.pending);
+    this.raiseUploadFailure();
+  }
+
+  /** When an upload's scopes report an error: drop its expert, remember the error. */
+  private watch(key: number, slot: number, scope: Promise<string | null>): void {
+    const done: Promise<void> = scope.then((message) => {
+      this.pending.delete(done);
+      if (message === null) return;
+      const E = this.pool.config.numExperts;
+      this.uploadFailure ??= new ExpertUploadError(Math.floor(key / E), key % E, message);
+      try {
+        if (this.slotOf.get(key) === slot) this.free.push(this.unassign(key));
+      } catch {
+        // the device is gone (destroyed or lost): nothing is uploaded any more
+      }
+    });
+    this.pending.add(done);
+  }
+
+  private raiseUploadFailure(): void {
+    const failure = this.uploadFailure;
+    if (failure === null) return;
+    this.uploadFailure = null;
+    throw failure;
+  }
+
   private evict(key: number): number {
+    this.metrics.evictions++;
+    if (this.prefetched.has(key)) this.metrics.prefetchWasted++;
+    return this.unassign(key);
+  }
+
+  /** Takes key out of the slot table, the policy and the bookkeeping; returns its slot. */
+  private unassign(key: number): number {
     const slot = this.slotOf.get(key)!;
     const E = this.pool.config.numExperts;
     this.pool.assign(Math.floor(key / E), key % E, ABSENT);
     this.slotOf.delete(key);
     this.byLayer[Math.floor(key / E)].delete(key);
     this.policy.remove(key);
-    this.metrics.evictions++;
-    if (this.prefetched.delete(key)) this.metrics.prefetchWasted++;
+    this.prefetched.delete(key);
     return slot;
   }
 }

@@ -89,15 +89,39 @@ export class ExpertPool {
     });
   }
 
-  /** Writes one expert's gate|up|down bytes (contiguous) into a slot. */
-  uploadRecord(slot: number, record: Uint8Array): void {
-    const { buffer, offset } = this.locate(slot);
+  /** Throws ExpertPoolError unless record is one expert's gate|up|down bytes for this pool. */
+  checkRecord(record: Uint8Array): void {
     if (record.byteLength !== this.expertBytes) {
       throw new ExpertPoolError(
         `expert record of ${record.byteLength} B, want ${this.expertBytes}`,
       );
     }
-    this.device.queue.writeBuffer(buffer, offset, record as Uint8Array<ArrayBuffer>);
+  }
+
+  /**
+   * Writes one expert's gate|up|down bytes (contiguous) into a slot, inside WebGPU error scopes
+   * (validation, out-of-memory: the staging copy can fail). WebGPU reports such errors only
+   * asynchronously: the returned promise gives the error's message, or null when the write was
+   * accepted. It never rejects (a lost device is reported as a message too).
+   */
+  uploadRecord(slot: number, record: Uint8Array): Promise<string | null> {
+    const { buffer, offset } = this.locate(slot);
+    this.checkRecord(record);
+    const device = this.device;
+    device.pushErrorScope("out-of-memory");
+    device.pushErrorScope("validation");
+    let scopes: Promise<(GPUError | null)[]>;
+    try {
+      device.queue.writeBuffer(buffer, offset, record as Uint8Array<ArrayBuffer>);
+    } finally {
+      const validation = device.popErrorScope();
+      const oom = device.popErrorScope();
+      scopes = Promise.all([validation, oom]);
+    }
+    return scopes.then(
+      ([validation, oom]) => (validation ?? oom)?.message ?? null,
+      (e) => `error scope failed: ${(e as Error).message}`,
+    );
   }
 
   /** Writes one expert's three projections (separate views) into a slot. */

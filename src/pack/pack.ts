@@ -17,6 +17,7 @@ import {
   type BaseTensorEntry,
   CHECKSUM_ALGORITHM,
   COPIED_FILES,
+  type CopiedFile,
   createRecordHasher,
   type ExpertRecord,
   EXPERTS_FILE,
@@ -25,8 +26,9 @@ import {
   type PackManifest,
   RECORD_ALIGN,
   type RecordPart,
+  type UnsealedManifest,
 } from "./format.ts";
-import { isPackedDir, writeManifest } from "./manifest.ts";
+import { isPackedDir, looksPacked, writeManifest } from "./manifest.ts";
 import { type ProgressFn, terminalProgress } from "./progress.ts";
 
 /** Thrown when a pack cannot start or its input cannot be packed. */
@@ -73,6 +75,12 @@ function isEmptyDir(path: string): boolean {
   } catch {
     return false;
   }
+}
+
+/** A packed model, possibly with a damaged manifest (then its data files are there too). */
+function isReplaceable(dir: string): boolean {
+  return isPackedDir(dir) ||
+    (looksPacked(dir) && exists(join(dir, BASE_FILE)) && exists(join(dir, EXPERTS_FILE)));
 }
 
 function pidAlive(pid: number): boolean {
@@ -154,7 +162,7 @@ export async function pack(
     if (Deno.realPathSync(outDir) === Deno.realPathSync(inDir)) {
       throw new PackError(`--out ${outDir} is the input checkpoint; pick another directory`);
     }
-    if (!isPackedDir(outDir) && !isEmptyDir(outDir)) {
+    if (!isReplaceable(outDir) && !isEmptyDir(outDir)) {
       throw new PackError(
         `${outDir} exists and is not a packed model; --force only replaces packed models, ` +
           `so remove it yourself or pick another directory`,
@@ -186,6 +194,8 @@ export async function pack(
     const totalBytes = baseTotal + expertTotal;
     const report = opts.onProgress ?? (() => {});
 
+    const hasher = await createRecordHasher();
+
     // base.bin
     const tensors: Record<string, BaseTensorEntry> = {};
     const bw = new Writer(join(tmp, BASE_FILE));
@@ -200,6 +210,7 @@ export async function pack(
           dtype: view.dtype,
           role,
           ...(layer === undefined ? {} : { layer }),
+          checksum: hasher.digest([view.bytes]),
         };
         bw.write(view.bytes);
         done += view.bytes.length;
@@ -211,7 +222,6 @@ export async function pack(
     }
 
     // experts.bin
-    const hasher = await createRecordHasher();
     const records: ExpertRecord[] = [];
     const xw = new Writer(join(tmp, EXPERTS_FILE));
     try {
@@ -245,15 +255,25 @@ export async function pack(
       xw.close();
     }
 
-    const copied = COPIED_FILES.filter((name) => exists(join(inDir, name)));
-    for (const name of copied) Deno.copyFileSync(join(inDir, name), join(tmp, name));
+    const copied: CopiedFile[] = [];
+    for (const name of COPIED_FILES.filter((name) => exists(join(inDir, name)))) {
+      const bytes = Deno.readFileSync(join(inDir, name)); // small text files
+      Deno.writeFileSync(join(tmp, name), bytes);
+      copied.push({ name, bytes: bytes.length, checksum: hasher.digest([bytes]) });
+    }
 
-    const manifest: PackManifest = {
+    const unsealed: UnsealedManifest = {
       format: FORMAT_NAME,
       version: FORMAT_VERSION,
       config: rawConfig,
       source: inDir,
-      base: { file: BASE_FILE, bytes: bw.pos, alignment: BASE_ALIGN, tensors },
+      base: {
+        file: BASE_FILE,
+        bytes: bw.pos,
+        alignment: BASE_ALIGN,
+        checksum: CHECKSUM_ALGORITHM,
+        tensors,
+      },
       experts: {
         file: EXPERTS_FILE,
         bytes: xw.pos,
@@ -267,7 +287,8 @@ export async function pack(
       skipped: audit.skipped,
       copied,
     };
-    await writeManifest(tmp, manifest); // last: a dir without it is not a packed model
+    // last: a dir without it is not a packed model
+    const manifest: PackManifest = await writeManifest(tmp, unsealed);
     publish(tmp, outDir);
     tmp = null;
     return {
