@@ -23,6 +23,9 @@ import { runtimeStats } from "../src/engine/local.ts";
 import { type EngineModel, type EngineSpec, WorkerEngine } from "../src/engine/worker_engine.ts";
 import { openRuntime } from "../src/cli/runtime.ts";
 import { openReferenceModel } from "../src/reference/model.ts";
+import { openModelDir } from "../src/model_dir.ts";
+import { GpuModel } from "../src/gpu/model.ts";
+import type { Gpu } from "../src/gpu/device.ts";
 
 /** 256 bytes + 3 specials (ids 256..258) + a few unused ids, as a fixture vocab would have. */
 export const TEST_VOCAB = 272;
@@ -235,6 +238,67 @@ export async function openCountingRuntime(
     tokenizer: await loadTokenizer(rt.opened.dir),
     stats: () => ({ ...runtimeStats(rt), ...counts }),
     close: () => rt.close(),
+    gpu: rt.model.gpu,
+  };
+}
+
+/** GPU faults a test injects into openFixtureGpuModel()'s model, each once per worker. */
+export interface GpuFaults {
+  /** The n-th session opened (counted over every model this worker opens) first destroys the
+   * device, as a driver reset would: the engine must answer 503 and reopen the model. */
+  loseDeviceOnSession?: number;
+  /** The n-th session opened first makes an invalid buffer (an uncaptured validation error). */
+  validationErrorOnSession?: number;
+  /** Opening fails once this many models were opened in this worker (a reopen that fails). */
+  failOpenAfter?: number;
+}
+
+/** Sessions opened by every openFixtureGpuModel() model of this worker (faults count on it). */
+let fixtureSessions = 0;
+/** Models openFixtureGpuModel() opened in this worker (1 + the reopens after GPU failures). */
+let fixtureModelsOpened = 0;
+
+/**
+ * The engine worker's factory of the real GpuModel over a fixture checkpoint directory (with the
+ * tokenizer writeByteTokenizer() put there), with `faults` injected. Its stats() count the models
+ * opened (fixtureModelsOpened) and sessions (fixtureSessions) in this worker.
+ */
+export async function openFixtureGpuModel(
+  opts: { dir: string; maxContext: number; faults?: GpuFaults },
+): Promise<EngineModel> {
+  if (fixtureModelsOpened === opts.faults?.failOpenAfter) {
+    throw new Error("the fixture model does not open again (failOpenAfter)");
+  }
+  const opened = openModelDir(opts.dir);
+  const gpuModel = await GpuModel.open(opened.weights, { maxContext: opts.maxContext });
+  fixtureModelsOpened++;
+  const gpu: Gpu = gpuModel.gpu;
+  const faults = opts.faults ?? {};
+  const model: LanguageModel = {
+    config: gpuModel.config,
+    maxContext: gpuModel.maxContext,
+    newSession(o?: SessionOptions) {
+      fixtureSessions++;
+      if (fixtureSessions === faults.loseDeviceOnSession) gpu.device.destroy();
+      if (fixtureSessions === faults.validationErrorOnSession) {
+        gpu.device.createBuffer({
+          label: "test.invalid",
+          size: 16,
+          usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.STORAGE, // MAP_READ allows COPY_DST only
+        });
+      }
+      return gpuModel.newSession(o);
+    },
+  };
+  return {
+    model,
+    tokenizer: await loadTokenizer(opts.dir),
+    stats: () => ({ fixtureModelsOpened, fixtureSessions }),
+    close: () => {
+      gpuModel.destroy();
+      opened.close();
+    },
+    gpu,
   };
 }
 

@@ -5,6 +5,11 @@
 import assert from "node:assert/strict";
 import { TINY, writeFixture } from "../weights/fixture.ts";
 import { greedy, openReferenceModel } from "../src/reference/model.ts";
+import { intFlag, numberFlag, parseIds, UsageError } from "../src/cli/args.ts";
+import { GENERATE_SPEC } from "../src/cli/generate.ts";
+import { LOGITS_SPEC } from "../src/cli/logits.ts";
+import { PACK_SPEC } from "../src/cli/pack.ts";
+import { SERVE_SPEC } from "../src/server/cli.ts";
 
 const MAIN = new URL("../main.ts", import.meta.url).pathname;
 
@@ -150,6 +155,95 @@ Deno.test("main.ts rejects bad flags with usage and exit 2", async () => {
   assert.match(r.stderr, /not a non-negative integer/);
   const u = await cli(["nope"]);
   assert.equal(u.code, 2);
+});
+
+Deno.test("parseIds() and the number flags take decimal digits only: no empty items, hex, exponents or Infinity", () => {
+  assert.deepEqual(parseIds("3,17, 42"), [3, 17, 42]);
+  for (
+    const bad of [
+      "3,,4",
+      "3,",
+      ",3",
+      "0x10",
+      "1e3",
+      "+3",
+      "-1",
+      "3.0",
+      "Infinity",
+      " ",
+      "9007199254740993",
+    ]
+  ) {
+    assert.throws(() => parseIds(bad), UsageError, bad);
+  }
+  const flags = (v: string) => ({ x: v });
+  assert.equal(numberFlag(flags("0.7"), "x", 0), 0.7);
+  assert.equal(numberFlag(flags(".5"), "x", 0), 0.5);
+  assert.equal(numberFlag(flags("-1e-3"), "x", 0), -0.001);
+  for (const bad of ["Infinity", "-Infinity", "NaN", "0x10", "", "1,5", "1e999", "0b1"]) {
+    assert.throws(() => numberFlag(flags(bad), "x", 0), UsageError, bad);
+  }
+  assert.equal(intFlag(flags("16"), "x", 0, 1), 16);
+  for (const bad of ["0x10", "1e1", "16.0", "Infinity", "0", "99999999999999999999"]) {
+    assert.throws(() => intFlag(flags(bad), "x", 0, 1), UsageError, bad);
+  }
+  assert.equal(intFlag({}, "x", 7, 1), 7);
+});
+
+Deno.test("main.ts generate checks --ids and numeric flags before loading any model", async () => {
+  const missing = "/nonexistent/model/dir";
+  const cases: [string[], RegExp][] = [
+    [["--ids", "3,,4"], /--ids: "" is not a non-negative integer/],
+    [["--ids", "0x10"], /--ids: "0x10"/],
+    [["--ids", "1", "--temperature", "Infinity"], /--temperature: "Infinity"/],
+    [["--ids", "1", "--max-tokens", "1e2"], /--max-tokens: "1e2"/],
+    [["--ids", "1", "--expert-cache-mib", "Infinity"], /--expert-cache-mib: "Infinity"/],
+    [["--ids", "1", "--max-context", "0x100"], /--max-context: "0x100"/],
+  ];
+  for (const [args, message] of cases) {
+    const t0 = performance.now();
+    const r = await cli(["generate", "--model", missing, ...args]);
+    assert.equal(r.code, 2, `${args}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.doesNotMatch(r.stderr, /nonexistent/, "no model was opened"); // the flag failed first
+    console.error(
+      `  generate ${args.join(" ")}: exit 2 in ${(performance.now() - t0).toFixed(0)} ms`,
+    );
+  }
+  const serve = await cli(["serve", "--model", missing, "--port", "0x50"]);
+  assert.equal(serve.code, 2);
+  assert.match(serve.stderr, /--port: "0x50"/);
+});
+
+Deno.test("every main.ts command answers --help on stdout with exit 0, listing all its flags", async () => {
+  const specs = [GENERATE_SPEC, LOGITS_SPEC, PACK_SPEC, SERVE_SPEC];
+  for (const spec of specs) {
+    const r = await cli([spec.name, "--help"]);
+    assert.equal(r.code, 0, `${spec.name}: ${r.stderr}`);
+    assert.match(r.stdout, new RegExp(`^usage: main\\.ts ${spec.name} `));
+    for (const flag of spec.flags) {
+      assert.match(
+        r.stdout,
+        new RegExp(`--${flag.name}\\b`),
+        `${spec.name} --help: --${flag.name}`,
+      );
+    }
+    assert.doesNotMatch(r.stderr, /Unknown option/);
+  }
+  for (const name of ["audit", "verify"]) {
+    const r = await cli([name, "-h"]);
+    assert.equal(r.code, 0, `${name}: ${r.stderr}`);
+    assert.match(r.stdout, /--model/);
+  }
+  const top = await cli(["--help"]);
+  assert.equal(top.code, 0);
+  for (const name of ["audit", "logits", "generate", "serve", "pack", "verify"]) {
+    assert.match(top.stdout, new RegExp(`^  ${name} `, "m"), name);
+  }
+  const serveFlags = SERVE_SPEC.flags.map((f) => f.name);
+  for (const flag of ["allowed-host", "cors-origin", "api-key-all", "expert-cache-mib", "policy"]) {
+    assert.ok(serveFlags.includes(flag), flag);
+  }
 });
 
 Deno.test("main.ts generate works without FFI (the read fallback a compiled binary uses)", async () => {

@@ -1,7 +1,7 @@
 /**
  * The embedded default model (trained, packed in weights/default/) against the torch float64
  * evaluation stored at export time (tools/train/reference_outputs.json): held-out perplexity
- * within 0.1% relative and greedy continuations token for token.
+ * within 1e-6 relative (the README reports 2.5e-9) and greedy continuations token for token.
  */
 import assert from "node:assert/strict";
 import { DEFAULT_MODEL_DIR, openModel } from "../src/model_dir.ts";
@@ -23,7 +23,10 @@ const reference: ReferenceOutputs = JSON.parse(
   await Deno.readTextFile(new URL("reference_outputs.json", TRAIN)),
 );
 
-Deno.test("default model: held-out perplexity matches torch within 0.1%", async () => {
+/** Relative perplexity difference allowed: far above the 2.5e-9 measured, far below any bug. */
+const PERPLEXITY_TOLERANCE = 1e-6;
+
+Deno.test("default model: held-out perplexity matches torch within 1e-6 relative", async () => {
   const { windows } = JSON.parse(
     await Deno.readTextFile(new URL("heldout_eval_ids.json", TRAIN)),
   ) as { windows: number[][] };
@@ -42,7 +45,7 @@ Deno.test("default model: held-out perplexity matches torch within 0.1%", async 
       } (relative ${rel.toExponential(2)}) over ${r.scoredTokens} tokens`,
     );
     assert.equal(r.scoredTokens, reference.heldout.scored_tokens);
-    assert.ok(rel <= 1e-3, `relative difference ${rel}`);
+    assert.ok(rel <= PERPLEXITY_TOLERANCE, `relative difference ${rel}`);
   } finally {
     model.destroy();
     opened.close();

@@ -11,8 +11,11 @@ import { greedy, openReferenceModel } from "../src/reference/model.ts";
 import { greedyToken } from "../src/greedy.ts";
 import { GREEDY } from "../src/sampling.ts";
 
-/** The acceptance bar: max |logit - float64 reference|. */
-const LOGIT_TOLERANCE = 1e-4;
+/**
+ * The acceptance bar, max |logit - float64 reference|, per fixture: just above the worst figure
+ * the README reports for it (llvmpipe: 2.8e-6, 2.3e-6, 1.24e-5, 3.4e-6).
+ */
+const LOGIT_TOLERANCE = { f32: 4e-6, bf16: 4e-6, f16: 2e-5, small: 5e-6 };
 /** Argmax must agree wherever the reference's top-2 gap exceeds this. */
 const ARGMAX_GAP = 1e-3;
 
@@ -49,21 +52,21 @@ async function withFixture(
   }
 }
 
-const CASES: [string, FixtureOptions][] = [
-  ["TINY F32", { ...TINY, dtype: "F32" }],
-  ["TINY BF16", { ...TINY, dtype: "BF16" }],
+const CASES: [string, FixtureOptions, number][] = [
+  ["TINY F32", { ...TINY, dtype: "F32" }, LOGIT_TOLERANCE.f32],
+  ["TINY BF16", { ...TINY, dtype: "BF16" }, LOGIT_TOLERANCE.bf16],
   ["TINY F16 tied, fused, 2 shards", {
     ...TINY,
     dtype: "F16",
     tieEmbeddings: true,
     fusedExperts: true,
     shards: 2,
-  }],
-  ["SMALL BF16 omni", { ...SMALL, dtype: "BF16", omni: true }],
+  }, LOGIT_TOLERANCE.f16],
+  ["SMALL BF16 omni", { ...SMALL, dtype: "BF16", omni: true }, LOGIT_TOLERANCE.small],
 ];
 
-for (const [name, opts] of CASES) {
-  Deno.test(`GpuModel logits match the float64 reference within 1e-4 (${name})`, async () => {
+for (const [name, opts, tolerance] of CASES) {
+  Deno.test(`GpuModel logits match the float64 reference within ${tolerance} (${name})`, async () => {
     await withFixture(opts, async (dir) => {
       const opened = openModelDir(dir);
       const ref = await openReferenceModel(dir);
@@ -82,7 +85,7 @@ for (const [name, opts] of CASES) {
             }
           }
           console.error(`  ${name}, ${n} tokens: max |gpu - ref| = ${worst.toExponential(2)}`);
-          assert.ok(worst <= LOGIT_TOLERANCE, `max abs diff ${worst} for ${n} tokens`);
+          assert.ok(worst <= tolerance, `max abs diff ${worst} for ${n} tokens`);
         }
       } finally {
         model.destroy();
@@ -107,7 +110,7 @@ Deno.test("GpuModel prefill in one pass equals token-by-token decode", async () 
         worst = Math.max(worst, maxAbsDiff(row, prefill[t]));
       }
       console.error(`  prefill vs decode: max diff ${worst.toExponential(2)}`);
-      assert.ok(worst <= 1e-5, `prefill vs decode differ by ${worst}`);
+      assert.equal(worst, 0, `prefill vs decode differ by ${worst}`); // README: identical
     } finally {
       model.destroy();
       opened.close();
@@ -125,9 +128,9 @@ Deno.test("GpuModel prefill longer than one batch is chunked and still matches",
       const gpu = await model.newSession().forward(ids);
       const want = ref.newSession().forward64(ids);
       const worst = Math.max(...gpu.map((r, t) => maxAbsDiff(r, want[t])));
-      assert.ok(worst <= LOGIT_TOLERANCE, `max abs diff ${worst}`);
+      assert.ok(worst <= LOGIT_TOLERANCE.f32, `max abs diff ${worst}`);
       const [last] = await model.newSession().forward(ids, { lastOnly: true });
-      assert.ok(maxAbsDiff(last, want[20]) <= LOGIT_TOLERANCE);
+      assert.ok(maxAbsDiff(last, want[20]) <= LOGIT_TOLERANCE.f32);
     } finally {
       model.destroy();
       ref.close();
@@ -149,9 +152,14 @@ Deno.test("GpuModel greedy 32 tokens equal the reference's (SMALL BF16)", async 
       const stop = want.findIndex((t) => eos.has(t));
       const expected = stop < 0 ? want : want.slice(0, stop + 1);
       const session = model.newSession();
-      const it = session.decode({ feed: ids, maxTokens: 32, sampling: GREEDY, eosIds: [...eos] });
       const got: number[] = [];
-      for (let step = await it.next(); !step.done; step = await it.next()) got.push(...step.value);
+      await session.decode(
+        { feed: ids, maxTokens: 32, sampling: GREEDY, eosIds: [...eos] },
+        (t) => {
+          got.push(...t);
+          return undefined;
+        },
+      );
       session.free();
       assert.deepEqual(got, expected);
     } finally {

@@ -33,3 +33,30 @@ Deno.test("serveCommand() refuses a --steps-per-readback that is not a positive 
     await assert.rejects(serveCommand(["--steps-per-readback", bad]), UsageError, bad);
   }
 });
+
+Deno.test("serveCommand() checks its flags before loading anything: ports, origins, the key", async () => {
+  const missing = "/nonexistent/model/dir"; // a flag error must come before this fails to load
+  const cases: [string[], RegExp][] = [
+    [["--port", "70000"], /--port/],
+    [["--port", "0x1f40"], /--port/],
+    [["--max-body-bytes", "Infinity"], /--max-body-bytes/],
+    [["--cors-origin", "not a url"], /--cors-origin/],
+    [["--cors-origin", "https://app.example/path"], /--cors-origin/],
+    [["--api-key-all"], /--api-key-all needs --api-key/],
+    [["--api-key", ""], /--api-key: the key is empty/],
+    [["--expert-slots", "1e3"], /--expert-slots/],
+  ];
+  const saved = Deno.env.get("QWEN_MOE_API_KEY");
+  Deno.env.delete("QWEN_MOE_API_KEY");
+  try {
+    for (const [args, message] of cases) {
+      await assert.rejects(serveCommand(["--model", missing, ...args]), (e: Error) => {
+        assert.ok(e instanceof UsageError, `${args}: ${e}`);
+        assert.match(e.message, message);
+        return true;
+      });
+    }
+  } finally {
+    if (saved !== undefined) Deno.env.set("QWEN_MOE_API_KEY", saved);
+  }
+});

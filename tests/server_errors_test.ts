@@ -115,13 +115,72 @@ Deno.test("server with apiKey answers 401 to a missing or wrong Bearer key, 200 
   }
 });
 
-Deno.test("server turns an exception inside the model (in the worker) into a 500 JSON error and keeps serving", async () => {
-  const server = await startTestServer({ failSessions: 1, failMessage: "device lost" });
+Deno.test("server checks the key with hono's bearerAuth (constant time): 401s carry WWW-Authenticate, every wrong key is refused", async () => {
+  const server = await startTestServer({ apiKey: "sekret" });
+  try {
+    // same length, a prefix, longer, another scheme, a malformed header: all 401 OpenAI errors
+    const wrong = ["Bearer sekreT", "Bearer sekre", "Bearer sekret2", "Basic sekret", "Bearer a b"];
+    for (const authorization of wrong) {
+      const r = await fetch(`${server.url}/v1/models`, { headers: { authorization } });
+      assert.equal(r.status, 401, authorization);
+      assert.match(r.headers.get("www-authenticate") ?? "", /^Bearer /, authorization);
+      assert.equal((await r.json()).error.code, "invalid_api_key", authorization);
+    }
+    const none = await fetch(`${server.url}/v1/models`);
+    assert.equal(none.status, 401);
+    assert.match(none.headers.get("www-authenticate") ?? "", /^Bearer realm=/);
+    assert.match((await none.json()).error.message, /no API key given/);
+    const right = await fetch(`${server.url}/v1/models`, {
+      headers: { authorization: "Bearer sekret" },
+    });
+    assert.equal(right.status, 200);
+    await right.body?.cancel();
+    // without --api-key-all, /metrics and /stats stay open
+    for (const path of ["/metrics", "/stats"]) {
+      const r = await fetch(`${server.url}${path}`);
+      assert.equal(r.status, 200, path);
+      await r.body?.cancel();
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server with apiKeyAll requires the key on /metrics and /stats; /health and the chat page stay open", async () => {
+  const server = await startTestServer({ apiKey: "sekret", apiKeyAll: true });
+  try {
+    for (const path of ["/metrics", "/stats", "/v1/models"]) {
+      const r = await fetch(`${server.url}${path}`);
+      assert.equal(r.status, 401, path);
+      assert.equal((await r.json()).error.code, "invalid_api_key");
+      const ok = await fetch(`${server.url}${path}`, {
+        headers: { authorization: "Bearer sekret" },
+      });
+      assert.equal(ok.status, 200, path);
+      await ok.body?.cancel();
+    }
+    for (const path of ["/health", "/"]) {
+      const r = await fetch(`${server.url}${path}`);
+      assert.equal(r.status, 200, path);
+      await r.body?.cancel();
+    }
+  } finally {
+    await server.close();
+  }
+});
+
+Deno.test("server turns an exception inside the model (in the worker) into a 500 JSON error naming only an error id, and keeps serving", async () => {
+  const server = await startTestServer({ failSessions: 1, failMessage: "cannot open /secret/dir" });
   try {
     const r = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(r.status, 500);
     assert.equal(r.json.error.type, "server_error");
-    assert.equal(r.json.error.message, "internal server error: Error: device lost");
+    assert.equal(r.json.error.code, "internal_error");
+    assert.match(
+      r.json.error.message,
+      /^internal server error \(error id [\w-]+\); the server's log/,
+    );
+    assert.doesNotMatch(r.json.error.message, /secret|Error\b/); // the details go to the log
     const again = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(again.status, 200);
     assert.equal(server.stats().liveSessions, 0);
@@ -153,7 +212,7 @@ Deno.test("/health answers 503 loading while the engine promise is pending, then
   }
 });
 
-Deno.test("WorkerEngine.start() rejects with the load error; /health says error and requests get 500 naming it", async () => {
+Deno.test("WorkerEngine.start() rejects with the load error; /health says error and requests get 500 without the cause", async () => {
   const spec = testModelSpec("openBigramEngineModel", { loadError: "weights are corrupt" });
   await assert.rejects(WorkerEngine.start(spec), { name: "Error", message: "weights are corrupt" });
   const server = await startTestServer({ engine: WorkerEngine.start(spec) });
@@ -165,11 +224,13 @@ Deno.test("WorkerEngine.start() rejects with the load error; /health says error 
       health = await fetch(`${server.url}/health`);
     }
     assert.equal(health.status, 500);
-    assert.deepEqual(await health.json(), { status: "error", error: "weights are corrupt" });
+    const body = await health.json();
+    assert.equal(body.status, "error");
+    assert.match(body.error, /the model failed to load \(the server's log says why\)/);
     const r = await post(server, "/v1/chat/completions", chat({}));
     assert.equal(r.status, 500);
     assert.equal(r.json.error.code, "model_load_failed");
-    assert.match(r.json.error.message, /weights are corrupt/);
+    assert.doesNotMatch(r.json.error.message, /corrupt/); // the cause is logged, not sent
     const stats = await (await fetch(`${server.url}/stats`)).json();
     assert.equal(stats.status, "error");
   } finally {
@@ -183,7 +244,7 @@ Deno.test("fromWire(toWire(e)) keeps the class, name, message and ApiError field
     new QueueAbortedError(),
     new ContextOverflowError("position 300 past the KV cache of 256"),
     new ContextLengthError("too long", "max_tokens"),
-    internalError(new Error("boom")),
+    internalError("id-1"),
     new RangeError("out of range"),
   ];
   for (const e of cases) {

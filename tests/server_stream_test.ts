@@ -124,8 +124,9 @@ Deno.test("/metrics and /stats report requests, tokens and the expert cache figu
     assert.equal(value("qwen_moe_completion_tokens_total"), 5);
     assert.equal(value("qwen_moe_time_to_first_token_seconds_count"), 1);
     assert.ok(value("qwen_moe_time_to_first_token_seconds_sum") > 0);
-    assert.equal(value("qwen_moe_expert_cache_hits"), 30);
-    assert.equal(value("qwen_moe_expert_cache_bytes_uploaded"), 2048);
+    assert.equal(value('qwen_moe_generations_total{outcome="completed"}'), 1);
+    assert.equal(value("qwen_moe_expert_cache_hits_total"), 30);
+    assert.equal(value("qwen_moe_expert_cache_uploaded_bytes_total"), 2048);
     assert.equal(value("qwen_moe_expert_cache_hit_rate"), 0.75);
     assert.equal(value("qwen_moe_live_sessions"), 0);
     assert.equal(value("qwen_moe_queue_busy"), 0);

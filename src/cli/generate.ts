@@ -11,38 +11,64 @@
  * The JSON stats cover the decode steps (the prefill and the first token excluded): tokens they
  * sampled, GPU readbacks, command submissions, wall-clock milliseconds, expert loads.
  */
-import { type Flags, numberFlag, parseFlags, parseIds, UsageError } from "./args.ts";
+import {
+  type CommandSpec,
+  type Flags,
+  intFlag,
+  numberFlag,
+  parseFlags,
+  parseIds,
+  UsageError,
+} from "./args.ts";
 import { DEFAULT_MAX_CONTEXT } from "../gpu/model.ts";
-import { openRuntime, RUNTIME_BOOLEAN_FLAGS, RUNTIME_STRING_FLAGS } from "./runtime.ts";
+import { openRuntime, RUNTIME_FLAGS, runtimeOptions } from "./runtime.ts";
 import { generate, type GenerationResult } from "../generate.ts";
 import { GREEDY, type SamplingParams } from "../sampling.ts";
 import { loadTokenizer, StreamDecoder, type Tokenizer } from "../tokenizer.ts";
 import { writeStdout } from "./stdout.ts";
 
+export const GENERATE_SPEC: CommandSpec = {
+  name: "generate",
+  summary: "generates from token ids (--json: ids and stats) or from text (streams the text)",
+  usage: "[--model DIR] (--ids 3,17,42 | --prompt TEXT) [--max-tokens N] [flags]",
+  flags: [
+    { name: "ids", arg: "IDS", help: "prompt token ids, comma-separated decimal integers" },
+    { name: "prompt", arg: "TEXT", help: "prompt text (needs tokenizer.json in the model dir)" },
+    { name: "max-tokens", arg: "N", help: "most tokens to generate (16)" },
+    { name: "json", help: 'print {"ids":[...],"stats":{...}} (with --ids)' },
+    { name: "temperature", arg: "T", help: "sampling temperature, 0 = greedy (0)" },
+    { name: "top-p", arg: "P", help: "nucleus sampling mass, (0, 1] (1)" },
+    { name: "top-k", arg: "K", help: "sample among the K most likely, 0 = all (0)" },
+    { name: "min-p", arg: "P", help: "drop tokens below P x the top probability, [0, 1] (0)" },
+    { name: "repetition-penalty", arg: "R", help: "divide repeated tokens' logits by R (1)" },
+    {
+      name: "presence-penalty",
+      arg: "A",
+      help: "subtract A from seen tokens' logits, |A| <= 2 (0)",
+    },
+    {
+      name: "frequency-penalty",
+      arg: "A",
+      help: "subtract A x count from seen tokens' logits, |A| <= 2 (0)",
+    },
+    { name: "seed", arg: "S", help: "sampling seed, a non-negative integer (random)" },
+    ...RUNTIME_FLAGS,
+  ],
+};
+
 export async function generateCommand(argv: string[]): Promise<number> {
-  const flags = parseFlags(
-    argv,
-    [
-      ...RUNTIME_STRING_FLAGS,
-      "ids",
-      "prompt",
-      "max-tokens",
-      "temperature",
-      "top-p",
-      "top-k",
-      "min-p",
-      "repetition-penalty",
-      "presence-penalty",
-      "frequency-penalty",
-      "seed",
-    ],
-    ["json", ...RUNTIME_BOOLEAN_FLAGS],
-  );
-  const maxTokens = numberFlag(flags, "max-tokens", 16, (n) => Number.isInteger(n) && n >= 1);
+  const flags = parseFlags(argv, GENERATE_SPEC);
+  // every flag is checked before the model loads
+  const maxTokens = intFlag(flags, "max-tokens", 16, 1);
   const sampling = samplingFlags(flags);
   if ((flags.prompt === undefined) === (flags.ids === undefined)) {
     throw new UsageError("give exactly one of --ids and --prompt");
   }
+  const givenIds = flags.ids === undefined ? null : parseIds(flags.ids);
+  if (typeof flags.prompt === "string" && flags.prompt === "") {
+    throw new UsageError("--prompt is empty");
+  }
+  runtimeOptions(flags, DEFAULT_MAX_CONTEXT);
   const rt = await openRuntime(flags, DEFAULT_MAX_CONTEXT);
   try {
     let tokenizer: Tokenizer | null = null;
@@ -52,7 +78,7 @@ export async function generateCommand(argv: string[]): Promise<number> {
       ids = tokenizer.encode(flags.prompt);
       if (ids.length === 0) throw new UsageError("--prompt encodes to no tokens");
     } else {
-      ids = parseIds(flags.ids);
+      ids = checkVocab(givenIds!, rt.model.config.vocabSize);
     }
     const need = ids.length + maxTokens;
     if (need > rt.model.maxContext) {
@@ -96,17 +122,24 @@ export async function generateCommand(argv: string[]): Promise<number> {
   }
 }
 
+/** The ids, if every one is below the model's vocab size; else a UsageError naming the first. */
+export function checkVocab(ids: number[], vocab: number): number[] {
+  const bad = ids.find((id) => id >= vocab);
+  if (bad !== undefined) {
+    throw new UsageError(`--ids: token id ${bad} is outside the model's vocab (0..${vocab - 1})`);
+  }
+  return ids;
+}
+
 function samplingFlags(flags: Flags): SamplingParams {
-  const seed = flags.seed === undefined
-    ? undefined
-    : numberFlag(flags, "seed", 0, (n) => Number.isSafeInteger(n));
+  const seed = flags.seed === undefined ? undefined : intFlag(flags, "seed", 0, 0);
   return {
     ...GREEDY,
-    temperature: numberFlag(flags, "temperature", 0, (n) => n >= 0 && n < Infinity),
+    temperature: numberFlag(flags, "temperature", 0, (n) => n >= 0),
     topP: numberFlag(flags, "top-p", 1, (n) => n > 0 && n <= 1),
-    topK: numberFlag(flags, "top-k", 0, (n) => Number.isInteger(n) && n >= 0),
+    topK: intFlag(flags, "top-k", 0, 0),
     minP: numberFlag(flags, "min-p", 0, (n) => n >= 0 && n <= 1),
-    repetitionPenalty: numberFlag(flags, "repetition-penalty", 1, (n) => n > 0 && n < Infinity),
+    repetitionPenalty: numberFlag(flags, "repetition-penalty", 1, (n) => n > 0),
     presencePenalty: numberFlag(flags, "presence-penalty", 0, (n) => Math.abs(n) <= 2),
     frequencyPenalty: numberFlag(flags, "frequency-penalty", 0, (n) => Math.abs(n) <= 2),
     seed,

@@ -1,24 +1,76 @@
 /**
  * The flags every inference command shares (--model, --expert-slots, --expert-cache-mib,
- * --policy, --no-prefetch, --router-masking, --max-context, --steps-per-readback) and the one
- * place that turns them into a GpuModel.
+ * --policy, --no-prefetch, --router-masking, --max-context, --steps-per-readback), checked before
+ * anything loads, and the one place that turns them into a GpuModel.
  */
-import { type Flags, info, numberFlag, UsageError } from "./args.ts";
+import { type Flags, type FlagSpec, info, intFlag, numberFlag, UsageError } from "./args.ts";
 import { type OpenedModel, openModel } from "../model_dir.ts";
 import { GpuModel } from "../gpu/model.ts";
 import { slotBytes } from "../gpu/expert_pool.ts";
-import { policyByName } from "../experts/policy.ts";
+import { type EvictionPolicy, policyByName } from "../experts/policy.ts";
 import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
 
-export const RUNTIME_STRING_FLAGS = [
-  "model",
-  "expert-slots",
-  "expert-cache-mib",
-  "policy",
-  "max-context",
-  "steps-per-readback",
+/** The shared flags, in the order --help lists them. */
+export const RUNTIME_FLAGS: FlagSpec[] = [
+  {
+    name: "model",
+    arg: "DIR",
+    help: "packed or Hugging Face model directory (default: the embedded model)",
+  },
+  { name: "expert-slots", arg: "N", help: "GPU slots for experts (default: all experts)" },
+  { name: "expert-cache-mib", arg: "M", help: "GPU budget for experts in MiB (instead of slots)" },
+  { name: "policy", arg: "P", help: "expert eviction policy: lru, lrfu or lrfu:DECAY (lru)" },
+  { name: "max-context", arg: "N", help: "longest sequence a session holds" },
+  {
+    name: "steps-per-readback",
+    arg: "N",
+    help: `decode steps per GPU readback, 1..${MAX_STEPS_PER_BATCH} (default: adaptive)`,
+  },
+  { name: "no-prefetch", help: "load only the experts a miss needs, no speculative prefetch" },
+  { name: "router-masking", help: "route among resident experts only (approximate, no loads)" },
 ];
-export const RUNTIME_BOOLEAN_FLAGS = ["no-prefetch", "router-masking"];
+export const RUNTIME_STRING_FLAGS = RUNTIME_FLAGS.filter((f) => f.arg).map((f) => f.name);
+export const RUNTIME_BOOLEAN_FLAGS = RUNTIME_FLAGS.filter((f) => !f.arg).map((f) => f.name);
+
+/** The runtime flags, checked (every number and name), before any file is opened. */
+export interface RuntimeOptions {
+  model: string | undefined;
+  maxContext: number;
+  /** Exactly one of these two, or neither (all experts resident). */
+  expertSlots: number | undefined;
+  expertCacheMib: number | undefined;
+  stepsPerReadback: number | undefined;
+  policy: EvictionPolicy<number>;
+  prefetch: boolean;
+  routerMasking: boolean;
+}
+
+/** Checks the runtime flags; a UsageError names the first bad one. */
+export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOptions {
+  if (flags["expert-slots"] !== undefined && flags["expert-cache-mib"] !== undefined) {
+    throw new UsageError("give --expert-slots or --expert-cache-mib, not both");
+  }
+  const optionalInt = (name: string, min: number, max?: number) =>
+    flags[name] === undefined ? undefined : intFlag(flags, name, 0, min, max);
+  let policy;
+  try {
+    policy = policyByName<number>((flags.policy as string | undefined) ?? "lru");
+  } catch (e) {
+    throw new UsageError(`--policy: ${(e as Error).message}`);
+  }
+  return {
+    model: flags.model as string | undefined,
+    maxContext: intFlag(flags, "max-context", defaultContext, 1),
+    expertSlots: optionalInt("expert-slots", 1),
+    expertCacheMib: flags["expert-cache-mib"] === undefined
+      ? undefined
+      : numberFlag(flags, "expert-cache-mib", 0, (n) => n > 0),
+    stepsPerReadback: optionalInt("steps-per-readback", 1, MAX_STEPS_PER_BATCH),
+    policy,
+    prefetch: !flags["no-prefetch"],
+    routerMasking: !!flags["router-masking"],
+  };
+}
 
 export interface Runtime {
   opened: OpenedModel;
@@ -26,49 +78,35 @@ export interface Runtime {
   close(): void;
 }
 
-/** Opens the model named by the flags (default: the embedded one) on the GPU. */
+/**
+ * Opens the model named by the flags (default: the embedded one) on the GPU. The flags are checked
+ * first; a GPU error while the model's pipelines and bind groups are made fails the open (GpuError).
+ */
 export async function openRuntime(flags: Flags, defaultContext: number): Promise<Runtime> {
-  const opened = await openModel(flags.model as string | undefined);
+  const o = runtimeOptions(flags, defaultContext);
+  const opened = await openModel(o.model);
   try {
     const c = opened.weights.config;
-    const maxContext = numberFlag(
-      flags,
-      "max-context",
-      defaultContext,
-      (n) => Number.isInteger(n) && n > 0,
-    );
-    let expertSlots: number | undefined;
-    if (flags["expert-slots"] !== undefined && flags["expert-cache-mib"] !== undefined) {
-      throw new UsageError("give --expert-slots or --expert-cache-mib, not both");
-    }
-    if (flags["expert-slots"] !== undefined) {
-      expertSlots = numberFlag(flags, "expert-slots", 0, (n) => Number.isInteger(n) && n > 0);
-    } else if (flags["expert-cache-mib"] !== undefined) {
-      const mib = numberFlag(flags, "expert-cache-mib", 0, (n) => n > 0);
+    let expertSlots = o.expertSlots;
+    if (o.expertCacheMib !== undefined) {
       const dtype = opened.weights.layers[0].expert(0).gate.dtype;
-      expertSlots = Math.floor((mib * 2 ** 20) / slotBytes(c, dtype));
-    }
-    const stepsPerReadback = flags["steps-per-readback"] === undefined ? undefined : numberFlag(
-      flags,
-      "steps-per-readback",
-      0,
-      (n) => Number.isInteger(n) && n >= 1 && n <= MAX_STEPS_PER_BATCH,
-    );
-    let policy;
-    try {
-      policy = policyByName<number>((flags.policy as string | undefined) ?? "lru");
-    } catch (e) {
-      throw new UsageError(`--policy: ${(e as Error).message}`);
+      expertSlots = Math.floor((o.expertCacheMib * 2 ** 20) / slotBytes(c, dtype));
     }
     const model = await GpuModel.open(opened.weights, {
-      maxContext,
+      maxContext: o.maxContext,
       expertSlots,
       expertSource: opened.experts,
-      policy,
-      prefetch: !flags["no-prefetch"],
-      routerMasking: !!flags["router-masking"],
-      stepsPerReadback,
+      policy: o.policy,
+      prefetch: o.prefetch,
+      routerMasking: o.routerMasking,
+      stepsPerReadback: o.stepsPerReadback,
     });
+    try {
+      await model.gpu.settle(); // pipeline or bind-group errors of the open surface here
+    } catch (e) {
+      model.destroy();
+      throw e;
+    }
     const total = c.numLayers * c.numExperts;
     info(
       `model ${opened.dir}: ${c.numLayers} layers, ${c.numExperts} experts (top-${c.topK}), ` +

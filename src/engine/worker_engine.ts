@@ -5,10 +5,14 @@
  *
  *   main -> worker: open {spec} | run {id, job} | abort {id} | close
  *   worker -> main: ready {info, stats} | failed {error} | piece {id, piece} | done {id, result}
- *                   | error {id, error} | stats {stats} | closed
+ *                   | error {id, error} | stats {stats} | health {health, stats?} | closed
  *
  * Errors cross as name + message (+ the ApiError fields) and are rebuilt here as instances of the
  * same class, so the server answers them exactly as when the engine runs in-process.
+ *
+ * Health: after a GPU error or a lost device the worker reopens the model on a new device;
+ * meanwhile health() is "unavailable" and run() fails at once with ModelUnavailableError (503),
+ * then "ok" again, or "error" when every reopen failed.
  */
 import type { LanguageModel } from "../types.ts";
 import type { Tokenizer } from "../tokenizer.ts";
@@ -17,18 +21,29 @@ import { UsageError } from "../cli/args.ts";
 import { GenerationAbortedError, type GenerationResult, type Piece } from "../generate.ts";
 import { QueueAbortedError } from "../server/queue.ts";
 import { ContextOverflowError } from "../gpu/session.ts";
-import { DeviceLostError } from "../gpu/device.ts";
+import { DeviceLostError, type Gpu, GpuError } from "../gpu/device.ts";
 import { ExpertChecksumError } from "../experts/store.ts";
+import { ExpertBudgetError, ExpertUploadError } from "../gpu/expert_cache.ts";
+import { ManifestError } from "../pack/manifest.ts";
+import { FileChecksumError, PackedFileError, TensorChecksumError } from "../pack/integrity.ts";
+import { ModelDirError } from "../model_dir.ts";
 import * as apiErrors from "../server/errors.ts";
 import { ApiError } from "../server/errors.ts";
 import { type Engine, EngineClosedError, type EngineInfo, type EngineJob } from "./engine.ts";
 
 /** What the worker opens. */
 export type EngineSpec =
-  /** The runtime the CLI flags name: openRuntime(flags, defaultContext) + its tokenizer. */
-  | { kind: "runtime"; flags: Flags; defaultContext: number }
-  /** Tests: `(await import(url))[exportName](options)`, which returns an EngineModel. */
-  | { kind: "module"; url: string; exportName: string; options?: unknown };
+  & (
+    /** The runtime the CLI flags name: openRuntime(flags, defaultContext) + its tokenizer. */
+    | { kind: "runtime"; flags: Flags; defaultContext: number }
+    /** Tests: `(await import(url))[exportName](options)`, which returns an EngineModel. */
+    | { kind: "module"; url: string; exportName: string; options?: unknown }
+  )
+  & {
+    /** Waits (ms) before each attempt to reopen the model after a GPU failure; its length is
+     * the number of attempts (default: worker.ts REOPEN_DELAYS_MS). */
+    reopenDelaysMs?: number[];
+  };
 
 /** What a `{kind: "module"}` factory returns. */
 export interface EngineModel {
@@ -38,7 +53,17 @@ export interface EngineModel {
   stats?: () => Record<string, number>;
   /** Frees the model; runs when the engine closes. */
   close?: () => void;
+  /** The model's GPU: checked before each piece leaves the worker; its loss reopens the model. */
+  gpu?: Gpu;
 }
+
+/** Where an engine stands (WorkerEngine.health(); /health answers from it). */
+export type EngineHealth =
+  | { status: "ok" }
+  /** Temporarily unusable (a GPU failure; the model is being reopened). */
+  | { status: "unavailable"; message: string }
+  /** No longer usable (every reopen failed). Messages carry no paths: clients see them. */
+  | { status: "error"; message: string };
 
 /** An error as it crosses the worker boundary. */
 export interface WireError {
@@ -64,6 +89,7 @@ export type FromWorker =
   | { type: "done"; id: number; result: GenerationResult }
   | { type: "error"; id: number; error: WireError }
   | { type: "stats"; stats: Stats }
+  | { type: "health"; health: EngineHealth; stats?: Stats }
   | { type: "closed" };
 
 /** The worker died (an uncaught exception in it): its jobs end and the engine runs no more. */
@@ -82,7 +108,15 @@ const ERROR_CLASSES: (new (...args: never[]) => Error)[] = [
   EngineWorkerError,
   ContextOverflowError,
   DeviceLostError,
+  GpuError,
   ExpertChecksumError,
+  ExpertBudgetError,
+  ExpertUploadError,
+  ManifestError,
+  TensorChecksumError,
+  FileChecksumError,
+  PackedFileError,
+  ModelDirError,
   UsageError,
   TypeError,
   RangeError,
@@ -150,6 +184,7 @@ export class WorkerEngine implements Engine {
   readonly #worker: Worker;
   readonly #jobs = new Map<number, Inbox>();
   #stats: Stats;
+  #health: EngineHealth = { status: "ok" };
   #nextId = 1;
   #dead: Error | null = null;
   #closing: Promise<void> | null = null;
@@ -193,6 +228,7 @@ export class WorkerEngine implements Engine {
   async *run(job: EngineJob, signal: AbortSignal): AsyncGenerator<Piece, GenerationResult> {
     if (this.#dead) throw this.#dead;
     if (this.#closing) throw new EngineClosedError();
+    if (this.#health.status !== "ok") throw new apiErrors.ModelUnavailableError();
     const id = this.#nextId++;
     const inbox = new Inbox();
     this.#jobs.set(id, inbox);
@@ -222,6 +258,13 @@ export class WorkerEngine implements Engine {
     return this.#stats;
   }
 
+  /** "ok", "unavailable" while the worker reopens the model after a GPU failure, or "error". */
+  health(): EngineHealth {
+    if (this.#dead === null) return this.#health;
+    // the worker's own message may name files: it went to the log (#die)
+    return { status: "error", message: "the engine worker crashed; restart the server" };
+  }
+
   close(): Promise<void> {
     return this.#closing ??= (async () => {
       if (!this.#dead) {
@@ -249,12 +292,17 @@ export class WorkerEngine implements Engine {
       case "stats":
         this.#stats = m.stats;
         return;
+      case "health":
+        this.#health = m.health;
+        if (m.stats) this.#stats = m.stats;
+        return;
       case "closed":
         return this.#onClosed?.();
     }
   }
 
   #die(e: Error): void {
+    console.error(e.message);
     this.#dead = e;
     this.#worker.terminate();
     this.#failJobs(e);

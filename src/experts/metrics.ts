@@ -8,9 +8,15 @@
  * Where an expert's bytes were when it was needed:
  *   "cold": not in the OS page cache (read from disk),
  *   "warm": in the page cache (a memory copy),
+ *   "unknown": read where the page cache cannot be asked (pread mode, the compiled binary),
  *   "resident": already in a GPU slot (no load at all).
  */
-export type LoadSource = "cold" | "warm" | "resident";
+export type LoadSource = "cold" | "warm" | "unknown" | "resident";
+
+/** The sources a load can come from, in the order figures list them. */
+export const LOAD_SOURCES = ["cold", "warm", "unknown"] as const;
+
+const MS_PER_SECOND = 1000;
 
 /** Latency samples kept per source: enough for stable p99 over the recent past, bounded memory. */
 export const LATENCY_WINDOW = 4096;
@@ -81,15 +87,21 @@ export class ExpertMetrics {
   prefetchHit = 0;
   prefetchWasted = 0;
   bytesUploaded = 0;
-  private latency: Record<LoadSource, SampleRing> = {
-    cold: new SampleRing(),
-    warm: new SampleRing(),
-    resident: new SampleRing(),
-  };
+  private latency = ExpertMetrics.rings();
 
-  /** Records how long making one expert available took, by where its bytes were. */
-  recordLoad(source: LoadSource, ms: number): void {
-    this.latency[source].add(ms);
+  private static rings(): Record<LoadSource, SampleRing> {
+    return {
+      cold: new SampleRing(),
+      warm: new SampleRing(),
+      unknown: new SampleRing(),
+      resident: new SampleRing(),
+    };
+  }
+
+  /** Records how long making one expert available took, by where its bytes were (null: the
+   * reader could not tell, counted as "unknown"). */
+  recordLoad(source: LoadSource | null, ms: number): void {
+    this.latency[source ?? "unknown"].add(ms);
   }
 
   /** Zeroes every counter and drops every sample (e.g. after warm-up, before a bench). */
@@ -97,7 +109,7 @@ export class ExpertMetrics {
     this.hits = this.misses = this.evictions = 0;
     this.prefetchIssued = this.prefetchHit = this.prefetchWasted = 0;
     this.bytesUploaded = 0;
-    this.latency = { cold: new SampleRing(), warm: new SampleRing(), resident: new SampleRing() };
+    this.latency = ExpertMetrics.rings();
   }
 
   snapshot(): ExpertMetricsSnapshot {
@@ -114,8 +126,24 @@ export class ExpertMetrics {
       latency: {
         cold: this.latency.cold.summary(),
         warm: this.latency.warm.summary(),
+        unknown: this.latency.unknown.summary(),
         resident: this.latency.resident.summary(),
       },
     };
   }
+}
+
+/**
+ * The loads of a snapshot as flat figures for /metrics and /stats, per source S of LOAD_SOURCES:
+ * SLoads (count), SLoadMeanSeconds and SLoadP99Seconds (over the recent window).
+ */
+export function loadFigures(s: ExpertMetricsSnapshot): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const source of LOAD_SOURCES) {
+    const l = s.latency[source];
+    out[`${source}Loads`] = l.count;
+    out[`${source}LoadMeanSeconds`] = l.meanMs / MS_PER_SECOND;
+    out[`${source}LoadP99Seconds`] = l.p99Ms / MS_PER_SECOND;
+  }
+  return out;
 }

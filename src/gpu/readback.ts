@@ -49,6 +49,7 @@ async function readBytes(
     encoder.copyBufferToBuffer(buffer, byteOffset, staging, 0, size);
     device.queue.submit([encoder.finish()]);
     await staging.mapAsync(GPUMapMode.READ, 0, size);
+    gpu.check();
     const copy = staging.getMappedRange(0, size).slice(0, byteLength);
     staging.unmap();
     return copy;

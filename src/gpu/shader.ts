@@ -4,9 +4,11 @@
  * (kernels/weights_<dtype>.wgsl, defining `load_w4`), then kernels/<name>.wgsl. Sources are read
  * relative to this module, which also works inside a `deno compile --include kernels` binary.
  * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
- * (e.g. the decode and prefill tilings of matmul).
+ * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
+ * the device's error scopes (device.ts scopedOn): an invalid one fails the model's open, named.
  */
 import type { WeightDType } from "./ops_api.ts";
+import { scopedOn } from "./device.ts";
 
 /** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
 export type BindingKind = "uniform" | "read" | "rw";
@@ -92,14 +94,19 @@ export class Shaders {
     const key = bindings.join(",");
     let layout = this.layouts.get(key);
     if (!layout) {
-      layout = this.device.createBindGroupLayout({
-        label: key,
-        entries: bindings.map((kind, binding) => ({
-          binding,
-          visibility: GPUShaderStage.COMPUTE,
-          buffer: { type: BUFFER_TYPE[kind] },
-        })),
-      });
+      layout = scopedOn(
+        this.device,
+        `bind group layout ${key}`,
+        () =>
+          this.device.createBindGroupLayout({
+            label: key,
+            entries: bindings.map((kind, binding) => ({
+              binding,
+              visibility: GPUShaderStage.COMPUTE,
+              buffer: { type: BUFFER_TYPE[kind] },
+            })),
+          }),
+      );
       this.layouts.set(key, layout);
     }
     return layout;
@@ -115,19 +122,21 @@ export class Shaders {
       const moduleKey = `${spec.kernel}|${spec.weights ?? ""}`;
       let module = this.modules.get(moduleKey);
       if (!module) {
-        module = this.device.createShaderModule({
-          label: moduleKey,
-          code: composeSource(spec.kernel, spec.weights),
-        });
+        const code = composeSource(spec.kernel, spec.weights);
+        module = scopedOn(
+          this.device,
+          `shader module ${moduleKey}`,
+          () => this.device.createShaderModule({ label: moduleKey, code }),
+        );
         this.modules.set(moduleKey, module);
       }
-      pipeline = this.device.createComputePipeline({
-        label: key,
-        layout: this.device.createPipelineLayout({
-          bindGroupLayouts: [this.layout(spec.bindings)],
-        }),
-        compute: { module, entryPoint: "main", constants },
-      });
+      const layout = this.layout(spec.bindings);
+      pipeline = scopedOn(this.device, `pipeline ${key}`, () =>
+        this.device.createComputePipeline({
+          label: key,
+          layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+          compute: { module, entryPoint: "main", constants },
+        }));
       this.pipelines.set(key, pipeline);
     }
     return pipeline;

@@ -1,5 +1,9 @@
-/** Reads a request's JSON object body, refusing more than maxBytes before buffering it all. */
-import { BodyTooLargeError, InvalidJsonError } from "./errors.ts";
+/**
+ * Reads a request's JSON object body, refusing more than maxBytes before buffering it all. A body
+ * cut short (fewer bytes than its Content-Length, then the client half-closes) is the client's
+ * error: 400, not a 500 with a stack trace.
+ */
+import { BodyTooLargeError, IncompleteBodyError, InvalidJsonError } from "./errors.ts";
 
 export async function readJsonBody(
   req: Request,
@@ -12,7 +16,14 @@ export async function readJsonBody(
   if (req.body) {
     const reader = req.body.getReader();
     while (true) {
-      const { value, done } = await reader.read();
+      let chunk: ReadableStreamReadResult<Uint8Array>;
+      try {
+        chunk = await reader.read();
+      } catch {
+        // Deno: "BadResource: Cannot read request body" when the connection ends early
+        throw new IncompleteBodyError();
+      }
+      const { value, done } = chunk;
       if (done) break;
       size += value.byteLength;
       if (size > maxBytes) {

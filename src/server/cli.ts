@@ -1,13 +1,24 @@
 /**
- * `main.ts serve [--model DIR] [--host H] [--port P] [--api-key KEY] [--model-id ID]
- * [--steps-per-readback N] [runtime flags]`: loads the tokenizer, starts the OpenAI-compatible
- * server at once (/health answers "loading" while the model opens on the GPU in the engine
- * worker), and serves until interrupted; then it closes the worker. The API key may also come
- * from the environment variable QWEN_MOE_API_KEY.
+ * `main.ts serve [flags]` (see SERVE_SPEC, or `main.ts serve --help`): checks every flag, loads the
+ * tokenizer, starts the OpenAI-compatible server at once (/health answers "loading" while the model
+ * opens on the GPU in the engine worker), and serves until interrupted; then it closes the worker.
+ * The API key may also come from the environment variable QWEN_MOE_API_KEY.
  */
 import { basename, resolve } from "node:path";
-import { type Flags, info, numberFlag, parseFlags } from "../cli/args.ts";
-import { RUNTIME_BOOLEAN_FLAGS, RUNTIME_STRING_FLAGS } from "../cli/runtime.ts";
+import {
+  type CommandSpec,
+  type Flags,
+  info,
+  intFlag,
+  parseFlags,
+  UsageError,
+} from "../cli/args.ts";
+import {
+  RUNTIME_BOOLEAN_FLAGS,
+  RUNTIME_FLAGS,
+  RUNTIME_STRING_FLAGS,
+  runtimeOptions,
+} from "../cli/runtime.ts";
 import { DEFAULT_MODEL_DIR } from "../model_dir.ts";
 import { loadTokenizer } from "../tokenizer.ts";
 import { WorkerEngine } from "../engine/worker_engine.ts";
@@ -18,6 +29,42 @@ export { expertCacheStats } from "../engine/local.ts";
 /** Context the server's sessions get unless --max-context says otherwise. */
 const DEFAULT_SERVE_CONTEXT = 4096;
 const API_KEY_ENV = "QWEN_MOE_API_KEY";
+const MAX_PORT = 65535;
+
+export const SERVE_SPEC: CommandSpec = {
+  name: "serve",
+  summary: "the OpenAI-compatible server (chat page at /, API at /v1, /health, /metrics, /stats)",
+  usage: "[--model DIR] [--host H] [--port P] [--api-key KEY] [flags]",
+  flags: [
+    { name: "host", arg: "H", help: `address to listen on (${DEFAULT_HOST})` },
+    { name: "port", arg: "P", help: `port to listen on, 0 for any free one (${DEFAULT_PORT})` },
+    {
+      name: "api-key",
+      arg: "KEY",
+      help: `require Authorization: Bearer KEY on /v1/* (or set ${API_KEY_ENV})`,
+    },
+    { name: "api-key-all", help: "require the key on /metrics and /stats too (not /health, /)" },
+    {
+      name: "allowed-host",
+      arg: "NAME",
+      help: "accept this Host header besides the listen address (a proxy's name; * for any)",
+      repeatable: true,
+    },
+    {
+      name: "cors-origin",
+      arg: "ORIGIN",
+      help: "allow cross-origin browser requests from ORIGIN (https://host[:port]; * for any)",
+      repeatable: true,
+    },
+    { name: "model-id", arg: "ID", help: "the model id clients send (the model dir's name)" },
+    {
+      name: "max-body-bytes",
+      arg: "N",
+      help: `largest request body accepted (${DEFAULT_MAX_BODY_BYTES})`,
+    },
+    ...RUNTIME_FLAGS,
+  ],
+};
 
 /** The runtime flags alone (what the engine worker opens; the API key stays here). */
 function runtimeFlags(flags: Flags): Flags {
@@ -25,25 +72,40 @@ function runtimeFlags(flags: Flags): Flags {
   return Object.fromEntries(names.filter((n) => flags[n] !== undefined).map((n) => [n, flags[n]]));
 }
 
+/** A repeatable flag's values. */
+function list(flags: Flags, name: string): string[] {
+  const v = flags[name];
+  return Array.isArray(v) ? v : typeof v === "string" ? [v] : [];
+}
+
+/** "https://host[:port]" as browsers send it in Origin, or "*"; anything else is a UsageError. */
+function corsOrigin(text: string): string {
+  if (text === "*") return text;
+  let url: URL;
+  try {
+    url = new URL(text);
+  } catch {
+    throw new UsageError(`--cors-origin: "${text}" is not an origin like https://app.example`);
+  }
+  if (url.origin === "null" || `${url.origin}/` !== url.href.replace(/\/?$/, "/")) {
+    throw new UsageError(`--cors-origin: "${text}" is not an origin (scheme://host[:port] only)`);
+  }
+  return url.origin;
+}
+
 export async function serveCommand(argv: string[]): Promise<number> {
-  const serveFlags = [
-    "host",
-    "port",
-    "api-key",
-    "model-id",
-    "max-body-bytes",
-    "steps-per-readback",
-  ];
-  const flags = parseFlags(
-    argv,
-    [...new Set([...RUNTIME_STRING_FLAGS, ...serveFlags])],
-    RUNTIME_BOOLEAN_FLAGS,
-  );
-  const port = numberFlag(flags, "port", DEFAULT_PORT, (n) => Number.isInteger(n) && n >= 0);
-  const maxBodyBytes = numberFlag(flags, "max-body-bytes", DEFAULT_MAX_BODY_BYTES, (n) => n > 0);
-  const stepsPerReadback = flags["steps-per-readback"] === undefined
-    ? null
-    : numberFlag(flags, "steps-per-readback", 0, (n) => Number.isInteger(n) && n > 0);
+  const flags = parseFlags(argv, SERVE_SPEC);
+  // every flag is checked here, before the tokenizer and the model load
+  const port = intFlag(flags, "port", DEFAULT_PORT, 0, MAX_PORT);
+  const maxBodyBytes = intFlag(flags, "max-body-bytes", DEFAULT_MAX_BODY_BYTES, 1);
+  const runtime = runtimeOptions(flags, DEFAULT_SERVE_CONTEXT);
+  const corsOrigins = list(flags, "cors-origin").map(corsOrigin);
+  const allowedHosts = list(flags, "allowed-host");
+  const apiKey = (flags["api-key"] as string | undefined) ?? Deno.env.get(API_KEY_ENV);
+  if (apiKey === "") throw new UsageError("--api-key: the key is empty");
+  if (flags["api-key-all"] && apiKey === undefined) {
+    throw new UsageError(`--api-key-all needs --api-key KEY (or ${API_KEY_ENV})`);
+  }
   const dir = (flags.model as string | undefined) ?? DEFAULT_MODEL_DIR;
   const tokenizer = await loadTokenizer(dir);
   const engine = WorkerEngine.start({
@@ -51,7 +113,6 @@ export async function serveCommand(argv: string[]): Promise<number> {
     flags: runtimeFlags(flags),
     defaultContext: DEFAULT_SERVE_CONTEXT,
   });
-  engine.catch((e) => info(`serve: the model failed to load: ${(e as Error).message}`));
   const stop = new AbortController();
   Deno.addSignalListener("SIGINT", () => stop.abort());
   const { server, url } = serve({
@@ -59,9 +120,12 @@ export async function serveCommand(argv: string[]): Promise<number> {
     engine,
     tokenizer,
     modelId: (flags["model-id"] as string | undefined) ?? basename(resolve(dir)),
-    apiKey: (flags["api-key"] as string | undefined) ?? Deno.env.get(API_KEY_ENV),
+    apiKey,
+    apiKeyAll: !!flags["api-key-all"],
+    allowedHosts,
+    corsOrigins,
     maxBodyBytes,
-    stepsPerReadback,
+    stepsPerReadback: runtime.stepsPerReadback ?? null,
     host: (flags.host as string | undefined) ?? DEFAULT_HOST,
     port,
   });

@@ -1,6 +1,8 @@
 /**
  * OpenAI-style API errors: each failure is its own class carrying the HTTP status and the
  * `{"error": {"message", "type", "param", "code"}}` body fields; the message says what to do.
+ * Bodies never carry file paths, stack traces or internal class names: any other exception is
+ * logged on stderr with an error id and answered by that id (toApiError).
  */
 
 /** The JSON body OpenAI clients parse. */
@@ -99,6 +101,20 @@ export class ContextLengthError extends ApiError {
   }
 }
 
+/** The body ended before the bytes its Content-Length announced (client half-closed early). */
+export class IncompleteBodyError extends ApiError {
+  override name = "IncompleteBodyError";
+  constructor() {
+    super(
+      400,
+      "the request body ended before its Content-Length; send the whole body",
+      "invalid_request_error",
+      null,
+      "incomplete_body",
+    );
+  }
+}
+
 /** The body is larger than maxBodyBytes. */
 export class BodyTooLargeError extends ApiError {
   override name = "BodyTooLargeError";
@@ -157,13 +173,13 @@ export class ModelLoadingError extends ApiError {
   }
 }
 
-/** The model failed to load: the server cannot generate. */
+/** The model failed to load: the server cannot generate (the reason is in the server's log). */
 export class ModelLoadFailedError extends ApiError {
   override name = "ModelLoadFailedError";
-  constructor(cause: string) {
+  constructor() {
     super(
       500,
-      `the model failed to load (${cause}); fix the model and restart the server`,
+      "the model failed to load (the server's log says why); fix the model and restart the server",
       "server_error",
       null,
       "model_load_failed",
@@ -171,14 +187,118 @@ export class ModelLoadFailedError extends ApiError {
   }
 }
 
-/** Any other exception, wrapped so the client still gets OpenAI-shaped JSON. */
-export function internalError(e: unknown): ApiError {
-  const message = e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+/** The model is not usable right now (the GPU device was lost): the server is reloading it. */
+export class ModelUnavailableError extends ApiError {
+  override name = "ModelUnavailableError";
+  constructor(detail = "the GPU device was lost") {
+    super(
+      503,
+      `the model is unavailable (${detail}); the server is reloading it: retry when GET /health ` +
+        "says ok",
+      "server_error",
+      null,
+      "model_unavailable",
+    );
+  }
+}
+
+/** The GPU reported an error during the generation: its output was void. */
+export class GpuFailureError extends ApiError {
+  override name = "GpuFailureError";
+  constructor(id: string) {
+    super(
+      500,
+      `the GPU reported an error during this generation (error id ${id} in the server's log); ` +
+        "the server reloads the model: retry when GET /health says ok",
+      "server_error",
+      null,
+      "gpu_error",
+    );
+  }
+}
+
+/** The server is shutting down: it runs no more generations. */
+export class ShuttingDownError extends ApiError {
+  override name = "ShuttingDownError";
+  constructor() {
+    super(
+      503,
+      "the server is shutting down; retry on a running server",
+      "server_error",
+      null,
+      "shutting_down",
+    );
+  }
+}
+
+/** The request's Host is not an address this server serves (DNS rebinding guard). */
+export class HostNotAllowedError extends ApiError {
+  override name = "HostNotAllowedError";
+  constructor() {
+    super(
+      403,
+      "the Host header names no address this server serves; use its address, or start the " +
+        "server with --allowed-host NAME",
+      "invalid_request_error",
+      null,
+      "host_not_allowed",
+    );
+  }
+}
+
+/** A browser request from an origin the CORS policy does not allow. */
+export class OriginNotAllowedError extends ApiError {
+  override name = "OriginNotAllowedError";
+  constructor() {
+    super(
+      403,
+      "cross-origin requests from this origin are not allowed; start the server with " +
+        "--cors-origin ORIGIN to allow it",
+      "invalid_request_error",
+      null,
+      "origin_not_allowed",
+    );
+  }
+}
+
+let errorIds = 0;
+
+/** A short id that ties an answer to its log line. */
+function newErrorId(): string {
+  errorIds = (errorIds + 1) % 0x10000;
+  return `${Date.now().toString(36)}-${errorIds.toString(36)}`;
+}
+
+/** Any other exception: a 500 that names only the error id the log line carries. */
+export function internalError(id: string): ApiError {
   return new ApiError(
     500,
-    `internal server error: ${message}`,
+    `internal server error (error id ${id}); the server's log has the details`,
     "server_error",
     null,
     "internal_error",
   );
+}
+
+/**
+ * The answer to any exception: ApiErrors as they are; a lost device, a GPU error or a closing
+ * engine as their own 503/500 (matched by name, as errors rebuilt from the engine worker keep
+ * theirs); anything else as internalError. Everything but an ApiError is logged on stderr with
+ * its error id and stack, under `where` (e.g. "POST /v1/completions").
+ */
+export function toApiError(e: unknown, where: string): ApiError {
+  if (e instanceof ApiError) return e;
+  const id = newErrorId();
+  console.error(`[error ${id}] ${where}:`, e);
+  const name = e instanceof Error ? e.name : "";
+  switch (name) {
+    case "DeviceLostError":
+      return new ModelUnavailableError();
+    case "GpuError":
+      return new GpuFailureError(id);
+    case "EngineClosedError":
+      return new ShuttingDownError();
+    default:
+      return internalError(id);
+  }
 }

@@ -9,11 +9,15 @@ export {
   DEFAULT_MAX_BODY_BYTES,
   DEFAULT_MAX_TOKENS,
   DEFAULT_PORT,
+  exposureWarning,
   type RunningServer,
   serve,
+  type ServedAddress,
+  servedHostNames,
   type ServeOptions,
 } from "./app.ts";
-export { expertCacheStats, serveCommand } from "./cli.ts";
+export { expertCacheStats, SERVE_SPEC, serveCommand } from "./cli.ts";
+export { type GenerationOutcome, ServerMetrics } from "./metrics.ts";
 export * from "./errors.ts";
 export type {
   ChatCompletion,
@@ -26,6 +30,7 @@ export type { Engine, EngineInfo, EngineJob } from "../engine/engine.ts";
 export { EngineClosedError } from "../engine/engine.ts";
 export { eosIds, LocalEngine, type LocalEngineOptions, runtimeStats } from "../engine/local.ts";
 export {
+  type EngineHealth,
   type EngineModel,
   type EngineSpec,
   EngineWorkerError,

@@ -3,7 +3,7 @@
  * When the client goes away the response body is cancelled: that aborts the generation (its
  * session is freed by the generator's finally) and the next queued request runs.
  */
-import { ApiError, internalError } from "./errors.ts";
+import { toApiError } from "./errors.ts";
 
 const encoder = new TextEncoder();
 
@@ -32,8 +32,8 @@ export function sseResponse(
         controller.enqueue(event("[DONE]"));
       } catch (e) {
         if (abort.signal.aborted) return; // client gone: nobody to tell
-        const err = e instanceof ApiError ? e : internalError(e);
-        controller.enqueue(event(JSON.stringify(err.toJSON())));
+        // after the headers: the error is one event (details logged, not sent)
+        controller.enqueue(event(JSON.stringify(toApiError(e, "streamed response").toJSON())));
       }
       finished = true;
       controller.close();
