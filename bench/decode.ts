@@ -1,10 +1,14 @@
 /**
- * Decode-speed baseline: greedy tokens/s on three fixture models (TINY, SMALL and two layers of
- * real Qwen3-30B-A3B shapes), each next to the weight bytes a decoded token reads and next to a
- * memcpy measured in the same run. Not a test: prints one table and writes bench/out/decode.json.
+ * Decode speed before and after the GPU decode loop, side by side in one run: greedy tokens/s,
+ * readbacks and submits per token of `Session.decode` with one readback per token (steps per
+ * readback 1: the old loop, unpipelined; the baseline) and with the adaptive, pipelined loop, on
+ * TINY, SMALL, the embedded default model and two layers of real Qwen3-30B-A3B shapes; next to
+ * prefill speed, the weight bytes a decoded token reads and a memcpy measured in the same run.
+ * Then /health latency of a real `main.ts serve` subprocess during 4 concurrent streamed chats.
+ * Not a test: prints one table and writes bench/out/decode.json.
  *
- *   ./bin/deno run -A --unstable-webgpu bench/decode.ts [--steps N] [--real-experts E]
- *     [--real-vocab V]
+ *   ./bin/deno run -A --unstable-webgpu bench/decode.ts [--tokens N] [--real-tokens N]
+ *     [--reps N] [--real-experts E] [--real-vocab V] [--no-server]
  *
  * Every figure printed is measured in this run; the only estimates are the real-shape fixture's
  * generation time and memory, used to choose its expert count and vocab before writing it, and
@@ -13,19 +17,27 @@
 import process from "node:process";
 import { parseArgs } from "node:util";
 import { type FixtureOptions, mulberry32, SMALL, TINY, writeFixture } from "../weights/fixture.ts";
-import { openModelDir } from "../src/model_dir.ts";
+import { DEFAULT_MODEL_DIR, type OpenedModel, openModel, openModelDir } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
-import { greedyToken } from "../src/greedy.ts";
-import type { ModelConfig } from "../src/types.ts";
+import { TARGET_BATCH_MS } from "../src/gpu/decode_loop.ts";
+import { GREEDY } from "../src/sampling.ts";
+import type { DecodeStats, ModelConfig } from "../src/types.ts";
 import { measureMemcpy, median } from "./memcpy.ts";
 
-/** Prompt tokens before the timed decode steps ("a short prefill"). */
+/** Prompt tokens fed before the decode ("a short prefill"). */
 const DECODE_PREFILL_TOKENS = 8;
-/** Untimed decode steps first: pipeline compilation and first touches of every buffer. */
-const WARMUP_STEPS = 2;
-/** Timed decode steps by default (--steps): enough for a stable median, quick on llvmpipe. */
-const DEFAULT_STEPS = 16;
+/** Tokens per timed decode of the small models (--tokens): the adaptive controller settles on
+ * its batch size within the first few readbacks and then runs tens of steps per readback. */
+const DEFAULT_TOKENS = 256;
+/** Tokens per timed decode of the real-shape model (--real-tokens): a step takes about 100 ms on
+ * llvmpipe, as long as the controller's batch target, so its batches hold one or two steps and
+ * settle at once; fewer tokens keep the run short. */
+const DEFAULT_REAL_TOKENS = 32;
+/** Timed decodes per mode (--reps), the two modes alternating; medians are reported. */
+const DEFAULT_REPS = 5;
+/** Tokens of the untimed warm-up decode in each mode (pipeline compilation, first touches). */
+const WARMUP_TOKENS = 32;
 /** Prompt length of the prefill measurement; also maxBatch, so it runs as one forward step. */
 const PREFILL_PROMPT_TOKENS = 64;
 /** Timed prefills (after one untimed); the median is reported. */
@@ -33,6 +45,17 @@ const PREFILL_REPS = 3;
 /** Seed of the random prompt ids (any fixed value: the fixtures' weights are random anyway). */
 const PROMPT_SEED = 7;
 const OUT_FILE = new URL("./out/decode.json", import.meta.url).pathname;
+const DEFAULT_NAME = "default";
+
+/** The issue's goals on this machine, checked from the table. */
+const GOALS = {
+  /** tok/s adaptive / tok/s with one readback per token, default model. */
+  defaultSpeedup: 2.5,
+  /** The same ratio on TINY. */
+  tinySpeedup: 4,
+  /** Readbacks per decoded token of the adaptive loop, all experts resident. */
+  readbacksPerToken: 0.125,
+};
 
 /** Weight bytes one decoded token reads, from the shapes (norm vectors and KV cache left out). */
 export interface BytesPerToken {
@@ -187,37 +210,127 @@ async function writeFixtureTimed(dir: string, opts: FixtureOptions): Promise<Gen
 
 // ---- timing ----
 
-/** Greedy decode as generateGreedy() does it, without its EOS stop: exactly `steps` are timed. */
-async function timeDecode(model: GpuModel, steps: number) {
+/** The two decode loops compared: steps per readback 1 (the baseline) and adaptive. */
+export const MODES = [
+  { name: "spr1", stepsPerReadback: 1 },
+  { name: "adaptive", stepsPerReadback: undefined },
+] as const;
+export type ModeName = (typeof MODES)[number]["name"];
+
+/** One greedy decode through Session.decode, and what its stats say. */
+export interface DecodeRun {
+  /** Every token kept (the first one comes back with the prefill's readback). */
+  tokens: number[];
+  stats: DecodeStats;
+  /** stats.tokens / stats.ms: decode steps only, prefill and first token excluded. */
+  tokensPerS: number;
+  readbacksPerToken: number;
+  submitsPerToken: number;
+  /** This process's user+system CPU time over the whole decode call (prefill included). */
+  cpuMs: number;
+}
+
+/**
+ * Greedy decode of `maxTokens` tokens after `prompt` on a fresh session, with no EOS (so exactly
+ * maxTokens come back) and `stepsPerReadback` (undefined: adaptive).
+ */
+export async function decodeRun(
+  model: GpuModel,
+  prompt: number[],
+  maxTokens: number,
+  stepsPerReadback: number | undefined,
+): Promise<DecodeRun> {
   const session = model.newSession();
   try {
-    const prompt = promptIds(DECODE_PREFILL_TOKENS, model.config.vocabSize);
-    let [logits] = await session.forward(prompt, { lastOnly: true });
-    let next = greedyToken(logits);
-    const ms: number[] = [];
-    let cpu = process.cpuUsage();
-    for (let i = 0; i < WARMUP_STEPS + steps; i++) {
-      if (i === WARMUP_STEPS) cpu = process.cpuUsage();
-      const t0 = performance.now();
-      [logits] = await session.forward([next], { lastOnly: true });
-      next = greedyToken(logits);
-      if (i >= WARMUP_STEPS) ms.push(performance.now() - t0);
+    const cpu0 = process.cpuUsage();
+    const { tokens, stats } = await session.decode(
+      { feed: prompt, maxTokens, sampling: GREEDY, eosIds: [], stepsPerReadback },
+      () => undefined,
+    );
+    const cpu = process.cpuUsage(cpu0);
+    if (tokens.length !== maxTokens) {
+      throw new Error(`decode returned ${tokens.length} tokens, not ${maxTokens}`);
     }
-    const used = process.cpuUsage(cpu);
-    const medianMs = median(ms);
     return {
-      prefillTokens: DECODE_PREFILL_TOKENS,
-      warmupSteps: WARMUP_STEPS,
-      steps,
-      medianMs,
-      minMs: Math.min(...ms),
-      maxMs: Math.max(...ms),
-      tokensPerS: 1000 / medianMs,
-      cpuMsPerToken: (used.user + used.system) / 1000 / steps,
+      tokens,
+      stats,
+      tokensPerS: stats.tokens / (stats.ms / 1000),
+      readbacksPerToken: stats.readbacks / stats.tokens,
+      submitsPerToken: stats.submits / stats.tokens,
+      cpuMs: (cpu.user + cpu.system) / 1000,
     };
   } finally {
     session.free();
   }
+}
+
+/** One mode's timed runs, summarised. */
+export interface ModeFigures {
+  runs: DecodeRun["stats"][];
+  runTokensPerS: number[];
+  /** Median over the runs. */
+  tokensPerS: number;
+  /** Pooled over the runs: sum of readbacks (submits) / sum of decode-step tokens. */
+  readbacksPerToken: number;
+  submitsPerToken: number;
+  /** Pooled: decode-step tokens / readbacks. */
+  stepsPerReadback: number;
+  cpuMsPerToken: number;
+}
+
+function summarise(runs: DecodeRun[]): ModeFigures {
+  const sum = (f: (s: DecodeStats) => number) => runs.reduce((n, r) => n + f(r.stats), 0);
+  const tokens = sum((s) => s.tokens);
+  const readbacks = sum((s) => s.readbacks);
+  return {
+    runs: runs.map((r) => r.stats),
+    runTokensPerS: runs.map((r) => r.tokensPerS),
+    tokensPerS: median(runs.map((r) => r.tokensPerS)),
+    readbacksPerToken: readbacks / tokens,
+    submitsPerToken: sum((s) => s.submits) / tokens,
+    stepsPerReadback: tokens / readbacks,
+    cpuMsPerToken: runs.reduce((n, r) => n + r.cpuMs, 0) / tokens,
+  };
+}
+
+/**
+ * Both modes on one model: an untimed warm-up decode in each, then `reps` timed decodes per mode,
+ * alternating (spr1, adaptive, adaptive, spr1, ...) so that a drift in the machine's load falls on
+ * both alike. Every run decodes the same prompt greedily: `sameTokens` says whether all produced
+ * the same tokens.
+ */
+export async function compareModes(
+  model: GpuModel,
+  prompt: number[],
+  tokens: number,
+  reps: number,
+) {
+  for (const m of MODES) {
+    await decodeRun(model, prompt, Math.min(tokens, WARMUP_TOKENS), m.stepsPerReadback);
+  }
+  const runs: Record<ModeName, DecodeRun[]> = { spr1: [], adaptive: [] };
+  for (let i = 0; i < reps; i++) {
+    const order = i % 2 === 0 ? MODES : [...MODES].reverse();
+    for (const m of order) {
+      runs[m.name].push(await decodeRun(model, prompt, tokens, m.stepsPerReadback));
+    }
+  }
+  const first = runs.spr1[0].tokens;
+  const sameTokens = [...runs.spr1, ...runs.adaptive].every((r) =>
+    r.tokens.every((t, i) => t === first[i])
+  );
+  const spr1 = summarise(runs.spr1);
+  const adaptive = summarise(runs.adaptive);
+  return {
+    promptTokens: prompt.length,
+    tokensPerRun: tokens,
+    warmupTokens: Math.min(tokens, WARMUP_TOKENS),
+    reps,
+    sameTokens,
+    spr1,
+    adaptive,
+    speedup: adaptive.tokensPerS / spr1.tokensPerS,
+  };
 }
 
 /** A 64-token prompt in one forward step (last row's logits read back), fresh session each. */
@@ -240,31 +353,218 @@ async function timePrefill(model: GpuModel) {
   };
 }
 
-/** Opens a checkpoint on the GPU, measures decode and prefill, frees everything. */
-async function benchModel(gpu: Gpu, dir: string, steps: number) {
-  const opened = openModelDir(dir);
+/** Opens a model on the GPU (all experts resident), measures decode and prefill, frees it. */
+async function benchModel(gpu: Gpu, opened: OpenedModel, tokens: number, reps: number) {
+  const c = opened.weights.config;
+  const elemBytes = opened.weights.layers[0].q.dtype === "F32" ? 4 : 2;
+  const t0 = performance.now();
+  const model = await GpuModel.open(opened.weights, {
+    gpu,
+    maxContext: Math.max(DECODE_PREFILL_TOKENS + tokens, PREFILL_PROMPT_TOKENS),
+    maxBatch: PREFILL_PROMPT_TOKENS,
+    expertSource: opened.experts,
+  });
+  await gpu.device.queue.onSubmittedWorkDone(); // the uploads are part of loading
+  const loadS = (performance.now() - t0) / 1000;
   try {
-    const c = opened.weights.config;
-    const elemBytes = opened.weights.layers[0].q.dtype === "F32" ? 4 : 2;
-    const t0 = performance.now();
-    const model = await GpuModel.open(opened.weights, {
-      gpu,
-      maxContext: Math.max(DECODE_PREFILL_TOKENS + WARMUP_STEPS + steps, PREFILL_PROMPT_TOKENS),
-      maxBatch: PREFILL_PROMPT_TOKENS,
-    });
-    await gpu.device.queue.onSubmittedWorkDone(); // the uploads are part of loading
-    const loadS = (performance.now() - t0) / 1000;
-    try {
-      const decode = await timeDecode(model, steps);
-      const prefill = await timePrefill(model);
-      return { config: c, elemBytes, loadS, decode, prefill };
-    } finally {
-      model.destroy();
-    }
+    const prompt = promptIds(DECODE_PREFILL_TOKENS, c.vocabSize);
+    const decode = await compareModes(model, prompt, tokens, reps);
+    const prefill = await timePrefill(model);
+    return { config: c, elemBytes, loadS, decode, prefill };
   } finally {
-    opened.close();
+    model.destroy();
   }
 }
+
+// ---- /health through a real server ----
+
+/** The repository root (main.ts and bin/deno live there). */
+const ROOT = new URL("../", import.meta.url).pathname;
+/** Concurrent streamed chats during the /health measurement, and their length. */
+const SERVER_STREAMS = 4;
+const SERVER_MAX_TOKENS = 128;
+/** Pause between /health requests while the chats run. */
+const HEALTH_POLL_MS = 20;
+/** How long the server may take to answer /health ok (it opens the model in its worker). */
+const SERVER_START_LIMIT_MS = 180_000;
+/** How long it may take to exit after SIGINT before it is killed. */
+const SERVER_STOP_LIMIT_MS = 10_000;
+const SERVER_PROMPTS = [
+  "Tell me about the sea.",
+  "What did the king say to his servants?",
+  "Write a short story about a hacker.",
+  "Who was Moses?",
+];
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+/** A port nothing listens on now (the OS picks it; closed again at once). */
+function freePort(): number {
+  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
+  const port = (l.addr as Deno.NetAddr).port;
+  l.close();
+  return port;
+}
+
+/** One streamed chat completion: time to first token, tokens (from usage), total time. */
+async function streamChat(url: string, model: string, prompt: string, maxTokens: number) {
+  const t0 = performance.now();
+  const res = await fetch(`${url}/v1/chat/completions`, {
+    method: "POST",
+    headers: { "content-type": "application/json" },
+    body: JSON.stringify({
+      model,
+      messages: [{ role: "user", content: prompt }],
+      max_tokens: maxTokens,
+      temperature: 0,
+      stream: true,
+      stream_options: { include_usage: true },
+    }),
+  });
+  if (!res.ok || !res.body) throw new Error(`chat: HTTP ${res.status}: ${await res.text()}`);
+  let firstMs = 0;
+  let tokens = 0;
+  let buf = "";
+  const dec = new TextDecoder();
+  for await (const chunk of res.body) {
+    buf += dec.decode(chunk, { stream: true });
+    let nl;
+    while ((nl = buf.indexOf("\n\n")) >= 0) {
+      const event = buf.slice(0, nl);
+      buf = buf.slice(nl + 2);
+      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
+      const data = JSON.parse(event.slice(6));
+      if (data.error) throw new Error(`chat: the stream ended in an error: ${event.slice(6)}`);
+      if (data.usage) tokens = data.usage.completion_tokens;
+      if (firstMs === 0 && data.choices?.[0]?.delta?.content) firstMs = performance.now() - t0;
+    }
+  }
+  if (tokens === 0) throw new Error("chat: the stream ended without tokens or usage");
+  return { ttftMs: firstMs, tokens, ms: performance.now() - t0 };
+}
+
+/** GET path as JSON, or null while the server does not answer. */
+async function getJson(url: string): Promise<{ status: number; body: unknown } | null> {
+  try {
+    const res = await fetch(url);
+    return { status: res.status, body: await res.json() };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Starts `bin/deno run ... main.ts serve --port P` (the embedded default model, adaptive steps per
+ * readback), waits for /health ok, streams one short warm-up chat, then SERVER_STREAMS chats at
+ * once while GET /health is asked every HEALTH_POLL_MS; stops the server with SIGINT.
+ */
+async function measureServer() {
+  const port = freePort();
+  const url = `http://127.0.0.1:${port}`;
+  const args = ["run", "-A", "--unstable-webgpu", "--unstable-no-legacy-abort", "main.ts"];
+  const child = new Deno.Command(`${ROOT}bin/deno`, {
+    args: [...args, "serve", "--port", String(port)],
+    cwd: ROOT,
+    stdout: "null",
+    stderr: "piped",
+  }).spawn();
+  // drain the server's stderr (an unread pipe would block it); its tail explains a failure
+  let log = "";
+  const draining = (async () => {
+    const dec = new TextDecoder();
+    for await (const chunk of child.stderr) log = (log + dec.decode(chunk)).slice(-4000);
+  })();
+  let exited = false;
+  const status = child.status.then((s) => {
+    exited = true;
+    return s;
+  });
+  try {
+    const t0 = performance.now();
+    for (;;) {
+      if (exited) throw new Error(`main.ts serve exited before /health said ok:\n${log}`);
+      if (performance.now() - t0 > SERVER_START_LIMIT_MS) {
+        throw new Error(`main.ts serve: /health not ok after ${SERVER_START_LIMIT_MS} ms`);
+      }
+      const h = await getJson(`${url}/health`);
+      if (h?.status === 200) break;
+      await sleep(200);
+    }
+    const readyS = (performance.now() - t0) / 1000;
+    const models = await getJson(`${url}/v1/models`);
+    const modelId = (models?.body as { data: { id: string }[] }).data[0].id;
+    await streamChat(url, modelId, "warm up", 16);
+    const before = await gpuCounters(url);
+
+    let running = true;
+    const health: number[] = [];
+    const polling = (async () => {
+      while (running) {
+        const h0 = performance.now();
+        const res = await fetch(`${url}/health`);
+        await res.arrayBuffer();
+        if (res.status !== 200) throw new Error(`/health answered ${res.status}`);
+        health.push(performance.now() - h0);
+        await sleep(HEALTH_POLL_MS);
+      }
+    })();
+    const c0 = performance.now();
+    let chats;
+    let wallS;
+    try {
+      chats = await Promise.all(
+        SERVER_PROMPTS.slice(0, SERVER_STREAMS).map((p) =>
+          streamChat(url, modelId, p, SERVER_MAX_TOKENS)
+        ),
+      );
+      wallS = (performance.now() - c0) / 1000;
+    } finally {
+      running = false;
+      await polling;
+    }
+    await sleep(200); // the engine's stats snapshot follows the last generation
+    const after = await gpuCounters(url);
+    const tokens = chats.reduce((n, c) => n + c.tokens, 0);
+    return {
+      command: `bin/deno ${args.join(" ")} serve --port ${port}`,
+      readyS,
+      streams: SERVER_STREAMS,
+      maxTokens: SERVER_MAX_TOKENS,
+      chats,
+      tokens,
+      wallS,
+      tokensPerS: tokens / wallS,
+      gpuReadbacksPerStep: (after.readbacks - before.readbacks) / (after.steps - before.steps),
+      health: {
+        pollMs: HEALTH_POLL_MS,
+        requests: health.length,
+        medianMs: median(health),
+        maxMs: Math.max(...health),
+      },
+    };
+  } finally {
+    if (!exited) {
+      try {
+        child.kill("SIGINT");
+      } catch { /* it exited meanwhile */ }
+    }
+    const stopped = await Promise.race([status, sleep(SERVER_STOP_LIMIT_MS).then(() => null)]);
+    if (stopped === null) {
+      child.kill("SIGKILL");
+      await status;
+    }
+    await draining;
+  }
+}
+
+/** The engine's GPU step and readback counters, from GET /stats. */
+async function gpuCounters(url: string) {
+  const s = await getJson(`${url}/stats`);
+  const cache = (s?.body as { cache?: Record<string, number> })?.cache ?? {};
+  return { steps: cache.gpuSteps ?? NaN, readbacks: cache.gpuReadbacks ?? NaN };
+}
+
+// ---- the run ----
 
 function machine(gpu: Gpu) {
   const cpuinfo = Deno.readTextFileSync("/proc/cpuinfo");
@@ -278,19 +578,34 @@ function machine(gpu: Gpu) {
   };
 }
 
+function positiveInt(flag: string, value: string | undefined, fallback: number): number {
+  const n = value === undefined ? fallback : Number(value);
+  if (!Number.isInteger(n) || n < 1) throw new RangeError(`--${flag}: a positive integer`);
+  return n;
+}
+
+/** Where a model comes from: a fixture written now, or the embedded default model. */
+type Source = { fixture: FixtureOptions; child: boolean } | { dir: string };
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
     options: {
-      steps: { type: "string" },
+      tokens: { type: "string" },
+      "real-tokens": { type: "string" },
+      reps: { type: "string" },
       "real-experts": { type: "string" },
       "real-vocab": { type: "string" },
+      "no-server": { type: "boolean" },
     },
     strict: true,
   });
-  const steps = values.steps ? Number(values.steps) : DEFAULT_STEPS;
-  if (!Number.isInteger(steps) || steps < 1) throw new RangeError("--steps: a positive integer");
+  const tokens = positiveInt("tokens", values.tokens, DEFAULT_TOKENS);
+  const realTokens = positiveInt("real-tokens", values["real-tokens"], DEFAULT_REAL_TOKENS);
+  const reps = positiveInt("reps", values.reps, DEFAULT_REPS);
+  if (tokens < 2 || realTokens < 2) throw new RangeError("--tokens: at least 2 (one decode step)");
 
+  const started = performance.now();
   const gpu = await openGpu();
   const host = machine(gpu);
   console.log(`adapter: ${host.adapter}`);
@@ -304,63 +619,162 @@ async function main(): Promise<void> {
 
   const tmp = await Deno.makeTempDir({ prefix: "bench-decode-" });
   const models: Row[] = [];
+  let realShape = null;
   try {
     const real = await pickRealShape(tmp, {
       experts: values["real-experts"] ? Number(values["real-experts"]) : undefined,
       vocab: values["real-vocab"] ? Number(values["real-vocab"]) : undefined,
     });
-    const runs: [string, FixtureOptions][] = [
-      ["TINY", { ...TINY, dtype: "BF16" }],
-      ["SMALL", { ...SMALL, dtype: "BF16" }],
-      [REAL_NAME, real.options],
+    realShape = real.report;
+    const runs: [string, Source][] = [
+      ["TINY", { fixture: { ...TINY, dtype: "BF16" }, child: false }],
+      ["SMALL", { fixture: { ...SMALL, dtype: "BF16" }, child: false }],
+      [DEFAULT_NAME, { dir: DEFAULT_MODEL_DIR }],
+      [REAL_NAME, { fixture: real.options, child: true }],
     ];
-    for (const [name, opts] of runs) {
-      const dir = `${tmp}/${name.replace(/\W+/g, "_")}`;
-      const gen = opts === real.options
-        ? await writeFixtureInChild(dir, opts)
-        : await writeFixtureTimed(dir, opts);
-      console.error(
-        `${name}: fixture of ${(paramCount(opts) / 1e6).toFixed(1)} M params written in ` +
-          `${gen.seconds.toFixed(1)} s; benchmarking`,
-      );
-      const r = await benchModel(gpu, dir, steps);
-      await Deno.remove(dir, { recursive: true });
-      const bytes = bytesPerToken(r.config, r.elemBytes);
-      const effectiveGBs = bytes.total * r.decode.tokensPerS / 1e9;
+    for (const [name, source] of runs) {
+      let fixture: Row["fixture"] = null;
+      let opened: OpenedModel;
+      if ("fixture" in source) {
+        const opts = source.fixture;
+        const dir = `${tmp}/${name.replace(/\W+/g, "_")}`;
+        const gen = source.child
+          ? await writeFixtureInChild(dir, opts)
+          : await writeFixtureTimed(dir, opts);
+        console.error(
+          `${name}: fixture of ${(paramCount(opts) / 1e6).toFixed(1)} M params written in ` +
+            `${gen.seconds.toFixed(1)} s; benchmarking`,
+        );
+        fixture = { ...opts, params: paramCount(opts), generation: gen };
+        opened = openModelDir(dir);
+      } else {
+        console.error(`${name}: ${source.dir}; benchmarking`);
+        opened = await openModel(source.dir);
+      }
+      const n = name === REAL_NAME ? realTokens : tokens;
+      const t0 = performance.now();
+      let r;
+      try {
+        r = await benchModel(gpu, opened, n, reps);
+      } finally {
+        opened.close();
+      }
+      if (fixture) await Deno.remove(opened.dir, { recursive: true });
+      const c = r.config;
+      const bytes = bytesPerToken(c, r.elemBytes);
+      const effectiveGBs = bytes.total * r.decode.adaptive.tokensPerS / 1e9;
       models.push({
         name,
-        fixture: { ...opts, params: paramCount(opts), generation: gen },
+        shape: {
+          layers: c.numLayers,
+          hidden: c.hiddenSize,
+          experts: c.numExperts,
+          topK: c.topK,
+          vocab: c.vocabSize,
+        },
+        fixture,
         loadS: r.loadS,
+        benchS: (performance.now() - t0) / 1000,
         bytesPerToken: bytes,
         decode: { ...r.decode, effectiveGBs, ofMemcpy: effectiveGBs / memcpy.bestGBs },
         prefill: r.prefill,
       });
+      console.error(
+        `${name}: ${r.decode.spr1.tokensPerS.toFixed(1)} -> ` +
+          `${r.decode.adaptive.tokensPerS.toFixed(1)} tok/s`,
+      );
     }
-    printTable(models, memcpy.bestGBs);
-    printNotes(models, real.options);
-    const report = {
-      date: new Date().toISOString(),
-      machine: host,
-      memcpy,
-      realShape: real.report,
-      models,
-    };
-    await Deno.mkdir(new URL("./out/", import.meta.url), { recursive: true });
-    await Deno.writeTextFile(OUT_FILE, JSON.stringify(report, null, 2) + "\n");
-    console.log(`wrote ${OUT_FILE}`);
   } finally {
     await Deno.remove(tmp, { recursive: true });
   }
+
+  let server = null;
+  let serverError = null;
+  if (!values["no-server"]) {
+    console.error(`main.ts serve: ${SERVER_STREAMS} concurrent chats, /health every ~20 ms`);
+    try {
+      server = await measureServer();
+    } catch (e) {
+      // the table above is still worth printing and keeping
+      serverError = e instanceof Error ? e.message : String(e);
+      console.error(`main.ts serve measurement failed: ${serverError}`);
+    }
+  }
+  const goals = checkGoals(models);
+  const totalS = (performance.now() - started) / 1000;
+
+  printTable(models, memcpy.bestGBs);
+  printNotes(models, server, goals);
+  if (serverError) console.log(`main.ts serve measurement failed: ${serverError}`);
+  console.log(`total ${totalS.toFixed(0)} s`);
+  const report = {
+    date: new Date().toISOString(),
+    machine: host,
+    memcpy,
+    options: { tokens, realTokens, reps, warmupTokens: WARMUP_TOKENS },
+    realShape,
+    models,
+    server,
+    serverError,
+    goals,
+    totalS,
+  };
+  await Deno.mkdir(new URL("./out/", import.meta.url), { recursive: true });
+  await Deno.writeTextFile(OUT_FILE, JSON.stringify(report, null, 2) + "\n");
+  console.log(`wrote ${OUT_FILE}`);
 }
 
 /** One model's results, as printed and as written to the JSON file. */
 interface Row {
   name: string;
-  fixture: FixtureOptions & { params: number; generation: GenerationResult };
+  shape: { layers: number; hidden: number; experts: number; topK: number; vocab: number };
+  /** The fixture written for it (null: the embedded default model). */
+  fixture: (FixtureOptions & { params: number; generation: GenerationResult }) | null;
   loadS: number;
+  /** Wall time of this model's measurements (open, decodes, prefills). */
+  benchS: number;
   bytesPerToken: BytesPerToken;
-  decode: Awaited<ReturnType<typeof timeDecode>> & { effectiveGBs: number; ofMemcpy: number };
+  decode: Awaited<ReturnType<typeof compareModes>> & { effectiveGBs: number; ofMemcpy: number };
   prefill: Awaited<ReturnType<typeof timePrefill>>;
+}
+
+/** One goal of the issue: the measured value, the bound, and whether it holds. */
+interface Goal {
+  goal: string;
+  model: string;
+  value: number;
+  bound: number;
+  met: boolean;
+}
+
+function checkGoals(rows: Row[]): Goal[] {
+  const goals: Goal[] = [];
+  const speedup = (name: string, bound: number) => {
+    const r = rows.find((r) => r.name === name);
+    if (!r) return;
+    const value = r.decode.speedup;
+    goals.push({
+      goal: `tok/s adaptive >= ${bound}x spr 1`,
+      model: name,
+      value,
+      bound,
+      met: value >= bound,
+    });
+  };
+  speedup(DEFAULT_NAME, GOALS.defaultSpeedup);
+  speedup("TINY", GOALS.tinySpeedup);
+  for (const r of rows) {
+    const value = r.decode.adaptive.readbacksPerToken;
+    const bound = GOALS.readbacksPerToken;
+    goals.push({
+      goal: `readbacks/token adaptive <= ${bound} (all resident)`,
+      model: r.name,
+      value,
+      bound,
+      met: value <= bound,
+    });
+  }
+  return goals;
 }
 
 function printTable(rows: Row[], memcpyGBs: number): void {
@@ -372,36 +786,72 @@ function printTable(rows: Row[], memcpyGBs: number): void {
     "V",
     "load s",
     "prefill64 tok/s",
-    "decode ms/tok",
-    "tok/s",
-    "CPU ms/tok",
+    "tok/s spr1",
+    "tok/s adapt",
+    "ratio",
+    "rb/tok spr1",
+    "rb/tok adapt",
+    "steps/rb adapt",
+    "sub/tok spr1",
+    "sub/tok adapt",
     "MB/tok",
     "eff GB/s",
     "of memcpy",
   ];
-  const cells = rows.map((r) => [
-    r.name,
-    String(r.fixture.layers),
-    String(r.fixture.hidden),
-    `${r.fixture.experts}/${r.fixture.topK}`,
-    String(r.fixture.vocab),
-    r.loadS.toFixed(1),
-    r.prefill.tokensPerS.toFixed(1),
-    r.decode.medianMs.toFixed(1),
-    r.decode.tokensPerS.toFixed(2),
-    r.decode.cpuMsPerToken.toFixed(1),
-    (r.bytesPerToken.total / 1e6).toFixed(2),
-    r.decode.effectiveGBs.toFixed(3),
-    `${(r.decode.effectiveGBs / memcpyGBs * 100).toFixed(1)}%`,
-  ]);
+  const cells = rows.map((r) => {
+    const d = r.decode;
+    return [
+      r.name,
+      String(r.shape.layers),
+      String(r.shape.hidden),
+      `${r.shape.experts}/${r.shape.topK}`,
+      String(r.shape.vocab),
+      r.loadS.toFixed(1),
+      r.prefill.tokensPerS.toFixed(1),
+      d.spr1.tokensPerS.toFixed(2),
+      d.adaptive.tokensPerS.toFixed(2),
+      `${d.speedup.toFixed(2)}x`,
+      d.spr1.readbacksPerToken.toFixed(3),
+      d.adaptive.readbacksPerToken.toFixed(3),
+      d.adaptive.stepsPerReadback.toFixed(1),
+      d.spr1.submitsPerToken.toFixed(3),
+      d.adaptive.submitsPerToken.toFixed(3),
+      (r.bytesPerToken.total / 1e6).toFixed(2),
+      d.effectiveGBs.toFixed(3),
+      `${(d.effectiveGBs / memcpyGBs * 100).toFixed(1)}%`,
+    ];
+  });
   const width = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: string[]) => c.map((s, i) => (i ? s.padStart(width[i]) : s.padEnd(width[i])));
   console.log(line(head).join("  "));
   for (const c of cells) console.log(line(c).join("  "));
 }
 
-/** Per model, where its bytes per token go; then how the real-shape fixture was made. */
-function printNotes(rows: Row[], real: FixtureOptions): void {
+/** Runs and tokens behind the table, where bytes per token go, the server, the goals. */
+function printNotes(
+  rows: Row[],
+  server: Awaited<ReturnType<typeof measureServer>> | null,
+  goals: Goal[],
+): void {
+  const r0 = rows[0].decode;
+  console.log(
+    `tok/s: median of ${r0.reps} greedy decodes per mode (alternating, after a ` +
+      `${r0.warmupTokens}-token warm-up in each) of ${r0.tokensPerRun} tokens ` +
+      `(${rows.find((r) => r.name === REAL_NAME)?.decode.tokensPerRun} for ${REAL_NAME}) after ` +
+      `an ${DECODE_PREFILL_TOKENS}-token prompt, no EOS; decode steps only (prefill and first ` +
+      `token excluded); readbacks, submits, steps: pooled over the runs; eff GB/s from adaptive`,
+  );
+  for (const r of rows) {
+    const d = r.decode;
+    const runs = (m: ModeFigures) => m.runTokensPerS.map((x) => x.toFixed(1)).join(" ");
+    console.log(
+      `${r.name}: runs tok/s spr1 [${runs(d.spr1)}], adaptive [${runs(d.adaptive)}]; ` +
+        `CPU ms/tok ${d.spr1.cpuMsPerToken.toFixed(1)} -> ${
+          d.adaptive.cpuMsPerToken.toFixed(1)
+        }; ` +
+        `same tokens in every run: ${d.sameTokens ? "yes" : "NO"}; ${r.benchS.toFixed(0)} s`,
+    );
+  }
   const mb = (n: number) => (n / 1e6).toFixed(2);
   for (const r of rows) {
     const b = r.bytesPerToken;
@@ -410,13 +860,40 @@ function printNotes(rows: Row[], real: FixtureOptions): void {
         `experts ${mb(b.experts)} + lm_head ${mb(b.lmHead)}`,
     );
   }
-  const gen = rows.find((r) => r.name === REAL_NAME)?.fixture.generation;
-  const peak = gen?.peakRssBytes ? `, peak RSS ${(gen.peakRssBytes / 2 ** 30).toFixed(2)} GiB` : "";
-  console.log(
-    `${REAL_NAME}: real layer shapes with ${real.experts} of ` +
-      `${QWEN3_30B_A3B.experts} experts and vocab ${real.vocab} of ${QWEN3_30B_A3B.vocab}; ` +
-      `writeFixture took ${gen?.seconds.toFixed(1)} s${peak}`,
-  );
+  const realRow = rows.find((r) => r.name === REAL_NAME);
+  const real = realRow?.fixture;
+  if (realRow && real) {
+    const gen = real.generation;
+    const peak = gen.peakRssBytes
+      ? `, peak RSS ${(gen.peakRssBytes / 2 ** 30).toFixed(2)} GiB`
+      : "";
+    const stepMs = 1000 / realRow.decode.adaptive.tokensPerS;
+    console.log(
+      `${REAL_NAME}: real layer shapes with ${real.experts} of ` +
+        `${QWEN3_30B_A3B.experts} experts and vocab ${real.vocab} of ${QWEN3_30B_A3B.vocab}; ` +
+        `writeFixture took ${gen.seconds.toFixed(1)} s${peak}; a step takes ` +
+        `${stepMs.toFixed(0)} ms (the adaptive loop aims at ${TARGET_BATCH_MS} ms per batch)`,
+    );
+  }
+  if (server) {
+    const h = server.health;
+    console.log(
+      `main.ts serve (default model, adaptive, subprocess; /health ok after ` +
+        `${server.readyS.toFixed(1)} s): /health median ${h.medianMs.toFixed(1)} ms, max ` +
+        `${h.maxMs.toFixed(1)} ms over ${h.requests} GETs (every ~${h.pollMs} ms) during ` +
+        `${server.streams} concurrent streamed chats (max_tokens ${server.maxTokens}, ` +
+        `temperature 0): ${server.tokens} tokens in ${server.wallS.toFixed(2)} s = ` +
+        `${server.tokensPerS.toFixed(1)} tok/s, TTFT ` +
+        `${server.chats.map((c) => c.ttftMs.toFixed(0)).join("/")} ms, ` +
+        `${server.gpuReadbacksPerStep.toFixed(3)} GPU readbacks per step`,
+    );
+  }
+  for (const g of goals) {
+    console.log(
+      `goal ${g.goal}, ${g.model}: ${g.value.toFixed(g.value < 1 ? 3 : 2)} -> ` +
+        (g.met ? "met" : "NOT met"),
+    );
+  }
 }
 
 if (import.meta.main) {

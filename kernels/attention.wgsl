@@ -1,4 +1,5 @@
-// Causal GQA attention: one workgroup per (token, query head), positions in blocks of WG.
+// Causal GQA attention: one workgroup per (token, query head), positions in blocks of WG, over
+// the KV slab of the token's sequence up to the token's position (Step.tokens).
 // Per block: (1) lane i scores position j0 + i (q·k over the head dim); (2) every lane takes the
 // block max, and lane i turns its score into exp(score - running max); (3) lane c, owning
 // head-dim chunk c (4 values), adds the block's weighted values to its running output, rescaled
@@ -11,12 +12,16 @@ struct Params {
   num_kv_heads: u32,
   head_dim: u32,
   scale: f32,
+  first_slab: u32, // the caches hold slabs [first_slab, first_slab + slabs) of positions each
+  slabs: u32,
+  positions: u32,
+  _pad: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>; // [T, Hq*Dh/4]
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
-@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [slabs, positions, Hkv*Dh/4]
+@group(0) @binding(4) var<storage, read> v_cache: array<vec4<f32>>; // [slabs, positions, Hkv*Dh/4]
 @group(0) @binding(5) var<storage, read_write> out: array<vec4<f32>>; // [T, Hq*Dh/4]
 
 // Positions per block and lanes per workgroup; also the largest head_dim / 4 (head_dim 256).
@@ -38,12 +43,17 @@ fn main(
   }
   let t = id / p.num_heads;
   let h = id % p.num_heads;
+  let tk = step.tokens[t];
+  if (tk.x < p.first_slab || tk.x >= p.first_slab + p.slabs) {
+    return; // another buffer's sequence
+  }
+  let slab_row = (tk.x - p.first_slab) * p.positions; // first cache row of the sequence
   let d4 = p.head_dim / 4u;
   let kvh = h / (p.num_heads / p.num_kv_heads);
   let kv_row = p.num_kv_heads * d4;
-  let kv_col = kvh * d4;
+  let kv_col = slab_row * kv_row + kvh * d4;
   let q_base = id * d4;
-  let n = step.pos0 + t + 1u; // positions 0..pos0+t
+  let n = tk.y + 1u; // positions 0..pos
   var m = NO_SCORE; // running max of the scores
   var l = 0.0; // running sum of exp(score - m)
   var acc = vec4<f32>(0.0); // running sum of exp(score - m) * v[j, chunk lane]

@@ -1,5 +1,6 @@
 // Attention, pass 1 of 3 (with attention_softmax.wgsl, attention_values.wgsl): scores
-// s[t, h, j] = q[t,h]·k[j, h/GROUP] * scale for j <= pos0 + t. LANES invocations per (t, kv head),
+// s[t, h, j] = q[t,h]·k[j, h/GROUP] * scale for j <= pos_t, over the KV slab of token t's sequence
+// (Step.tokens; other buffers' slabs are their ops' work). LANES invocations per (t, kv head),
 // lane l taking positions l, l + LANES, ...; each K row is read once for the GROUP query heads
 // that share it. No barriers and short loops (llvmpipe ends a shader after 65535 loop
 // iterations in total; the GROUP loops have a constant trip count and are unrolled).
@@ -9,15 +10,15 @@ struct Params {
   num_kv_heads: u32,
   head_dim: u32,
   scale: f32,
-  row_len: u32, // cache positions + 1: the last entry of a row holds the softmax sum
-  _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
+  row_len: u32, // positions + 1: the last entry of a row holds the softmax sum
+  first_slab: u32, // the caches hold slabs [first_slab, first_slab + slabs) of positions each
+  slabs: u32,
+  positions: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> q: array<vec4<f32>>; // [T, Hq*Dh/4]
-@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
+@group(0) @binding(3) var<storage, read> k_cache: array<vec4<f32>>; // [slabs, positions, Hkv*Dh/4]
 @group(0) @binding(4) var<storage, read_write> scores: array<f32>; // [T, Hq, row_len]
 
 // Query heads per kv head (Hq / Hkv), set per pipeline.
@@ -41,12 +42,17 @@ fn main(
   }
   let t = tk / p.num_kv_heads;
   let kvh = tk % p.num_kv_heads;
+  let token = step.tokens[t];
+  if (token.x < p.first_slab || token.x >= p.first_slab + p.slabs) {
+    return;
+  }
   let d4 = p.head_dim / 4u;
   let kv_row = p.num_kv_heads * d4;
+  let slab_base = (token.x - p.first_slab) * p.positions * kv_row;
   let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
-  let n = step.pos0 + t + 1u;
+  let n = token.y + 1u;
   for (var j = lane; j < n; j += LANES) {
-    let kb = j * kv_row + kvh * d4;
+    let kb = slab_base + j * kv_row + kvh * d4;
     var dv: array<vec4<f32>, MAX_GROUP>;
     for (var g = 0u; g < GROUP; g++) {
       dv[g] = vec4<f32>(0.0);

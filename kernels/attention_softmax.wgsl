@@ -1,4 +1,4 @@
-// Attention, pass 2 of 3: s[t, h, j] = exp(s - max_j s) in place for j <= pos0 + t, and their sum
+// Attention, pass 2 of 3: s[t, h, j] = exp(s - max_j s) in place for j <= pos_t, and their sum
 // in the row's last entry (pass 3 divides by it). One invocation per (t, h).
 
 struct Params {
@@ -6,10 +6,10 @@ struct Params {
   num_kv_heads: u32,
   head_dim: u32,
   scale: f32,
-  row_len: u32, // cache positions + 1: the last entry of a row holds the softmax sum
-  _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
+  row_len: u32, // positions + 1: the last entry of a row holds the softmax sum
+  first_slab: u32, // the caches hold slabs [first_slab, first_slab + slabs) of positions each
+  slabs: u32,
+  positions: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -27,7 +27,11 @@ fn main(
   if (th >= step.n_tokens * p.num_heads) {
     return;
   }
-  let n = step.pos0 + th / p.num_heads + 1u;
+  let token = step.tokens[th / p.num_heads];
+  if (token.x < p.first_slab || token.x >= p.first_slab + p.slabs) {
+    return;
+  }
+  let n = token.y + 1u;
   let base = th * p.row_len;
   var m = scores[base];
   for (var j = 1u; j < n; j++) {

@@ -7,15 +7,15 @@ struct Params {
   num_kv_heads: u32,
   head_dim: u32,
   scale: f32,
-  row_len: u32, // cache positions + 1: the last entry of a row holds the softmax sum
-  _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
+  row_len: u32, // positions + 1: the last entry of a row holds the softmax sum
+  first_slab: u32, // the caches hold slabs [first_slab, first_slab + slabs) of positions each
+  slabs: u32,
+  positions: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> probs: array<f32>; // [T, Hq, row_len]: exp(s - max), sum
-@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>; // [maxCtx, Hkv*Dh/4]
+@group(0) @binding(3) var<storage, read> v_cache: array<vec4<f32>>; // [slabs, positions, Hkv*Dh/4]
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>; // [T, Hq*Dh/4]
 
 // Query heads per kv head (Hq / Hkv), set per pipeline.
@@ -38,9 +38,13 @@ fn main(
   }
   let t = tk / p.num_kv_heads;
   let kvh = tk % p.num_kv_heads;
-  let n = step.pos0 + t + 1u;
+  let token = step.tokens[t];
+  if (token.x < p.first_slab || token.x >= p.first_slab + p.slabs) {
+    return;
+  }
+  let n = token.y + 1u;
   let kv_row = p.num_kv_heads * d4;
-  let col = kvh * d4 + c;
+  let col = (token.x - p.first_slab) * p.positions * kv_row + kvh * d4 + c;
   let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
   var acc: array<vec4<f32>, MAX_GROUP>;
   for (var g = 0u; g < GROUP; g++) {

@@ -1,4 +1,5 @@
-// Embedding gather on the GPU: out[t, :] = table[ids[pos0 + t] - first, :] as f32, for the tokens
+// Embedding gather on the GPU: out[t, :] = table[id - first, :] as f32 with id the token at token
+// t's position in its sequence's ids (ids[slab * ids_stride + pos], Step.tokens), for the tokens
 // whose id lies in this chunk of the table's rows [first, first + rows) (the table is split into
 // chunks that fit one storage binding; each chunk has its own op). One invocation per (token, 4
 // columns); widening bf16/f16 to f32 is exact, so rows equal the CPU's conversion bit for bit.
@@ -8,10 +9,14 @@ struct Params {
   first: u32, // first row of the table held by this chunk
   rows: u32, // rows in this chunk
   w_offset: u32, // element [first, 0] inside the bound weights, in elements of the dtype
+  ids_stride: u32, // ids per slab
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> ids: array<u32>; // [positions] the sequence's tokens
+@group(0) @binding(2) var<storage, read> ids: array<u32>; // [slabs, ids_stride] tokens by position
 @group(0) @binding(3) var<storage, read> weights: array<WeightWord>; // table rows [rows, D]
 @group(0) @binding(4) var<storage, read_write> out: array<vec4<f32>>; // [T, D/4]
 
@@ -29,7 +34,8 @@ fn main(
   if (t >= step.n_tokens) {
     return;
   }
-  let token = ids[step.pos0 + t];
+  let tk = step.tokens[t];
+  let token = ids[tk.x * p.ids_stride + tk.y];
   if (token < p.first || token >= p.first + p.rows) {
     return; // another chunk's row
   }

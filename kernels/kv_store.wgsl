@@ -1,15 +1,18 @@
-// Copies this step's K or V rows into the cache: cache[(pos0 + t) * width + i] = x[t, i].
+// Copies this step's K or V rows into the KV caches of their sequences: for token t of slab s in
+// this buffer's slabs [first_slab, first_slab + slabs), at position pos:
+// cache[((s - first_slab) * positions + pos) * width + i] = x[t, i]. Tokens of other slabs are
+// left to the op of the buffer that holds them.
 
 struct Params {
   width: u32,
-  _pad0: u32,
-  _pad1: u32,
-  _pad2: u32,
+  first_slab: u32,
+  slabs: u32,
+  positions: u32, // per slab
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<f32>; // [T, width]
-@group(0) @binding(3) var<storage, read_write> cache: array<f32>; // [maxCtx, width]
+@group(0) @binding(3) var<storage, read_write> cache: array<f32>; // [slabs, positions, width]
 
 const WG: u32 = 64u;
 
@@ -23,5 +26,11 @@ fn main(
   if (id >= step.n_tokens * p.width) {
     return;
   }
-  cache[step.pos0 * p.width + id] = x[id];
+  let t = id / p.width;
+  let tk = step.tokens[t];
+  if (tk.x < p.first_slab || tk.x >= p.first_slab + p.slabs) {
+    return;
+  }
+  let row = (tk.x - p.first_slab) * p.positions + tk.y;
+  cache[row * p.width + id % p.width] = x[id];
 }

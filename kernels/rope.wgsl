@@ -1,5 +1,5 @@
 // In-place rotate-half RoPE: one invocation per (token, head, i < head_dim/2) pair of elements.
-// x1 = x[i], x2 = x[i + half]: x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin at position pos0 + t.
+// x1 = x[i], x2 = x[i + half]: x1' = x1*cos - x2*sin, x2' = x2*cos + x1*sin at token t's position.
 
 struct Params {
   heads: u32,
@@ -28,7 +28,7 @@ fn main(
   let i = id % half;
   let th = id / half; // t * heads + h
   let t = th / p.heads;
-  let row = (step.pos0 + t) * p.head_dim;
+  let row = step.tokens[t].y * p.head_dim;
   let c = table[row + i];
   let s = table[row + half + i];
   let base = th * p.head_dim;

@@ -1,17 +1,18 @@
 /**
  * The decode contract of Session.decode (src/types.ts) for sessions that only have forward():
- * the CPU reference model and test doubles. One forward and one sampled token per yield, with the
- * same sampler as the GPU's (src/sampling.ts), so a seed gives the same tokens on both.
+ * the CPU reference model and test doubles. One forward and one sampled token per settle, with
+ * the same sampler as the GPU's (src/sampling.ts), so a seed gives the same tokens on both.
  * Penalties see the tokens of this decode (fed and sampled), which for a fresh session is the
  * whole sequence, as on the GPU.
  */
 import type { DecodeFinish, DecodeRequest, DecodeResult, Session } from "./types.ts";
 import { randomSeed, sampleNext } from "./sampling.ts";
 
-export async function* decodeWithForward(
+export async function decodeWithForward(
   session: Session,
   req: DecodeRequest,
-): AsyncGenerator<number[], DecodeResult, number | undefined> {
+  settle: (tokens: number[]) => number | undefined,
+): Promise<DecodeResult> {
   if (req.feed.length === 0) throw new RangeError("decode needs at least one token to feed");
   const sampling = { ...req.sampling, seed: req.sampling.seed ?? randomSeed() };
   const eos = new Set(req.eosIds);
@@ -27,14 +28,13 @@ export async function* decodeWithForward(
     }
     const token = sampleNext(logits, sampling, history);
     history.ids.push(token);
-    const keep = yield [token];
+    const keep = settle([token]);
+    kept.push(...[token].slice(0, keep));
+    if (kept.length === 1) t0 = performance.now();
     if (keep !== undefined) {
-      kept.push(...[token].slice(0, keep));
       finish = "stop";
       break;
     }
-    kept.push(token);
-    if (kept.length === 1) t0 = performance.now();
     if (eos.has(token)) {
       finish = "eos";
       break;

@@ -1,8 +1,9 @@
 /**
  * The generation loop's text side: prompt ids -> sampled ids and their text, one piece per token.
  *
- *   session.decode (GPU: tokens sampled on the GPU, read back in batches; other sessions:
- *   src/decode_cpu.ts) -> for each token read back: its text, stop strings, EOS, max_tokens.
+ *   session.decode (GPU: tokens sampled on the GPU, read back in batches with other sequences;
+ *   other sessions: src/decode_cpu.ts) -> for each token read back: its text, stop strings, EOS,
+ *   max_tokens.
  *
  * Stop strings are never emitted: text that could still be the start of a stop string is held
  * back until the next tokens rule it in or out. When a token completes a stop string, the tokens
@@ -90,13 +91,19 @@ function heldLength(text: string, stops: string[]): number {
 function decodeOf(
   session: Session,
   req: DecodeRequest,
-): AsyncGenerator<number[], DecodeResult, number | undefined> {
-  return session.decode ? session.decode(req) : decodeWithForward(session, req);
+  settle: (tokens: number[]) => number | undefined,
+): Promise<DecodeResult> {
+  return session.decode ? session.decode(req, settle) : decodeWithForward(session, req, settle);
 }
 
 /**
- * Runs one sequence on `session` (which must be fresh or truncated to 0). Yields a Piece per
- * generated token; returns the finish reason, exact usage and the decode's stats.
+ * Runs one sequence on `session`. The session may already hold a prefix of the prompt (prompt
+ * prefix reuse: opts.promptIds starts with its cached tokens); only the rest is fed. Yields a
+ * Piece per generated token; returns the finish reason, exact usage and the decode's stats.
+ *
+ * The decode runs at its own pace: each readback's tokens are turned into pieces at once (stop
+ * strings settled there), queued, and yielded as the caller pulls, so a slow caller never holds
+ * up the decode loop (which batches other sequences too).
  */
 export async function* generate(
   session: Session,
@@ -108,61 +115,76 @@ export async function* generate(
   let emitted = 0; // characters of `full` already released
   let completionTokens = 0;
   let finishReason: FinishReason = "length";
+  const queue: Piece[] = [];
+  let wake: (() => void) | null = null;
 
-  const check = () => {
-    if (opts.signal?.aborted) throw new GenerationAbortedError();
+  /** Turns a readback's tokens into pieces; returns how many it keeps when a stop string ended
+   * the text (undefined: all, and go on). */
+  const settle = (tokens: number[]): number | undefined => {
+    for (let i = 0; i < tokens.length; i++) {
+      const token = tokens[i];
+      completionTokens++;
+      const isEos = eos.has(token);
+      const last = isEos || completionTokens >= opts.maxTokens;
+      if (!isEos) full += opts.decoder.push(token);
+      if (last) full += opts.decoder.flush(); // an unfinished character is final now
+      const stopAt = findStop(full, stops, emitted);
+      if (stopAt >= 0) full = full.slice(0, stopAt);
+      // hold back a possible stop-string prefix unless the sequence ends here
+      const release = stopAt >= 0 || last
+        ? full.length
+        : full.length - heldLength(full.slice(emitted), stops);
+      queue.push({ token, text: full.slice(emitted, release) });
+      emitted = release;
+      if (stopAt >= 0 || isEos) finishReason = "stop";
+      if (stopAt >= 0) return i + 1;
+    }
+    return undefined;
   };
-  check();
-  const decode = decodeOf(session, {
-    feed: opts.promptIds,
+
+  if (opts.signal?.aborted) throw new GenerationAbortedError();
+  const cancel = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
+  const cached = Math.min(session.length, opts.promptIds.length - 1);
+  let outcome: { result: DecodeResult } | { error: unknown } | null = null;
+  const run = decodeOf(session, {
+    feed: opts.promptIds.slice(cached),
     maxTokens: opts.maxTokens,
     sampling: opts.sampling,
     eosIds: [...eos],
-    signal: opts.signal,
+    signal,
     stepsPerReadback: opts.stepsPerReadback,
-  });
-  let ended = false;
+  }, (tokens) => {
+    const keep = settle(tokens);
+    wake?.();
+    return keep;
+  }).then(
+    (result) => outcome = { result },
+    (error) => outcome = { error },
+  ).finally(() => wake?.());
   try {
-    let step = await decode.next();
-    while (!step.done) {
-      const tokens = step.value;
-      let keep: number | undefined;
-      for (let i = 0; i < tokens.length; i++) {
-        check();
-        const token = tokens[i];
-        completionTokens++;
-        const isEos = eos.has(token);
-        const last = isEos || completionTokens >= opts.maxTokens;
-        if (!isEos) full += opts.decoder.push(token);
-        if (last) full += opts.decoder.flush(); // an unfinished character is final now
-        const stopAt = findStop(full, stops, emitted);
-        if (stopAt >= 0) full = full.slice(0, stopAt);
-        // hold back a possible stop-string prefix unless the sequence ends here
-        const release = stopAt >= 0 || last
-          ? full.length
-          : full.length - heldLength(full.slice(emitted), stops);
-        const text = full.slice(emitted, release);
-        emitted = release;
-        yield { token, text };
-        if (stopAt >= 0 || isEos) finishReason = "stop";
-        if (stopAt >= 0) {
-          keep = i + 1;
-          break;
-        }
+    while (true) {
+      while (queue.length > 0) {
+        if (opts.signal?.aborted) throw new GenerationAbortedError();
+        yield queue.shift()!;
       }
-      check();
-      step = await decode.next(keep);
+      if (outcome !== null) break;
+      await new Promise<void>((r) => wake = r);
+      wake = null;
     }
-    ended = true;
-    if (step.value.finish === "abort") throw new GenerationAbortedError();
+    const o = outcome as { result: DecodeResult } | { error: unknown };
+    if ("error" in o) throw o.error;
+    if (o.result.finish === "abort") throw new GenerationAbortedError();
     return {
       finishReason,
       text: full.slice(0, emitted),
       promptTokens: opts.promptIds.length,
       completionTokens,
-      stats: step.value.stats,
+      stats: o.result.stats,
     };
   } finally {
-    if (!ended) await decode.return(undefined as never); // rolls the session back
+    // the caller left early (or failed): stop the decode at its next readback, roll it back
+    cancel.abort();
+    await run;
   }
 }

@@ -110,14 +110,17 @@ export interface Session {
   /** Drops the KV cache back to `length` tokens (0: empty). */
   truncate(length: number): void;
   /**
-   * Feeds req.feed and samples up to req.maxTokens tokens, yielding them as they are read back
-   * (in batches; never past an EOS or max_tokens). The value passed to next() settles the tokens
-   * just yielded: undefined keeps them all and goes on; a number k keeps the first k and ends the
-   * decode (a stop string completed at token k).
-   * Afterwards the KV cache holds every kept token but the last. Sessions without it decode
-   * through forward() on the CPU (src/decode_cpu.ts).
+   * Feeds req.feed and samples up to req.maxTokens tokens. `settle` is called with the tokens of
+   * each readback as they arrive (in batches; never past an EOS or max_tokens), synchronously,
+   * and decides what is kept: undefined keeps them all and goes on; k keeps the first k and ends
+   * the decode (a stop string completed at token k). Resolves once the decode ended; afterwards
+   * the KV cache holds every kept token but the last. Sessions without it decode through
+   * forward() on the CPU (src/decode_cpu.ts).
    */
-  decode?(req: DecodeRequest): AsyncGenerator<number[], DecodeResult, number | undefined>;
+  decode?(
+    req: DecodeRequest,
+    settle: (tokens: number[]) => number | undefined,
+  ): Promise<DecodeResult>;
   /** Frees the session's KV cache and buffers; the session cannot be used after. */
   free(): void;
 }

@@ -36,14 +36,12 @@ async function decodeAll(
   req: DecodeRequest,
   settle: (tokens: number[], batch: number) => number | undefined = () => undefined,
 ): Promise<{ result: DecodeResult; batches: number[] }> {
-  const it = session.decode!(req);
   const batches: number[] = [];
-  let step = await it.next();
-  while (!step.done) {
-    batches.push(step.value.length);
-    step = await it.next(settle(step.value, batches.length - 1));
-  }
-  return { result: step.value, batches };
+  const result = await session.decode!(req, (tokens) => {
+    batches.push(tokens.length);
+    return settle(tokens, batches.length - 1);
+  });
+  return { result, batches };
 }
 
 async function withFixture(opts: FixtureOptions, fn: (dir: string) => Promise<void>) {
@@ -179,10 +177,7 @@ gpuTest(
         const req = { feed: ids, maxTokens: 30, sampling: SAMPLED, eosIds: [] };
         // the CPU path (forward + the CPU sampler) on the float64 reference
         const { decodeWithForward } = await import("../src/decode_cpu.ts");
-        const cpu = decodeWithForward(ref.newSession(), req);
-        let step = await cpu.next();
-        while (!step.done) step = await cpu.next();
-        const want = step.value.tokens;
+        const want = (await decodeWithForward(ref.newSession(), req, () => undefined)).tokens;
         assert.equal(want.length, 30);
         assert.ok(new Set(want).size > 5, "sampling must not collapse to one token");
         for (const slots of [undefined, SMALL.topK]) {

@@ -5,7 +5,7 @@
 import assert from "node:assert";
 import { openGpu } from "../src/gpu/device.ts";
 import { Ops } from "../src/gpu/ops.ts";
-import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
+import { type Op, stepRecord, type WeightDType } from "../src/gpu/ops_api.ts";
 import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/dtype.ts";
 import { bf16ToF32 } from "../src/dtype.ts";
 
@@ -82,7 +82,7 @@ export function pack(values: ArrayLike<number>, dtype: WeightDType): Packed {
 /** Writes the Step uniform (of `step`, by default the shared Ops'), records `list` in one pass for
  * nTokens and submits. */
 export function run(list: Op[], nTokens: number, pos0 = 0, step = ops.step): void {
-  gpu.device.queue.writeBuffer(step, 0, new Uint32Array([nTokens, pos0, pos0 + nTokens, 0]));
+  gpu.device.queue.writeBuffer(step, 0, stepRecord(nTokens, pos0));
   const encoder = gpu.device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   for (const op of list) op.record(pass, nTokens);

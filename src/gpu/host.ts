@@ -25,6 +25,10 @@ export const MAX_STEPS_PER_BATCH = 64;
 export interface StepStats {
   /** Forward steps (prefill chunks and decode steps) computed, reruns excluded. */
   steps: number;
+  /** Decode steps times the sequences each computed for (laneSteps / decode steps = the mean
+   * batch). */
+  laneSteps: number;
+  decodeSteps: number;
   /** GPU -> CPU round trips (mapAsync). */
   readbacks: number;
   /** Command submissions that compute steps (queue.submit of forwards). */
@@ -41,25 +45,36 @@ export interface StepStats {
   expertLoads: number;
 }
 
-/** Encoded (and maybe submitted) GPU work whose results come back in one readback. */
+/** A running sequence's place in the next decode batch. */
+export interface LaneStep {
+  seq: Sequence;
+  /** Position of the last token requested: the batch's first step feeds it. */
+  front: number;
+  sampling: SamplingParams;
+}
+
+/** Encoded (and maybe submitted) GPU work whose results come back in one readback: a prefill of
+ * one sequence, decode steps of several, or the repair of a step. */
 export interface Batch {
-  readonly seq: Sequence;
-  /** Position of the first token this batch samples, and how many it samples. */
-  readonly first: number;
-  readonly count: number;
-  /** Decode steps (1 token each); 0 for a prefill. */
+  /** Each sequence's part: the position of the first token it samples, and how many. */
+  readonly lanes: readonly {
+    readonly seq: Sequence;
+    readonly first: number;
+    readonly count: number;
+  }[];
+  /** Decode steps (1 token per lane each); 0 for a prefill or a repair. */
   readonly steps: number;
 }
 
 /** What a batch's readback brought. */
 export interface BatchResult {
-  /** The sampled tokens at positions first .. first + count - 1 (garbage from `invalidAt` on). */
-  tokens: number[];
-  /** The GPU's end flag: the kept length of the sequence if a sampled token ended it, else -1. */
-  end: number;
+  /** Per lane: the sampled tokens at positions first .. first + count - 1 (garbage from
+   * invalidAt on), and the GPU's end flag (the sequence's kept length if a sampled token ended
+   * it, else -1). */
+  lanes: { tokens: number[]; end: number }[];
   /**
-   * Under an expert budget: the first decode step (index in the batch) that routed to an absent
-   * expert in exact mode, so that its token and every later one are invalid; -1 when all are valid.
+   * Under an expert budget: the first step (index in the batch) that routed to an absent expert
+   * in exact mode, so its tokens and every later one are invalid; -1 when all are valid.
    */
   invalidAt: number;
 }
@@ -67,15 +82,17 @@ export interface BatchResult {
 export interface ForwardHost {
   readonly config: ModelConfig;
   readonly maxContext: number;
+  /** Most tokens per forward: prompt chunk size, and most sequences in a decode step. */
   readonly maxBatch: number;
   /** Every expert resident: no step can miss. */
   readonly allResident: boolean;
   readonly stats: StepStats;
   /** Runs fn with the GPU to itself (activations are shared between sequences). */
   exclusive<R>(fn: () => Promise<R>): Promise<R>;
-  /** A sequence's buffers from the free list, or new ones; and back. */
-  acquireSequence(): Sequence;
-  releaseSequence(seq: Sequence): void;
+  /** A sequence for tokens starting with `prompt`, reusing the longest cached prefix (`reuse`
+   * positions already computed); and back, with the tokens its KV rows hold. */
+  acquireSequence(prompt?: readonly number[]): { seq: Sequence; reuse: number };
+  releaseSequence(seq: Sequence, cached: readonly number[]): void;
   /** Logits of ids at positions pos0.. (all rows or the last): one readback per forward. */
   forward(
     seq: Sequence,
@@ -98,28 +115,30 @@ export interface ForwardHost {
     pos0: number,
     sampling: SamplingParams,
   ): Promise<Batch>;
+  /** Most decode steps a batch of `lanes` sequences may hold. */
+  maxStepsFor(lanes: number): number;
+  /** Most sequences one decode step may hold: maxBatch, and under an expert budget as many as
+   * the slots hold one layer's routed experts for (a step's layer must find all of its experts
+   * resident at once). */
+  readonly maxLanes: number;
   /**
-   * Encodes n decode steps (n <= MAX_STEPS_PER_BATCH) for inputs at positions pos0 .. pos0+n-1,
-   * sampling positions pos0+1 .. pos0+n. Not submitted: submit() sends it.
+   * Encodes n decode steps of every lane (one token of each sequence per step; lane b's inputs at
+   * front_b .. front_b + n - 1, sampling front_b + 1 .. front_b + n). Not submitted.
    */
-  encodeSteps(
-    seq: Sequence,
-    masked: boolean,
-    pos0: number,
-    n: number,
-    sampling: SamplingParams,
-  ): Batch;
+  encodeSteps(lanes: LaneStep[], masked: boolean, n: number): Batch;
   submit(batch: Batch): void;
   /**
-   * Maps the batch's readback, calls `meanwhile` between the mapAsync call and the wait (submit
-   * the next batch there, so the GPU works while the readback's fixed delay runs), and returns
-   * the results; the expert cache learns the valid steps' routing.
+   * Maps the batches' readbacks together (one round trip), calls `meanwhile` between the mapAsync
+   * calls and the wait (submit the next batch there, so the GPU works while the readback's fixed
+   * delay runs), and returns their results; the expert cache learns the valid steps' routing.
    */
-  read(batch: Batch, meanwhile?: () => void): Promise<BatchResult>;
+  read(batches: Batch[], meanwhile?: () => void): Promise<BatchResult[]>;
   /**
-   * Under a budget, after read() found step `result.invalidAt` invalid: loads the experts its
-   * first missed layer routed to (plus prefetch), then encodes and submits that step again from
-   * that layer. The returned batch samples that step's token.
+   * Under a budget, after read() found step `invalidAt` of this batch invalid: loads the experts
+   * its first missed layer routed to (plus prefetch), then encodes and submits that step again
+   * from that layer. The returned batch samples that step's tokens.
    */
-  repair(batch: Batch, result: BatchResult, sampling: SamplingParams): Batch;
+  repair(batch: Batch): Batch;
+  /** A submitted batch the loop will not read (dropped): its buffers go back for reuse. */
+  discard(batch: Batch): void;
 }

@@ -10,9 +10,10 @@
  * I expert intermediate, L layers, N decode steps in a batch.
  */
 import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
-import type { Op, WeightRef } from "./ops_api.ts";
+import { MAX_STEP_TOKENS, type Op, stepRecord, type WeightRef } from "./ops_api.ts";
+import { KvPool } from "./kv_pool.ts";
 import type { SamplingParams } from "../sampling.ts";
-import { Ops } from "./ops.ts";
+import { Ops, STEP_BYTES } from "./ops.ts";
 import { readU32 } from "./readback.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
@@ -40,11 +41,12 @@ import type { Sequence } from "./sequence.ts";
 import {
   type Batch,
   type BatchResult,
-  type ForwardHost,
+  type LaneStep,
   MAX_STEPS_PER_BATCH,
   type StepStats,
 } from "./host.ts";
-import { ContextOverflowError, GpuSession } from "./session.ts";
+import { ContextOverflowError, GpuSession, type SessionHost } from "./session.ts";
+import { DecodeLoop } from "./decode_loop.ts";
 
 export { ContextOverflowError, GpuSession };
 export type { StepStats };
@@ -53,6 +55,8 @@ export type { StepStats };
 export const DEFAULT_MAX_BATCH = 64;
 /** Default context when the caller does not ask for one (the config's maximum can be huge). */
 export const DEFAULT_MAX_CONTEXT = 4096;
+/** KV slabs when the caller does not say: a few sessions at once (the server sizes its own). */
+export const DEFAULT_MAX_SEQUENCES = 4;
 
 export interface GpuModelOptions {
   gpu?: Gpu;
@@ -75,6 +79,8 @@ export interface GpuModelOptions {
   perLayerRouting?: boolean;
   /** Steps per readback sessions use unless a request says otherwise (default: adaptive). */
   stepsPerReadback?: number;
+  /** KV slabs: sequences that can run (and be batched) at once (default 4). */
+  maxSequences?: number;
 }
 
 /** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
@@ -82,11 +88,11 @@ const UPLOADS_PER_FLUSH = 16;
 
 /** mapAsync offsets must be multiples of 8; keep staging regions generously aligned. */
 const STAGING_ALIGN = 256;
-/** Bytes of one Step uniform record (n_tokens, pos0, kv_len, pad). */
-const STEP_RECORD_BYTES = 16;
-/** Batches that may be in flight at once (submitted, not yet read): one read, one queued, one
- * being encoded. Each has its own step table region and staging buffer. */
-const RING = 3;
+/** Regions of the snapshot buffers (MAX_STEPS_PER_BATCH rows each) that batches in flight hold
+ * (under a budget): one being read, its repair, the one queued behind, a joiner's prefill. */
+const SNAP_REGIONS = 6;
+/** Rows of the snapshot buffers used by batches, then forward()'s from this row. */
+const FORWARD_SNAP_ROW = SNAP_REGIONS * MAX_STEPS_PER_BATCH;
 /** The sampler's end flag when the sequence has not ended. */
 const NO_END = 0xffffffff;
 
@@ -107,7 +113,8 @@ interface Activations {
   weights: GPUBuffer; // [T, K]
   h: GPUBuffer; // [T*K, I]
   y: GPUBuffer; // [T*K, D]
-  snap: GPUBuffer[]; // per layer: [max(T, 2N), D] residual at the layer's start (budgeted runs)
+  snap: GPUBuffer[]; // per layer: [2 halves of batches' rows | forward()'s T, D] residual at the
+  // layer's start (budgeted runs)
   xLast: GPUBuffer; // [1, D] last row of xn
   logits: GPUBuffer; // [T, V]
   staging: GPUBuffer; // MAP_READ: logits | routing [L, T, K] | missed [L, E]
@@ -130,47 +137,76 @@ interface Readback {
   missed: Uint32Array; // [L, E]
 }
 
-/** One forward inside a batch: T tokens at pos0, from layer `from` (a rerun starts later). */
+/** One forward inside a batch: T tokens (Step.tokens), from layer `from` (a rerun starts later). */
 interface ForwardRecord {
   T: number;
-  pos0: number;
+  /** (slab, position) of each row. */
+  tokens: [number, number][];
   from: number;
-  /** Row of the snapshot buffers this forward writes (and, from > 0, restores) under a budget. */
+  /** First row of the snapshot buffers this forward writes (and, from > 0, restores) under a
+   * budget. */
   snapRow: number;
-  /** Whether the forward ends with the head and the sampler (the last of a prefill, every step). */
-  sample: boolean;
+  /** Rows sampled after the head: logits row, the batch lane it samples for, the position it
+   * fills. Empty for prefill chunks before the last. */
+  samples: { row: number; lane: number; pos: number }[];
+  /** The head runs on the last row only (a prompt chunk: its logits go to row 0). */
+  lastOnly: boolean;
   /** Where its routing [L, T*K] goes in the routing log (u32 index). */
   routeAt: number;
   /** Row of the miss log [N, L*E] (decode steps under a budget), else -1. */
   missRow: number;
 }
 
-/** The readback buffers of one ring slot and where each part lives in them. */
+/** A sequence's part of a batch. */
+interface BatchLane {
+  seq: Sequence;
+  first: number;
+  count: number;
+  sampling: SamplingParams;
+}
+
+/** The buffers of one batch in flight, reused by later batches once it was read. */
 interface Slot {
-  stepTable: GPUBuffer; // [records, 4] u32 Step records, copied to the Step uniform per forward
+  stepTable: GPUBuffer; // forward records (STEP_BYTES each), then sampler records (16 B each)
   routeLog: GPUBuffer; // u32 [routing of every forward of the batch]
   missLog: GPUBuffer | null; // u32 [N, L*E] (budgeted models only)
-  staging: GPUBuffer; // MAP_READ: end | tokens | routing | missed
-  /** Capacity in forwards and in routed (token, layer, k) entries. */
-  records: number;
-  routeWords: number;
+  staging: GPUBuffer; // MAP_READ: lane ends | lane tokens | routing | missed
+}
+
+/** A miss read() found, kept with its batch for repair(). */
+interface PendingMiss {
+  routing: Uint32Array;
+  missed: Uint32Array;
+  l0: number;
+  record: ForwardRecord;
+  step: number;
 }
 
 /** A Batch as the model built it. */
 interface ModelBatch extends Batch {
+  lanes: BatchLane[];
   records: ForwardRecord[];
   slot: Slot;
   commands: GPUCommandBuffer | null;
   /** The session asked for router masking / the batch was recorded with the mask on. */
   masked: boolean;
   masking: boolean;
-  /** Staging layout (bytes): end at 0, tokens at 4, routing at routeOffset, missed at missOffset. */
-  routeOffset: number;
-  missOffset: number;
+  /** Staging layout (u32 index): lane b's end at b, its tokens at tokensAt[b]; routing and misses
+   * at routeAt/missAt. */
+  tokensAt: number[];
+  routeAt: number;
+  missAt: number;
   readBytes: number;
+  miss: PendingMiss | null;
+  /** Whether its slot went back to the free list (read or discarded). */
+  released: boolean;
+  /** Whether its snapshot region went back (read without a miss, repaired, or discarded). */
+  regionFreed: boolean;
 }
 
-export class GpuModel implements LanguageModel, ForwardHost {
+export class GpuModel implements LanguageModel, SessionHost {
+  /** Decides which sequences step together, when to read back, where each ends. */
+  readonly loop: DecodeLoop = new DecodeLoop(this);
   readonly maxContext: number;
   readonly maxBatch: number;
   readonly ops: Ops;
@@ -188,6 +224,8 @@ export class GpuModel implements LanguageModel, ForwardHost {
   onRouting?: (layer: number, experts: Uint32Array) => void;
   readonly stats: StepStats = {
     steps: 0,
+    laneSteps: 0,
+    decodeSteps: 0,
     readbacks: 0,
     submits: 0,
     reruns: 0,
@@ -215,15 +253,20 @@ export class GpuModel implements LanguageModel, ForwardHost {
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
   private perLayerRouting: boolean;
-  /** Sequences not in use by a session, and every one ever made (freed by destroy()). */
-  private freeSeqs: Sequence[] = [];
-  private allSeqs: Sequence[] = [];
+  /** KV memory: one slab per running sequence (and cached prefixes in free ones). */
+  private kv: KvPool;
+  /** The sampler's view of each slab, made on first use. */
+  private seqs: Sequence[] = [];
+  /** Embedding gather (one op per table chunk) and o_proj per layer. */
+  private embedOps: Op[];
+  private outputOps: Op[];
+  /** The logits row being sampled (the sampler reads row 0 of it; each lane's row is copied). */
+  private sampleRow: GPUBuffer;
   private prompt: PromptBuffers | null = null;
-  /** Host-side staging of one step's Step uniform, made once. */
-  private stepUniform = new Uint32Array(4);
-  /** Readback ring of the decode loop (made on first use) and the next slot to use. */
+  /** Readback buffers of the decode loop's batches: every one made, and those no batch awaiting
+   * its readback uses. */
   private slots: Slot[] = [];
-  private nextSlot = 0;
+  private freeSlots: Slot[] = [];
   /** Whether open() made the device (then destroy() destroys it too). */
   private ownsGpu = false;
   /** What to load under a budget, and what the cache learns from each pass. */
@@ -239,7 +282,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const c = weights.config;
     const device = gpu.device;
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
-    this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext);
+    this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext, MAX_STEP_TOKENS);
     this.ops = new Ops(gpu);
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
@@ -283,7 +326,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
       });
     this.routingOffset = alignUp(T * V * 4, STAGING_ALIGN);
     this.missedOffset = this.routingOffset + L * T * K * 4;
-    const snapRows = Math.max(T, 2 * MAX_STEPS_PER_BATCH);
+    const snapRows = FORWARD_SNAP_ROW + T;
     this.act = {
       x: f32(T * D, "x"),
       xn: f32(T * D, "xn"),
@@ -305,7 +348,29 @@ export class GpuModel implements LanguageModel, ForwardHost {
         usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
       }),
     };
-    this.sampler = new GpuSampler(gpu, this.ops, V, this.act.logits);
+    this.sampleRow = f32(V, "sample_row");
+    this.sampler = new GpuSampler(gpu, this.ops, V, this.sampleRow);
+    const bindingLimit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+    this.kv = new KvPool(
+      device,
+      c,
+      this.maxContext,
+      opts.maxSequences ?? DEFAULT_MAX_SEQUENCES,
+      bindingLimit,
+      (l, k, v, first, n) => this.prepareAttention(l, k, v, first, n),
+    );
+    this.embedOps = this.vocab.embed.map((chunk) =>
+      this.ops.embed({
+        ids: this.kv.ids,
+        idsStride: this.kv.idsStride,
+        table: chunk.w,
+        first: chunk.first,
+        rows: chunk.rows,
+        hidden: D,
+        out: this.act.x,
+      })
+    );
+    this.outputOps = this.layers.map((_, l) => this.prepareOutput(l));
     this.attnInputs = this.layers.map((_, l) => this.prepareAttentionInputs(l));
     this.routerOps = this.layers.map((_, l) => this.prepareRouter(l, false));
     this.maskedRouterOps = this.layers.map((_, l) => this.prepareRouter(l, true));
@@ -340,7 +405,14 @@ export class GpuModel implements LanguageModel, ForwardHost {
     }
     const model = new GpuModel(gpu, weights, opts);
     model.ownsGpu = ownsGpu;
-    if (model.allResident) await model.loadAllExperts();
+    try {
+      if (model.allResident) await model.loadAllExperts();
+      await model.cache.settle();
+      await gpu.settle();
+    } catch (e) {
+      model.destroy();
+      throw e;
+    }
     return model;
   }
 
@@ -361,56 +433,49 @@ export class GpuModel implements LanguageModel, ForwardHost {
     return this.weights.config;
   }
 
-  /** A sequence's buffers from the free list, or new ones (buffers and ops made once, reused). */
-  acquireSequence(): Sequence {
-    const free = this.freeSeqs.pop();
-    if (free) return free;
-    const c = this.config;
-    const bytes = this.maxContext * c.numKvHeads * c.headDim * 4;
-    const sampler = this.sampler.createSequence(this.maxContext + 1);
-    const seq: Sequence = {
-      kv: [],
-      attention: [],
-      sampler,
-      embed: this.vocab.embed.map((chunk) =>
-        this.ops.embed({
-          ids: sampler.ids,
-          table: chunk.w,
-          first: chunk.first,
-          rows: chunk.rows,
-          hidden: c.hiddenSize,
-          out: this.act.x,
-        })
-      ),
-    };
-    for (let l = 0; l < c.numLayers; l++) {
-      const mk = (kind: string) =>
-        this.gpu.device.createBuffer({
-          label: `kv.${kind}.${l}`,
-          size: bytes,
-          usage: GPUBufferUsage.STORAGE,
-        });
-      const k = mk("k");
-      const v = mk("v");
-      seq.kv.push(k, v);
-      seq.attention.push(this.prepareAttention(l, k, v));
+  /**
+   * A KV slab for a sequence whose tokens will start with `prompt`: the free slab whose cached
+   * tokens share the longest prefix with it (prefix reuse: `reuse` positions are already
+   * computed), else the least recently used one. Throws KvPoolFullError when all are taken.
+   */
+  acquireSequence(prompt: readonly number[] = []): { seq: Sequence; reuse: number } {
+    const { slab, reuse } = this.kv.acquire(prompt);
+    let seq = this.seqs[slab];
+    if (!seq) {
+      const sampler = this.sampler.createSequence(this.maxContext + 1, {
+        buffer: this.kv.ids,
+        offset: slab * this.kv.idsStride * 4,
+      });
+      seq = this.seqs[slab] = { slab, sampler };
     }
-    this.allSeqs.push(seq);
-    return seq;
+    return { seq, reuse };
   }
 
-  /** Sequences allocated so far (sessions alive at once, at most). */
+  /** Gives a slab back; `cached` are the tokens whose KV rows it holds (kept for reuse). */
+  releaseSequence(seq: Sequence, cached: readonly number[]): void {
+    this.kv.release(seq.slab, cached);
+  }
+
+  /** KV slab groups whose buffers exist (sequences alive at once need at most this many). */
   get kvCachesMade(): number {
-    return this.allSeqs.length;
+    return this.kv.groupsMade;
   }
 
-  releaseSequence(seq: Sequence): void {
-    this.freeSeqs.push(seq);
+  /** KV slabs: the most sequences that can run at once. */
+  get maxSequences(): number {
+    return this.kv.slabs;
   }
 
-  /** A fresh sequence; routerMasking routes it among resident experts only (approximate). */
-  newSession(opts: SessionOptions = {}): GpuSession {
-    return new GpuSession(this, opts.routerMasking ?? this.routerMaskingDefault);
+  /** Slabs no sequence owns now. */
+  get freeSequences(): number {
+    return this.kv.free;
+  }
+
+  /** A fresh sequence; routerMasking routes it among resident experts only (approximate). With
+   * `prefix`, a slab holding the longest cached prefix of those tokens is taken and the session
+   * starts at that length (its first forward or decode feeds the rest). */
+  newSession(opts: SessionOptions & { prefix?: readonly number[] } = {}): GpuSession {
+    return new GpuSession(this, opts.routerMasking ?? this.routerMaskingDefault, opts.prefix);
   }
 
   // ---- preparation (once) ----
@@ -444,14 +509,23 @@ export class GpuModel implements LanguageModel, ForwardHost {
     ];
   }
 
-  /** Per sequence: KV store and attention over that sequence's cache, then o_proj + residual. */
-  private prepareAttention(l: number, kCache: GPUBuffer, vCache: GPUBuffer): Op[] {
+  /** Per KV buffer group: the step's K and V rows of its slabs into the caches, and those tokens'
+   * attention over their own sequences. */
+  private prepareAttention(
+    l: number,
+    kCache: GPUBuffer,
+    vCache: GPUBuffer,
+    firstSlab: number,
+    slabs: number,
+  ): Op[] {
     const c = this.config;
     const a = this.act;
-    const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
+    const { numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
+    void l;
+    const group = { firstSlab, slabs };
     return [
-      this.ops.kvStore({ x: a.k, cache: kCache, width: Hkv * Dh }),
-      this.ops.kvStore({ x: a.v, cache: vCache, width: Hkv * Dh }),
+      this.ops.kvStore({ x: a.k, cache: kCache, width: Hkv * Dh, ...group }),
+      this.ops.kvStore({ x: a.v, cache: vCache, width: Hkv * Dh, ...group }),
       this.ops.attention({
         q: a.q,
         kCache,
@@ -461,19 +535,24 @@ export class GpuModel implements LanguageModel, ForwardHost {
         numKvHeads: Hkv,
         headDim: Dh,
         scale: 1 / Math.sqrt(Dh),
-      }),
-      // o_proj, added into the residual stream
-      this.ops.matmul({
-        x: a.att,
-        w: this.layers[l].o,
-        out: a.x,
-        K: Hq * Dh,
-        N: D,
-        outStride: D,
-        outOffset: 0,
-        accumulate: true,
+        ...group,
       }),
     ];
+  }
+
+  /** o_proj of the attention output, added into the residual stream. */
+  private prepareOutput(l: number): Op {
+    const { hiddenSize: D, numHeads: Hq, headDim: Dh } = this.config;
+    return this.ops.matmul({
+      x: this.act.att,
+      w: this.layers[l].o,
+      out: this.act.x,
+      K: Hq * Dh,
+      N: D,
+      outStride: D,
+      outOffset: 0,
+      accumulate: true,
+    });
   }
 
   /** post-attention norm -> router logits -> (mask) -> softmax, top-k, renormalise. */
@@ -596,23 +675,25 @@ export class GpuModel implements LanguageModel, ForwardHost {
    */
   private encodeLayers(
     enc: GPUCommandEncoder,
-    seq: Sequence,
+    slabs: readonly number[],
     from: number,
     to: number,
     T: number,
     snapRow = 0,
   ): void {
-    const rowBytes = T * this.config.hiddenSize * 4;
+    const D = this.config.hiddenSize;
+    const groups = this.kv.groupsOf(slabs);
     let pass: GPUComputePassEncoder | null = null;
     for (let l = from; l < to; l++) {
       if (!this.allResident) {
         pass?.end();
-        enc.copyBufferToBuffer(this.act.x, 0, this.act.snap[l], snapRow * rowBytes, rowBytes);
+        enc.copyBufferToBuffer(this.act.x, 0, this.act.snap[l], snapRow * D * 4, T * D * 4);
         pass = null;
       }
       pass ??= enc.beginComputePass();
       for (const op of this.attnInputs[l]) op.record(pass, T);
-      for (const op of seq.attention[l]) op.record(pass, T);
+      for (const g of groups) for (const op of g.ops[l]) op.record(pass, T);
+      this.outputOps[l].record(pass, T);
       for (const op of this.router(l)) op.record(pass, T);
       for (const op of this.expertOps[l]) op.record(pass, T);
       this.combineOps[l].record(pass, T);
@@ -679,6 +760,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     this.stats.submits++;
     const staging = this.act.staging;
     await staging.mapAsync(GPUMapMode.READ);
+    this.gpu.check();
     this.stats.readbacks++;
     try {
       const V = c.vocabSize;
@@ -700,23 +782,20 @@ export class GpuModel implements LanguageModel, ForwardHost {
   // ---- one step ----
 
   /** The Step uniform for T tokens at positions pos0.. (ops_api.ts), written through the queue. */
-  private writeStep(T: number, pos0: number): void {
-    const u = this.stepUniform;
-    u[0] = T;
-    u[1] = pos0;
-    u[2] = pos0 + T;
-    this.gpu.device.queue.writeBuffer(this.ops.step, 0, u);
+  private writeStep(T: number, pos0: number, slab: number): void {
+    this.gpu.device.queue.writeBuffer(this.ops.step, 0, stepRecord(T, pos0, slab));
   }
 
   /** The sequence's token ids at positions pos0.. (the embedding gather reads them there). */
   private writeIds(seq: Sequence, ids: number[], pos0: number): void {
-    this.gpu.device.queue.writeBuffer(seq.sampler.ids, pos0 * 4, Uint32Array.from(ids));
+    const at = seq.sampler.idsOffset + pos0 * 4;
+    this.gpu.device.queue.writeBuffer(seq.sampler.ids, at, Uint32Array.from(ids));
   }
 
   /** Embedding rows of ids[pos0 .. pos0 + T) into x (the Step uniform must be set). */
-  private encodeEmbed(enc: GPUCommandEncoder, seq: Sequence, T: number): void {
+  private encodeEmbed(enc: GPUCommandEncoder, T: number): void {
     const pass = enc.beginComputePass();
-    for (const op of seq.embed) op.record(pass, T);
+    for (const op of this.embedOps) op.record(pass, T);
     pass.end();
   }
 
@@ -770,12 +849,12 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const c = this.config;
     const device = this.gpu.device;
     this.stats.steps++;
-    this.writeStep(T, pos0);
+    this.writeStep(T, pos0, seq.slab);
     if (this.allResident) {
       this.startPass(masked);
       const enc = device.createCommandEncoder({ label: "forward" });
-      this.encodeEmbed(enc, seq, T);
-      this.encodeLayers(enc, seq, 0, c.numLayers, T);
+      this.encodeEmbed(enc, T);
+      this.encodeLayers(enc, [seq.slab], 0, c.numLayers, T);
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
@@ -802,15 +881,16 @@ export class GpuModel implements LanguageModel, ForwardHost {
     this.res.guessed = new Set<number>();
     for (;;) {
       const enc = device.createCommandEncoder({ label: "decode" });
+      const snap = FORWARD_SNAP_ROW * c.hiddenSize * 4;
       if (from > 0) {
         // the residual stream as it entered layer `from` (the failed pass went on from there)
-        enc.copyBufferToBuffer(this.act.snap[from], 0, this.act.x, 0, T * c.hiddenSize * 4);
+        enc.copyBufferToBuffer(this.act.snap[from], snap, this.act.x, 0, T * c.hiddenSize * 4);
       } else {
-        this.encodeEmbed(enc, seq, T);
+        this.encodeEmbed(enc, T);
       }
       enc.clearBuffer(this.pool.missed);
       this.startPass(masked);
-      this.encodeLayers(enc, seq, from, L, T);
+      this.encodeLayers(enc, [seq.slab], from, L, T, FORWARD_SNAP_ROW);
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
@@ -862,19 +942,22 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const p = this.promptBuffers(T);
     this.stats.steps++;
     const a = this.act;
-    const run = this.chunkRunner(pos0);
-    for (const ch of chunks) run(ch, [], seq.embed, [[a.x, p.x, D]]);
+    const run = this.chunkRunner(pos0, seq.slab);
+    const attention = this.kv.groupsOf([seq.slab])[0].ops;
+    for (const ch of chunks) run(ch, [], this.embedOps, [[a.x, p.x, D]]);
     for (let l = 0; l < c.numLayers; l++) {
       this.startPass(masked);
       // 1. attention + router, chunk by chunk
       for (const ch of chunks) {
         run(ch, [[p.x, a.x, D]], [
           ...this.attnInputs[l],
-          ...seq.attention[l],
+          ...attention[l],
+          this.outputOps[l],
           ...this.router(l),
         ], [[a.x, p.x, D], [a.xn, p.xn, D], [a.idx[l], p.idx, K], [a.weights, p.weights, K]]);
       }
       const idx = await readU32(this.gpu, p.idx, 0, T * K);
+      this.gpu.check();
       this.stats.readbacks++;
       this.onRouting?.(l, idx);
       const now = this.res.tick();
@@ -906,7 +989,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
   }
 
   /** One submission for a chunk of the prompt: Step uniform, copies in, ops, copies out. */
-  private chunkRunner(pos0: number) {
+  private chunkRunner(pos0: number, slab: number) {
     const device = this.gpu.device;
     return (
       ch: { t0: number; n: number },
@@ -914,7 +997,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
       ops: Op[],
       outs: [GPUBuffer, GPUBuffer, number][],
     ) => {
-      this.writeStep(ch.n, pos0 + ch.t0);
+      this.writeStep(ch.n, pos0 + ch.t0, slab);
       const enc = device.createCommandEncoder();
       for (const [from, to, width] of ins) {
         enc.copyBufferToBuffer(from, ch.t0 * width * 4, to, 0, ch.n * width * 4);
@@ -937,7 +1020,7 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const D = this.config.hiddenSize;
     const p = this.prompt!;
     const chunks = this.chunks(T);
-    const run = this.chunkRunner(0);
+    const run = this.chunkRunner(0, 0);
     const rows: Float32Array[] = [];
     for (const ch of lastOnly ? chunks.slice(-1) : chunks) {
       run(ch, [[p.x, this.act.x, D]], [], []);
@@ -983,98 +1066,139 @@ export class GpuModel implements LanguageModel, ForwardHost {
     this.sampler.writeRequest(seq.sampler, req);
   }
 
-  /** A ring slot with room for `records` forwards routing `routeWords` (token, layer, k) entries. */
-  private slotFor(records: number, routeWords: number): Slot {
-    const i = this.nextSlot;
-    this.nextSlot = (this.nextSlot + 1) % RING;
-    const old = this.slots[i];
-    if (old && old.records >= records && old.routeWords >= routeWords) return old;
-    if (old) {
-      for (const b of [old.stepTable, old.routeLog, old.missLog, old.staging]) b?.destroy();
-    }
-    const c = this.config;
+  get maxLanes(): number {
+    if (this.allResident) return this.maxBatch;
+    return Math.max(1, Math.min(this.maxBatch, Math.floor(this.cache.capacity / this.config.topK)));
+  }
+
+  /** Most decode steps of `lanes` sequences one batch may hold: under a budget, a batch's rows
+   * (steps x lanes) must fit one half of the snapshot buffers. */
+  maxStepsFor(lanes: number): number {
+    if (this.allResident) return MAX_STEPS_PER_BATCH;
+    return Math.max(1, Math.floor(MAX_STEPS_PER_BATCH / lanes));
+  }
+
+  /** A free slot (not used by a batch still to be read) whose buffers hold at least these many
+   * bytes, grown when needed. */
+  private acquireSlot(tableBytes: number, routeBytes: number, stagingBytes: number): Slot {
     const device = this.gpu.device;
-    records = Math.max(records, old?.records ?? 0, MAX_STEPS_PER_BATCH);
-    routeWords = Math.max(routeWords, old?.routeWords ?? 0);
-    const LE = c.numLayers * c.numExperts;
-    const missWords = this.allResident ? 0 : MAX_STEPS_PER_BATCH * LE;
-    const slot: Slot = {
-      records,
-      routeWords,
-      stepTable: device.createBuffer({
-        label: `steps.${i}`,
-        size: records * STEP_RECORD_BYTES,
-        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      }),
-      routeLog: device.createBuffer({
-        label: `routing_log.${i}`,
-        size: align4(routeWords * 4),
-        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      }),
-      missLog: missWords === 0 ? null : device.createBuffer({
-        label: `miss_log.${i}`,
-        size: missWords * 4,
-        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
-      }),
-      staging: device.createBuffer({
-        label: `batch_readback.${i}`,
-        size: alignUp(4 * (records + 2), STAGING_ALIGN) + alignUp(routeWords * 4, STAGING_ALIGN) +
-          missWords * 4,
-        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-      }),
+    const missBytes = this.allResident
+      ? 0
+      : MAX_STEPS_PER_BATCH * this.config.numLayers * this.config.numExperts * 4;
+    const fits = (s: Slot) =>
+      s.stepTable.size >= tableBytes && s.routeLog.size >= routeBytes &&
+      s.staging.size >= stagingBytes + missBytes;
+    const at = this.freeSlots.findIndex(fits);
+    const old = at >= 0 ? this.freeSlots.splice(at, 1)[0] : this.freeSlots.pop();
+    const grow = (b: GPUBuffer | undefined, bytes: number, label: string, usage: number) => {
+      if (b && b.size >= bytes) return b;
+      b?.destroy();
+      return device.createBuffer({
+        label,
+        size: alignUp(Math.max(bytes, 16), STAGING_ALIGN),
+        usage,
+      });
     };
-    this.slots[i] = slot;
+    const copy = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+    const slot: Slot = {
+      stepTable: grow(old?.stepTable, tableBytes, "batch.steps", copy),
+      routeLog: grow(old?.routeLog, routeBytes, "batch.routing_log", copy),
+      missLog: missBytes === 0
+        ? null
+        : grow(old?.missLog ?? undefined, missBytes, "batch.miss_log", copy),
+      staging: grow(
+        old?.staging,
+        stagingBytes + missBytes,
+        "batch.readback",
+        GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      ),
+    };
+    if (old) this.slots.splice(this.slots.indexOf(old), 1);
+    this.slots.push(slot);
     return slot;
   }
 
+  /** A batch that will not be read (dropped by the decode loop) gives its slot back: its GPU
+   * work, already submitted, finishes before any later batch's. */
+  discard(batch: Batch): void {
+    const b = batch as ModelBatch;
+    if (b.commands !== null) throw new Error("discard() of a batch never submitted");
+    if (!b.released) {
+      b.released = true;
+      this.freeSlots.push(b.slot);
+    }
+    this.releaseRegion(b);
+  }
+
   /**
-   * Encodes the forwards of a batch, each one: its Step record into the Step uniform, embedding
-   * (or, for a rerun, the snapshot of its first layer), layers, then for sampling forwards the
-   * head and the sampler; its routing (and under a budget its miss flags) into the logs. Then the
-   * readback copies: end flag, sampled tokens, routing, misses.
+   * Encodes the forwards of a batch, each one: its Step record, embedding (or, for a rerun, the
+   * snapshot of its first layer), layers, and for sampling forwards the head and, per sampled row,
+   * that row's logits and the sampler of its sequence; its routing (and under a budget its miss
+   * flags) into the logs. Then the readback copies: each lane's end flag and sampled tokens,
+   * routing, misses.
    */
   private encodeBatch(
-    seq: Sequence,
+    lanes: BatchLane[],
     masked: boolean,
     records: ForwardRecord[],
-    first: number,
-    count: number,
     steps: number,
-    sampling: SamplingParams,
   ): ModelBatch {
     const c = this.config;
-    const { hiddenSize: D, numLayers: L, topK: K, numExperts: E } = c;
+    const { hiddenSize: D, numLayers: L, topK: K, numExperts: E, vocabSize: V } = c;
     const device = this.gpu.device;
     const routeWords = records.reduce((n, r) => n + r.T * L * K, 0);
-    const slot = this.slotFor(records.length, routeWords);
-    const table = new Uint32Array(records.length * 4);
-    records.forEach((r, i) => table.set([r.T, r.pos0, r.pos0 + r.T, 0], i * 4));
+    const samples = records.reduce((n, r) => n + r.samples.length, 0);
+    // staging: lane ends | lane tokens | routing | misses
+    const tokensAt: number[] = [];
+    let at = lanes.length;
+    for (const lane of lanes) {
+      tokensAt.push(at);
+      at += lane.count;
+    }
+    const routeAt = alignUp(at * 4, STAGING_ALIGN) / 4;
+    const missAt = routeAt + alignUp(routeWords * 4, STAGING_ALIGN) / 4;
+    const missRows = records.filter((r) => r.missRow >= 0).length;
+    const samplesAt = records.length * STEP_BYTES;
+    const slot = this.acquireSlot(samplesAt + samples * 16, routeWords * 4, missAt * 4);
+    const table = new Uint32Array((samplesAt + samples * 16) / 4);
+    let sampleIndex = 0;
+    records.forEach((r, i) => {
+      const [slab, pos] = r.tokens[0];
+      table.set(stepRecord(r.T, pos, slab, r.tokens), (i * STEP_BYTES) / 4);
+      for (const s of r.samples) {
+        table.set([1, s.pos - 1, s.pos, 0], (samplesAt + 16 * sampleIndex++) / 4);
+      }
+    });
     device.queue.writeBuffer(slot.stepTable, 0, table);
     this.startPass(masked);
     const masking = this.res.masking;
-    const samplerOps = this.sampler.ops(seq.sampler, sampling);
     const enc = device.createCommandEncoder({ label: "batch" });
+    sampleIndex = 0;
     records.forEach((r, i) => {
-      enc.copyBufferToBuffer(slot.stepTable, i * STEP_RECORD_BYTES, this.ops.step, 0, 16);
+      enc.copyBufferToBuffer(slot.stepTable, i * STEP_BYTES, this.ops.step, 0, STEP_BYTES);
       if (r.from === 0) {
-        this.encodeEmbed(enc, seq, r.T);
+        this.encodeEmbed(enc, r.T);
       } else if (r.from < L) {
         // a rerun: the residual as it entered layer `from` in the failed pass
-        const rowBytes = r.T * D * 4;
-        enc.copyBufferToBuffer(
-          this.act.snap[r.from],
-          r.snapRow * rowBytes,
-          this.act.x,
-          0,
-          rowBytes,
-        );
+        const snap = r.snapRow * D * 4;
+        enc.copyBufferToBuffer(this.act.snap[r.from], snap, this.act.x, 0, r.T * D * 4);
       } // (from === L: x already holds the residual, only the head runs)
       if (r.missRow >= 0) enc.clearBuffer(this.pool.missed);
-      this.encodeLayers(enc, seq, r.from, L, r.T, r.snapRow);
-      if (r.sample) {
-        this.encodeLogits(enc, r.T, true);
+      const slabs = r.tokens.map(([slab]) => slab);
+      this.encodeLayers(enc, slabs, r.from, L, r.T, r.snapRow);
+      if (r.samples.length > 0) this.encodeLogits(enc, r.T, r.lastOnly);
+      for (const s of r.samples) {
+        const lane = lanes[s.lane];
+        enc.copyBufferToBuffer(this.act.logits, s.row * V * 4, this.sampleRow, 0, V * 4);
+        enc.copyBufferToBuffer(
+          slot.stepTable,
+          samplesAt + 16 * sampleIndex++,
+          this.ops.step,
+          0,
+          16,
+        );
         const pass = enc.beginComputePass();
-        for (const op of samplerOps) op.record(pass, 1);
+        for (const op of this.sampler.ops(lane.seq.sampler, lane.sampling)) op.record(pass, 1);
         pass.end();
       }
       for (let l = 0; l < L; l++) {
@@ -1091,29 +1215,36 @@ export class GpuModel implements LanguageModel, ForwardHost {
         );
       }
     });
-    // readback: end flag | tokens | routing | missed
-    const routeOffset = alignUp(4 * (count + 1), STAGING_ALIGN);
-    const missOffset = routeOffset + alignUp(routeWords * 4, STAGING_ALIGN);
-    const missRows = records.filter((r) => r.missRow >= 0).length;
-    enc.copyBufferToBuffer(seq.sampler.state, 0, slot.staging, 0, 4);
-    enc.copyBufferToBuffer(seq.sampler.ids, first * 4, slot.staging, 4, count * 4);
-    enc.copyBufferToBuffer(slot.routeLog, 0, slot.staging, routeOffset, routeWords * 4);
+    lanes.forEach((lane, b) => {
+      const s = lane.seq.sampler;
+      enc.copyBufferToBuffer(s.state, 0, slot.staging, b * 4, 4);
+      enc.copyBufferToBuffer(
+        s.ids,
+        s.idsOffset + lane.first * 4,
+        slot.staging,
+        tokensAt[b] * 4,
+        lane.count * 4,
+      );
+    });
+    enc.copyBufferToBuffer(slot.routeLog, 0, slot.staging, routeAt * 4, routeWords * 4);
     if (missRows > 0) {
-      enc.copyBufferToBuffer(slot.missLog!, 0, slot.staging, missOffset, missRows * L * E * 4);
+      enc.copyBufferToBuffer(slot.missLog!, 0, slot.staging, missAt * 4, missRows * L * E * 4);
     }
     return {
-      seq,
-      first,
-      count,
+      lanes,
       steps,
       records,
       slot,
       masked,
       masking,
       commands: enc.finish(),
-      routeOffset,
-      missOffset,
-      readBytes: missOffset + missRows * L * E * 4,
+      tokensAt,
+      routeAt,
+      missAt,
+      readBytes: missAt * 4 + missRows * L * E * 4,
+      miss: null,
+      released: false,
+      regionFreed: false,
     };
   }
 
@@ -1127,33 +1258,37 @@ export class GpuModel implements LanguageModel, ForwardHost {
     const T = ids.length;
     const { numLayers: L, topK: K } = this.config;
     this.writeIds(seq, ids, pos0);
+    const sample = { row: 0, lane: 0, pos: pos0 + T };
     let records: ForwardRecord[];
     if (this.layerwise(T)) {
       // layer by layer, then a forward of no layer: the last chunk's head and the sampler
       await this.prefillByLayer(seq, masked, T, pos0);
       const last = this.chunks(T).at(-1)!;
       const p = this.prompt!;
-      this.chunkRunner(pos0)(last, [[p.x, this.act.x, this.config.hiddenSize]], [], []);
+      this.chunkRunner(pos0, seq.slab)(last, [[p.x, this.act.x, this.config.hiddenSize]], [], []);
       records = [{
         T: last.n,
-        pos0: pos0 + last.t0,
+        tokens: this.rows(seq.slab, pos0 + last.t0, last.n),
         from: L,
         snapRow: 0,
-        sample: true,
+        samples: [sample],
+        lastOnly: true,
         routeAt: 0,
         missRow: -1,
       }];
     } else {
       records = [];
       let routeAt = 0;
-      const half = this.snapHalf();
+      const half = this.snapRegion();
       for (const ch of this.chunks(T)) {
+        const last = ch.t0 + ch.n === T;
         records.push({
           T: ch.n,
-          pos0: pos0 + ch.t0,
+          tokens: this.rows(seq.slab, pos0 + ch.t0, ch.n),
           from: 0,
           snapRow: half,
-          sample: ch.t0 + ch.n === T,
+          samples: last ? [sample] : [],
+          lastOnly: true,
           routeAt,
           // (a budgeted model prefills one token this way: as a decode step, misses checked)
           missRow: this.allResident ? -1 : 0,
@@ -1162,78 +1297,109 @@ export class GpuModel implements LanguageModel, ForwardHost {
       }
       this.stats.steps += records.length;
     }
-    const b = this.encodeBatch(seq, masked, records, pos0 + T, 1, 0, sampling);
+    const b = this.encodeBatch([{ seq, first: pos0 + T, count: 1, sampling }], masked, records, 0);
     this.submit(b);
     return b;
   }
 
-  /**
-   * First snapshot row of a batch being encoded: the half of the snapshot buffers that the last
-   * submitted batch does not use, so a batch submitted behind one being read cannot overwrite the
-   * rows a repair of that one restarts from.
-   */
-  private snapHalf(): number {
-    return this.lastHalf === 0 ? MAX_STEPS_PER_BATCH : 0;
+  /** Step.tokens rows of n tokens of one sequence from position pos0. */
+  private rows(slab: number, pos0: number, n: number): [number, number][] {
+    return Array.from({ length: n }, (_, t) => [slab, pos0 + t]);
   }
-  /** First snapshot row of the last submitted batch. */
-  private lastHalf = 0;
 
-  encodeSteps(
-    seq: Sequence,
-    masked: boolean,
-    pos0: number,
-    n: number,
-    sampling: SamplingParams,
-  ): Batch {
-    if (n < 1 || n > MAX_STEPS_PER_BATCH) {
-      throw new RangeError(`a batch has 1..${MAX_STEPS_PER_BATCH} steps, not ${n}`);
+  /**
+   * First snapshot row of a region no batch in flight holds (under a budget), so a batch cannot
+   * overwrite the rows a repair of an earlier one restarts from. Held until the batch is read
+   * without a miss, its repair is read, or it is discarded.
+   */
+  private snapRegion(): number {
+    if (this.allResident) return 0;
+    const r = this.freeRegions.pop();
+    if (r === undefined) throw new Error(`all ${SNAP_REGIONS} snapshot regions are held`);
+    return r * MAX_STEPS_PER_BATCH;
+  }
+  private freeRegions = Array.from({ length: SNAP_REGIONS }, (_, i) => SNAP_REGIONS - 1 - i);
+
+  /** Gives a batch's snapshot region back (once). */
+  private releaseRegion(b: ModelBatch): void {
+    if (this.allResident || b.regionFreed || b.records.length === 0) return;
+    b.regionFreed = true;
+    if (b.records[0].from === this.config.numLayers) return; // a head-only forward holds none
+    this.freeRegions.push(Math.floor(b.records[0].snapRow / MAX_STEPS_PER_BATCH));
+  }
+
+  encodeSteps(lanes: LaneStep[], masked: boolean, n: number): Batch {
+    const B = lanes.length;
+    if (n < 1 || n > this.maxStepsFor(B) || B < 1 || B > this.maxBatch) {
+      throw new RangeError(
+        `a batch has 1..${this.maxStepsFor(B)} steps of 1..${this.maxBatch} sequences, not ` +
+          `${n} of ${B}`,
+      );
     }
     const { numLayers: L, topK: K } = this.config;
     const records: ForwardRecord[] = [];
-    const half = this.snapHalf();
+    const half = this.snapRegion();
     for (let i = 0; i < n; i++) {
       records.push({
-        T: 1,
-        pos0: pos0 + i,
+        T: B,
+        tokens: lanes.map((l) => [l.seq.slab, l.front + i]),
         from: 0,
-        snapRow: half + i,
-        sample: true,
-        routeAt: i * L * K,
+        snapRow: half + i * B,
+        samples: lanes.map((l, b) => ({ row: b, lane: b, pos: l.front + i + 1 })),
+        lastOnly: false,
+        routeAt: i * B * L * K,
         missRow: this.allResident ? -1 : i,
       });
     }
-    return this.encodeBatch(seq, masked, records, pos0 + 1, n, n, sampling);
+    const batchLanes = lanes.map((l) => ({
+      seq: l.seq,
+      first: l.front + 1,
+      count: n,
+      sampling: l.sampling,
+    }));
+    return this.encodeBatch(batchLanes, masked, records, n);
   }
 
   submit(batch: Batch): void {
     const b = batch as ModelBatch;
     if (b.commands === null) throw new Error("batch submitted twice");
     this.gpu.device.queue.submit([b.commands]);
-    this.lastHalf = b.records[0].snapRow < MAX_STEPS_PER_BATCH ? 0 : MAX_STEPS_PER_BATCH;
     b.commands = null;
     this.stats.submits++;
     this.stats.steps += b.steps;
+    this.stats.decodeSteps += b.steps;
+    this.stats.laneSteps += b.steps * b.lanes.length;
   }
 
-  async read(batch: Batch, meanwhile?: () => void): Promise<BatchResult> {
-    const b = batch as ModelBatch;
+  async read(batches: Batch[], meanwhile?: () => void): Promise<BatchResult[]> {
+    const list = batches as ModelBatch[];
+    const mapped = list.map((b) => b.slot.staging.mapAsync(GPUMapMode.READ, 0, b.readBytes));
+    meanwhile?.();
+    await Promise.all(mapped);
+    this.gpu.check();
+    this.stats.readbacks++;
+    return list.map((b) => this.parse(b));
+  }
+
+  /** A mapped batch's results; the expert cache learns each forward's routing up to the first
+   * real miss (kept in b.miss for repair()). */
+  private parse(b: ModelBatch): BatchResult {
     const { numLayers: L, topK: K, numExperts: E } = this.config;
     const staging = b.slot.staging;
-    const mapped = staging.mapAsync(GPUMapMode.READ, 0, b.readBytes);
-    meanwhile?.();
-    await mapped;
-    this.stats.readbacks++;
     let words: Uint32Array;
     try {
       words = new Uint32Array(staging.getMappedRange(0, b.readBytes)).slice();
     } finally {
       staging.unmap();
+      b.released = true;
+      this.freeSlots.push(b.slot);
     }
-    const end = words[0] === NO_END ? -1 : words[0];
-    const tokens = Array.from(words.subarray(1, 1 + b.count));
-    const route = words.subarray(b.routeOffset / 4);
-    const miss = words.subarray(b.missOffset / 4);
-    // the expert cache learns each forward's routing, up to the first real miss
+    const lanes = b.lanes.map((lane, i) => ({
+      tokens: Array.from(words.subarray(b.tokensAt[i], b.tokensAt[i] + lane.count)),
+      end: words[i] === NO_END ? -1 : words[i],
+    }));
+    const route = words.subarray(b.routeAt);
+    const miss = words.subarray(b.missAt);
     this.res.masking = b.masking;
     let invalidAt = -1;
     for (const [i, r] of b.records.entries()) {
@@ -1246,44 +1412,48 @@ export class GpuModel implements LanguageModel, ForwardHost {
         continue;
       }
       invalidAt = i;
-      this.pendingMiss = {
+      b.miss = {
         routing: routing.slice(),
         missed: miss.slice(r.missRow * L * E, (r.missRow + 1) * L * E),
         l0,
-        from: r.from,
         record: r,
+        step: i,
       };
       break;
     }
-    return { tokens, end, invalidAt };
+    if (b.miss === null) this.releaseRegion(b);
+    return { lanes, invalidAt };
   }
 
-  /** The miss read() found, kept for repair(). */
-  private pendingMiss: {
-    routing: Uint32Array;
-    missed: Uint32Array;
-    l0: number;
-    from: number;
-    record: ForwardRecord;
-  } | null = null;
-
-  repair(batch: Batch, result: BatchResult, sampling: SamplingParams): Batch {
+  repair(batch: Batch): Batch {
     const b = batch as ModelBatch;
-    const m = this.pendingMiss;
-    if (m === null || result.invalidAt < 0) throw new Error("repair() without a miss to repair");
-    this.pendingMiss = null;
+    const m = b.miss;
+    if (m === null) throw new Error("repair() of a batch without a miss");
+    b.miss = null;
+    // the repair restarts from this batch's snapshot rows: it holds the region from now on
+    b.regionFreed = true;
     this.res.masking = b.masking;
-    this.res.loadForMiss(m.routing, m.missed, 1, m.from, m.l0, m.from, 1);
-    const r = m.record;
-    const rerun: ForwardRecord = { ...r, from: m.l0, routeAt: 0, missRow: 0 };
-    // the dropped steps ran on invalid tokens and may have set the end flag
-    this.gpu.device.queue.writeBuffer(b.seq.sampler.state, 0, Uint32Array.of(NO_END));
-    const out = this.encodeBatch(b.seq, b.masked, [rerun], r.pos0 + 1, 1, 0, sampling);
+    this.res.loadForMiss(
+      m.routing,
+      m.missed,
+      m.record.T,
+      m.record.from,
+      m.l0,
+      m.record.from,
+      m.record.T,
+    );
+    const rerun: ForwardRecord = { ...m.record, from: m.l0, routeAt: 0, missRow: 0 };
+    // the dropped steps ran on invalid tokens and may have set the end flags
+    for (const lane of b.lanes) {
+      this.gpu.device.queue.writeBuffer(lane.seq.sampler.state, 0, Uint32Array.of(NO_END));
+    }
+    const lanes = b.lanes.map((l) => ({ ...l, first: l.first + m.step, count: 1 }));
+    const out = this.encodeBatch(lanes, b.masked, [rerun], 0);
     this.submit(out);
     return out;
   }
 
-  /** Frees every GPU buffer the model made (sessions free their own KV caches). */
+  /** Frees every GPU buffer the model made. */
   destroy(): void {
     this.pool.destroy();
     const a = this.act;
@@ -1320,14 +1490,13 @@ export class GpuModel implements LanguageModel, ForwardHost {
       a.xLast,
       a.logits,
       a.staging,
+      this.sampleRow,
       ...this.slots.flatMap((s) => [s.stepTable, s.routeLog, s.staging]),
       ...this.slots.flatMap((s) => s.missLog ? [s.missLog] : []),
     ];
     for (const b of buffers) b.destroy();
-    for (const seq of this.allSeqs) {
-      for (const b of seq.kv) b.destroy();
-      this.sampler.destroySequence(seq.sampler);
-    }
+    for (const seq of this.seqs) if (seq) this.sampler.destroySequence(seq.sampler);
+    this.kv.destroy();
     this.sampler.destroy();
     this.destroyPromptBuffers();
     this.ops.destroy();

@@ -3,16 +3,22 @@
  * one bind group and a small uniform buffer of its static sizes. record() only sets the pipeline
  * and bind group and dispatches; it allocates nothing and writes no buffer.
  */
-import type { Gpu } from "./device.ts";
-import type { Op, OpsApi, WeightDType, WeightRef } from "./ops_api.ts";
+import { type Gpu, scopedOn } from "./device.ts";
+import {
+  MAX_STEP_TOKENS,
+  type Op,
+  type OpsApi,
+  type WeightDType,
+  type WeightRef,
+} from "./ops_api.ts";
 import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
 
 // ---- limits and layout shared by the kernels ----
 
 /** WebGPU's default maxComputeWorkgroupsPerDimension; larger dispatches go 2-D. */
 const MAX_GROUPS_PER_DIM = 65535;
-/** Size of the Step uniform: n_tokens, pos0, kv_len, pad (u32 each). */
-const STEP_BYTES = 16;
+/** Size of the Step uniform: n_tokens, pos0, kv_len, pad (u32 each), then the token table. */
+export const STEP_BYTES = 16 + MAX_STEP_TOKENS * 16;
 /** llvmpipe ends a shader invocation after this many loop iterations in total (gallivm's
  * LP_MAX_TGSI_LOOP_ITERATIONS), silently: kernels must stay under it. */
 const LLVMPIPE_LOOP_LIMIT = 65535;
@@ -205,14 +211,16 @@ export class Ops implements OpsApi {
     bindings: BindingKind[],
     buffers: (GPUBuffer | GPUBufferBinding)[],
   ): GPUBindGroup {
-    return this.device.createBindGroup({
-      label,
-      layout: this.shaders.layout(bindings),
-      entries: [this.step, ...buffers].map((b, binding) => ({
-        binding,
-        resource: b instanceof GPUBuffer ? { buffer: b } : b,
-      })),
-    });
+    const layout = this.shaders.layout(bindings);
+    return scopedOn(this.device, `bind group ${label}`, () =>
+      this.device.createBindGroup({
+        label,
+        layout,
+        entries: [this.step, ...buffers].map((b, binding) => ({
+          binding,
+          resource: b instanceof GPUBuffer ? { buffer: b } : b,
+        })),
+      }));
   }
 
   /**
@@ -343,11 +351,15 @@ export class Ops implements OpsApi {
     );
   }
 
-  kvStore(a: { x: GPUBuffer; cache: GPUBuffer; width: number }): Op {
+  kvStore(
+    a: { x: GPUBuffer; cache: GPUBuffer; width: number; firstSlab?: number; slabs?: number },
+  ): Op {
+    const slabs = a.slabs ?? 1;
+    const positions = Math.floor(a.cache.size / (slabs * a.width * 4));
     return this.simple(
       "kvStore",
       { kernel: "kv_store", bindings: ["uniform", "uniform", "read", "rw"] },
-      [a.width],
+      [a.width, a.firstSlab ?? 0, slabs, positions],
       [a.x, a.cache],
       (t) => ceilDiv(t * a.width, WG_64),
     );
@@ -362,6 +374,8 @@ export class Ops implements OpsApi {
     numKvHeads: number;
     headDim: number;
     scale: number;
+    firstSlab?: number;
+    slabs?: number;
   }): Op {
     checkMultiple("attention", "headDim", a.headDim, VEC);
     checkMultiple("attention", "numHeads", a.numHeads, a.numKvHeads);
@@ -372,7 +386,9 @@ export class Ops implements OpsApi {
     if (group > MAX_GROUP) {
       throw new OpConfigError("attention", `${group} query heads per kv head exceed ${MAX_GROUP}`);
     }
-    const cachePositions = Math.floor(a.kCache.size / (a.numKvHeads * a.headDim * 4));
+    const slabs = a.slabs ?? 1;
+    const firstSlab = a.firstSlab ?? 0;
+    const cachePositions = Math.floor(a.kCache.size / (slabs * a.numKvHeads * a.headDim * 4));
     const maxTokens = Math.floor(a.q.size / (heads * a.headDim * 4));
     if (this.llvmpipe) {
       // Passes: the softmax loops twice over the positions. Blocks: per block of
@@ -394,7 +410,7 @@ export class Ops implements OpsApi {
     const blocks = this.simple(
       "attention",
       { kernel: "attention", bindings: ["uniform", "uniform", "read", "read", "read", "rw"] },
-      [heads, a.numKvHeads, a.headDim, scale],
+      [heads, a.numKvHeads, a.headDim, scale, firstSlab, slabs, cachePositions],
       [a.q, a.kCache, a.vCache, a.out],
       (t) => t * heads,
     );
@@ -408,7 +424,16 @@ export class Ops implements OpsApi {
     const scratchTokens = Math.min(maxTokens, Math.floor(budget / rowBytes));
     if (scratchTokens < 1) return blocks;
     const scores = this.sharedScratch(scratchTokens * rowBytes);
-    const params = [heads, a.numKvHeads, a.headDim, scale, rowLen];
+    const params = [
+      heads,
+      a.numKvHeads,
+      a.headDim,
+      scale,
+      rowLen,
+      firstSlab,
+      slabs,
+      cachePositions,
+    ];
     const passes = [
       this.simple(
         "attention.scores",
@@ -626,6 +651,7 @@ export class Ops implements OpsApi {
   embed(
     a: {
       ids: GPUBuffer;
+      idsStride: number;
       table: WeightRef;
       first: number;
       rows: number;
@@ -645,7 +671,7 @@ export class Ops implements OpsApi {
     return this.simple(
       "embed",
       spec,
-      [a.hidden, a.first, a.rows, w.offsetElems],
+      [a.hidden, a.first, a.rows, w.offsetElems, a.idsStride],
       [a.ids, w.binding, a.out],
       (t) => ceilDiv(t * perToken, WG_64),
     );

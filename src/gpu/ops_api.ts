@@ -4,15 +4,44 @@
  * uniform buffer of its static sizes) and *recorded* on every forward: recording allocates nothing.
  *
  * Dynamic per-step values live in one uniform buffer, the StepUniform, bound to every kernel and
- * written once per forward:
- *   struct Step { n_tokens: u32, pos0: u32, kv_len: u32, _pad: u32 }
- * Token t of the step sits at position pos0 + t; kv_len = pos0 + n_tokens.
+ * written (or copied from a table of records) once per forward:
+ *   struct Step { n_tokens: u32, pos0: u32, kv_len: u32, _pad: u32,
+ *                 tokens: array<vec4<u32>, MAX_STEP_TOKENS> }
+ * tokens[t] = (slab, position, 0, 0): token t belongs to the sequence whose KV cache and ids are in
+ * slab `slab`, at `position`. A forward of one sequence has its tokens at pos0 + t and kv_len =
+ * pos0 + n_tokens (the position the sampler fills); a batched decode step has one token of each of
+ * several sequences. stepRecord() builds a record.
  *
  * Activations are f32 in storage buffers laid out row-major, one row per token.
  * Weights stay in their checkpoint dtype on the GPU, packed in array<u32>:
  *   f32: one element per u32; bf16: two per u32 (element 2i in the low half); f16: two per u32
  *   (unpack2x16float). Inner (K) dimensions are multiples of 4.
  */
+
+/** Most tokens one forward step holds (the token table of the Step uniform). */
+export const MAX_STEP_TOKENS = 64;
+
+/** A Step uniform record: n tokens of one sequence in slab `slab` at positions pos0.. (or, with
+ * `tokens`, one entry (slab, position) per token). Only the first MAX_STEP_TOKENS get a table
+ * entry: kernels that read the table (embedding, RoPE, KV store, attention) must not run on more
+ * (the model's maxBatch is at most that); the others only read n_tokens. */
+export function stepRecord(
+  n: number,
+  pos0: number,
+  slab = 0,
+  tokens?: [number, number][],
+): Uint32Array<ArrayBuffer> {
+  const r = new Uint32Array(4 + MAX_STEP_TOKENS * 4);
+  r[0] = n;
+  r[1] = pos0;
+  r[2] = pos0 + n;
+  for (let t = 0; t < Math.min(n, MAX_STEP_TOKENS); t++) {
+    const [s, p] = tokens ? tokens[t] : [slab, pos0 + t];
+    r[4 + t * 4] = s;
+    r[5 + t * 4] = p;
+  }
+  return r;
+}
 
 export type WeightDType = "f32" | "bf16" | "f16";
 
@@ -64,11 +93,19 @@ export interface OpsApi {
    * table: f32 [maxPos, headDim] holding cos[pos, 0..headDim/2) then sin[pos, 0..headDim/2). */
   rope(a: { x: GPUBuffer; table: GPUBuffer; heads: number; headDim: number }): Op;
 
-  /** cache[(pos0 + t) * width + i] = x[t, i] for i < width (K or V of this step into the cache). */
-  kvStore(a: { x: GPUBuffer; cache: GPUBuffer; width: number }): Op;
+  /** K or V of this step into the caches: for token t of slab s (Step.tokens) in the cache's slabs
+   * [firstSlab, firstSlab + slabs) (default 0, 1), at position pos:
+   * cache[((s - firstSlab) * positions + pos) * width + i] = x[t, i] for i < width, positions =
+   * the cache's rows per slab. Tokens of other slabs are skipped. */
+  kvStore(
+    a: { x: GPUBuffer; cache: GPUBuffer; width: number; firstSlab?: number; slabs?: number },
+  ): Op;
 
-  /** Causal GQA attention. q: [T, Hq*Dh]; caches: [maxCtx, Hkv*Dh] holding positions < kv_len.
-   * out[t, h*Dh + d] = sum_{j <= pos0+t} softmax_j(q[t,h]·k[j,h/(Hq/Hkv)] * scale) v[j, ...][d]. */
+  /** Causal GQA attention of each token over its own sequence: q: [T, Hq*Dh]; caches: [slabs,
+   * positions, Hkv*Dh] holding the sequences of slabs [firstSlab, firstSlab + slabs) (default 0,
+   * 1); token t of slab s at position p (Step.tokens):
+   * out[t, h*Dh + d] = sum_{j <= p} softmax_j(q[t,h]·k[s, j, h/(Hq/Hkv)] * scale) v[s, j, ...][d].
+   * Tokens of other slabs are skipped. */
   attention(a: {
     q: GPUBuffer;
     kCache: GPUBuffer;
@@ -78,6 +115,8 @@ export interface OpsApi {
     numKvHeads: number;
     headDim: number;
     scale: number;
+    firstSlab?: number;
+    slabs?: number;
   }): Op;
 
   /** Router: p = softmax(logits[t, 0..E)) in f32; pick the K largest (ties: lower index first,
@@ -155,12 +194,14 @@ export interface OpsApi {
     },
   ): Op;
 
-  /** Embedding gather: out[t, :] = table[ids[pos0 + t] - first, :] (f32) for tokens whose id is in
-   * [first, first + rows), the rows of the table this op binds (one op per chunk of the table;
-   * the others leave the row alone). table is [rows, hidden] in its dtype. */
+  /** Embedding gather: out[t, :] = table[id - first, :] (f32), id = ids[s * idsStride + pos] for
+   * token t of slab s at position pos (Step.tokens), for ids in [first, first + rows), the rows of
+   * the table this op binds (one op per chunk of the table; the others leave the row alone).
+   * table is [rows, hidden] in its dtype. */
   embed(
     a: {
       ids: GPUBuffer;
+      idsStride: number;
       table: WeightRef;
       first: number;
       rows: number;

@@ -85,8 +85,12 @@ export interface SamplerRequest {
 
 /** A sequence's GPU buffers. */
 export interface SamplerSequence {
-  /** u32 [capacity]: the tokens (STORAGE | COPY_SRC | COPY_DST). */
+  /** u32 [capacity]: the tokens (STORAGE | COPY_SRC | COPY_DST), a buffer of the sequence's own or
+   * its range of a shared one (idsOffset bytes in). */
   readonly ids: GPUBuffer;
+  readonly idsOffset: number;
+  /** Whether createSequence made `ids` (then destroySequence destroys it). */
+  readonly ownsIds: boolean;
   /** The request's parameters (a uniform, written by writeRequest). */
   readonly params: GPUBuffer;
   /** u32 [4]: end (the sequence's length once it ended, NONE before), then unused. */
@@ -114,6 +118,11 @@ class Dispatch implements Op {
  * tokens (21,406 at 151936): llvmpipe stops an invocation silently past LLVMPIPE_LOOP_LIMIT. */
 export function samplerLoopIterations(vocab: number): number {
   return SELECT_PASSES * Math.ceil(vocab / WG_SELECT) + SELECT_OVERHEAD;
+}
+
+/** The binding of a sequence's ids: its capacity from its offset. */
+function idsOf(seq: SamplerSequence): GPUBufferBinding {
+  return { buffer: seq.ids, offset: seq.idsOffset, size: aligned(seq.capacity * 4) };
 }
 
 function aligned(bytes: number): number {
@@ -202,8 +211,12 @@ export class GpuSampler {
     this.sel = scratch("sel", SEL_BYTES);
   }
 
-  /** A sequence of at most `capacity` tokens (prompt included); state.end = NONE. */
-  createSequence(capacity: number): SamplerSequence {
+  /** A sequence of at most `capacity` tokens (prompt included); state.end = NONE. Its ids are a
+   * buffer of its own, or `ids` (capacity u32 of a shared buffer at a 256-byte aligned offset). */
+  createSequence(
+    capacity: number,
+    ids?: { buffer: GPUBuffer; offset: number },
+  ): SamplerSequence {
     if (!(Number.isInteger(capacity) && capacity >= 1)) {
       throw new SamplerConfigError(`capacity must be an integer >= 1, got ${capacity}`);
     }
@@ -212,7 +225,8 @@ export class GpuSampler {
         `capacity ${capacity} exceeds ${MAX_GROUPS_PER_DIM * WG_ELEMENTWISE}`,
       );
     }
-    const ids = this.device.createBuffer({
+    const own = ids === undefined;
+    const idsBuffer = ids?.buffer ?? this.device.createBuffer({
       label: "sampler.ids",
       size: aligned(capacity * 4),
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
@@ -230,14 +244,21 @@ export class GpuSampler {
     });
     new Uint32Array(state.getMappedRange())[0] = NONE;
     state.unmap();
-    const seq = { ids, params, state, capacity };
+    const seq = {
+      ids: idsBuffer,
+      idsOffset: ids?.offset ?? 0,
+      ownsIds: own,
+      params,
+      state,
+      capacity,
+    };
     this.prepared.set(seq, new Map());
     return seq;
   }
 
   /** Frees a sequence's buffers and its prepared ops. */
   destroySequence(seq: SamplerSequence): void {
-    seq.ids.destroy();
+    if (seq.ownsIds) seq.ids.destroy();
     seq.params.destroy();
     seq.state.destroy();
     this.prepared.delete(seq);
@@ -302,7 +323,7 @@ export class GpuSampler {
           "sample_counts",
           ["read", "rw"],
           seq,
-          [seq.ids, this.counts],
+          [idsOf(seq), this.counts],
           Math.ceil(seq.capacity / WG_ELEMENTWISE),
         ),
         this.dispatch(
@@ -315,7 +336,9 @@ export class GpuSampler {
       );
     }
     if (greedy) {
-      list.push(this.dispatch("sample_argmax", ["read", "rw", "rw"], seq, [x, seq.ids, seq.state]));
+      list.push(
+        this.dispatch("sample_argmax", ["read", "rw", "rw"], seq, [x, idsOf(seq), seq.state]),
+      );
       return list;
     }
     list.push(this.dispatch("sample_topk", ["read", "rw"], seq, [x, this.sel]));
@@ -326,7 +349,7 @@ export class GpuSampler {
       this.dispatch("sample_draw", ["read", "read", "rw", "rw"], seq, [
         x,
         this.sel,
-        seq.ids,
+        idsOf(seq),
         seq.state,
       ]),
     );

@@ -1,19 +1,13 @@
 /**
- * One sequence's state on the GPU, made by the model and reused across sessions: its KV cache
- * (k and v per layer) with the attention ops bound to it, and the sampler's buffers (the token at
- * every position, the request's sampling parameters, the end flag) with the embedding gather bound
- * to those token ids. Nothing here computes; src/gpu/model.ts records these ops.
+ * One sequence's place on the GPU: its slab of the KV pool (src/gpu/kv_pool.ts: every layer's K
+ * and V rows and the token ids by position) and the sampler's buffers bound to that slab (the
+ * request's parameters, the end flag). Made by the model once per slab and reused.
  */
-import type { Op } from "./ops_api.ts";
 import type { SamplerSequence } from "./sampler.ts";
 
 export interface Sequence {
-  /** k and v of every layer: [maxContext, Hkv*Dh] f32 each. */
-  kv: GPUBuffer[];
-  /** Per layer: KV store, attention over this cache, o_proj + residual. */
-  attention: Op[][];
-  /** Token ids by position (u32 [maxContext + 1]), sampling parameters, end flag. */
-  sampler: SamplerSequence;
-  /** Embedding rows of ids[pos0 .. pos0 + T) into the residual stream, one op per table chunk. */
-  embed: Op[];
+  /** The KV pool slab: Step.tokens entries of this sequence's tokens carry it. */
+  readonly slab: number;
+  /** Parameters, end flag, and the ids range of the slab (ids[position]). */
+  readonly sampler: SamplerSequence;
 }

@@ -1,24 +1,37 @@
 /**
- * One sequence on the GPU runtime: its length and its buffers (KV cache, token ids, sampler
- * state; reused across sessions). forward() returns logits; decode() runs the decode loop
- * (src/gpu/decode_loop.ts), which samples on the GPU and reads back only tokens.
+ * One sequence on the GPU runtime: its length, the tokens its KV rows hold, and its slab of the
+ * KV pool (reused across sessions; a session may start on a slab that already holds a prefix of
+ * its prompt). forward() returns logits; decode() joins the decode loop (src/gpu/decode_loop.ts),
+ * which batches every decoding sequence, samples on the GPU and reads back only tokens.
  */
 import type { DecodeRequest, DecodeResult, Session } from "../types.ts";
 import type { Sequence } from "./sequence.ts";
 import { ContextOverflowError, type ForwardHost } from "./host.ts";
-import { decodeLoop } from "./decode_loop.ts";
+import type { DecodeLoop } from "./decode_loop.ts";
 
 export { ContextOverflowError };
 
+/** What a session needs from the model. */
+export interface SessionHost extends ForwardHost {
+  readonly loop: DecodeLoop;
+  /** Steps per readback of sessions whose requests do not choose. */
+  readonly stepsPerReadback?: number;
+}
+
 export class GpuSession implements Session {
-  private len = 0;
+  /** Tokens whose KV rows the slab holds, from position 0 (their count is the length). */
+  private tokens: number[];
   private seq: Sequence | null;
 
+  /** With `prefix`, the session starts on the free slab caching the longest prefix of it. */
   constructor(
-    private host: ForwardHost & { readonly stepsPerReadback?: number },
+    private host: SessionHost,
     readonly routerMasking: boolean,
+    prefix: readonly number[] = [],
   ) {
-    this.seq = host.acquireSequence();
+    const { seq, reuse } = host.acquireSequence(prefix);
+    this.seq = seq;
+    this.tokens = prefix.slice(0, reuse);
   }
 
   private get sequence(): Sequence {
@@ -26,15 +39,21 @@ export class GpuSession implements Session {
     return this.seq;
   }
 
+  /** Positions the KV cache holds. */
   get length(): number {
-    return this.len;
+    return this.tokens.length;
   }
 
-  private checkIds(ids: number[]): void {
+  /** Positions reused from a cached prefix when the session started (0 for a fresh slab). */
+  get cachedTokens(): readonly number[] {
+    return this.tokens;
+  }
+
+  private checkIds(ids: number[], extra = 0): void {
     if (ids.length === 0) throw new RangeError("a forward needs at least one token");
-    if (this.len + ids.length > this.host.maxContext) {
+    if (this.length + ids.length + extra > this.host.maxContext) {
       throw new ContextOverflowError(
-        `${this.len + ids.length} tokens exceed the context of ${this.host.maxContext}`,
+        `${this.length + ids.length + extra} tokens exceed the context of ${this.host.maxContext}`,
       );
     }
     const V = this.host.config.vocabSize;
@@ -49,50 +68,52 @@ export class GpuSession implements Session {
     return this.host.exclusive(async () => {
       this.checkIds(ids);
       const seq = this.sequence;
-      const rows = await this.host.forward(seq, this.routerMasking, ids, this.len, !!opts.lastOnly);
-      this.len += ids.length;
+      const start = this.length;
+      const rows = await this.host.forward(seq, this.routerMasking, ids, start, !!opts.lastOnly);
+      this.tokens.push(...ids);
       return rows;
     });
   }
 
   /**
-   * Feeds req.feed, then samples up to req.maxTokens tokens on the GPU; yields each readback's
-   * tokens and takes back how many of them the caller keeps (see decodeLoop). Afterwards the KV
-   * cache holds every kept token but the last one.
+   * Feeds req.feed, then samples up to req.maxTokens tokens on the GPU, batched with every other
+   * decoding sequence; `settle` gets each readback's tokens and says what is kept (see
+   * Session.decode). Afterwards the KV cache holds every kept token but the last one.
    */
-  async *decode(req: DecodeRequest): AsyncGenerator<number[], DecodeResult, number | undefined> {
-    const host = this.host;
-    let release!: () => void;
-    const turn = new Promise<void>((r) => release = r);
-    // hold the GPU for the whole decode: its batches share the model's activations
-    let acquired!: () => void;
-    const held = new Promise<void>((r) => acquired = r);
-    const done = host.exclusive(() => {
-      acquired();
-      return turn;
-    });
-    await held;
-    try {
-      this.checkIds(req.feed);
-      const run = decodeLoop(host, this.sequence, this.routerMasking, this.len, {
-        ...req,
-        stepsPerReadback: req.stepsPerReadback ?? host.stepsPerReadback,
-      }, (n) => this.len = n);
-      return yield* run;
-    } finally {
-      release();
-      await done;
-    }
+  decode(
+    req: DecodeRequest,
+    settle: (tokens: number[]) => number | undefined,
+  ): Promise<DecodeResult> {
+    this.checkIds(req.feed);
+    const seq = this.sequence;
+    const start = this.length;
+    let result: number[] = [];
+    const stepsPerReadback = req.stepsPerReadback ?? this.host.stepsPerReadback;
+    return this.host.loop.decode(
+      seq,
+      this.routerMasking,
+      start,
+      { ...req, stepsPerReadback },
+      (tokens) => {
+        const keep = settle(tokens);
+        result = [...result, ...tokens.slice(0, keep)];
+        return keep;
+      },
+      (n) => {
+        // every fed token and every kept token but the last are in the KV cache now
+        this.tokens = [...this.tokens, ...req.feed, ...result].slice(0, n);
+      },
+    );
   }
 
   truncate(length: number): void {
-    if (length < 0 || length > this.len) throw new RangeError(`cannot truncate to ${length}`);
-    this.len = length;
+    if (length < 0 || length > this.length) throw new RangeError(`cannot truncate to ${length}`);
+    this.tokens.length = length;
   }
 
-  /** Hands the buffers back to the model for the next session (no GPU allocation then). */
+  /** Hands the slab back to the model, with the tokens it caches for a later prefix reuse. */
   free(): void {
-    if (this.seq !== null) this.host.releaseSequence(this.seq);
+    if (this.seq !== null) this.host.releaseSequence(this.seq, this.tokens);
     this.seq = null;
   }
 }
