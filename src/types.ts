@@ -86,11 +86,19 @@ export interface LanguageModel {
   readonly config: ModelConfig;
   /** Longest sequence (prompt + generated) one session can hold. */
   readonly maxContext: number;
-  /** A fresh sequence with an empty KV cache. */
+  /** A fresh sequence with an empty KV cache (or, with opts.prefix, a cached prefix of it). */
   newSession(opts?: SessionOptions): Session;
+  /** Sequences that can decode at once (default 1). */
+  readonly maxSequences?: number;
 }
 
 export interface SessionOptions {
+  /**
+   * The tokens the session will start with (its prompt): a model that keeps the KV rows of
+   * finished sequences may start the session on the longest cached prefix of them (its length is
+   * then that prefix's). Models without such a cache ignore it.
+   */
+  prefix?: readonly number[];
   /**
    * Approximate mode: route each token only among experts already resident in GPU memory (no
    * load on a miss). Models without an expert budget ignore it.

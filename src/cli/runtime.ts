@@ -5,7 +5,8 @@
  */
 import { type Flags, type FlagSpec, info, intFlag, numberFlag, UsageError } from "./args.ts";
 import { type OpenedModel, openModel } from "../model_dir.ts";
-import { GpuModel } from "../gpu/model.ts";
+import { DEFAULT_MAX_SEQUENCES, GpuModel } from "../gpu/model.ts";
+import { MAX_STEP_TOKENS } from "../gpu/ops_api.ts";
 import { slotBytes } from "../gpu/expert_pool.ts";
 import { type EvictionPolicy, policyByName } from "../experts/policy.ts";
 import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
@@ -26,6 +27,13 @@ export const RUNTIME_FLAGS: FlagSpec[] = [
     arg: "N",
     help: `decode steps per GPU readback, 1..${MAX_STEPS_PER_BATCH} (default: adaptive)`,
   },
+  {
+    name: "max-batch",
+    arg: "N",
+    help: `sequences decoded together (KV slabs; default ${DEFAULT_MAX_SEQUENCES}, serve 16; ` +
+      "fewer if the device cannot allocate them)",
+  },
+  { name: "kv-cache-mib", arg: "M", help: "GPU budget for KV caches in MiB (caps --max-batch)" },
   { name: "no-prefetch", help: "load only the experts a miss needs, no speculative prefetch" },
   { name: "router-masking", help: "route among resident experts only (approximate, no loads)" },
 ];
@@ -40,6 +48,8 @@ export interface RuntimeOptions {
   expertSlots: number | undefined;
   expertCacheMib: number | undefined;
   stepsPerReadback: number | undefined;
+  maxSequences: number;
+  kvCacheMib: number | undefined;
   policy: EvictionPolicy<number>;
   prefetch: boolean;
   routerMasking: boolean;
@@ -66,6 +76,10 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
       ? undefined
       : numberFlag(flags, "expert-cache-mib", 0, (n) => n > 0),
     stepsPerReadback: optionalInt("steps-per-readback", 1, MAX_STEPS_PER_BATCH),
+    maxSequences: intFlag(flags, "max-batch", DEFAULT_MAX_SEQUENCES, 1, MAX_STEP_TOKENS),
+    kvCacheMib: flags["kv-cache-mib"] === undefined
+      ? undefined
+      : numberFlag(flags, "kv-cache-mib", 0, (n) => n > 0 && n < Infinity),
     policy,
     prefetch: !flags["no-prefetch"],
     routerMasking: !!flags["router-masking"],
@@ -100,6 +114,8 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       prefetch: o.prefetch,
       routerMasking: o.routerMasking,
       stepsPerReadback: o.stepsPerReadback,
+      maxSequences: o.maxSequences,
+      kvCacheMib: o.kvCacheMib,
     });
     try {
       await model.gpu.settle(); // pipeline or bind-group errors of the open surface here
@@ -110,7 +126,8 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
     const total = c.numLayers * c.numExperts;
     info(
       `model ${opened.dir}: ${c.numLayers} layers, ${c.numExperts} experts (top-${c.topK}), ` +
-        `${model.pool.totalSlots}/${total} expert slots, context ${model.maxContext}, on ` +
+        `${model.pool.totalSlots}/${total} expert slots, context ${model.maxContext}, ` +
+        `${model.maxSequences} sequences at once, on ` +
         model.gpu.adapterInfo.description,
     );
     return {

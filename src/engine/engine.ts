@@ -27,6 +27,10 @@ export interface EngineInfo {
   config: ModelConfig;
   /** Longest sequence (prompt + generated) one session can hold. */
   maxContext: number;
+  /** Generations decoded together at most (the others wait). */
+  maxSequences: number;
+  /** Requests that may wait for a place; more are refused (503). */
+  maxQueue: number;
 }
 
 export interface Engine {
@@ -46,6 +50,9 @@ export interface Engine {
    * in local.ts). A WorkerEngine returns the last snapshot its worker pushed.
    */
   stats(): Record<string, number>;
+  /** Throws QueueFullError (HTTP 503) when a job submitted now would be refused: checked before
+   * a response starts, so a streamed request gets a status, not an error event. */
+  checkAdmission(): void;
   /** Ends running jobs at their next token, frees the model, and refuses jobs after. */
   close(): Promise<void>;
 }

@@ -1,6 +1,9 @@
 /**
- * LocalEngine: the Engine in the calling thread, over a LanguageModel and its Tokenizer. A FIFO
- * queue lets one generation run at a time; each job gets a session of its own, freed whatever
+ * LocalEngine: the Engine in the calling thread, over a LanguageModel and its Tokenizer. Up to
+ * the model's maxSequences generations run at once (the GPU model decodes them together, one
+ * token of each per step); the others wait in a FIFO line of at most maxQueue (more are refused
+ * with QueueFullError, HTTP 503). Each job gets a session of its own, started on the longest
+ * cached prefix of its prompt when the model keeps one (prompt-prefix reuse), and freed whatever
  * way the job ends (finished, failed, aborted, or its generator returned early).
  */
 import type { LanguageModel, Session } from "../types.ts";
@@ -8,7 +11,7 @@ import type { Tokenizer } from "../tokenizer.ts";
 import type { Runtime } from "../cli/runtime.ts";
 import type { ExpertMetricsSnapshot } from "../experts/metrics.ts";
 import { generate, type GenerationResult, type Piece } from "../generate.ts";
-import { GenerationQueue } from "../server/queue.ts";
+import { GenerationQueue, QueueFullError } from "../server/queue.ts";
 import { type Engine, EngineClosedError, type EngineInfo, type EngineJob } from "./engine.ts";
 
 const MS_PER_SECOND = 1000;
@@ -20,7 +23,12 @@ export interface LocalEngineOptions {
   onChange?: () => void;
   /** Frees what the engine owns (a runtime); close() calls it once the jobs have ended. */
   close?: () => void;
+  /** Requests that may wait for a place (default DEFAULT_MAX_QUEUE); more get QueueFullError. */
+  maxQueue?: number;
 }
+
+/** Requests waiting for a place when the caller does not say. */
+export const DEFAULT_MAX_QUEUE = 64;
 
 /** Every id that ends generation: config.json's eos_token_id list plus the tokenizer's eos. */
 export function eosIds(model: LanguageModel, tokenizer: Tokenizer): number[] {
@@ -58,6 +66,10 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     gpuSteps: rt.model.stats.steps,
     gpuReadbacks: rt.model.stats.readbacks,
     gpuReruns: rt.model.stats.reruns,
+    gpuDecodeSteps: rt.model.stats.decodeSteps,
+    gpuSequenceSteps: rt.model.stats.laneSteps,
+    kvSequences: rt.model.maxSequences,
+    kvFreeSequences: rt.model.freeSequences,
   };
 }
 
@@ -67,11 +79,14 @@ export class LocalEngine implements Engine {
   readonly #tokenizer: Tokenizer;
   readonly #eos: number[];
   readonly #opts: LocalEngineOptions;
-  readonly #queue = new GenerationQueue();
+  readonly #queue: GenerationQueue;
   /** Aborted by close(): ends every job at its next token boundary. */
   readonly #closing = new AbortController();
   #live = 0;
   #created = 0;
+  /** Prompt tokens whose KV rows a job found cached (prefix reuse), and jobs that found some. */
+  #cachedTokens = 0;
+  #cacheHits = 0;
   /** Jobs between their first next() and their end; close() waits for 0. */
   #active = 0;
   #idle: (() => void) | null = null;
@@ -82,7 +97,19 @@ export class LocalEngine implements Engine {
     this.#tokenizer = tokenizer;
     this.#opts = opts;
     this.#eos = eosIds(model, tokenizer);
-    this.info = { config: model.config, maxContext: model.maxContext };
+    const maxQueue = opts.maxQueue ?? DEFAULT_MAX_QUEUE;
+    this.#queue = new GenerationQueue(model.maxSequences ?? 1, maxQueue);
+    this.info = {
+      config: model.config,
+      maxContext: model.maxContext,
+      maxSequences: this.#queue.capacity,
+      maxQueue,
+    };
+  }
+
+  /** Throws QueueFullError when a new job would be refused now. */
+  checkAdmission(): void {
+    if (this.#queue.full) throw new QueueFullError(this.#queue.waiting);
   }
 
   async *run(job: EngineJob, signal: AbortSignal): AsyncGenerator<Piece, GenerationResult> {
@@ -95,11 +122,16 @@ export class LocalEngine implements Engine {
       const turn = this.#queue.acquire(abort);
       this.#changed(); // one more waiting
       release = await turn;
-      session = this.#model.newSession(
-        job.routerMasking === null ? {} : { routerMasking: job.routerMasking },
-      );
+      session = this.#model.newSession({
+        ...(job.routerMasking === null ? {} : { routerMasking: job.routerMasking }),
+        prefix: job.promptIds,
+      });
       this.#live++;
       this.#created++;
+      if (session.length > 0) {
+        this.#cachedTokens += session.length;
+        this.#cacheHits++;
+      }
       this.#changed();
       return yield* generate(session, {
         promptIds: job.promptIds,
@@ -128,6 +160,9 @@ export class LocalEngine implements Engine {
       ...this.#opts.stats?.(),
       queueWaiting: this.#queue.waiting,
       queueBusy: this.#queue.busy ? 1 : 0,
+      queueRunning: this.#queue.running,
+      prefixCachedTokens: this.#cachedTokens,
+      prefixCacheHits: this.#cacheHits,
       liveSessions: this.#live,
       sessionsCreated: this.#created,
     };

@@ -124,6 +124,7 @@ async function openSpec(spec: EngineSpec): Promise<EngineModel> {
 async function start(spec: EngineSpec): Promise<void> {
   const m = await openSpec(spec);
   const engine = new LocalEngine(m.model, m.tokenizer, {
+    maxQueue: spec.kind === "runtime" ? spec.maxQueue : undefined,
     stats: m.stats,
     close: m.close,
     onChange: () => stats.push(),

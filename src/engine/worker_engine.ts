@@ -19,7 +19,7 @@ import type { Tokenizer } from "../tokenizer.ts";
 import type { Flags } from "../cli/args.ts";
 import { UsageError } from "../cli/args.ts";
 import { GenerationAbortedError, type GenerationResult, type Piece } from "../generate.ts";
-import { QueueAbortedError } from "../server/queue.ts";
+import { QueueAbortedError, QueueFullError } from "../server/queue.ts";
 import { ContextOverflowError } from "../gpu/session.ts";
 import { DeviceLostError, type Gpu, GpuError } from "../gpu/device.ts";
 import { ExpertChecksumError } from "../experts/store.ts";
@@ -35,7 +35,7 @@ import { type Engine, EngineClosedError, type EngineInfo, type EngineJob } from 
 export type EngineSpec =
   & (
     /** The runtime the CLI flags name: openRuntime(flags, defaultContext) + its tokenizer. */
-    | { kind: "runtime"; flags: Flags; defaultContext: number }
+    | { kind: "runtime"; flags: Flags; defaultContext: number; maxQueue?: number }
     /** Tests: `(await import(url))[exportName](options)`, which returns an EngineModel. */
     | { kind: "module"; url: string; exportName: string; options?: unknown }
   )
@@ -104,6 +104,7 @@ export class EngineWorkerError extends Error {
 const ERROR_CLASSES: (new (...args: never[]) => Error)[] = [
   GenerationAbortedError,
   QueueAbortedError,
+  QueueFullError,
   EngineClosedError,
   EngineWorkerError,
   ContextOverflowError,
@@ -189,6 +190,13 @@ export class WorkerEngine implements Engine {
   #dead: Error | null = null;
   #closing: Promise<void> | null = null;
   #onClosed: (() => void) | null = null;
+
+  /** Throws QueueFullError when the jobs this proxy has in the worker fill every place and the
+   * line (the worker refuses the rest the same way; this keeps a streamed refusal a 503). */
+  checkAdmission(): void {
+    const waiting = this.#jobs.size - this.info.maxSequences;
+    if (waiting >= this.info.maxQueue) throw new QueueFullError(waiting);
+  }
 
   private constructor(worker: Worker, info: EngineInfo, stats: Stats) {
     this.#worker = worker;

@@ -162,6 +162,44 @@ export class KvPool {
   }
 }
 
+/** Bytes of one slab: every layer's K and V for `positions` positions (f32). */
+export function kvSlabBytes(config: ModelConfig, positions: number): number {
+  return 2 * config.numLayers * positions * config.numKvHeads * config.headDim * 4;
+}
+
+/**
+ * The most slabs, up to `wanted`, whose KV buffers the device can allocate (halving from
+ * `wanted` on out-of-memory): the default number of sequences decoded together. WebGPU tells no
+ * memory size, so this allocates (in buffers of at most `bindingLimit` bytes) and frees.
+ */
+export async function fittingSlabs(
+  device: GPUDevice,
+  config: ModelConfig,
+  positions: number,
+  wanted: number,
+  bindingLimit: number,
+): Promise<number> {
+  const layerBytes = positions * config.numKvHeads * config.headDim * 4;
+  const perBuffer = Math.max(1, Math.floor(bindingLimit / layerBytes));
+  for (let n = wanted; n >= 1; n = Math.floor(n / 2)) {
+    device.pushErrorScope("out-of-memory");
+    const made: GPUBuffer[] = [];
+    for (let s = 0; s < n; s += perBuffer) {
+      const bytes = Math.min(perBuffer, n - s) * layerBytes;
+      for (let i = 0; i < 2 * config.numLayers; i++) {
+        made.push(device.createBuffer({ size: bytes, usage: GPUBufferUsage.STORAGE }));
+      }
+    }
+    const error = await device.popErrorScope();
+    for (const b of made) b.destroy();
+    if (error === null) return n;
+    console.error(
+      `KV caches of ${n} sequences do not fit the device (${error.message}); trying fewer`,
+    );
+  }
+  return 1;
+}
+
 /** Length of the common prefix of a and b, at most `max`. */
 function commonPrefix(a: readonly number[], b: readonly number[], max: number): number {
   const n = Math.min(a.length, b.length, Math.max(0, max));

@@ -11,7 +11,7 @@
  */
 import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
 import { MAX_STEP_TOKENS, type Op, stepRecord, type WeightRef } from "./ops_api.ts";
-import { KvPool } from "./kv_pool.ts";
+import { fittingSlabs, KvPool, kvSlabBytes } from "./kv_pool.ts";
 import type { SamplingParams } from "../sampling.ts";
 import { Ops, STEP_BYTES } from "./ops.ts";
 import { readU32 } from "./readback.ts";
@@ -79,8 +79,11 @@ export interface GpuModelOptions {
   perLayerRouting?: boolean;
   /** Steps per readback sessions use unless a request says otherwise (default: adaptive). */
   stepsPerReadback?: number;
-  /** KV slabs: sequences that can run (and be batched) at once (default 4). */
+  /** KV slabs: sequences that can run (and be batched) at once (default 4; fewer when the device
+   * cannot allocate them, or kvCacheMib does not hold them). */
   maxSequences?: number;
+  /** GPU memory for KV caches in MiB: caps maxSequences. */
+  kvCacheMib?: number;
 }
 
 /** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
@@ -403,6 +406,25 @@ export class GpuModel implements LanguageModel, SessionHost {
       const dtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
       opts = { ...opts, expertSlots: await fittingExpertSlots(gpu.device, weights.config, dtype) };
     }
+    // KV slabs: as many as asked, within the MiB budget, that the device can allocate
+    const c = weights.config;
+    const positions = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
+    let wanted = opts.maxSequences ?? DEFAULT_MAX_SEQUENCES;
+    if (opts.kvCacheMib !== undefined) {
+      const fit = Math.floor((opts.kvCacheMib * 2 ** 20) / kvSlabBytes(c, positions));
+      if (fit < 1) {
+        throw new RangeError(
+          `--kv-cache-mib ${opts.kvCacheMib} holds no sequence: one needs ` +
+            `${(kvSlabBytes(c, positions) / 2 ** 20).toFixed(1)} MiB at context ${positions}`,
+        );
+      }
+      wanted = Math.min(wanted, fit);
+    }
+    const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
+    opts = {
+      ...opts,
+      maxSequences: await fittingSlabs(gpu.device, c, positions, wanted, limit),
+    };
     const model = new GpuModel(gpu, weights, opts);
     model.ownsGpu = ownsGpu;
     try {
@@ -474,7 +496,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** A fresh sequence; routerMasking routes it among resident experts only (approximate). With
    * `prefix`, a slab holding the longest cached prefix of those tokens is taken and the session
    * starts at that length (its first forward or decode feeds the rest). */
-  newSession(opts: SessionOptions & { prefix?: readonly number[] } = {}): GpuSession {
+  newSession(opts: SessionOptions = {}): GpuSession {
     return new GpuSession(this, opts.routerMasking ?? this.routerMaskingDefault, opts.prefix);
   }
 

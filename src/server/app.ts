@@ -139,6 +139,7 @@ function meteredEngine(engine: Engine, metrics: ServerMetrics): Engine {
     },
     stats: () => engine.stats(),
     close: () => engine.close(),
+    checkAdmission: () => engine.checkAdmission(),
     async *run(job: EngineJob, signal: AbortSignal): AsyncGenerator<Piece, GenerationResult> {
       const start = performance.now();
       const it = engine.run(job, signal);
@@ -393,11 +394,14 @@ export function createApp(opts: AppOptions): Hono<{ Variables: Variables }> {
 
 /** An ApiError as its OpenAI-style JSON response. */
 function errorResponse(err: ApiError): Response {
-  return new Response(JSON.stringify(err.toJSON()), {
-    status: err.status,
-    headers: { "content-type": "application/json" },
-  });
+  const headers: Record<string, string> = { "content-type": "application/json" };
+  // a 503 is temporary (loading, reloading, queue full): say when to come back
+  if (err.status === 503) headers["retry-after"] = String(RETRY_AFTER_SECONDS);
+  return new Response(JSON.stringify(err.toJSON()), { status: err.status, headers });
 }
+
+/** Retry-After of 503 answers. */
+const RETRY_AFTER_SECONDS = 1;
 
 /** The warning serve() prints when the server is reachable beyond this machine without a key. */
 export function exposureWarning(host: string, apiKey: string | undefined): string | null {

@@ -24,10 +24,15 @@ import { loadTokenizer } from "../tokenizer.ts";
 import { WorkerEngine } from "../engine/worker_engine.ts";
 import { DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, DEFAULT_PORT, serve } from "./app.ts";
 
+import { DEFAULT_MAX_QUEUE } from "../engine/local.ts";
+
 export { expertCacheStats } from "../engine/local.ts";
 
 /** Context the server's sessions get unless --max-context says otherwise. */
 const DEFAULT_SERVE_CONTEXT = 4096;
+/** Sequences the server decodes together unless --max-batch says otherwise (fewer when the
+ * device cannot allocate their KV caches). */
+const DEFAULT_SERVE_SEQUENCES = 16;
 const API_KEY_ENV = "QWEN_MOE_API_KEY";
 const MAX_PORT = 65535;
 
@@ -62,6 +67,11 @@ export const SERVE_SPEC: CommandSpec = {
       arg: "N",
       help: `largest request body accepted (${DEFAULT_MAX_BODY_BYTES})`,
     },
+    {
+      name: "max-queue",
+      arg: "N",
+      help: `requests that may wait for a place; more get 503 + Retry-After (${DEFAULT_MAX_QUEUE})`,
+    },
     ...RUNTIME_FLAGS,
   ],
 };
@@ -69,7 +79,10 @@ export const SERVE_SPEC: CommandSpec = {
 /** The runtime flags alone (what the engine worker opens; the API key stays here). */
 function runtimeFlags(flags: Flags): Flags {
   const names = [...RUNTIME_STRING_FLAGS, ...RUNTIME_BOOLEAN_FLAGS];
-  return Object.fromEntries(names.filter((n) => flags[n] !== undefined).map((n) => [n, flags[n]]));
+  return {
+    "max-batch": String(DEFAULT_SERVE_SEQUENCES),
+    ...Object.fromEntries(names.filter((n) => flags[n] !== undefined).map((n) => [n, flags[n]])),
+  };
 }
 
 /** A repeatable flag's values. */
@@ -98,7 +111,8 @@ export async function serveCommand(argv: string[]): Promise<number> {
   // every flag is checked here, before the tokenizer and the model load
   const port = intFlag(flags, "port", DEFAULT_PORT, 0, MAX_PORT);
   const maxBodyBytes = intFlag(flags, "max-body-bytes", DEFAULT_MAX_BODY_BYTES, 1);
-  const runtime = runtimeOptions(flags, DEFAULT_SERVE_CONTEXT);
+  const runtime = runtimeOptions(runtimeFlags(flags), DEFAULT_SERVE_CONTEXT);
+  const maxQueue = intFlag(flags, "max-queue", DEFAULT_MAX_QUEUE, 0);
   const corsOrigins = list(flags, "cors-origin").map(corsOrigin);
   const allowedHosts = list(flags, "allowed-host");
   const apiKey = (flags["api-key"] as string | undefined) ?? Deno.env.get(API_KEY_ENV);
@@ -112,6 +126,7 @@ export async function serveCommand(argv: string[]): Promise<number> {
     kind: "runtime",
     flags: runtimeFlags(flags),
     defaultContext: DEFAULT_SERVE_CONTEXT,
+    maxQueue,
   });
   const stop = new AbortController();
   Deno.addSignalListener("SIGINT", () => stop.abort());

@@ -117,6 +117,7 @@ function start(
   let maxTokens: number;
   try {
     maxTokens = resolveMaxTokens(runner, job);
+    runner.engine.checkAdmission();
   } catch (e) {
     unlink();
     throw e;

@@ -202,6 +202,14 @@ export class ModelUnavailableError extends ApiError {
   }
 }
 
+/** The generation queue is full: retry later (the response carries Retry-After). */
+export class ServerBusyError extends ApiError {
+  override name = "ServerBusyError";
+  constructor(detail: string) {
+    super(503, detail, "server_error", null, "server_busy");
+  }
+}
+
 /** The GPU reported an error during the generation: its output was void. */
 export class GpuFailureError extends ApiError {
   override name = "GpuFailureError";
@@ -288,6 +296,8 @@ export function internalError(id: string): ApiError {
  */
 export function toApiError(e: unknown, where: string): ApiError {
   if (e instanceof ApiError) return e;
+  // a full queue is the server's normal answer under load, not a fault to log
+  if (e instanceof Error && e.name === "QueueFullError") return new ServerBusyError(e.message);
   const id = newErrorId();
   console.error(`[error ${id}] ${where}:`, e);
   const name = e instanceof Error ? e.name : "";

@@ -1,6 +1,8 @@
 /**
- * A FIFO lock: one generation at a time per model, in arrival order. A waiter whose request is
- * aborted (client gone) leaves the line without ever holding the lock.
+ * A FIFO line of generations: up to `capacity` run at once (the sequences the model decodes
+ * together), the rest wait in arrival order, at most `maxWaiting` of them (more are refused with
+ * QueueFullError). A waiter whose request is aborted (client gone) leaves the line without ever
+ * holding a place.
  */
 
 /** The request was aborted while it waited for its turn. */
@@ -11,27 +13,51 @@ export class QueueAbortedError extends Error {
   }
 }
 
+/** The line is full: the request is refused at once (HTTP 503 with Retry-After). */
+export class QueueFullError extends Error {
+  override name = "QueueFullError";
+  constructor(waiting: number) {
+    super(
+      `the server is at capacity: ${waiting} requests are already waiting; retry in a moment`,
+    );
+  }
+}
+
 interface Waiter {
   grant: (release: () => void) => void;
 }
 
 export class GenerationQueue {
-  #busy = false;
+  #running = 0;
   readonly #line: Waiter[] = [];
 
-  /** Requests waiting (not counting the one generating). */
+  constructor(readonly capacity = 1, readonly maxWaiting = Infinity) {}
+
+  /** Requests waiting (not counting those generating). */
   get waiting(): number {
     return this.#line.length;
   }
 
-  /** Whether a generation holds the lock. */
-  get busy(): boolean {
-    return this.#busy;
+  /** Generations holding a place. */
+  get running(): number {
+    return this.#running;
   }
 
-  /** Resolves with a release function once it is this caller's turn. */
+  /** Whether every place is taken. */
+  get busy(): boolean {
+    return this.#running >= this.capacity;
+  }
+
+  /** Whether a new request would be refused now. */
+  get full(): boolean {
+    return this.busy && this.#line.length >= this.maxWaiting;
+  }
+
+  /** Resolves with a release function once it is this caller's turn; rejects with QueueFullError
+   * at once when the line is full. */
   acquire(signal?: AbortSignal): Promise<() => void> {
     if (signal?.aborted) return Promise.reject(new QueueAbortedError());
+    if (this.full) return Promise.reject(new QueueFullError(this.#line.length));
     return new Promise((resolve, reject) => {
       const waiter: Waiter = {
         grant: (release) => {
@@ -61,16 +87,17 @@ export class GenerationQueue {
   }
 
   #next(): void {
-    if (this.#busy) return;
-    const waiter = this.#line.shift();
-    if (!waiter) return;
-    this.#busy = true;
-    let released = false;
-    waiter.grant(() => {
-      if (released) return;
-      released = true;
-      this.#busy = false;
-      this.#next();
-    });
+    while (this.#running < this.capacity) {
+      const waiter = this.#line.shift();
+      if (!waiter) return;
+      this.#running++;
+      let released = false;
+      waiter.grant(() => {
+        if (released) return;
+        released = true;
+        this.#running--;
+        this.#next();
+      });
+    }
   }
 }
