@@ -270,3 +270,32 @@ Deno.test("main.ts generate works without FFI (the read fallback a compiled bina
   assert.equal(out.code, 0, dec.decode(out.stderr));
   assert.deepEqual(JSON.parse(dec.decode(out.stdout)).ids, JSON.parse(withFfi.stdout).ids);
 });
+
+Deno.test("main.ts generate: the context advice works (--max-context when the model allows it, else fewer tokens)", async () => {
+  const over = await cli(["generate", "--ids", "1,2", "--max-tokens", "5000"]);
+  assert.equal(over.code, 2);
+  assert.match(over.stderr, /maximum is 2048 positions: lower --max-tokens to at most 2046/);
+  const r = await cli(["generate", "--ids", "1,2", "--max-tokens", "5000", "--max-context", "64"]);
+  assert.match(r.stderr, /pass --max-context|lower --max-tokens/);
+  const advised = await cli([
+    "generate",
+    "--ids",
+    "1,2",
+    "--max-tokens",
+    "100",
+    "--max-context",
+    "64",
+  ]);
+  assert.match(advised.stderr, /pass --max-context 102/);
+  const followed = await cli([
+    "generate",
+    "--ids",
+    "1,2",
+    "--max-tokens",
+    "100",
+    "--max-context",
+    "102",
+    "--json",
+  ]);
+  assert.equal(followed.code, 0, followed.stderr);
+});

@@ -82,9 +82,15 @@ export async function generateCommand(argv: string[]): Promise<number> {
     }
     const need = ids.length + maxTokens;
     if (need > rt.model.maxContext) {
+      const modelMax = rt.model.config.maxPositionEmbeddings;
+      // advice that works: a longer --max-context only up to the model's own maximum
+      const advice = need <= modelMax
+        ? `pass --max-context ${need}`
+        : `the model's maximum is ${modelMax} positions: lower --max-tokens to at most ` +
+          `${modelMax - ids.length} or shorten the prompt`;
       throw new UsageError(
         `prompt (${ids.length}) + --max-tokens (${maxTokens}) exceed the context of ` +
-          `${rt.model.maxContext}; pass --max-context ${need}`,
+          `${rt.model.maxContext}; ${advice}`,
       );
     }
     const eos = new Set(rt.model.config.eosTokenIds);
