@@ -7,44 +7,9 @@
 //     chunks, a scan of the chunks' counts, a walk of one chunk).
 // About 35 * V / WG + 530 loop iterations per invocation (21,320 at V = 151936).
 
-// The request (src/gpu/sampler.ts writes it; every kernels/sample_*.wgsl declares the same struct).
-struct Request {
-  vocab: u32,
-  capacity: u32,
-  gen_start: u32,
-  max_end: u32,
-  top_k: u32,
-  // ceil(top_p * 2^24)
-  top_p24: u32,
-  seed_lo: u32,
-  seed_hi: u32,
-  n_eos: u32,
-  // ceil(min_p * 2^31): the least weight min_p keeps
-  min_q: u32,
-  inv_t: f32,
-  rep: f32,
-  inv_rep: f32,
-  presence: f32,
-  frequency: f32,
-  // 0.0, added to the penalties' products that a subtraction follows: a compiler may contract
-  // a * b - c into one fma (one rounding instead of two); with (a * b + zero) - c it can only fuse
-  // the harmless add.
-  zero: f32,
-  eos: array<vec4<u32>, 2>,
-}
-
-@group(0) @binding(1) var<uniform> req: Request;
+// Bindings 0 and 1: step (kernels/common.wgsl) and req (kernels/sample_common.wgsl).
 @group(0) @binding(2) var<storage, read> x: array<f32>; // [vocab]
 @group(0) @binding(3) var<storage, read_write> sel: Sel;
-
-// The kept set so far: M = max x and the end of the kept prefix of the order (x desc, index asc):
-// tokens with key > cut_key, or key == cut_key and index <= cut_idx.
-struct Sel {
-  m: f32,
-  cut_key: u32,
-  cut_idx: u32,
-  _pad: u32,
-}
 
 const WG: u32 = 256u;
 // cut_idx of a cut that keeps every token of its key.
@@ -53,21 +18,6 @@ var<workgroup> red_f: array<f32, WG>;
 var<workgroup> red_u: array<u32, WG>;
 var<workgroup> scan_u: array<u32, WG>;
 var<workgroup> picked: u32;
-
-// A u32 whose order is the order of the f32 values (-0 maps to +0's key: equal values tie).
-fn order_key(v: f32) -> u32 {
-  var u = bitcast<u32>(v);
-  if (u == 0x80000000u) {
-    u = 0u;
-  }
-  return select(u | 0x80000000u, ~u, (u & 0x80000000u) != 0u);
-}
-
-// Whether token i (key k) is in the kept prefix of the order (x desc, index asc) that ends at
-// (cut_key, cut_idx).
-fn in_cut(k: u32, i: u32, cut_key: u32, cut_idx: u32) -> bool {
-  return k > cut_key || (k == cut_key && i <= cut_idx);
-}
 
 // Max of v over the workgroup, the same value in every invocation (a fixed tree).
 fn max_f32(lid: u32, v: f32) -> f32 {
@@ -111,13 +61,6 @@ fn exclusive_scan_u32(lid: u32, v: u32) -> u32 {
   }
   workgroupBarrier();
   return scan_u[lid];
-}
-
-// The contiguous range of indices invocation lid walks in index-order passes.
-fn chunk_range(lid: u32) -> vec2<u32> {
-  let chunk = (req.vocab + WG - 1u) / WG;
-  let lo = min(lid * chunk, req.vocab);
-  return vec2<u32>(lo, min(lo + chunk, req.vocab));
 }
 
 // The index of the token that ends the first `need` tokens of the order, given that their last

@@ -133,7 +133,7 @@ const WEIGHT_SHIFT = 31;
 /** u24 and P24 are multiples of 2^-24 scaled to integers. */
 const UNIT_SCALE = 2 ** 24;
 
-// expWeight's fixed-point constants (kernels/sample_topp.wgsl and sample_draw.wgsl hold the same).
+// expWeight's fixed-point constants (kernels/sample_common.wgsl holds the same).
 /** Below this d the weight is 0 (exp(-22) * 2^31 = 0.6). */
 export const EXP_WEIGHT_MIN_D = -22;
 /** -d in units of 2^-26: below 22 * 2^26 < 2^31. */
@@ -152,7 +152,7 @@ function mul64(a: number, b: number): [number, number] {
 
 /**
  * The weight floor(exp(d) * 2^31) of d <= 0, give or take 64, in integer arithmetic that
- * kernels/sample_topp.wgsl and sample_draw.wgsl repeat bit for bit (GPU compilers may fuse and
+ * kernels/sample_common.wgsl holds bit for bit (GPU compilers may fuse and
  * reorder float operations; integer ones have a single answer): D = floor(-d * 2^26);
  * y = D * log2(e) = k + f (64-bit, 56 fraction bits); 2^-f = 2^(-j/64) (table) * 2^(-g) with
  * exp(-g ln 2) = 1 - P, P = h - h^2/2 + h^3/6, h = g ln 2 < 0.011 (32-bit fixed point); the

@@ -15,6 +15,7 @@ import {
   samplerLoopIterations,
   type SamplerSequence,
 } from "../src/gpu/sampler.ts";
+import { composeSource, kernelSource } from "../src/gpu/shader.ts";
 import {
   EXP_WEIGHT_MIN_D,
   expWeight,
@@ -398,20 +399,27 @@ gpuTest("GpuSampler.ops() is one dispatch for plain greedy and is prepared once"
   return Promise.resolve();
 });
 
-gpuTest("kernels/sample_*.wgsl declare the same struct Request", async () => {
-  const dir = new URL("../kernels/", import.meta.url);
-  const structs = new Set<string>();
-  let files = 0;
-  for await (const entry of Deno.readDir(dir)) {
-    if (!/^sample_.*\.wgsl$/.test(entry.name)) continue;
-    const text = await Deno.readTextFile(new URL(entry.name, dir));
-    const m = text.match(/struct Request \{[^}]*\}/);
-    assert.ok(m, entry.name);
-    structs.add(m[0]);
-    files++;
+/** The sampler's kernels, kernels/<name>.wgsl. */
+const SAMPLER_KERNELS = [
+  "sample_argmax",
+  "sample_counts",
+  "sample_draw",
+  "sample_penalize",
+  "sample_topk",
+  "sample_topp",
+];
+
+Deno.test("composeSource() puts the prelude between common.wgsl and the kernel", () => {
+  for (const kernel of SAMPLER_KERNELS) {
+    const code = composeSource(kernel, undefined, ["sample_common"]);
+    const at = (text: string) => {
+      const i = code.indexOf(text);
+      assert.ok(i >= 0 && i === code.lastIndexOf(text), `${kernel}: one ${text}`);
+      return i;
+    };
+    assert.ok(at("struct Step {") < at("struct Request {"), kernel);
+    assert.ok(at("struct Request {") < at("@compute"), kernel);
   }
-  assert.equal(files, 6);
-  assert.equal(structs.size, 1);
 });
 
 /** Pearson's statistic of observed counts against probabilities. */
@@ -466,31 +474,17 @@ gpuTest("GpuSampler's draws follow the distribution (chi-square, 20000 draws)", 
   console.log(lines.join("\n"));
 });
 
-/** A section of a kernel's text: from the line holding `from` to the line holding `to`. */
-function section(text: string, from: string, to: string): string {
-  const start = text.lastIndexOf("\n", text.indexOf(from)) + 1;
-  const end = text.indexOf("\n", text.indexOf(to, start)) + 1;
-  assert.ok(start > 0 && end > start, `${from} ... ${to}`);
-  return text.slice(start, end);
-}
-
-/** The exact-arithmetic section of sample_topp.wgsl and sample_draw.wgsl (identical), with the
- * Request struct it reads req.zero from. */
-async function exactArithmetic(): Promise<string> {
-  const read = (name: string) =>
-    Deno.readTextFile(new URL(`../kernels/${name}.wgsl`, import.meta.url));
-  const [topp, draw] = await Promise.all([read("sample_topp"), read("sample_draw")]);
-  const exact = (t: string) =>
-    section(t, "// ---- exact arithmetic", "// ---- end of exact arithmetic");
-  assert.equal(exact(draw), exact(topp), "the two copies are identical");
-  const request = section(topp, "struct Request {", "var<uniform> req: Request;");
-  return request + exact(topp);
+/** A test kernel `main` after the sampler kernels' preludes (common.wgsl, sample_common.wgsl, as
+ * src/gpu/sampler.ts composes them), with WG = 64 as sample_common.wgsl needs. */
+function withSamplePrelude(main: string): string {
+  return ["common", "sample_common"].map(kernelSource).join("\n") + "\nconst WG: u32 = 64u;\n" +
+    main;
 }
 
 /** Runs `main` (bindings: 1 = req (zero), 2 = input words, 3 = output words) over n invocations
  * and returns the output. */
-async function runExact(code: string, input: Uint32Array, outWords: number): Promise<Uint32Array> {
-  const module = device.createShaderModule({ code });
+async function runExact(main: string, input: Uint32Array, outWords: number): Promise<Uint32Array> {
+  const module = device.createShaderModule({ code: withSamplePrelude(main) });
   const types: GPUBufferBindingType[] = ["uniform", "read-only-storage", "storage"];
   const layout = device.createBindGroupLayout({
     entries: types.map((type, i) => ({
@@ -517,7 +511,7 @@ async function runExact(code: string, input: Uint32Array, outWords: number): Pro
   const pass = encoder.beginComputePass();
   pass.setPipeline(pipeline);
   pass.setBindGroup(0, bindGroup);
-  pass.dispatchWorkgroups(Math.ceil(input.length / 64));
+  pass.dispatchWorkgroups(Math.ceil(input.length / 64)); // WG
   pass.end();
   device.queue.submit([encoder.finish()]);
   const result = await readU32(gpu, out, 0, outWords);
@@ -547,17 +541,17 @@ gpuTest(
       -22.00001,
     ];
     d.set([...edges, -Infinity, NaN]);
-    const code = (await exactArithmetic()) + `
+    const main = `
 @group(0) @binding(2) var<storage, read> d: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x;
   if (i < arrayLength(&d)) {
     out[i] = exp_weight(d[i]);
   }
 }`;
-    const out = await runExact(code, new Uint32Array(d.buffer), n);
+    const out = await runExact(main, new Uint32Array(d.buffer), n);
     let worst = 0;
     for (let i = 0; i < n; i++) {
       const q = expWeight(d[i]);
@@ -583,10 +577,10 @@ gpuTest("the kernels' mul_frac24() is floor/ceil(a * b / 2^24), exactly", async 
     cases.push([a, b]);
     input.set([a, Number(b & 0xffffffffn), Number(b >> 32n)], 3 * i);
   }
-  const code = (await exactArithmetic()) + `
+  const main = `
 @group(0) @binding(2) var<storage, read> abc: array<u32>;
 @group(0) @binding(3) var<storage, read_write> out: array<u32>;
-@compute @workgroup_size(64)
+@compute @workgroup_size(WG)
 fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
   let i = gid.x;
   if (3u * i < arrayLength(&abc)) {
@@ -599,7 +593,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
     out[4u * i + 3u] = up.y;
   }
 }`;
-  const out = await runExact(code, input, 4 * n);
+  const out = await runExact(main, input, 4 * n);
   cases.forEach(([a, b], i) => {
     const product = BigInt(a) * b;
     const down = product >> 24n;

@@ -2,6 +2,7 @@
 import assert from "node:assert/strict";
 import { uniform24 } from "../src/philox.ts";
 import {
+  EXP2_TABLE,
   EXP_WEIGHT_MIN_D,
   expWeight,
   GREEDY,
@@ -200,6 +201,21 @@ Deno.test("expWeight() is floor(exp(d) * 2^31) give or take 64, 2^31 at 0, 0 bel
     worst = Math.max(worst, Math.abs(q - Math.exp(d) * 2 ** 31));
   }
   assert.ok(worst < 64, `worst ${worst}`);
+});
+
+Deno.test("expWeight()'s constants are kernels/sample_common.wgsl's, the table included", () => {
+  const wgsl = Deno.readTextFileSync(new URL("../kernels/sample_common.wgsl", import.meta.url));
+  /** The value of `const NAME ... = VALUE;` in the kernel, as numbers (an array's elements). */
+  const constant = (name: string): number[] => {
+    const m = wgsl.match(new RegExp(`const ${name}\\b[^=]*=\\s*(?:array<[^>]*>\\()?([^;)]*)`));
+    assert.ok(m, name);
+    return m[1].split(",").filter((s) => s.trim()).map((s) => parseFloat(s));
+  };
+  assert.deepEqual(constant("EXP2_TABLE"), EXP2_TABLE);
+  assert.deepEqual(constant("EXP_WEIGHT_MIN_D"), [EXP_WEIGHT_MIN_D]);
+  assert.deepEqual(constant("D_SCALE"), [2 ** 26]);
+  assert.deepEqual(constant("LOG2E_Q30"), [Math.round(Math.LOG2E * 2 ** 30)]);
+  assert.deepEqual(constant("LN2_Q32"), [Math.round(Math.LN2 * 2 ** 32)]);
 });
 
 Deno.test("mulFrac24() rounds a * b / 2^24 down or up exactly; topP24/minWeight scale exactly", () => {

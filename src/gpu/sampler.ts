@@ -1,8 +1,9 @@
 /**
  * Next-token sampling on the GPU: the algorithm of src/sampling.ts (its CPU reference, which
  * documents it), so that decode steps can follow one another without the CPU. The kernels are
- * kernels/sample_*.wgsl, one workgroup each for the filters and the draw. They compute the CPU's
- * bits (weights and sums are integers), so they pick the CPU's token.
+ * kernels/sample_*.wgsl, one workgroup each for the filters and the draw, each composed after
+ * kernels/sample_common.wgsl (the request, the kept set, the exact arithmetic they share). They
+ * compute the CPU's bits (weights and sums are integers), so they pick the CPU's token.
  *
  * Per sequence: `ids` (u32 [capacity], the sequence's tokens; the sampled token of a step goes to
  * ids[kv_len]), `params` (the request, a uniform written by writeRequest) and `state` (u32: end,
@@ -34,7 +35,9 @@ import type { Ops } from "./ops.ts";
 import type { Op } from "./ops_api.ts";
 import { type BindingKind, Shaders } from "./shader.ts";
 
-/** Most EOS ids a request may give (kernels' Request.eos holds 2 x vec4<u32>). */
+/** The prelude of every sampler kernel: kernels/sample_common.wgsl. */
+const SAMPLE_PRELUDE = ["sample_common"];
+/** Most EOS ids a request may give (sample_common.wgsl's Request.eos holds 2 x vec4<u32>). */
 export const MAX_EOS = 8;
 /** state.end of a sequence that has not ended. */
 export const NONE = 0xffffffff;
@@ -55,9 +58,10 @@ const SELECT_OVERHEAD = 35 * Math.log2(WG_SELECT) + WG_SELECT + 80;
 const WG_ELEMENTWISE = 64;
 /** WebGPU's default maxComputeWorkgroupsPerDimension: the elementwise kernels are 1-D. */
 const MAX_GROUPS_PER_DIM = 65535;
-/** Size of kernels' struct Request: 16 scalars, then 2 x vec4<u32> of EOS ids. */
+/** Size of sample_common.wgsl's struct Request: 16 scalars, then 2 x vec4<u32> of EOS ids. */
 const REQUEST_BYTES = 96;
-/** Sizes of struct Sel (M, cut key, cut index, pad) and of a sequence's state (end, pad). */
+/** Sizes of sample_common.wgsl's struct Sel (M, cut key, cut index, pad) and of a sequence's
+ * state (end, pad). */
 const SEL_BYTES = 16;
 const STATE_BYTES = 16;
 /** Buffers are sized in whole 16-byte words. */
@@ -133,7 +137,7 @@ function isU32(v: number): boolean {
   return Number.isInteger(v) && v >= 0 && v <= 0xffffffff;
 }
 
-/** The bytes of kernels' struct Request. */
+/** The bytes of sample_common.wgsl's struct Request. */
 function requestBytes(vocab: number, capacity: number, req: SamplerRequest): ArrayBuffer {
   const p = req.sampling;
   const [seedLo, seedHi] = seedKey(seedOf(p));
@@ -356,7 +360,8 @@ export class GpuSampler {
     return list;
   }
 
-  /** A dispatch of kernels/<kernel>.wgsl bound to [step, seq.params, ...buffers]. */
+  /** A dispatch of kernels/<kernel>.wgsl (after SAMPLE_PRELUDE) bound to [step, seq.params,
+   * ...buffers]. */
   private dispatch(
     kernel: string,
     storage: BindingKind[],
@@ -373,7 +378,8 @@ export class GpuSampler {
         resource: b instanceof GPUBuffer ? { buffer: b } : b,
       })),
     });
-    return new Dispatch(kernel, this.shaders.pipeline({ kernel, bindings }), bindGroup, groups);
+    const pipeline = this.shaders.pipeline({ kernel, bindings, prelude: SAMPLE_PRELUDE });
+    return new Dispatch(kernel, pipeline, bindGroup, groups);
   }
 
   /** Frees the scratch and every sequence not yet destroyed; nothing may be recorded after. */

@@ -1,8 +1,9 @@
 /**
  * WGSL sources and compute pipelines. A kernel's source is kernels/common.wgsl (the Step uniform
- * and index helpers), then, for kernels that read weights, the loader of the weights' dtype
- * (kernels/weights_<dtype>.wgsl, defining `load_w4`), then kernels/<name>.wgsl. Sources are read
- * relative to this module, which also works inside a `deno compile --include kernels` binary.
+ * and index helpers), then its spec's prelude files (declarations a family of kernels shares, e.g.
+ * kernels/sample_common.wgsl), then, for kernels that read weights, the loader of the weights'
+ * dtype (kernels/weights_<dtype>.wgsl, defining `load_w4`), then kernels/<name>.wgsl. Sources are
+ * read relative to this module, which also works inside a `deno compile --include kernels` binary.
  * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
  * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
  * the device's error scopes (device.ts scopedOn): an invalid one fails the model's open, named.
@@ -17,10 +18,13 @@ export type BindingKind = "uniform" | "read" | "rw";
  * scalar loads at any (even) offset. */
 export type WeightLoader = WeightDType | `${WeightDType}_scalar`;
 
-/** One pipeline: which kernel, which weight loader, which override constants. */
+/** One pipeline: which kernel, which preludes and weight loader, which override constants. */
 export interface KernelSpec {
   kernel: string;
   bindings: BindingKind[];
+  /** Names of kernels/*.wgsl files composed, in order, after common.wgsl and before the weight
+   * loader and the kernel. */
+  prelude?: string[];
   weights?: WeightLoader;
   constants?: Record<string, number>;
 }
@@ -67,9 +71,13 @@ export function kernelSource(name: string): string {
   return text;
 }
 
-/** The full WGSL of a kernel: common prelude, weight loader (if any), kernel body. */
-export function composeSource(kernel: string, weights?: WeightLoader): string {
-  const parts = [kernelSource("common")];
+/** The full WGSL of a kernel: common.wgsl, the preludes, the weight loader (if any), the kernel. */
+export function composeSource(
+  kernel: string,
+  weights?: WeightLoader,
+  prelude: string[] = [],
+): string {
+  const parts = [kernelSource("common"), ...prelude.map(kernelSource)];
   if (weights) parts.push(kernelSource(`weights_${weights}`));
   parts.push(kernelSource(kernel));
   return parts.join("\n");
@@ -115,14 +123,15 @@ export class Shaders {
   /** The compute pipeline of a spec (entry point `main`), created once. */
   pipeline(spec: KernelSpec): GPUComputePipeline {
     const constants = spec.constants ?? {};
-    const key = `${spec.kernel}|${spec.weights ?? ""}|${spec.bindings.join(",")}|` +
-      JSON.stringify(constants);
+    const prelude = spec.prelude ?? [];
+    // Preludes and kernel, then the weight loader: "sample_common+sample_draw|", "matmul|bf16".
+    const moduleKey = `${[...prelude, spec.kernel].join("+")}|${spec.weights ?? ""}`;
+    const key = `${moduleKey}|${spec.bindings.join(",")}|${JSON.stringify(constants)}`;
     let pipeline = this.pipelines.get(key);
     if (!pipeline) {
-      const moduleKey = `${spec.kernel}|${spec.weights ?? ""}`;
       let module = this.modules.get(moduleKey);
       if (!module) {
-        const code = composeSource(spec.kernel, spec.weights);
+        const code = composeSource(spec.kernel, spec.weights, prelude);
         module = scopedOn(
           this.device,
           `shader module ${moduleKey}`,
