@@ -10,11 +10,18 @@
  * after it in the same readback are discarded (never emitted, not counted) and the decode is told
  * to keep only what came before, so the session's KV cache is rolled back to them. Usage counts
  * every kept token, the EOS or the one completing a stop string included (as vLLM counts them).
+ *
+ * Logprobs (opts.logprobs): the GPU decode loop reads back only tokens, so such a request decodes
+ * through forward() (src/decode_cpu.ts), which returns every step's logits row; its sampler is the
+ * CPU implementation of the GPU's, so the tokens are the same. Each piece then carries its token's
+ * log-probability (src/logprobs.ts); with echo, the prompt's come from one forward keeping every
+ * row, in chunks of PROMPT_ROWS_PER_FORWARD.
  */
 import type { DecodeRequest, DecodeResult, DecodeStats, Session } from "./types.ts";
 import type { StreamDecoder } from "./tokenizer.ts";
 import type { SamplingParams } from "./sampling.ts";
-import { decodeWithForward } from "./decode_cpu.ts";
+import { decodeWithForward, type ForwardDecodeHooks } from "./decode_cpu.ts";
+import { type TokenLogprob, tokenLogprob } from "./logprobs.ts";
 
 /**
  * One sampled token (EOS included) and the text it releases: "" while text is held back, the
@@ -23,7 +30,19 @@ import { decodeWithForward } from "./decode_cpu.ts";
 export interface Piece {
   token: number;
   text: string;
+  /** The token's log-probability and top alternatives; only when GenerateOptions.logprobs. */
+  logprob?: TokenLogprob;
 }
+
+/**
+ * Prompt rows per forward() when every row's logits are kept (echo): 128 rows of a 151936-token
+ * vocab are 78 MB. A multiple of the GPU model's 64-token forward chunk, so the logits are those
+ * of one forward of the whole prompt.
+ */
+const PROMPT_ROWS_PER_FORWARD = 128;
+
+/** The stats of a generation that decoded nothing (max_tokens 0). */
+const NO_DECODE: DecodeStats = { tokens: 0, readbacks: 0, submits: 0, ms: 0, expertLoads: 0 };
 
 export type FinishReason = "stop" | "length";
 
@@ -36,11 +55,13 @@ export interface GenerationResult {
   completionTokens: number;
   /** The decode steps' readbacks, submissions, time and expert loads (prefill excluded). */
   stats: DecodeStats;
+  /** With echo and logprobs: one entry per prompt token, the first null (nothing predicts it). */
+  promptLogprobs?: (TokenLogprob | null)[];
 }
 
 export interface GenerateOptions {
   promptIds: number[];
-  /** Generated tokens at most (>= 1). */
+  /** Generated tokens at most; 0 decodes nothing (with echo: the prompt's logprobs only). */
   maxTokens: number;
   sampling: SamplingParams;
   /** Ids that end generation (config eos_token_id list plus the tokenizer's eos). */
@@ -53,6 +74,13 @@ export interface GenerateOptions {
   signal?: AbortSignal;
   /** Decode steps per GPU readback (undefined: adaptive; 1: one readback per token). */
   stepsPerReadback?: number;
+  /**
+   * Attach to each piece its token's log-probability (raw logits' log-softmax) and the `logprobs`
+   * most likely tokens (0: none); undefined: no logprobs, the session's own decode.
+   */
+  logprobs?: number;
+  /** With logprobs: also return the prompt's (GenerationResult.promptLogprobs). */
+  echo?: boolean;
 }
 
 /** The request's abort signal fired (client gone): generation stopped, its session is free. */
@@ -87,19 +115,49 @@ function heldLength(text: string, stops: string[]): number {
   return held;
 }
 
-/** The session's decode, or the CPU one through forward(). */
+/** The session's decode, or the CPU one through forward() (always when there are hooks). */
 function decodeOf(
   session: Session,
   req: DecodeRequest,
   settle: (tokens: number[]) => number | undefined,
+  hooks: ForwardDecodeHooks | null,
 ): Promise<DecodeResult> {
-  return session.decode ? session.decode(req, settle) : decodeWithForward(session, req, settle);
+  return session.decode && hooks === null
+    ? session.decode(req, settle)
+    : decodeWithForward(session, req, settle, hooks ?? {});
+}
+
+/**
+ * Feeds `ids` (the whole prompt, on an empty session) in chunks, keeping every row's logits: pushes
+ * onto `out` one entry per id (the first null) with `top` alternatives; returns the last row.
+ */
+async function prefillWithLogprobs(
+  session: Session,
+  ids: number[],
+  top: number,
+  out: (TokenLogprob | null)[],
+  signal: AbortSignal,
+): Promise<Float32Array> {
+  out.push(null);
+  let last: Float32Array | undefined;
+  for (let i = 0; i < ids.length; i += PROMPT_ROWS_PER_FORWARD) {
+    if (signal.aborted) throw new GenerationAbortedError();
+    const rows = await session.forward(ids.slice(i, i + PROMPT_ROWS_PER_FORWARD));
+    rows.forEach((row, j) => {
+      const next = i + j + 1; // the position this row predicts
+      if (next < ids.length) out.push(tokenLogprob(row, ids[next], top));
+    });
+    last = rows.at(-1);
+  }
+  if (last === undefined) throw new RangeError("a prefill needs at least one token");
+  return last;
 }
 
 /**
  * Runs one sequence on `session`. The session may already hold a prefix of the prompt (prompt
- * prefix reuse: opts.promptIds starts with its cached tokens); only the rest is fed. Yields a
- * Piece per generated token; returns the finish reason, exact usage and the decode's stats.
+ * prefix reuse: opts.promptIds starts with its cached tokens); only the rest is fed (with
+ * logprobs the whole prompt is fed again). Yields a Piece per generated token; returns the finish
+ * reason, exact usage, the decode's stats and, with echo and logprobs, the prompt's logprobs.
  *
  * The decode runs at its own pace: each readback's tokens are turned into pieces at once (stop
  * strings settled there), queued, and yielded as the caller pulls, so a slow caller never holds
@@ -117,6 +175,15 @@ export async function* generate(
   let finishReason: FinishReason = "length";
   const queue: Piece[] = [];
   let wake: (() => void) | null = null;
+  const top = opts.logprobs;
+  if (top !== undefined && !(Number.isInteger(top) && top >= 0)) {
+    throw new RangeError(`logprobs must be an integer >= 0, got ${top}`);
+  }
+  /** Logprobs of sampled tokens not yet settled (the onStep hook runs before settle). */
+  const stepLogprobs: TokenLogprob[] = [];
+  const promptLogprobs: (TokenLogprob | null)[] | undefined = top !== undefined && opts.echo
+    ? []
+    : undefined;
 
   /** Turns a readback's tokens into pieces; returns how many it keeps when a stop string ended
    * the text (undefined: all, and go on). */
@@ -134,7 +201,9 @@ export async function* generate(
       const release = stopAt >= 0 || last
         ? full.length
         : full.length - heldLength(full.slice(emitted), stops);
-      queue.push({ token, text: full.slice(emitted, release) });
+      const piece: Piece = { token, text: full.slice(emitted, release) };
+      if (top !== undefined) piece.logprob = stepLogprobs.shift();
+      queue.push(piece);
       emitted = release;
       if (stopAt >= 0 || isEos) finishReason = "stop";
       if (stopAt >= 0) return i + 1;
@@ -145,6 +214,30 @@ export async function* generate(
   if (opts.signal?.aborted) throw new GenerationAbortedError();
   const cancel = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
+  // logprobs: every row from position 0, and penalties over the whole prompt as on the GPU
+  if (top !== undefined && session.length > 0) session.truncate(0);
+  if (opts.maxTokens === 0) { // nothing to decode (echo): the prompt's logprobs at most
+    if (promptLogprobs) {
+      await prefillWithLogprobs(session, opts.promptIds, top!, promptLogprobs, signal);
+    }
+    return {
+      finishReason: "length",
+      text: "",
+      promptTokens: opts.promptIds.length,
+      completionTokens: 0,
+      stats: NO_DECODE,
+      ...(promptLogprobs ? { promptLogprobs } : {}),
+    };
+  }
+  const hooks: ForwardDecodeHooks | null = top === undefined ? null : {
+    onStep: (logits, token) => stepLogprobs.push(tokenLogprob(logits, token, top)),
+    ...(promptLogprobs
+      ? {
+        prefill: (feed: number[]) =>
+          prefillWithLogprobs(session, feed, top, promptLogprobs, signal),
+      }
+      : {}),
+  };
   const cached = Math.min(session.length, opts.promptIds.length - 1);
   let outcome: { result: DecodeResult } | { error: unknown } | null = null;
   const run = decodeOf(session, {
@@ -158,7 +251,7 @@ export async function* generate(
     const keep = settle(tokens);
     wake?.();
     return keep;
-  }).then(
+  }, hooks).then(
     (result) => outcome = { result },
     (error) => outcome = { error },
   ).finally(() => wake?.());
@@ -181,6 +274,7 @@ export async function* generate(
       promptTokens: opts.promptIds.length,
       completionTokens,
       stats: o.result.stats,
+      ...(promptLogprobs ? { promptLogprobs } : {}),
     };
   } finally {
     // the caller left early (or failed): stop the decode at its next readback, roll it back

@@ -15,6 +15,17 @@ const BYTE_TOKENS = 256;
 /** Replacement character a UTF-8 decoder emits for an incomplete byte sequence. */
 const REPLACEMENT_CHAR = "\uFFFD";
 
+const utf8 = new TextEncoder();
+
+/** One token on its own, as logprobs report it. */
+export interface TokenPiece {
+  /** The token decoded alone: special tokens as written, "" for an id past the vocab, U+FFFD for
+   * a part of a multi-byte character. */
+  text: string;
+  /** Its bytes: a byte-level BPE token's own (possibly part of a character), else text's UTF-8. */
+  bytes: number[];
+}
+
 /** The directory lacks a file the tokenizer needs, or the file is not valid JSON. */
 export class TokenizerFileError extends Error {
   override name = "TokenizerFileError";
@@ -44,6 +55,10 @@ export class Tokenizer {
   readonly bosToken: string | null;
   /** The id of eosToken, or null when there is none. */
   readonly eosTokenId: number | null;
+  /** Byte of each character of a byte-level BPE vocab (GPT-2's table), or null (other decoders). */
+  readonly #byteOf: Map<string, number> | null;
+  /** tokenPiece() of every id asked so far. */
+  readonly #pieces = new Map<number, TokenPiece>();
 
   constructor(tokenizerJson: object, config: TokenizerConfig) {
     this.#hf = new HfTokenizer(tokenizerJson, config);
@@ -51,6 +66,10 @@ export class Tokenizer {
     this.eosToken = tokenText(config.eos_token);
     this.bosToken = tokenText(config.bos_token);
     this.eosTokenId = this.eosToken === null ? null : this.tokenToId(this.eosToken);
+    const decoder = (tokenizerJson as { decoder?: { type?: string } | null }).decoder;
+    this.#byteOf = decoder?.type === "ByteLevel"
+      ? new Map(bytesToUnicode().map((ch, b) => [ch, b]))
+      : null;
   }
 
   /** Ids of `text`; special tokens written in the text are recognised as such. */
@@ -67,6 +86,26 @@ export class Tokenizer {
   /** The id of a token's text, or null when it is not in the vocab. */
   tokenToId(token: string): number | null {
     return this.#hf.token_to_id(token) ?? null;
+  }
+
+  /** Token `id` alone: its text and bytes (logprobs' token and bytes fields). Cached. */
+  tokenPiece(id: number): TokenPiece {
+    let piece = this.#pieces.get(id);
+    if (piece === undefined) {
+      piece = this.#piece(id);
+      this.#pieces.set(id, piece);
+    }
+    return piece;
+  }
+
+  #piece(id: number): TokenPiece {
+    const text = this.decode([id]);
+    const raw = this.#hf.get_added_tokens_decoder().has(id) ? undefined : this.#hf.id_to_token(id);
+    if (this.#byteOf !== null && raw !== undefined) {
+      const bytes = Array.from(raw, (ch) => this.#byteOf!.get(ch) ?? -1);
+      if (!bytes.includes(-1)) return { text, bytes };
+    }
+    return { text, bytes: [...utf8.encode(text)] };
   }
 
   /** A fresh incremental decoder for one generated sequence. */

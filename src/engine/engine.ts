@@ -11,7 +11,7 @@ import type { SamplingParams } from "../sampling.ts";
 /** What one generation asks of the model; the server has already checked it. */
 export interface EngineJob {
   promptIds: number[];
-  /** Generated tokens at most (>= 1), already fitted to the context. */
+  /** Generated tokens at most, already fitted to the context (0 only with echo). */
   maxTokens: number;
   /** Strings that end generation; none of them is emitted. */
   stop: string[];
@@ -20,6 +20,12 @@ export interface EngineJob {
   routerMasking: boolean | null;
   /** Decode steps per GPU readback; null: the runtime's adaptive choice. */
   stepsPerReadback: number | null;
+  /** Log-probabilities with this many top alternatives per token (0: the token's own only);
+   * null or absent: none (the GPU decode loop; with logprobs the decode goes through forward()).
+   * Optional so that callers written before logprobs still build a job. */
+  logprobs?: number | null;
+  /** With logprobs: the prompt's too (GenerationResult.promptLogprobs). Absent: false. */
+  echo?: boolean;
 }
 
 /** The served model's shape, known once the engine is ready. */

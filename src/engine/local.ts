@@ -142,6 +142,8 @@ export class LocalEngine implements Engine {
         decoder: this.#tokenizer.streamDecoder({ skipSpecial: true }),
         signal: abort,
         stepsPerReadback: job.stepsPerReadback ?? undefined,
+        logprobs: job.logprobs ?? undefined,
+        echo: job.echo ?? false,
       });
     } finally {
       if (session !== null) {

@@ -207,6 +207,7 @@ export class DecodeLoop {
   private async cycle(): Promise<void> {
     const host = this.host;
     // 1. joiners: prefill (submitted); they step in the next batch
+    const joined = this.joining.length > 0;
     for (const lane of this.joining.splice(0)) {
       if (lane.signal?.aborted) {
         this.finish(lane, "abort");
@@ -230,7 +231,9 @@ export class DecodeLoop {
     });
     // 2. the next batch, encoded before the current ones are read (pipelined)
     const pipelined = this.running.every((l) => l.fixed !== 1);
-    let next = pipelined ? this.plan() : null;
+    // (when sequences joined, the batch behind their prefills is one step, so their first tokens
+    // are not held up by a long batch)
+    let next = pipelined ? this.plan(joined) : null;
     if (this.inFlight.length === 0) {
       next ??= this.plan();
       if (next === null) return;
@@ -290,7 +293,7 @@ export class DecodeLoop {
 
   /** The next decode batch of the running sequences of one router-masking group: as many steps
    * as the controller (or the smallest fixed choice) says, never past any sequence's end. */
-  private plan(): InFlight | null {
+  private plan(short = false): InFlight | null {
     let lanes = this.running.filter((l) => !l.finished && l.front < l.maxEnd - 1);
     if (lanes.some((l) => l.masked) && lanes.some((l) => !l.masked)) {
       this.maskedTurn = !this.maskedTurn;
@@ -301,7 +304,7 @@ export class DecodeLoop {
     // more sequences than a step holds take turns
     this.running = [...this.running.filter((l) => !lanes.includes(l)), ...lanes];
     const fixed = lanes.flatMap((l) => l.fixed === undefined ? [] : [l.fixed]);
-    let n = fixed.length > 0 ? Math.min(...fixed) : this.control.steps;
+    let n = fixed.length > 0 ? Math.min(...fixed) : short ? 1 : this.control.steps;
     n = Math.min(
       n,
       this.host.maxStepsFor(lanes.length),

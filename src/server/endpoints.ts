@@ -1,16 +1,24 @@
 /**
  * The two generation endpoints: /v1/chat/completions (messages -> chat template -> ids) and
  * /v1/completions (raw text or ids). Both check the request fully before queueing, then answer
- * with one JSON object or an SSE stream of OpenAI chunks.
+ * with one JSON object or an SSE stream of OpenAI chunks. Logprobs (chat logprobs/top_logprobs,
+ * completions logprobs/echo) come with the pieces and the result (src/generate.ts); token texts,
+ * bytes and text offsets are made here with the server's tokenizer.
  */
 import type { ChatTemplate } from "../chat_template.ts";
 import type { GenerationResult, Piece } from "../generate.ts";
+import type { TokenLogprob } from "../logprobs.ts";
+import type { Tokenizer } from "../tokenizer.ts";
 import { ModelNotFoundError } from "./errors.ts";
 import { readJsonBody } from "./body.ts";
 import {
   chatChunk,
   chatCompletion,
+  chatLogprobs,
+  codePoints,
   completion,
+  type CompletionLogprobs,
+  completionLogprobs,
   newIdentity,
   type ResponseIdentity,
   usage,
@@ -46,29 +54,38 @@ function abortOnDisconnect(req: Request): { abort: AbortController; unlink: () =
   return { abort, unlink: () => req.signal.removeEventListener("abort", onAbort) };
 }
 
-/** Streams pieces as chunks built by `toChunk`, then the finish and usage chunks. */
+/**
+ * Streams pieces as chunks built by `build`, then the finish and usage chunks. A chunk goes out
+ * for each piece with text, with the pieces since the last chunk (their logprobs); pieces still
+ * pending at the end (held text, an EOS) ride on the finish chunk.
+ */
 async function* chunks(
   pieces: AsyncGenerator<Piece, GenerationResult>,
   who: ResponseIdentity,
   build: {
     opening?: () => unknown;
-    text: (text: string) => unknown;
-    finish: (r: GenerationResult) => unknown;
+    text: (text: string, pieces: Piece[]) => unknown;
+    finish: (r: GenerationResult, pieces: Piece[]) => unknown;
     usage: (r: GenerationResult) => unknown;
   },
 ): AsyncGenerator<unknown, void> {
   try {
     let opened = false;
+    let pending: Piece[] = [];
     while (true) {
       const step = await pieces.next();
       if (!opened && build.opening) yield build.opening(); // role chunk once the turn has begun
       opened = true;
       if (step.done) {
-        yield build.finish(step.value);
+        yield build.finish(step.value, pending);
         if (who.includeUsage) yield build.usage(step.value);
         return;
       }
-      if (step.value.text !== "") yield build.text(step.value.text);
+      pending.push(step.value);
+      if (step.value.text !== "") {
+        yield build.text(step.value.text, pending);
+        pending = [];
+      }
     }
   } finally {
     await pieces.return(undefined as never); // frees the session when the client left early
@@ -87,11 +104,36 @@ async function* unlinkAtEnd(
   }
 }
 
-async function collect(pieces: AsyncGenerator<Piece, GenerationResult>): Promise<GenerationResult> {
+/** Runs the generation to its end; keeps the pieces when `keep` (their logprobs). */
+async function collect(
+  pieces: AsyncGenerator<Piece, GenerationResult>,
+  keep: boolean,
+): Promise<{ result: GenerationResult; pieces: Piece[] }> {
+  const kept: Piece[] = [];
   while (true) {
     const step = await pieces.next();
-    if (step.done) return step.value;
+    if (step.done) return { result: step.value, pieces: kept };
+    if (keep) kept.push(step.value);
   }
+}
+
+/** The logprobs the pieces carry (all of them when the request asked). */
+function logprobsOf(pieces: Piece[]): TokenLogprob[] {
+  return pieces.flatMap((p) => p.logprob ? [p.logprob] : []);
+}
+
+/**
+ * text_offset of tokens pushed in order: the characters the text had before each, decoding from
+ * `start` characters on (special tokens kept when !skipSpecial: the echoed prompt).
+ */
+function textOffsets(tokenizer: Tokenizer, start: number, skipSpecial: boolean) {
+  const decoder = tokenizer.streamDecoder({ skipSpecial });
+  let at = start;
+  return (id: number): number => {
+    const offset = at;
+    at += codePoints(decoder.push(id));
+    return offset;
+  };
 }
 
 function start(
@@ -110,6 +152,8 @@ function start(
     stop: parsed.stop,
     sampling: parsed.sampling,
     routerMasking: parsed.routerMasking,
+    logprobs: parsed.logprobs,
+    echo: "echo" in parsed && parsed.echo === true,
     signal: abort.signal,
     arrival,
     promptParam,
@@ -134,20 +178,34 @@ export async function chatCompletions(ctx: EndpointContext, req: Request): Promi
   const ids = runner.tokenizer.encode(prompt);
   const { abort, pieces } = start(ctx, req, parsed, ids, "messages", arrival);
   const who = newIdentity("chatcmpl", ctx.modelId, parsed.stream && parsed.includeUsage);
+  const pieceOf = (id: number) => runner.tokenizer.tokenPiece(id);
+  /** The chat logprobs of `ps`; null when none were asked (or there are none, at the end). */
+  const logprobs = (ps: Piece[]) =>
+    parsed.logprobs === null ? null : chatLogprobs(logprobsOf(ps), pieceOf);
   if (parsed.stream) {
     return sseResponse(
       chunks(pieces, who, {
         opening: () => chatChunk(who, { delta: { role: "assistant", content: "" } }),
-        text: (content) => chatChunk(who, { delta: { content } }),
-        finish: (r) => chatChunk(who, { finish: r.finishReason }),
+        text: (content, ps) => chatChunk(who, { delta: { content }, logprobs: logprobs(ps) }),
+        finish: (r, ps) =>
+          chatChunk(who, {
+            finish: r.finishReason,
+            logprobs: ps.length > 0 ? logprobs(ps) : null,
+          }),
         usage: (r) => chatChunk(who, { usage: usage(r.promptTokens, r.completionTokens) }),
       }),
       abort,
     );
   }
-  const r = await collect(pieces);
+  const { result: r, pieces: got } = await collect(pieces, parsed.logprobs !== null);
   return Response.json(
-    chatCompletion(who, r.text, r.finishReason, usage(r.promptTokens, r.completionTokens)),
+    chatCompletion(
+      who,
+      r.text,
+      r.finishReason,
+      usage(r.promptTokens, r.completionTokens),
+      logprobs(got),
+    ),
   );
 }
 
@@ -162,22 +220,62 @@ export async function completions(ctx: EndpointContext, req: Request): Promise<R
     : parsed.prompt;
   const { abort, pieces } = start(ctx, req, parsed, ids, "prompt", arrival);
   const who = newIdentity("cmpl", ctx.modelId, parsed.stream && parsed.includeUsage);
-  if (parsed.stream) {
+  const tokenizer = runner.tokenizer;
+  const pieceOf = (id: number) => tokenizer.tokenPiece(id);
+  // echo: the prompt as given (ids decoded, special tokens kept) goes before the completion
+  const echoed = !parsed.echo
+    ? ""
+    : typeof parsed.prompt === "string"
+    ? parsed.prompt
+    : tokenizer.decode(parsed.prompt);
+  const generatedOffset = textOffsets(tokenizer, codePoints(echoed), true);
+  /** The completion logprobs of generated pieces `ps` (offsets continue from the last call). */
+  const logprobs = (ps: Piece[]): CompletionLogprobs | null =>
+    parsed.logprobs === null ? null : completionLogprobs(
+      ps.map((p) => p.token),
+      ps.map((p) => p.logprob ?? null),
+      ps.map((p) => generatedOffset(p.token)),
+      pieceOf,
+    );
+  if (parsed.stream) { // with echo, never with logprobs (request.ts refuses it)
     return sseResponse(
       chunks(pieces, who, {
-        text: (text) => completion(who, { text, stream: true }),
-        finish: (r) => completion(who, { finish: r.finishReason, stream: true }),
+        ...(parsed.echo ? { opening: () => completion(who, { text: echoed, stream: true }) } : {}),
+        text: (text, ps) => completion(who, { text, logprobs: logprobs(ps), stream: true }),
+        finish: (r, ps) =>
+          completion(who, {
+            finish: r.finishReason,
+            logprobs: ps.length > 0 ? logprobs(ps) : null,
+            stream: true,
+          }),
         usage: (r) =>
           completion(who, { usage: usage(r.promptTokens, r.completionTokens), stream: true }),
       }),
       abort,
     );
   }
-  const r = await collect(pieces);
+  const { result: r, pieces: got } = await collect(pieces, parsed.logprobs !== null);
+  let lp = logprobs(got);
+  if (lp !== null && parsed.echo) { // the prompt's tokens first
+    const promptOffset = textOffsets(tokenizer, 0, false);
+    const prompt = completionLogprobs(
+      ids,
+      r.promptLogprobs ?? ids.map(() => null),
+      ids.map(promptOffset),
+      pieceOf,
+    );
+    lp = {
+      tokens: [...prompt.tokens, ...lp.tokens],
+      token_logprobs: [...prompt.token_logprobs, ...lp.token_logprobs],
+      top_logprobs: [...prompt.top_logprobs, ...lp.top_logprobs],
+      text_offset: [...prompt.text_offset, ...lp.text_offset],
+    };
+  }
   return Response.json(completion(who, {
-    text: r.text,
+    text: echoed + r.text,
     finish: r.finishReason,
     usage: usage(r.promptTokens, r.completionTokens),
+    logprobs: lp,
     stream: false,
   }));
 }

@@ -3,12 +3,46 @@
  * each object and streamed chunk for /v1/chat/completions and /v1/completions.
  */
 import type { FinishReason } from "../generate.ts";
+import type { TokenLogprob, TopLogprob } from "../logprobs.ts";
+import type { TokenPiece } from "../tokenizer.ts";
 
 export interface Usage {
   prompt_tokens: number;
   completion_tokens: number;
   total_tokens: number;
 }
+
+/** A token as chat logprobs name it: its text, log-probability and bytes. */
+export interface ChatTopLogprob {
+  token: string;
+  logprob: number;
+  bytes: number[];
+}
+
+/** One generated token of chat logprobs, with its most likely alternatives. */
+export interface ChatTokenLogprob extends ChatTopLogprob {
+  top_logprobs: ChatTopLogprob[];
+}
+
+/** choices[0].logprobs of a chat completion (or of a chunk: its tokens only). */
+export interface ChatLogprobs {
+  content: ChatTokenLogprob[];
+  refusal: null;
+}
+
+/** choices[0].logprobs of a completion (legacy format): parallel lists, one entry per token. */
+export interface CompletionLogprobs {
+  tokens: string[];
+  /** null for the first prompt token (echo): nothing predicts it. */
+  token_logprobs: (number | null)[];
+  /** The most likely tokens (and the token itself) by text; null where token_logprobs is. */
+  top_logprobs: (Record<string, number> | null)[];
+  /** Where each token starts in the choice's text, in characters (code points). */
+  text_offset: number[];
+}
+
+/** Token id -> its text and bytes (Tokenizer.tokenPiece). */
+export type PieceOf = (id: number) => TokenPiece;
 
 export interface ChatCompletion {
   id: string;
@@ -19,7 +53,7 @@ export interface ChatCompletion {
   choices: {
     index: number;
     message: { role: "assistant"; content: string; refusal: null };
-    logprobs: null;
+    logprobs: ChatLogprobs | null;
     finish_reason: FinishReason;
   }[];
   usage: Usage;
@@ -34,7 +68,7 @@ export interface ChatCompletionChunk {
   choices: {
     index: number;
     delta: { role?: "assistant"; content?: string };
-    logprobs: null;
+    logprobs: ChatLogprobs | null;
     finish_reason: FinishReason | null;
   }[];
   /** Present (null until the last chunk) only when stream_options.include_usage is true. */
@@ -47,7 +81,12 @@ export interface Completion {
   created: number;
   model: string;
   system_fingerprint: null;
-  choices: { index: number; text: string; logprobs: null; finish_reason: FinishReason | null }[];
+  choices: {
+    index: number;
+    text: string;
+    logprobs: CompletionLogprobs | null;
+    finish_reason: FinishReason | null;
+  }[];
   usage?: Usage | null;
 }
 
@@ -82,11 +121,73 @@ export function newIdentity(
   return { id, created: Math.floor(Date.now() / 1000), model, includeUsage };
 }
 
+/** Chat logprobs of generated tokens (each with its top alternatives). */
+export function chatLogprobs(entries: TokenLogprob[], pieceOf: PieceOf): ChatLogprobs {
+  const named = (token: number, logprob: number): ChatTopLogprob => {
+    const p = pieceOf(token);
+    return { token: p.text, logprob, bytes: p.bytes };
+  };
+  return {
+    content: entries.map((e) => ({
+      ...named(e.token, e.logprob),
+      top_logprobs: e.top.map((t) => named(t.token, t.logprob)),
+    })),
+    refusal: null,
+  };
+}
+
+/** Characters of `s` as Python counts them (code points), for text_offset. */
+export function codePoints(s: string): number {
+  let n = 0;
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i);
+    if (c < 0xdc00 || c > 0xdfff) n++; // a low surrogate ends a pair already counted
+  }
+  return n;
+}
+
+/**
+ * Completion logprobs of `ids` (entries[i]: ids[i]'s logprob, null for an unpredicted first
+ * prompt token), starting at text offsets `offsets`. Each top_logprobs map holds the top
+ * alternatives and the token itself (up to logprobs + 1 entries, as OpenAI's); tokens whose texts
+ * coincide keep the likelier one.
+ */
+export function completionLogprobs(
+  ids: number[],
+  entries: (TokenLogprob | null)[],
+  offsets: number[],
+  pieceOf: PieceOf,
+): CompletionLogprobs {
+  return {
+    tokens: ids.map((id) => pieceOf(id).text),
+    token_logprobs: entries.map((e) => e?.logprob ?? null),
+    top_logprobs: entries.map((e) => e === null ? null : topMap(e, pieceOf)),
+    text_offset: offsets,
+  };
+}
+
+/** A completion's top_logprobs map: text -> logprob of the top tokens and the token itself,
+ * most likely first; of tokens with the same text, the likelier. */
+function topMap(e: TokenLogprob, pieceOf: PieceOf): Record<string, number> {
+  const all: TopLogprob[] = [...e.top];
+  if (!all.some((t) => t.token === e.token)) {
+    all.push({ token: e.token, logprob: e.logprob });
+    all.sort((a, b) => b.logprob - a.logprob || a.token - b.token);
+  }
+  const map = new Map<string, number>();
+  for (const t of all) {
+    const text = pieceOf(t.token).text;
+    if (!map.has(text)) map.set(text, t.logprob);
+  }
+  return Object.fromEntries(map); // own properties, even for a token named "__proto__"
+}
+
 export function chatCompletion(
   who: ResponseIdentity,
   content: string,
   finish: FinishReason,
   u: Usage,
+  logprobs: ChatLogprobs | null = null,
 ): ChatCompletion {
   return {
     id: who.id,
@@ -97,7 +198,7 @@ export function chatCompletion(
     choices: [{
       index: 0,
       message: { role: "assistant", content, refusal: null },
-      logprobs: null,
+      logprobs,
       finish_reason: finish,
     }],
     usage: u,
@@ -111,6 +212,7 @@ export function chatChunk(
     delta?: ChatCompletionChunk["choices"][0]["delta"];
     finish?: FinishReason;
     usage?: Usage;
+    logprobs?: ChatLogprobs | null;
   },
 ): ChatCompletionChunk {
   const chunk: ChatCompletionChunk = {
@@ -122,7 +224,7 @@ export function chatChunk(
     choices: part.usage ? [] : [{
       index: 0,
       delta: part.delta ?? {},
-      logprobs: null,
+      logprobs: part.logprobs ?? null,
       finish_reason: part.finish ?? null,
     }],
   };
@@ -132,7 +234,13 @@ export function chatChunk(
 
 export function completion(
   who: ResponseIdentity,
-  part: { text?: string; finish?: FinishReason; usage?: Usage; stream: boolean },
+  part: {
+    text?: string;
+    finish?: FinishReason;
+    usage?: Usage;
+    logprobs?: CompletionLogprobs | null;
+    stream: boolean;
+  },
 ): Completion {
   const c: Completion = {
     id: who.id,
@@ -143,7 +251,7 @@ export function completion(
     choices: part.stream && part.usage ? [] : [{
       index: 0,
       text: part.text ?? "",
-      logprobs: null,
+      logprobs: part.logprobs ?? null,
       finish_reason: part.finish ?? null,
     }],
   };

@@ -1,10 +1,11 @@
 /**
  * Parses and checks the JSON body of /v1/chat/completions and /v1/completions into a typed
  * request. Every failure is a 400 naming the parameter; parameters this server does not implement
- * (n > 1, tools, logprobs, ...) are refused by name rather than silently ignored.
+ * (n > 1, tools, ...) are refused by name rather than silently ignored.
  */
 import type { ChatMessage } from "../chat_template.ts";
 import type { SamplingParams } from "../sampling.ts";
+import { MAX_CHAT_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS } from "../logprobs.ts";
 import {
   InvalidParameterError,
   MissingParameterError,
@@ -17,13 +18,16 @@ export interface GenerationRequest {
   model: string | null;
   stream: boolean;
   includeUsage: boolean;
-  /** null: as many as the context allows, up to the server's default. */
+  /** null: as many as the context allows, up to the server's default; 0 only with echo. */
   maxTokens: number | null;
   stop: string[];
   sampling: SamplingParams;
   /** Extension: route only among experts already in GPU memory (approximate, no loads);
    * null: the server's default (--router-masking). */
   routerMasking: boolean | null;
+  /** Log-probabilities with this many top alternatives per token (chat: top_logprobs once
+   * logprobs is true; completions: logprobs); null: none. */
+  logprobs: number | null;
 }
 
 export interface ChatRequest extends GenerationRequest {
@@ -33,6 +37,8 @@ export interface ChatRequest extends GenerationRequest {
 export interface CompletionRequest extends GenerationRequest {
   /** Text, or token ids. */
   prompt: string | number[];
+  /** The prompt's text goes before the completion's (and its tokens' logprobs before theirs). */
+  echo: boolean;
 }
 
 /** OpenAI's limit on stop sequences. */
@@ -96,7 +102,12 @@ function parseStop(body: Body): string[] {
   return list as string[];
 }
 
-function parseCommon(body: Body, known: string[]): GenerationRequest {
+/** Parses what both endpoints share; max_tokens may be 0 only when `zeroMaxTokens` (echo). */
+function parseCommon(
+  body: Body,
+  known: string[],
+  zeroMaxTokens = false,
+): Omit<GenerationRequest, "logprobs"> {
   const allowed = new Set([...known, ...IGNORED, ...COMMON_KEYS]);
   for (const key of Object.keys(body)) {
     if (!allowed.has(key)) throw new UnsupportedParameterError(key, "unknown parameter");
@@ -130,7 +141,13 @@ function parseCommon(body: Body, known: string[]): GenerationRequest {
     throw new InvalidParameterError("stream_options", "expected an object");
   }
   const includeUsage = isNull(opts) ? null : bool(opts as Body, "include_usage");
-  const maxA = num(body, "max_tokens", 1, Number.MAX_SAFE_INTEGER, true);
+  const maxA = num(body, "max_tokens", 0, Number.MAX_SAFE_INTEGER, true);
+  if (maxA === 0 && !zeroMaxTokens) {
+    throw new InvalidParameterError(
+      "max_tokens",
+      "must be at least 1 (0 is served only by /v1/completions with echo: true)",
+    );
+  }
   const maxB = num(body, "max_completion_tokens", 1, Number.MAX_SAFE_INTEGER, true);
   const topK = num(body, "top_k", -1, Number.MAX_SAFE_INTEGER, true) ?? 0;
   const topP = num(body, "top_p", 0, 1) ?? 1;
@@ -208,8 +225,11 @@ function contentText(v: unknown, at: string): string {
 
 export function parseChatRequest(body: Body): ChatRequest {
   const common = parseCommon(body, ["messages", "logprobs", "top_logprobs"]);
-  refuseUnless(body, "logprobs", (v) => v === false, "logprobs are not implemented");
-  refuseUnless(body, "top_logprobs", () => false, "logprobs are not implemented");
+  const logprobs = bool(body, "logprobs") ?? false;
+  const top = num(body, "top_logprobs", 0, MAX_CHAT_TOP_LOGPROBS, true);
+  if (top !== null && !logprobs) {
+    throw new InvalidParameterError("top_logprobs", "requires logprobs: true");
+  }
   if (isNull(body.messages)) throw new MissingParameterError("messages");
   if (!Array.isArray(body.messages)) {
     throw new InvalidParameterError("messages", "expected an array");
@@ -231,31 +251,48 @@ export function parseChatRequest(body: Body): ChatRequest {
     const role = msg.role === "developer" ? "system" : msg.role;
     return { role, content: contentText(msg.content, `messages[${i}].content`) };
   });
-  return { ...common, messages };
+  return { ...common, logprobs: logprobs ? top ?? 0 : null, messages };
 }
 
 export function parseCompletionRequest(body: Body, vocabSize: number): CompletionRequest {
-  const common = parseCommon(body, ["prompt", "logprobs", "echo", "suffix", "best_of"]);
-  refuseUnless(body, "logprobs", (v) => v === 0, "logprobs are not implemented");
-  refuseUnless(body, "echo", (v) => v === false, "echo is not implemented");
+  const echo = bool(body, "echo") ?? false;
+  const common = parseCommon(
+    body,
+    ["prompt", "logprobs", "echo", "suffix", "best_of"],
+    echo,
+  );
+  const logprobs = num(body, "logprobs", 0, MAX_COMPLETION_LOGPROBS, true);
+  if (common.stream && echo && logprobs !== null) {
+    throw new UnsupportedParameterError(
+      "echo",
+      "echo with logprobs is not served when streaming; ask with stream: false",
+    );
+  }
   refuseUnless(body, "suffix", (v) => v === "", "suffix (insertion) is not implemented");
   refuseUnless(body, "best_of", (v) => v === 1, "only best_of=1 is served");
+  const parsed = { ...common, logprobs, echo };
   let prompt = body.prompt;
   if (isNull(prompt)) throw new MissingParameterError("prompt");
-  if (Array.isArray(prompt) && prompt.length === 1 && typeof prompt[0] === "string") {
-    prompt = prompt[0]; // a batch of one
+  if (
+    Array.isArray(prompt) && prompt.length === 1 &&
+    (typeof prompt[0] === "string" || Array.isArray(prompt[0]))
+  ) {
+    prompt = prompt[0]; // a batch of one (lm-evaluation-harness sends [[ids]])
   }
   if (typeof prompt === "string") {
     if (prompt.length === 0) throw new InvalidParameterError("prompt", "must not be empty");
-    return { ...common, prompt };
+    return { ...parsed, prompt };
   }
   if (
     Array.isArray(prompt) && prompt.length > 0 &&
     prompt.every((t) => Number.isInteger(t) && t >= 0 && t < vocabSize)
   ) {
-    return { ...common, prompt: prompt as number[] };
+    return { ...parsed, prompt: prompt as number[] };
   }
-  if (Array.isArray(prompt) && prompt.length > 1 && prompt.every((t) => typeof t === "string")) {
+  if (
+    Array.isArray(prompt) && prompt.length > 1 &&
+    prompt.every((t) => typeof t === "string" || Array.isArray(t))
+  ) {
     throw new UnsupportedParameterError("prompt", "batches of several prompts are not served");
   }
   throw new InvalidParameterError(

@@ -23,12 +23,16 @@ export interface RunnerContext {
 
 export interface Job {
   promptIds: number[];
-  /** The request's max_tokens, or null. */
+  /** The request's max_tokens (0 only with echo), or null. */
   maxTokens: number | null;
   stop: string[];
   sampling: SamplingParams;
   /** Route among resident experts only (the request's router_masking; null: model default). */
   routerMasking: boolean | null;
+  /** Top alternatives per token's logprob (0: the token's own only); null: no logprobs. */
+  logprobs: number | null;
+  /** With logprobs, the prompt's logprobs too (completions' echo). */
+  echo: boolean;
   signal: AbortSignal;
   /** performance.now() when the request arrived (time to first token counts from here). */
   arrival: number;
@@ -42,7 +46,7 @@ export function resolveMaxTokens(ctx: RunnerContext, job: Job): number {
   const maxContext = ctx.engine.info.maxContext;
   const room = maxContext - n;
   if (n === 0) throw new InvalidParameterError(job.promptParam, "the prompt encodes to no tokens");
-  if (room < 1) {
+  if (room < (job.maxTokens === 0 ? 0 : 1)) { // max_tokens 0 (echo) only reads the prompt
     throw new ContextLengthError(
       `this model's maximum context length is ${maxContext} tokens and the prompt has ` +
         `${n}, leaving no room to generate; shorten the ${job.promptParam}`,
@@ -74,6 +78,8 @@ export async function* runJob(
     sampling: job.sampling,
     routerMasking: job.routerMasking,
     stepsPerReadback: ctx.stepsPerReadback,
+    logprobs: job.logprobs,
+    echo: job.echo,
   }, job.signal);
   let first = 0;
   let last = 0;
