@@ -208,21 +208,42 @@ export class DecodeLoop {
     const host = this.host;
     // 1. joiners: prefill (submitted); they step in the next batch
     const joined = this.joining.length > 0;
-    for (const lane of this.joining.splice(0)) {
-      if (lane.signal?.aborted) {
-        this.finish(lane, "abort");
-        continue;
-      }
+    const joiners = this.joining.splice(0).filter((lane) => {
+      if (lane.signal?.aborted) this.finish(lane, "abort");
+      return !lane.finished;
+    });
+    for (const lane of joiners) {
       host.setRequest(lane.seq, {
         sampling: lane.sampling,
         genStart: lane.genStart,
         maxEnd: lane.maxEnd,
         eosIds: [...lane.eos],
       });
-      const batch = await host.prefill(lane.seq, lane.masked, lane.feed, lane.start, lane.sampling);
-      this.inFlight.push({ batch, lanes: [lane], kind: "prefill" });
-      this.running.push(lane);
     }
+    if (host.prefillsTogether) {
+      // every prompt of a router-masking group in one batch
+      for (const masked of [false, true]) {
+        const group = joiners.filter((l) => l.masked === masked);
+        if (group.length === 0) continue;
+        const batch = host.prefillTogether(
+          group.map((l) => ({ seq: l.seq, ids: l.feed, pos0: l.start, sampling: l.sampling })),
+          masked,
+        );
+        this.inFlight.push({ batch, lanes: group, kind: "prefill" });
+      }
+    } else {
+      for (const lane of joiners) {
+        const batch = await host.prefill(
+          lane.seq,
+          lane.masked,
+          lane.feed,
+          lane.start,
+          lane.sampling,
+        );
+        this.inFlight.push({ batch, lanes: [lane], kind: "prefill" });
+      }
+    }
+    this.running.push(...joiners);
     // batches computed only for sequences that have ended since: not worth a readback
     this.inFlight = this.inFlight.filter((f) => {
       const live = f.lanes.some((l) => !l.finished);

@@ -115,6 +115,13 @@ export interface ForwardHost {
     pos0: number,
     sampling: SamplingParams,
   ): Promise<Batch>;
+  /** Whether prefillTogether() can prefill several prompts in one batch. */
+  readonly prefillsTogether: boolean;
+  /** Several sequences' prompts in one batch (each sequence's first token sampled), submitted. */
+  prefillTogether(
+    joins: { seq: Sequence; ids: number[]; pos0: number; sampling: SamplingParams }[],
+    masked: boolean,
+  ): Batch;
   /** Most decode steps a batch of `lanes` sequences may hold. */
   maxStepsFor(lanes: number): number;
   /** Most sequences one decode step may hold: maxBatch, and under an expert budget as many as

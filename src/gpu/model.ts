@@ -1324,6 +1324,64 @@ export class GpuModel implements LanguageModel, SessionHost {
     return b;
   }
 
+  /** Whether several prompts can be prefilled in one batch (every expert resident, so no prompt
+   * goes layer by layer; the perLayerRouting baseline prefills one at a time). */
+  get prefillsTogether(): boolean {
+    return this.allResident && !this.perLayerRouting;
+  }
+
+  /**
+   * Prefills several sequences' prompts in one batch (prefillsTogether only): their tokens packed
+   * into forwards of at most maxBatch tokens (Step.tokens gives each its slab and position; a long
+   * prompt spans forwards), the head over the rows of each forward that ends a prompt, and each
+   * sequence's first token sampled. Submitted; lanes in the order given.
+   */
+  prefillTogether(
+    joins: { seq: Sequence; ids: number[]; pos0: number; sampling: SamplingParams }[],
+    masked: boolean,
+  ): Batch {
+    if (!this.prefillsTogether) throw new Error("prefillTogether() needs every expert resident");
+    const { numLayers: L, topK: K } = this.config;
+    const flat: { slab: number; pos: number; lane: number; last: boolean }[] = [];
+    joins.forEach((j, lane) => {
+      this.writeIds(j.seq, j.ids, j.pos0);
+      j.ids.forEach((_, t) => {
+        flat.push({ slab: j.seq.slab, pos: j.pos0 + t, lane, last: t === j.ids.length - 1 });
+      });
+    });
+    const records: ForwardRecord[] = [];
+    let routeAt = 0;
+    for (let t0 = 0; t0 < flat.length; t0 += this.maxBatch) {
+      const part = flat.slice(t0, t0 + this.maxBatch);
+      const samples = part.flatMap((tk, row) =>
+        tk.last ? [{ row, lane: tk.lane, pos: tk.pos + 1 }] : []
+      );
+      // the head on the last row only when that is the one row sampled
+      const lastOnly = samples.length === 1 && samples[0].row === part.length - 1;
+      records.push({
+        T: part.length,
+        tokens: part.map((tk) => [tk.slab, tk.pos]),
+        from: 0,
+        snapRow: 0,
+        samples: lastOnly ? [{ ...samples[0], row: 0 }] : samples,
+        lastOnly,
+        routeAt,
+        missRow: -1,
+      });
+      routeAt += part.length * L * K;
+    }
+    this.stats.steps += records.length;
+    const lanes = joins.map((j) => ({
+      seq: j.seq,
+      first: j.pos0 + j.ids.length,
+      count: 1,
+      sampling: j.sampling,
+    }));
+    const b = this.encodeBatch(lanes, masked, records, 0);
+    this.submit(b);
+    return b;
+  }
+
   /** Step.tokens rows of n tokens of one sequence from position pos0. */
   private rows(slab: number, pos0: number, n: number): [number, number][] {
     return Array.from({ length: n }, (_, t) => [slab, pos0 + t]);
