@@ -24,6 +24,7 @@ import { TARGET_BATCH_MS } from "../src/gpu/decode_loop.ts";
 import { GREEDY } from "../src/sampling.ts";
 import type { DecodeStats, ModelConfig } from "../src/types.ts";
 import { measureMemcpy, median } from "./memcpy.ts";
+import { getJson, SERVE_ARGS, sleep, sseEvents, startServe } from "./serve_process.ts";
 
 /** Prompt tokens fed before the decode ("a short prefill"). */
 const DECODE_PREFILL_TOKENS = 8;
@@ -378,33 +379,17 @@ async function benchModel(gpu: Gpu, opened: OpenedModel, tokens: number, reps: n
 
 // ---- /health through a real server ----
 
-/** The repository root (main.ts and bin/deno live there). */
-const ROOT = new URL("../", import.meta.url).pathname;
 /** Concurrent streamed chats during the /health measurement, and their length. */
 const SERVER_STREAMS = 4;
 const SERVER_MAX_TOKENS = 128;
 /** Pause between /health requests while the chats run. */
 const HEALTH_POLL_MS = 20;
-/** How long the server may take to answer /health ok (it opens the model in its worker). */
-const SERVER_START_LIMIT_MS = 180_000;
-/** How long it may take to exit after SIGINT before it is killed. */
-const SERVER_STOP_LIMIT_MS = 10_000;
 const SERVER_PROMPTS = [
   "Tell me about the sea.",
   "What did the king say to his servants?",
   "Write a short story about a hacker.",
   "Who was Moses?",
 ];
-
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
-/** A port nothing listens on now (the OS picks it; closed again at once). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
 
 /** One streamed chat completion: time to first token, tokens (from usage), total time. */
 async function streamChat(url: string, model: string, prompt: string, maxTokens: number) {
@@ -421,36 +406,14 @@ async function streamChat(url: string, model: string, prompt: string, maxTokens:
       stream_options: { include_usage: true },
     }),
   });
-  if (!res.ok || !res.body) throw new Error(`chat: HTTP ${res.status}: ${await res.text()}`);
   let firstMs = 0;
   let tokens = 0;
-  let buf = "";
-  const dec = new TextDecoder();
-  for await (const chunk of res.body) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl;
-    while ((nl = buf.indexOf("\n\n")) >= 0) {
-      const event = buf.slice(0, nl);
-      buf = buf.slice(nl + 2);
-      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-      const data = JSON.parse(event.slice(6));
-      if (data.error) throw new Error(`chat: the stream ended in an error: ${event.slice(6)}`);
-      if (data.usage) tokens = data.usage.completion_tokens;
-      if (firstMs === 0 && data.choices?.[0]?.delta?.content) firstMs = performance.now() - t0;
-    }
+  for await (const data of sseEvents(res, "chat")) {
+    if (data.usage) tokens = data.usage.completion_tokens;
+    if (firstMs === 0 && data.choices?.[0]?.delta?.content) firstMs = performance.now() - t0;
   }
   if (tokens === 0) throw new Error("chat: the stream ended without tokens or usage");
   return { ttftMs: firstMs, tokens, ms: performance.now() - t0 };
-}
-
-/** GET path as JSON, or null while the server does not answer. */
-async function getJson(url: string): Promise<{ status: number; body: unknown } | null> {
-  try {
-    const res = await fetch(url);
-    return { status: res.status, body: await res.json() };
-  } catch {
-    return null;
-  }
 }
 
 /**
@@ -459,40 +422,9 @@ async function getJson(url: string): Promise<{ status: number; body: unknown } |
  * once while GET /health is asked every HEALTH_POLL_MS; stops the server with SIGINT.
  */
 async function measureServer() {
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const args = ["run", "-A", "--unstable-webgpu", "--unstable-no-legacy-abort", "main.ts"];
-  const child = new Deno.Command(`${ROOT}bin/deno`, {
-    args: [...args, "serve", "--port", String(port)],
-    cwd: ROOT,
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  // drain the server's stderr (an unread pipe would block it); its tail explains a failure
-  let log = "";
-  const draining = (async () => {
-    const dec = new TextDecoder();
-    for await (const chunk of child.stderr) log = (log + dec.decode(chunk)).slice(-4000);
-  })();
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
+  const server = await startServe();
+  const { url, modelId, readyS, port } = server;
   try {
-    const t0 = performance.now();
-    for (;;) {
-      if (exited) throw new Error(`main.ts serve exited before /health said ok:\n${log}`);
-      if (performance.now() - t0 > SERVER_START_LIMIT_MS) {
-        throw new Error(`main.ts serve: /health not ok after ${SERVER_START_LIMIT_MS} ms`);
-      }
-      const h = await getJson(`${url}/health`);
-      if (h?.status === 200) break;
-      await sleep(200);
-    }
-    const readyS = (performance.now() - t0) / 1000;
-    const models = await getJson(`${url}/v1/models`);
-    const modelId = (models?.body as { data: { id: string }[] }).data[0].id;
     await streamChat(url, modelId, "warm up", 16);
     const before = await gpuCounters(url);
 
@@ -526,7 +458,7 @@ async function measureServer() {
     const after = await gpuCounters(url);
     const tokens = chats.reduce((n, c) => n + c.tokens, 0);
     return {
-      command: `bin/deno ${args.join(" ")} serve --port ${port}`,
+      command: `bin/deno ${SERVE_ARGS.join(" ")} serve --port ${port}`,
       readyS,
       streams: SERVER_STREAMS,
       maxTokens: SERVER_MAX_TOKENS,
@@ -543,17 +475,7 @@ async function measureServer() {
       },
     };
   } finally {
-    if (!exited) {
-      try {
-        child.kill("SIGINT");
-      } catch { /* it exited meanwhile */ }
-    }
-    const stopped = await Promise.race([status, sleep(SERVER_STOP_LIMIT_MS).then(() => null)]);
-    if (stopped === null) {
-      child.kill("SIGKILL");
-      await status;
-    }
-    await draining;
+    await server.stop();
   }
 }
 

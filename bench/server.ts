@@ -22,9 +22,8 @@
  */
 import { parseArgs } from "node:util";
 import { median } from "./memcpy.ts";
+import { getJson, SERVE_ARGS, sleep, sseEvents, startServe } from "./serve_process.ts";
 
-/** The repository root (main.ts and bin/deno live there). */
-const ROOT = new URL("../", import.meta.url).pathname;
 const OUT_FILE = new URL("./out/server.json", import.meta.url).pathname;
 
 /** Streams at once on the batching server; each level is warmed up once before the rounds. */
@@ -52,10 +51,6 @@ const CHAT_REPLY_TOKENS = 48;
 const DEFAULT_CHAT_REPS = 2;
 /** Pause between /health requests while generations run. */
 const HEALTH_POLL_MS = 20;
-/** How long a server may take to answer /health ok (it opens the model in its worker). */
-const SERVER_START_LIMIT_MS = 180_000;
-/** How long a server may take to exit after SIGINT before it is killed. */
-const SERVER_STOP_LIMIT_MS = 10_000;
 /** Wait after a run before reading /stats: counters of the readback in flight settle. */
 const STATS_SETTLE_MS = 200;
 /** Percentile of time to first token reported beside the median. */
@@ -147,8 +142,6 @@ const CHAT_USER_TURNS = [
   "Can my club meet in a room every Monday evening?",
 ];
 
-const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-
 /** Nearest-rank percentile (p in 0..100) of xs. */
 function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -173,80 +166,16 @@ interface Server {
   stop(): Promise<void>;
 }
 
-/** A port nothing listens on now (the OS picks it; closed again at once). */
-function freePort(): number {
-  const l = Deno.listen({ hostname: "127.0.0.1", port: 0 });
-  const port = (l.addr as Deno.NetAddr).port;
-  l.close();
-  return port;
-}
-
-/** GET path as JSON, or null while the server does not answer. */
-async function getJson(url: string): Promise<{ status: number; body: unknown } | null> {
-  try {
-    const res = await fetch(url);
-    return { status: res.status, body: await res.json() };
-  } catch {
-    return null;
-  }
-}
-
-const SERVE_ARGS = ["run", "-A", "--unstable-webgpu", "--unstable-no-legacy-abort", "main.ts"];
-
-/** Starts `bin/deno run ... main.ts serve --port P --max-batch N` and waits for /health ok. */
+/** Starts `main.ts serve --max-batch N` and reads what it opened. */
 async function startServer(maxBatch: number): Promise<Server> {
-  const port = freePort();
-  const url = `http://127.0.0.1:${port}`;
-  const child = new Deno.Command(`${ROOT}bin/deno`, {
-    args: [...SERVE_ARGS, "serve", "--port", String(port), "--max-batch", String(maxBatch)],
-    cwd: ROOT,
-    stdout: "null",
-    stderr: "piped",
-  }).spawn();
-  // drain the server's stderr (an unread pipe would block it); its tail explains a failure
-  let log = "";
-  const draining = (async () => {
-    const dec = new TextDecoder();
-    for await (const chunk of child.stderr) log = (log + dec.decode(chunk)).slice(-8000);
-  })();
-  let exited = false;
-  const status = child.status.then((s) => {
-    exited = true;
-    return s;
-  });
-  const stop = async () => {
-    if (!exited) {
-      try {
-        child.kill("SIGINT");
-      } catch { /* it exited meanwhile */ }
-    }
-    const stopped = await Promise.race([status, sleep(SERVER_STOP_LIMIT_MS).then(() => null)]);
-    if (stopped === null) {
-      child.kill("SIGKILL");
-      await status;
-    }
-    await draining;
-  };
+  const p = await startServe(["--max-batch", String(maxBatch)]);
   try {
-    const t0 = performance.now();
-    for (;;) {
-      if (exited) throw new Error(`main.ts serve exited before /health said ok:\n${log}`);
-      if (performance.now() - t0 > SERVER_START_LIMIT_MS) {
-        throw new Error(`main.ts serve: /health not ok after ${SERVER_START_LIMIT_MS} ms`);
-      }
-      const h = await getJson(`${url}/health`);
-      if (h?.status === 200) break;
-      await sleep(200);
-    }
-    const readyS = (performance.now() - t0) / 1000;
-    const models = await getJson(`${url}/v1/models`);
-    const modelId = (models?.body as { data: { id: string }[] }).data[0].id;
-    const kvSequences = (await counters(url)).kvSequences;
-    const openedLine = /model .*sequences at once.*$/m.exec(log)?.[0].replace(/^model \S+: /, "") ??
-      "?";
-    return { maxBatch, url, modelId, kvSequences, openedLine, readyS, stop };
+    const kvSequences = (await counters(p.url)).kvSequences;
+    const openedLine =
+      /model .*sequences at once.*$/m.exec(p.log())?.[0].replace(/^model \S+: /, "") ?? "?";
+    return { maxBatch, kvSequences, openedLine, ...p };
   } catch (e) {
-    await stop();
+    await p.stop();
     throw e;
   }
 }
@@ -294,27 +223,15 @@ async function stream(url: string, path: string, body: Record<string, unknown>):
     headers: { "content-type": "application/json" },
     body: JSON.stringify({ ...body, stream: true, stream_options: { include_usage: true } }),
   });
-  if (!res.ok || !res.body) throw new Error(`${path}: HTTP ${res.status}: ${await res.text()}`);
   const reply: Reply = { ttftMs: NaN, ms: 0, promptTokens: 0, tokens: 0, text: "" };
-  let buf = "";
-  const dec = new TextDecoder();
-  for await (const chunk of res.body) {
-    buf += dec.decode(chunk, { stream: true });
-    let nl;
-    while ((nl = buf.indexOf("\n\n")) >= 0) {
-      const event = buf.slice(0, nl);
-      buf = buf.slice(nl + 2);
-      if (!event.startsWith("data: ") || event === "data: [DONE]") continue;
-      const data = JSON.parse(event.slice(6));
-      if (data.error) throw new Error(`${path}: the stream ended in an error: ${event.slice(6)}`);
-      if (data.usage) {
-        reply.promptTokens = data.usage.prompt_tokens;
-        reply.tokens = data.usage.completion_tokens;
-      }
-      const piece = data.choices?.[0]?.delta?.content ?? data.choices?.[0]?.text ?? "";
-      if (piece && Number.isNaN(reply.ttftMs)) reply.ttftMs = performance.now() - t0;
-      reply.text += piece;
+  for await (const data of sseEvents(res, path)) {
+    if (data.usage) {
+      reply.promptTokens = data.usage.prompt_tokens;
+      reply.tokens = data.usage.completion_tokens;
     }
+    const piece = data.choices?.[0]?.delta?.content ?? data.choices?.[0]?.text ?? "";
+    if (piece && Number.isNaN(reply.ttftMs)) reply.ttftMs = performance.now() - t0;
+    reply.text += piece;
   }
   if (reply.tokens === 0) throw new Error(`${path}: the stream ended without tokens or usage`);
   reply.ms = performance.now() - t0;
