@@ -360,7 +360,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.maxContext,
       opts.maxSequences ?? DEFAULT_MAX_SEQUENCES,
       bindingLimit,
-      (l, k, v, first, n) => this.prepareAttention(l, k, v, first, n),
+      (_l, k, v, first, n) => this.prepareAttention(k, v, first, n),
     );
     this.embedOps = this.vocab.embed.map((chunk) =>
       this.ops.embed({
@@ -534,7 +534,6 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Per KV buffer group: the step's K and V rows of its slabs into the caches, and those tokens'
    * attention over their own sequences. */
   private prepareAttention(
-    l: number,
     kCache: GPUBuffer,
     vCache: GPUBuffer,
     firstSlab: number,
@@ -543,7 +542,6 @@ export class GpuModel implements LanguageModel, SessionHost {
     const c = this.config;
     const a = this.act;
     const { numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
-    void l;
     const group = { firstSlab, slabs };
     return [
       this.ops.kvStore({ x: a.k, cache: kCache, width: Hkv * Dh, ...group }),
