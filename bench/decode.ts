@@ -22,7 +22,7 @@ import { GpuModel } from "../src/gpu/model.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 import { TARGET_BATCH_MS } from "../src/gpu/decode_loop.ts";
 import { GREEDY } from "../src/sampling.ts";
-import type { DecodeStats, ModelConfig } from "../src/types.ts";
+import type { DecodeStats, FloatDType, ModelConfig } from "../src/types.ts";
 import { measureMemcpy, median } from "./memcpy.ts";
 import { getJson, SERVE_ARGS, sleep, sseEvents, startServe } from "./serve_process.ts";
 
@@ -87,7 +87,7 @@ function promptIds(n: number, vocab: number): number[] {
 const REAL_LAYERS = 2;
 const REAL_NAME = `30B-A3B x${REAL_LAYERS}`;
 /** Qwen3-30B-A3B's layer shapes (its config.json), BF16 like the released checkpoint. */
-const QWEN3_30B_A3B: FixtureOptions = {
+export const QWEN3_30B_A3B: FixtureOptions = {
   ...TINY,
   dtype: "BF16",
   layers: REAL_LAYERS,
@@ -107,7 +107,7 @@ const GENERATION_LIMIT_S = 120;
 /** Peak memory allowed for writeFixture: a quarter of this 24 GiB machine, shared with others. */
 const GENERATION_LIMIT_BYTES = 6 * 2 ** 30;
 /** writeFixture holds every tensor as f32 values and as encoded bytes until it returns. */
-const GENERATION_BYTES_PER_PARAM: Record<FixtureOptions["dtype"], number> = {
+const GENERATION_BYTES_PER_PARAM: Record<FloatDType, number> = {
   F32: 8,
   BF16: 6,
   F16: 6,
@@ -116,7 +116,7 @@ const GENERATION_BYTES_PER_PARAM: Record<FixtureOptions["dtype"], number> = {
 const CALIBRATION: Partial<FixtureOptions> = { layers: 1, experts: 2, topK: 2, vocab: 2048 };
 
 /** Parameters a fixture holds (every tensor writeFixture writes, norms included). */
-function paramCount(o: FixtureOptions): number {
+export function paramCount(o: FixtureOptions): number {
   const { hidden: D, heads: Hq, kvHeads: Hkv, headDim: Dh, experts: E, inter: I, vocab: V } = o;
   const layer = 2 * Hq * Dh * D + 2 * Hkv * Dh * D + 2 * D + 2 * Dh + E * D + E * 3 * I * D;
   return V * D * (o.tieEmbeddings ? 1 : 2) + o.layers * layer + D;
@@ -175,7 +175,7 @@ const CHILD_FLAG = "--write-fixture";
  * writeFixture in a child process, so its several GiB of arrays are returned to the system before
  * the benchmark loads the model. Returns the child's measured time and peak resident memory.
  */
-async function writeFixtureInChild(dir: string, opts: FixtureOptions) {
+export async function writeFixtureInChild(dir: string, opts: FixtureOptions) {
   const out = await new Deno.Command(Deno.execPath(), {
     args: ["run", "-A", new URL(import.meta.url).pathname, CHILD_FLAG, dir, JSON.stringify(opts)],
     stdout: "piped",
@@ -185,7 +185,7 @@ async function writeFixtureInChild(dir: string, opts: FixtureOptions) {
   return JSON.parse(new TextDecoder().decode(out.stdout)) as GenerationResult;
 }
 
-interface GenerationResult {
+export interface GenerationResult {
   seconds: number;
   /** VmHWM of the writing process (measured only for the real-shape child). */
   peakRssBytes?: number;

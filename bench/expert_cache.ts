@@ -13,7 +13,7 @@
  * Rates are bytes / seconds in GB/s (1e9 B).
  */
 import type { ExpertStore } from "../src/experts/store.ts";
-import { ExpertPool } from "../src/gpu/expert_pool.ts";
+import { ExpertPool, uniformLayouts } from "../src/gpu/expert_pool.ts";
 import type { PackedModel } from "../src/packed_weights.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import type { Gpu } from "../src/gpu/device.ts";
@@ -107,7 +107,7 @@ export function sampleKeys(c: ModelConfig, n: number, seed: number): number[] {
 
 /** A pool of `slots` expert slots on the device, for the load measurements. */
 export function loadPool(gpu: Gpu, c: ModelConfig, slots: number): ExpertPool {
-  return new ExpertPool(gpu.device, c, "bf16", slots);
+  return new ExpertPool(gpu.device, c, uniformLayouts(c, "BF16", "BF16"), slots);
 }
 
 /** runtimeLoad's result: the rate, where mincore said the bytes were, time inside the store. */
@@ -134,7 +134,7 @@ export async function runtimeLoad(
     readMs += r.ms;
     if (r.source === "cold") cold++;
     if (r.source === "warm") warm++;
-    pool.uploadRecord(i % pool.totalSlots, r.bytes);
+    pool.uploadRecord(i % pool.totalSlots, 0, r.bytes);
     bytes += r.bytes.byteLength;
     if ((i + 1) % UPLOADS_PER_SUBMIT === 0) device.queue.submit([]);
   }

@@ -9,12 +9,12 @@ import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
 import { Ops } from "../src/gpu/ops.ts";
 import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
+import { weightBytes } from "../src/gpu/weight_dtype.ts";
 
 /** Dispatches per timed submit: enough to hide the ~11 ms submit+readback cost on llvmpipe. */
 const REPS = 20;
 /** Bytes of the CPU copy reference (larger than the last-level cache). */
 const COPY_BYTES = 64 << 20;
-const BYTES: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
 /** Weights: a fixed bit pattern of small normal numbers (values do not matter for bandwidth). */
 const WEIGHT_BITS = 0x3c003c00;
 /** Expert geometry of Qwen3-30B-A3B: hidden, intermediate, experts per token, experts. */
@@ -63,7 +63,7 @@ async function time(list: Op[], T: number): Promise<{ wall: number; cpu: number 
 function matmulOp(dtype: WeightDType, N: number, K: number, T: number): Op {
   return ops.matmul({
     x: storage(T * K * 4),
-    w: { buffer: storage(N * K * BYTES[dtype], WEIGHT_BITS), dtype, offsetElems: 0 },
+    w: { buffer: storage(weightBytes(dtype, N * K), WEIGHT_BITS), dtype, offsetElems: 0 },
     out: storage(T * N * 4),
     K,
     N,
@@ -79,7 +79,7 @@ function expertOps(dtype: WeightDType, T: number): Op[] {
   const { D, I, K, E } = MOE;
   const slotElems = 3 * I * D;
   const poolSlots = Math.floor(
-    device.limits.maxStorageBufferBindingSize / (slotElems * BYTES[dtype]),
+    device.limits.maxStorageBufferBindingSize / weightBytes(dtype, slotElems),
   );
   const idx = new Uint32Array(T * K);
   for (let t = 0; t < T; t++) {
@@ -93,11 +93,12 @@ function expertOps(dtype: WeightDType, T: number): Op[] {
     idx: idxBuf,
     slots,
     slotBase: 0,
-    pool: storage(poolSlots * slotElems * BYTES[dtype], WEIGHT_BITS),
+    pool: storage(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS),
     poolDtype: dtype,
     poolFirstSlot: 0,
     poolSlots,
     slotElems,
+    partOffset: 0,
     k: K,
     hidden: D,
     inter: I,
@@ -151,7 +152,7 @@ for (const dtype of ["bf16", "f32"] as WeightDType[]) {
         `matmul ${dtype} ${N}x${K}`,
         T,
         T,
-        N * K * BYTES[dtype],
+        weightBytes(dtype, N * K),
         await time([matmulOp(dtype, N, K, T)], T),
       );
       release();
@@ -160,7 +161,7 @@ for (const dtype of ["bf16", "f32"] as WeightDType[]) {
 }
 for (const T of [1, 8, 64]) {
   const { D, I, K } = MOE;
-  const bytes = T * K * 3 * I * D * BYTES.bf16; // every pair reads its expert's weights
+  const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
   row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));
   release();
 }

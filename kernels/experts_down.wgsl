@@ -10,7 +10,7 @@ struct Params {
   k: u32,
   hidden: u32,
   inter: u32,
-  _pad: u32,
+  part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -45,7 +45,7 @@ fn main(
     return;
   }
   let I = p.inter;
-  let down = p.slot_elems * (s - p.pool_first_slot) + 2u * I * p.hidden; // after gate and up
+  let down = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
   // Rows past D re-read row D-1 (valid memory) and are never stored.
   let r0 = down + min(d0, p.hidden - 1u) * I;
   let r1 = down + min(d0 + 1u, p.hidden - 1u) * I;

@@ -11,6 +11,10 @@ struct Params {
   hidden: u32,
   inter: u32,
   num_experts: u32,
+  part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -59,7 +63,7 @@ fn main(
   let count = tiles[at + 2u];
   let I = p.inter;
   let i4 = I / 4u;
-  let down = p.slot_elems * (s - p.pool_first_slot) + 2u * I * p.hidden; // after gate and up
+  let down = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
   // Rows past D re-read row D-1 (valid memory) and are never stored.
   let last = p.hidden - 1u;
   let r0 = down + min(d0, last) * I;

@@ -12,7 +12,7 @@ struct Params {
   k: u32,
   hidden: u32,
   inter: u32,
-  _pad: u32,
+  part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -55,7 +55,7 @@ fn main(
     return;
   }
   let D = p.hidden;
-  let base = p.slot_elems * (s - p.pool_first_slot);
+  let base = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
   // Rows past I re-read row I-1 (valid memory) and are never stored.
   let g0 = base + min(i0, p.inter - 1u) * D;
   let g1 = base + min(i0 + 1u, p.inter - 1u) * D;

@@ -11,6 +11,10 @@ struct Params {
   hidden: u32,
   inter: u32,
   num_experts: u32,
+  part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -66,7 +70,7 @@ fn main(
   }
   let D = p.hidden;
   let d4 = D / 4u;
-  let base = p.slot_elems * (s - p.pool_first_slot);
+  let base = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
   let up = p.inter * D; // gate [I, D] then up [I, D]
   // Rows past I re-read row I-1 (valid memory) and are never stored.
   let g0 = base + min(i0, p.inter - 1u) * D;

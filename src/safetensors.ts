@@ -13,7 +13,7 @@
 
 import { DTYPE_BYTES, elementCount } from "./dtype.ts";
 import { mapFile, type MappedFile } from "./mmap.ts";
-import type { DType, TensorView } from "./types.ts";
+import type { FloatDType, TensorView } from "./types.ts";
 
 /** Thrown for a malformed or unsupported safetensors file. */
 export class SafetensorsError extends Error {
@@ -72,12 +72,12 @@ export interface SafetensorsFile {
   /** Absolute offset of the data section. */
   dataStart: number;
   /** A zero-copy view of one tensor; throws SafetensorsError for an unsupported dtype. */
-  view(name: string): TensorView;
+  view(name: string): TensorView & { dtype: FloatDType };
   close(): void;
 }
 
 /** True for the dtypes the runtime computes with. */
-export function isSupportedDType(dtype: string): dtype is DType {
+export function isSupportedDType(dtype: string): dtype is FloatDType {
   return SUPPORTED.includes(dtype);
 }
 
@@ -178,7 +178,9 @@ function checkEntry(name: string, raw: unknown, path: string, dataLen: number): 
         `the file is truncated`,
     );
   }
-  const size = isSupportedDType(r.dtype) ? DTYPE_BYTES[r.dtype] : FORMAT_DTYPE_BYTES[r.dtype];
+  const size = isSupportedDType(r.dtype)
+    ? DTYPE_BYTES[r.dtype]
+    : FORMAT_DTYPE_BYTES[r.dtype as string];
   if (size !== undefined) {
     const want = elementCount(shape) * size;
     if (!Number.isSafeInteger(want)) {
@@ -211,7 +213,7 @@ export function openSafetensors(path: string): SafetensorsFile {
     metadata,
     entries,
     dataStart,
-    view(name: string): TensorView {
+    view(name: string): TensorView & { dtype: FloatDType } {
       const e = byName.get(name);
       if (e === undefined) throw new SafetensorsError(`${path} has no tensor ${name}`);
       return entryView(e, file, dataStart, path);
@@ -226,7 +228,7 @@ export function entryView(
   file: MappedFile,
   dataStart: number,
   path: string,
-): TensorView {
+): TensorView & { dtype: FloatDType } {
   if (!isSupportedDType(e.dtype)) {
     throw new SafetensorsError(
       `${path}: tensor ${e.name} has dtype ${e.dtype}; supported dtypes are ${
@@ -248,7 +250,7 @@ export function entryView(
 /** A tensor to write. data holds the little-endian bytes of dtype, shape's element count. */
 export interface TensorToWrite {
   name: string;
-  dtype: DType;
+  dtype: FloatDType;
   shape: number[];
   data: Uint8Array;
 }

@@ -4,6 +4,7 @@
  *   E experts, K experts per token (top-k), I expert intermediate size.
  */
 
+import type { QuantType } from "./quant/formats.ts";
 import type { SamplingParams } from "./sampling.ts";
 
 /** The text model's hyper-parameters, read once from config.json (see src/config.ts). */
@@ -30,9 +31,12 @@ export interface ModelConfig {
   /** Every id that ends generation (config.json's eos_token_id, number or list). */
   eosTokenIds: number[];
 }
+/** Element types found in checkpoints: floats, and GGML's block-quantized types (packed with
+ * `--quant`, or read from GGUF files; layouts in src/quant/formats.ts). */
+export type DType = FloatDType | QuantType;
 
-/** Element types found in checkpoints. */
-export type DType = "F32" | "BF16" | "F16";
+/** Element types with a fixed size per element. */
+export type FloatDType = "F32" | "BF16" | "F16";
 
 /** One tensor of a checkpoint: a zero-copy view of its bytes in the mapped file. */
 export interface TensorView {

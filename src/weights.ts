@@ -15,7 +15,7 @@
  */
 
 import type { Checkpoint, CheckpointEntry } from "./checkpoint.ts";
-import { DTYPE_BYTES } from "./dtype.ts";
+import { tensorBytes } from "./dtype.ts";
 import type {
   ExpertWeights,
   LayerWeights,
@@ -193,7 +193,7 @@ function rowSlice(
   shape: number[],
   name: string,
 ): TensorView {
-  const bytes = shape.reduce((a, b) => a * b, 1) * DTYPE_BYTES[t.dtype];
+  const bytes = tensorBytes(t.dtype, shape);
   return {
     name,
     dtype: t.dtype,
@@ -286,14 +286,14 @@ function auditEntry(e: CheckpointEntry, role: string, layer?: number): AuditEntr
 /** Per-expert views of fused tensors (zero copy: row ranges of row-major tensors). */
 function fusedExperts(gateUp: TensorView, down: TensorView, c: ModelConfig): ExpertWeights[] {
   const I = c.moeIntermediateSize, D = c.hiddenSize;
-  const eb = DTYPE_BYTES[gateUp.dtype], db = DTYPE_BYTES[down.dtype];
+  const half = tensorBytes(gateUp.dtype, [I, D]), db = tensorBytes(down.dtype, [D, I]);
   const out: ExpertWeights[] = [];
   for (let e = 0; e < c.numExperts; e++) {
-    const base = e * 2 * I * D * eb;
+    const base = e * 2 * half;
     out.push({
       gate: rowSlice(gateUp, base, [I, D], `${gateUp.name}[${e}][0:${I}]`),
-      up: rowSlice(gateUp, base + I * D * eb, [I, D], `${gateUp.name}[${e}][${I}:${2 * I}]`),
-      down: rowSlice(down, e * D * I * db, [D, I], `${down.name}[${e}]`),
+      up: rowSlice(gateUp, base + half, [I, D], `${gateUp.name}[${e}][${I}:${2 * I}]`),
+      down: rowSlice(down, e * db, [D, I], `${down.name}[${e}]`),
     });
   }
   return out;

@@ -8,7 +8,7 @@ import {
   toFloat32,
   toFloat64,
 } from "../src/dtype.ts";
-import type { DType, TensorView } from "../src/types.ts";
+import type { FloatDType, TensorView } from "../src/types.ts";
 
 /** The number whose f32 bit pattern is bits. */
 function f32FromBits(bits: number): number {
@@ -82,7 +82,7 @@ Deno.test("f32ToF16() and f32ToBf16() invert the decoders on every non-NaN patte
   }
 });
 
-function view(values: number[], dtype: DType): TensorView {
+function view(values: number[], dtype: FloatDType): TensorView {
   const bytes = encodeFloats(values, dtype);
   return { name: "t", dtype, shape: [2, values.length / 2], bytes, file: "mem", offset: 0 };
 }

@@ -8,7 +8,7 @@ import { SMALL, TINY, writeFixture } from "../weights/fixture.ts";
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import { ExpertBudgetError, ExpertCache, ExpertUploadError } from "../src/gpu/expert_cache.ts";
-import { ABSENT, ExpertPool } from "../src/gpu/expert_pool.ts";
+import { ABSENT, ExpertPool, uniformLayouts } from "../src/gpu/expert_pool.ts";
 import { LrfuPolicy, LruPolicy } from "../src/experts/policy.ts";
 import { ExpertChecksumError } from "../src/experts/store.ts";
 import { openPacked, type PackedModel } from "../src/packed_weights.ts";
@@ -277,7 +277,7 @@ async function withDamagedRecord(
 Deno.test("ExpertCache.load() of a damaged record changes nothing: no slot lost, no victim evicted, later loads work", async () => {
   await withDamagedRecord(async (m, bad) => {
     const gpu = await openGpu();
-    const pool = new ExpertPool(gpu.device, m.config, "f32", 4);
+    const pool = new ExpertPool(gpu.device, m.config, uniformLayouts(m.config, "F32", "F32"), 4);
     const policy = new LruPolicy<number>();
     const cache = new ExpertCache(pool, m.experts, policy);
     const none = new Set<number>();
@@ -317,7 +317,7 @@ Deno.test("ExpertCache.load() of a damaged record changes nothing: no slot lost,
 Deno.test("ExpertCache: an upload WebGPU refuses raises ExpertUploadError and frees its slot", async () => {
   await withDamagedRecord(async (m) => {
     const gpu = await openGpu();
-    const pool = new ExpertPool(gpu.device, m.config, "f32", 4);
+    const pool = new ExpertPool(gpu.device, m.config, uniformLayouts(m.config, "F32", "F32"), 4);
     const cache = new ExpertCache(pool, m.experts, new LruPolicy<number>());
     const none = new Set<number>();
     try {

@@ -94,6 +94,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           const list = POOLS.map((p, i) =>
             ops.expertsGateUp({
               ...common,
+              partOffset: 0,
               x: xBuf,
               missed,
               pool: poolBufs[i],
@@ -106,6 +107,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           ).concat(POOLS.map((p, i) =>
             ops.expertsDown({
               ...common,
+              partOffset: 2 * I * D, // after gate and up
               h,
               pool: poolBufs[i],
               poolFirstSlot: p.first,

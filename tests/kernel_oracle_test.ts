@@ -219,8 +219,8 @@ gpuTest(
       inter: I,
     };
     run([
-      ops.expertsGateUp({ ...common, x: buffer(x), missed: buffer(E * 4), h }),
-      ops.expertsDown({ ...common, h, y }),
+      ops.expertsGateUp({ ...common, partOffset: 0, x: buffer(x), missed: buffer(E * 4), h }),
+      ops.expertsDown({ ...common, partOffset: 2 * I * D, h, y }),
     ], T);
     const gotH = await readF32(gpu, h, 0, T * k * I);
     const gotY = await readF32(gpu, y, 0, T * k * D);

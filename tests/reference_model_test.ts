@@ -14,7 +14,7 @@ import {
   type ReferenceOptions,
 } from "../src/reference/model.ts";
 import { type FixtureOptions, PRESETS, writeFixture } from "../weights/fixture.ts";
-import type { DType } from "../src/types.ts";
+import type { FloatDType } from "../src/types.ts";
 import { readConfig } from "../src/config.ts";
 
 /** Both sides compute in float64; only summation order differs (observed ~1e-14). */
@@ -41,7 +41,7 @@ interface TorchCase {
 interface TorchFixture {
   fixture: {
     preset: string;
-    dtype: DType;
+    dtype: FloatDType;
     shards: number;
     omni: boolean;
     fusedExperts: boolean;

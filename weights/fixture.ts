@@ -15,12 +15,12 @@
 import { parseArgs } from "node:util";
 import { encodeFloats } from "../src/dtype.ts";
 import { type TensorToWrite, writeSafetensors } from "../src/safetensors.ts";
-import type { DType } from "../src/types.ts";
+import type { FloatDType } from "../src/types.ts";
 
 /** Sizes and layout of a fixture checkpoint. */
 export interface FixtureOptions {
   seed: number;
-  dtype: DType;
+  dtype: FloatDType;
   layers: number; // L
   hidden: number; // D
   heads: number; // Hq
@@ -199,7 +199,11 @@ function mropeSection(headDim: number): number[] {
   return [half - 2 * hw, hw, hw];
 }
 
-const TORCH_DTYPE: Record<DType, string> = { F32: "float32", BF16: "bfloat16", F16: "float16" };
+const TORCH_DTYPE: Record<FloatDType, string> = {
+  F32: "float32",
+  BF16: "bfloat16",
+  F16: "float16",
+};
 
 /** The text model's config fields, as in a real qwen3_moe config.json. */
 function textConfig(o: FixtureOptions, modelType: string): Record<string, unknown> {
@@ -372,7 +376,7 @@ async function main(args: string[]): Promise<number> {
   }
   const opts: FixtureOptions = {
     ...preset,
-    dtype: dtype as DType,
+    dtype: dtype as FloatDType,
     shards: values.shards ? Number(values.shards) : preset.shards,
     seed: values.seed ? Number(values.seed) : preset.seed,
     omni: values.omni!,

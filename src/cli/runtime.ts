@@ -7,7 +7,7 @@ import { type Flags, type FlagSpec, info, intFlag, numberFlag, UsageError } from
 import { type OpenedModel, openModel } from "../model_dir.ts";
 import { DEFAULT_MAX_SEQUENCES, GpuModel } from "../gpu/model.ts";
 import { MAX_STEP_TOKENS } from "../gpu/ops_api.ts";
-import { slotBytes } from "../gpu/expert_pool.ts";
+import { modelExpertLayouts } from "../gpu/expert_pool.ts";
 import { type EvictionPolicy, policyByName } from "../experts/policy.ts";
 import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
 
@@ -103,8 +103,8 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
     const c = opened.weights.config;
     let expertSlots = o.expertSlots;
     if (o.expertCacheMib !== undefined) {
-      const dtype = opened.weights.layers[0].expert(0).gate.dtype;
-      expertSlots = Math.floor((o.expertCacheMib * 2 ** 20) / slotBytes(c, dtype));
+      const slot = modelExpertLayouts(opened.weights)[0].slotBytes;
+      expertSlots = Math.floor((o.expertCacheMib * 2 ** 20) / slot);
     }
     const model = await GpuModel.open(opened.weights, {
       maxContext: o.maxContext,

@@ -138,11 +138,11 @@ export class ExpertCache {
     const t0 = performance.now();
     // read (and verify) before taking a slot: a record that cannot be read changes nothing
     const rec = this.source.read(layer, expert);
-    this.pool.checkRecord(rec.bytes);
+    this.pool.checkRecord(layer, rec.bytes);
     const slot = victim === undefined ? this.free.pop()! : this.evict(victim);
     let scope: Promise<string | null>;
     try {
-      scope = this.pool.uploadRecord(slot, rec.bytes);
+      scope = this.pool.uploadRecord(slot, layer, rec.bytes);
     } catch (e) {
       this.free.push(slot);
       throw e;

@@ -4,27 +4,120 @@
  * of layer l lives (or that it is absent). The kernels read the table on the GPU, so routing never
  * has to come back to the CPU to find weights.
  *
- * Slot layout (elements of the experts' dtype): gate [I, D] | up [I, D] | down [D, I] | padding.
+ * Slot layout (ExpertLayout): gate [I, D] | up [I, D] (one dtype) | pad | down [D, I] (its own
+ * dtype) | pad. The kernels address weights in elements of their dtype, so each part must start on
+ * a whole block of its dtype counted from the start of the pool buffer: down starts on a multiple
+ * of its block bytes and the slot stride is a multiple of every part's block bytes. When the
+ * packed record (gate | up | down, contiguous) already has this layout it is one upload.
  */
-import type { ExpertWeights, ModelConfig } from "../types.ts";
+import type { DType, ExpertWeights, ModelConfig, ModelWeights } from "../types.ts";
 import type { WeightDType } from "./ops_api.ts";
+import { lcm, WEIGHT_DTYPES, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 
 /** Slot table value for "this expert is not in GPU memory". */
 export const ABSENT = 0xffffffff;
 /** Slots start on this byte boundary inside a pool buffer (WebGPU copy offsets need 4). */
 const SLOT_ALIGN_BYTES = 256;
+/** Float parts start on 16 bytes (the vector weight loaders read whole 16-byte words). */
+const FLOAT_PART_ALIGN = 16;
+/** Element offsets are u32 in the kernels: a pool buffer holds fewer elements than this. */
+const MAX_ELEMENT_OFFSET = 2 ** 32;
 
-export const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
-
-/** Bytes of one slot for this model's experts stored as dtype (checkpoint dtype names). */
-export function slotBytes(config: ModelConfig, dtype: "F32" | "BF16" | "F16"): number {
-  const elem = dtype === "F32" ? 4 : 2;
-  const bytes = 3 * config.moeIntermediateSize * config.hiddenSize * elem;
-  return Math.ceil(bytes / SLOT_ALIGN_BYTES) * SLOT_ALIGN_BYTES;
+function alignTo(n: number, unit: number): number {
+  return Math.ceil(n / unit) * unit;
 }
 
 export class ExpertPoolError extends Error {
   override name = "ExpertPoolError";
+}
+
+/** Where one layer's experts' parts sit in a slot, in bytes and in elements of each part's
+ * dtype. Layers may differ (a GGUF Q4_K_M file stores some layers' down projections in Q6_K); the
+ * slot stride is shared. */
+export interface ExpertLayout {
+  gateDtype: WeightDType;
+  downDtype: WeightDType;
+  /** Bytes of gate | up | down as packed (contiguous). */
+  recordBytes: number;
+  /** Bytes of gate (= up) and of down. */
+  gateBytes: number;
+  downBytes: number;
+  /** Byte offset of down inside a slot (2 * gateBytes, or the next block boundary after it). */
+  downOffset: number;
+  /** Slot stride in bytes (every layer's). */
+  slotBytes: number;
+  /** Slot stride and down's offset in elements of the parts' dtypes. */
+  gateSlotElems: number;
+  downSlotElems: number;
+  downOffsetElems: number;
+  /** Whether the record uploads as one write (down right after up). */
+  contiguous: boolean;
+}
+
+/** Alignment unit of a part of this dtype: whole blocks, on 4 bytes (WebGPU write offsets). */
+function partUnit(dtype: WeightDType): number {
+  const b = weightBlock(dtype);
+  return b.elems === 1 ? FLOAT_PART_ALIGN : lcm(b.bytes, 4);
+}
+
+/** The dtypes of one layer's experts: gate and up share one, down has its own. */
+export interface ExpertDtypes {
+  gate: DType;
+  down: DType;
+}
+
+/** Slot layouts of every layer, given each layer's expert dtypes, with one shared slot stride. */
+export function expertLayouts(config: ModelConfig, dtypes: ExpertDtypes[]): ExpertLayout[] {
+  const { hiddenSize: D, moeIntermediateSize: I } = config;
+  const parts = dtypes.map(({ gate, down }) => {
+    const g = WEIGHT_DTYPES[gate], d = WEIGHT_DTYPES[down];
+    const gateBytes = weightBytes(g, I * D), downBytes = weightBytes(d, D * I);
+    const downOffset = alignTo(2 * gateBytes, partUnit(d));
+    const contiguous = downOffset === 2 * gateBytes;
+    if ((contiguous ? 2 * gateBytes + downBytes : Math.min(2 * gateBytes, downBytes)) % 4 !== 0) {
+      throw new ExpertPoolError(
+        `an expert's parts (${gateBytes} B gate and up in ${gate}, ${downBytes} B down in ` +
+          `${down}) are not whole 4-byte words, which WebGPU uploads need; pack the experts ` +
+          `in another type`,
+      );
+    }
+    return { g, d, gateBytes, downBytes, downOffset, contiguous };
+  });
+  const units = parts.flatMap((p) => [partUnit(p.g), partUnit(p.d)]);
+  const slotBytes = alignTo(
+    Math.max(...parts.map((p) => p.downOffset + p.downBytes)),
+    lcm(SLOT_ALIGN_BYTES, ...units),
+  );
+  return parts.map((p) => ({
+    gateDtype: p.g,
+    downDtype: p.d,
+    recordBytes: 2 * p.gateBytes + p.downBytes,
+    gateBytes: p.gateBytes,
+    downBytes: p.downBytes,
+    downOffset: p.downOffset,
+    slotBytes,
+    gateSlotElems: weightElems(p.g, slotBytes),
+    downSlotElems: weightElems(p.d, slotBytes),
+    downOffsetElems: weightElems(p.d, p.downOffset),
+    contiguous: p.contiguous,
+  }));
+}
+
+/** Every layer's slot layout for one dtype pair (tests, benchmarks). */
+export function uniformLayouts(config: ModelConfig, gate: DType, down: DType): ExpertLayout[] {
+  return expertLayouts(config, Array.from({ length: config.numLayers }, () => ({ gate, down })));
+}
+
+/** The slot layouts of a model's experts, from each layer's expert 0 (the packer and the loader
+ * make every expert of a layer the same). */
+export function modelExpertLayouts(w: ModelWeights): ExpertLayout[] {
+  return expertLayouts(
+    w.config,
+    w.layers.map((layer) => {
+      const e = layer.expert(0);
+      return { gate: e.gate.dtype, down: e.down.dtype };
+    }),
+  );
 }
 
 export interface PoolBuffer {
@@ -34,7 +127,6 @@ export interface PoolBuffer {
 }
 
 export class ExpertPool {
-  readonly slotElems: number;
   readonly slotBytes: number;
   readonly pools: PoolBuffer[] = [];
   /** u32 [L*E]: slot of expert e of layer l at l*E + e, or ABSENT. */
@@ -43,24 +135,33 @@ export class ExpertPool {
   readonly missed: GPUBuffer;
   /** CPU mirror of slotTable. */
   readonly table: Uint32Array<ArrayBuffer>;
+  /** Bytes of the largest record (a load moves its layer's record). */
   readonly expertBytes: number;
 
   constructor(
     private device: GPUDevice,
     readonly config: ModelConfig,
-    readonly dtype: WeightDType,
+    /** Per layer. */
+    readonly layouts: ExpertLayout[],
     readonly totalSlots: number,
   ) {
-    const { hiddenSize: D, moeIntermediateSize: I, numLayers: L, numExperts: E } = config;
-    const elem = BYTES_PER_ELEM[dtype];
-    this.expertBytes = 3 * I * D * elem;
-    this.slotBytes = Math.ceil(this.expertBytes / SLOT_ALIGN_BYTES) * SLOT_ALIGN_BYTES;
-    this.slotElems = this.slotBytes / elem;
+    const { numLayers: L, numExperts: E } = config;
+    if (layouts.length !== L) {
+      throw new ExpertPoolError(`${layouts.length} expert layouts for ${L} layers`);
+    }
+    this.expertBytes = Math.max(...layouts.map((x) => x.recordBytes));
+    this.slotBytes = layouts[0].slotBytes;
     const limit = Math.min(
       device.limits.maxStorageBufferBindingSize,
       device.limits.maxBufferSize,
     );
-    const perBuffer = Math.floor(limit / this.slotBytes);
+    const maxElemsPerSlot = Math.max(
+      ...layouts.flatMap((x) => [x.gateSlotElems, x.downSlotElems]),
+    );
+    const perBuffer = Math.min(
+      Math.floor(limit / this.slotBytes),
+      Math.floor((MAX_ELEMENT_OFFSET - 1) / maxElemsPerSlot),
+    );
     if (perBuffer < 1) {
       throw new ExpertPoolError(
         `one expert (${this.slotBytes} B) exceeds the device's storage binding limit (${limit} B)`,
@@ -89,11 +190,12 @@ export class ExpertPool {
     });
   }
 
-  /** Throws ExpertPoolError unless record is one expert's gate|up|down bytes for this pool. */
-  checkRecord(record: Uint8Array): void {
-    if (record.byteLength !== this.expertBytes) {
+  /** Throws ExpertPoolError unless record is one expert's gate|up|down bytes of this layer. */
+  checkRecord(layer: number, record: Uint8Array): void {
+    const want = this.layouts[layer].recordBytes;
+    if (record.byteLength !== want) {
       throw new ExpertPoolError(
-        `expert record of ${record.byteLength} B, want ${this.expertBytes}`,
+        `expert record of ${record.byteLength} B for layer ${layer}, want ${want}`,
       );
     }
   }
@@ -104,15 +206,23 @@ export class ExpertPool {
    * asynchronously: the returned promise gives the error's message, or null when the write was
    * accepted. It never rejects (a lost device is reported as a message too).
    */
-  uploadRecord(slot: number, record: Uint8Array): Promise<string | null> {
+  uploadRecord(slot: number, layer: number, record: Uint8Array): Promise<string | null> {
     const { buffer, offset } = this.locate(slot);
-    this.checkRecord(record);
+    this.checkRecord(layer, record);
     const device = this.device;
+    const layout = this.layouts[layer];
     device.pushErrorScope("out-of-memory");
     device.pushErrorScope("validation");
     let scopes: Promise<(GPUError | null)[]>;
     try {
-      device.queue.writeBuffer(buffer, offset, record as Uint8Array<ArrayBuffer>);
+      const bytes = record as Uint8Array<ArrayBuffer>;
+      if (layout.contiguous) {
+        device.queue.writeBuffer(buffer, offset, bytes);
+      } else {
+        const gateUp = 2 * layout.gateBytes;
+        device.queue.writeBuffer(buffer, offset, bytes, 0, gateUp);
+        device.queue.writeBuffer(buffer, offset + layout.downOffset, bytes, gateUp);
+      }
     } finally {
       const validation = device.popErrorScope();
       const oom = device.popErrorScope();
@@ -124,14 +234,14 @@ export class ExpertPool {
     );
   }
 
-  /** Writes one expert's three projections (separate views) into a slot. */
-  uploadExpert(slot: number, w: ExpertWeights): void {
+  /** Writes one expert of `layer` (three separate views) into a slot. */
+  uploadExpert(slot: number, layer: number, w: ExpertWeights): void {
     const { buffer, offset } = this.locate(slot);
-    let at = offset;
-    for (const t of [w.gate, w.up, w.down]) {
-      this.device.queue.writeBuffer(buffer, at, t.bytes as Uint8Array<ArrayBuffer>);
-      at += t.bytes.byteLength;
-    }
+    const layout = this.layouts[layer];
+    const at = [0, layout.gateBytes, layout.downOffset];
+    [w.gate, w.up, w.down].forEach((t, i) => {
+      this.device.queue.writeBuffer(buffer, offset + at[i], t.bytes as Uint8Array<ArrayBuffer>);
+    });
   }
 
   /** Points (layer, expert) at slot (or ABSENT) in the GPU's slot table. */
@@ -165,12 +275,12 @@ export class ExpertPool {
 export async function fittingExpertSlots(
   device: GPUDevice,
   config: ModelConfig,
-  dtype: WeightDType,
+  layouts: ExpertLayout[],
 ): Promise<number> {
   const total = config.numLayers * config.numExperts;
   for (let slots = total; slots >= config.topK; slots = Math.floor(slots / 2)) {
     device.pushErrorScope("out-of-memory");
-    const probe = new ExpertPool(device, config, dtype, slots);
+    const probe = new ExpertPool(device, config, layouts, slots);
     const error = await device.popErrorScope();
     probe.destroy();
     if (error === null) return slots;

@@ -17,7 +17,7 @@ import { Ops, STEP_BYTES } from "./ops.ts";
 import { readU32 } from "./readback.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
-import { ExpertPool, fittingExpertSlots } from "./expert_pool.ts";
+import { ExpertPool, fittingExpertSlots, modelExpertLayouts } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
 import { Residency } from "./residency.ts";
 import {
@@ -29,7 +29,6 @@ import {
 import { type EvictionPolicy, LruPolicy } from "../experts/policy.ts";
 import {
   align4,
-  DTYPES,
   type GpuLayer,
   type RowChunk,
   uploadF32,
@@ -311,8 +310,7 @@ export class GpuModel implements LanguageModel, SessionHost {
           `slots (--expert-slots ${K})`,
       );
     }
-    const expertDtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
-    this.pool = new ExpertPool(device, c, expertDtype, slots);
+    this.pool = new ExpertPool(device, c, modelExpertLayouts(weights), slots);
     this.cache = new ExpertCache(
       this.pool,
       opts.expertSource ?? new CheckpointExperts(weights),
@@ -403,8 +401,11 @@ export class GpuModel implements LanguageModel, SessionHost {
     const ownsGpu = opts.gpu === undefined;
     const gpu = opts.gpu ?? await openGpu();
     if (opts.expertSlots === undefined) {
-      const dtype = DTYPES[weights.layers[0].expert(0).gate.dtype];
-      opts = { ...opts, expertSlots: await fittingExpertSlots(gpu.device, weights.config, dtype) };
+      const layouts = modelExpertLayouts(weights);
+      opts = {
+        ...opts,
+        expertSlots: await fittingExpertSlots(gpu.device, weights.config, layouts),
+      };
     }
     // KV slabs: as many as asked, within the MiB budget, that the device can allocate
     const c = weights.config;
@@ -623,12 +624,11 @@ export class GpuModel implements LanguageModel, SessionHost {
   private prepareExperts(l: number): Op[] {
     const c = this.config;
     const a = this.act;
+    const layout = this.pool.layouts[l];
     const common = {
       idx: a.idx[l],
       slots: this.pool.slotTable,
       slotBase: l * c.numExperts,
-      poolDtype: this.pool.dtype,
-      slotElems: this.pool.slotElems,
       k: c.topK,
       hidden: c.hiddenSize,
       inter: c.moeIntermediateSize,
@@ -637,6 +637,9 @@ export class GpuModel implements LanguageModel, SessionHost {
     for (const p of this.pool.pools) {
       ops.push(this.ops.expertsGateUp({
         ...common,
+        poolDtype: layout.gateDtype,
+        slotElems: layout.gateSlotElems,
+        partOffset: 0,
         x: a.xn,
         missed: this.pool.missed,
         pool: p.buffer,
@@ -648,6 +651,9 @@ export class GpuModel implements LanguageModel, SessionHost {
     for (const p of this.pool.pools) {
       ops.push(this.ops.expertsDown({
         ...common,
+        poolDtype: layout.downDtype,
+        slotElems: layout.downSlotElems,
+        partOffset: layout.downOffsetElems,
         h: a.h,
         pool: p.buffer,
         poolFirstSlot: p.firstSlot,

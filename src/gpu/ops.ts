@@ -12,6 +12,7 @@ import {
   type WeightRef,
 } from "./ops_api.ts";
 import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
+import { lcm, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 
 // ---- limits and layout shared by the kernels ----
 
@@ -24,8 +25,6 @@ export const STEP_BYTES = 16 + MAX_STEP_TOKENS * 16;
 const LLVMPIPE_LOOP_LIMIT = 65535;
 /** Elements per load_w4 call: inner dimensions and offsets must be multiples of it. */
 const VEC = 4;
-/** Bytes per weight element. */
-const BYTES_PER_ELEM: Record<WeightDType, number> = { f32: 4, bf16: 2, f16: 2 };
 /** Workgroup size of the simple kernels (rope, kv_store, moe_combine, experts_*). */
 const WG_64 = 64;
 const WG_TOPK = 8;
@@ -148,9 +147,12 @@ function checkMultiple(op: string, what: string, value: number, of: number): voi
   }
 }
 
-/** Weight offsets must keep load_w4 on whole u32 words (bf16/f16: even) and rows 4-aligned. */
+/** Weight offsets must keep load_w4 on whole u32 words (bf16/f16: even) and quantized weights
+ * on whole blocks. */
 function checkWeightOffset(op: string, dtype: WeightDType, offsetElems: number): void {
-  if (dtype !== "f32") checkMultiple(op, "weight offsetElems", offsetElems, 2);
+  const block = weightBlock(dtype).elems;
+  if (block > 1) checkMultiple(op, `${dtype} weight offset (elements)`, offsetElems, block);
+  else if (dtype !== "f32") checkMultiple(op, "weight offsetElems", offsetElems, 2);
 }
 
 export class Ops implements OpsApi {
@@ -234,16 +236,19 @@ export class Ops implements OpsApi {
     rows: number,
     cols: number,
   ): { binding: GPUBufferBinding; offsetElems: number } {
-    const elem = BYTES_PER_ELEM[w.dtype];
-    const start = w.offsetElems * elem;
-    const end = start + rows * cols * elem;
+    const start = weightBytes(w.dtype, w.offsetElems);
+    const end = start + weightBytes(w.dtype, rows * cols);
     if (end > w.buffer.size) {
       throw new OpConfigError(
         op,
         `weights end at byte ${end}, past the buffer (${w.buffer.size} B)`,
       );
     }
-    const align = this.device.limits.minStorageBufferOffsetAlignment;
+    // the binding starts on whole blocks too, so element offsets inside it stay whole blocks
+    const align = lcm(
+      this.device.limits.minStorageBufferOffsetAlignment,
+      weightBlock(w.dtype).bytes,
+    );
     const offset = Math.floor(start / align) * align;
     // Whole 16-byte words, so the vector loaders see the last row complete.
     const size = Math.min(Math.ceil((end - offset) / 16) * 16, w.buffer.size - offset);
@@ -255,7 +260,10 @@ export class Ops implements OpsApi {
           `into row blocks (one matmul per block, with outOffset)`,
       );
     }
-    return { binding: { buffer: w.buffer, offset, size }, offsetElems: (start - offset) / elem };
+    return {
+      binding: { buffer: w.buffer, offset, size },
+      offsetElems: weightElems(w.dtype, start - offset),
+    };
   }
 
   /** Prepares a kernel with one pipeline for every token count. */
@@ -518,6 +526,8 @@ export class Ops implements OpsApi {
     poolFirstSlot: number;
     poolSlots: number;
     slotElems: number;
+    /** Element offset of the part (gate, or down) inside a slot, in elements of poolDtype. */
+    partOffset: number;
     h: GPUBuffer;
     k: number;
     hidden: number;
@@ -525,9 +535,10 @@ export class Ops implements OpsApi {
   }): Op {
     checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
     checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
+    checkWeightOffset("expertsGateUp", a.poolDtype, a.partOffset);
     const perToken = a.k * ceilDiv(a.inter, ROWS);
-    const { slotElems, hidden, inter, k } = a;
-    const weights = weightLoader(a.poolDtype, [slotElems, inter * hidden], [hidden]);
+    const { slotElems, partOffset, hidden, inter, k } = a;
+    const weights = weightLoader(a.poolDtype, [slotElems, partOffset, inter * hidden], [hidden]);
     const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
     const perPair = this.simple(
       "expertsGateUp",
@@ -536,7 +547,7 @@ export class Ops implements OpsApi {
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
         weights,
       },
-      params,
+      [...params, partOffset],
       [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
       (t) => ceilDiv(t * perToken, WG_64),
     );
@@ -552,7 +563,7 @@ export class Ops implements OpsApi {
           weights,
           constants: { TILE: tile },
         },
-        [...params, MAX_EXPERTS],
+        [...params, MAX_EXPERTS, partOffset],
         [a.x, tiles.buffer, a.slots, a.missed, a.pool, a.h],
         (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
       ),
@@ -593,6 +604,8 @@ export class Ops implements OpsApi {
     poolFirstSlot: number;
     poolSlots: number;
     slotElems: number;
+    /** Element offset of the part (gate, or down) inside a slot, in elements of poolDtype. */
+    partOffset: number;
     y: GPUBuffer;
     k: number;
     hidden: number;
@@ -600,9 +613,10 @@ export class Ops implements OpsApi {
   }): Op {
     checkMultiple("expertsDown", "inter", a.inter, VEC);
     checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
+    checkWeightOffset("expertsDown", a.poolDtype, a.partOffset);
     const perToken = a.k * ceilDiv(a.hidden, ROWS);
-    const { slotElems, hidden, inter, k } = a;
-    const weights = weightLoader(a.poolDtype, [slotElems, 2 * inter * hidden], [inter]);
+    const { slotElems, partOffset, hidden, inter, k } = a;
+    const weights = weightLoader(a.poolDtype, [slotElems, partOffset], [inter]);
     const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
     const perPair = this.simple(
       "expertsDown",
@@ -611,7 +625,7 @@ export class Ops implements OpsApi {
         bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
         weights,
       },
-      params,
+      [...params, partOffset],
       [a.h, a.idx, a.slots, a.pool, a.y],
       (t) => ceilDiv(t * perToken, WG_64),
     );
@@ -627,7 +641,7 @@ export class Ops implements OpsApi {
           weights,
           constants: { TILE: tile },
         },
-        [...params, MAX_EXPERTS],
+        [...params, MAX_EXPERTS, partOffset],
         [a.h, tiles.buffer, a.slots, a.pool, a.y],
         (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
       ),

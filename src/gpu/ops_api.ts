@@ -43,13 +43,17 @@ export function stepRecord(
   return r;
 }
 
-export type WeightDType = "f32" | "bf16" | "f16";
+export type FloatWeightDType = "f32" | "bf16" | "f16";
+/** GGML's block-quantized types (src/quant/formats.ts), dequantized in the kernels' loaders. */
+export type QuantWeightDType = "q8_0" | "q4_0" | "q5_0" | "q4_k" | "q6_k";
+export type WeightDType = FloatWeightDType | QuantWeightDType;
 
 /** A weight matrix [rows, cols] (row-major) somewhere in a GPU buffer. */
 export interface WeightRef {
   buffer: GPUBuffer;
   dtype: WeightDType;
-  /** Offset of element [0,0] in elements of dtype (bf16/f16: must be even). */
+  /** Offset of element [0,0] in elements of dtype (bf16/f16: must be even; quantized types: a
+   * whole number of blocks, see src/gpu/weight_dtype.ts). */
   offsetElems: number;
 }
 

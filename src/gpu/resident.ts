@@ -5,14 +5,9 @@
  */
 import type { LayerWeights, TensorView } from "../types.ts";
 import type { Gpu } from "./device.ts";
-import type { WeightDType, WeightRef } from "./ops_api.ts";
+import type { WeightRef } from "./ops_api.ts";
+import { WEIGHT_DTYPES } from "./weight_dtype.ts";
 import { toFloat32 } from "../dtype.ts";
-
-export const DTYPES: Record<TensorView["dtype"], WeightDType> = {
-  F32: "f32",
-  BF16: "bf16",
-  F16: "f16",
-};
 
 /** Upload a checkpoint matrix as-is (packed in u32) for the matmul kernels. */
 export function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRef {
@@ -22,7 +17,7 @@ export function uploadMatrix(device: GPUDevice, t: TensorView, label: string): W
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
   });
   device.queue.writeBuffer(buffer, 0, t.bytes as Uint8Array<ArrayBuffer>);
-  return { buffer, dtype: DTYPES[t.dtype], offsetElems: 0 };
+  return { buffer, dtype: WEIGHT_DTYPES[t.dtype], offsetElems: 0 };
 }
 
 /** Upload a norm weight converted to f32 (norm kernels take f32 weights). */

@@ -8,15 +8,17 @@
  * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
  * the device's error scopes (device.ts scopedOn): an invalid one fails the model's open, named.
  */
-import type { WeightDType } from "./ops_api.ts";
+import type { FloatWeightDType, WeightDType } from "./ops_api.ts";
 import { scopedOn } from "./device.ts";
+import { weightBlock } from "./weight_dtype.ts";
 
 /** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
 export type BindingKind = "uniform" | "read" | "rw";
 
-/** Weight loaders, kernels/weights_<loader>.wgsl: vector loads where rows start on 16 bytes,
- * scalar loads at any (even) offset. */
-export type WeightLoader = WeightDType | `${WeightDType}_scalar`;
+/** Weight loaders, kernels/weights_<loader>.wgsl: for floats, vector loads where rows start on 16
+ * bytes and scalar loads at any (even) offset; for quantized types, one loader (rows start on
+ * whole blocks). */
+export type WeightLoader = WeightDType | `${FloatWeightDType}_scalar`;
 
 /** One pipeline: which kernel, which preludes and weight loader, which override constants. */
 export interface KernelSpec {
@@ -30,18 +32,35 @@ export interface KernelSpec {
 }
 
 /** Elements per 16 bytes, the alignment of the vector loaders' rows. */
-const ELEMS_PER_16_BYTES: Record<WeightDType, number> = { f32: 4, bf16: 8, f16: 8 };
+const ELEMS_PER_16_BYTES: Record<FloatWeightDType, number> = { f32: 4, bf16: 8, f16: 8 };
+
+/** A quantized matrix whose rows do not start on whole blocks. */
+export class WeightLayoutError extends Error {
+  override name = "WeightLayoutError";
+}
 
 /** The fastest loader for weights whose rows all start at element offsets `rowStarts` plus
- * multiples of `rowStrides` (the vector loader needs every row on a 16-byte boundary). */
+ * multiples of `rowStrides` (the vector loader needs every row on a 16-byte boundary; a quantized
+ * type needs every row on a whole block, else WeightLayoutError). */
 export function weightLoader(
   dtype: WeightDType,
   rowStarts: number[],
   rowStrides: number[],
 ): WeightLoader {
-  const align = ELEMS_PER_16_BYTES[dtype];
-  const aligned = [...rowStarts, ...rowStrides].every((v) => v % align === 0);
-  return aligned ? dtype : `${dtype}_scalar`;
+  const block = weightBlock(dtype).elems;
+  const offsets = [...rowStarts, ...rowStrides];
+  if (block > 1) {
+    const bad = offsets.find((v) => v % block !== 0);
+    if (bad !== undefined) {
+      throw new WeightLayoutError(
+        `${dtype} weights need rows on whole blocks of ${block} elements; ${bad} is not`,
+      );
+    }
+    return dtype;
+  }
+  const align = ELEMS_PER_16_BYTES[dtype as FloatWeightDType];
+  const aligned = offsets.every((v) => v % align === 0);
+  return aligned ? dtype : `${dtype as FloatWeightDType}_scalar`;
 }
 
 /** A kernels/*.wgsl file could not be read. */

@@ -1,0 +1,444 @@
+/**
+ * The block-quantized weight loaders (kernels/weights_q8_0.wgsl, _q4_0, _q5_0, _q4_k, _q6_k):
+ * every element read through load_w4 and load_w8 equals GGML's dequantize_row_* bit for bit, on
+ * hand-built blocks (random bytes; f16 scales normal, negative, subnormal, zero, largest; quants at
+ * their extremes), and equal src/quant/dequantize.ts; matmul, the expert kernels and embed read
+ * quantized weights as the float64 reference computes on their dequantized values.
+ */
+import assert from "node:assert";
+import { kernelSource } from "../src/gpu/shader.ts";
+import { readF32, readU32 } from "../src/gpu/readback.ts";
+import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
+import { dequantizeRows } from "../src/quant/dequantize.ts";
+import type { QuantType } from "../src/quant/formats.ts";
+import * as ref from "../src/reference/ops.ts";
+import { assertClose, buffer, gpu, gpuTest, ops, randomF32, rng, run } from "./kernel_harness.ts";
+
+type Quant = QuantWeightDType;
+
+/** f32 accumulation against float64, relative to the largest output (as the f32 kernel tests). */
+const TOL = 2e-6;
+
+/** Values and bytes per block, offset of each f16 scale in a block (ggml-common.h). */
+const LAYOUT: Record<Quant, { elems: number; bytes: number; halves: number[] }> = {
+  q8_0: { elems: 32, bytes: 34, halves: [0] },
+  q4_0: { elems: 32, bytes: 18, halves: [0] },
+  q5_0: { elems: 32, bytes: 22, halves: [0] },
+  q4_k: { elems: 256, bytes: 144, halves: [0, 2] },
+  q6_k: { elems: 256, bytes: 210, halves: [208] },
+};
+const QUANTS = Object.keys(LAYOUT) as Quant[];
+
+// ---- a CPU dequantizer written from GGML's C (ggml-quants.c dequantize_row_*) ----
+
+/** IEEE half to number (exact; subnormals included). */
+function half(h: number): number {
+  const sign = h & 0x8000 ? -1 : 1;
+  const exp = (h >> 10) & 31, mant = h & 1023;
+  if (exp === 31) return mant ? NaN : sign * Infinity;
+  return exp === 0 ? sign * mant * 2 ** -24 : sign * (1024 + mant) * 2 ** (exp - 25);
+}
+
+const f = Math.fround;
+
+/** The f32 values GGML's dequantize_row_<type> computes for `blocks` whole blocks of `bytes`. */
+function dequantize(type: Quant, bytes: Uint8Array): Float32Array {
+  const { elems, bytes: size } = LAYOUT[type];
+  const nb = bytes.length / size;
+  const y = new Float32Array(nb * elems);
+  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  const i8 = (v: number) => (v << 24) >> 24;
+  for (let i = 0; i < nb; i++) {
+    const o = i * size, yo = i * elems;
+    const x = bytes.subarray(o, o + size);
+    if (type === "q8_0") {
+      const d = half(dv.getUint16(o, true));
+      for (let j = 0; j < 32; j++) y[yo + j] = f(i8(x[2 + j]) * d);
+    } else if (type === "q4_0") {
+      const d = half(dv.getUint16(o, true));
+      for (let j = 0; j < 16; j++) {
+        y[yo + j] = f(((x[2 + j] & 0x0f) - 8) * d);
+        y[yo + j + 16] = f(((x[2 + j] >> 4) - 8) * d);
+      }
+    } else if (type === "q5_0") {
+      const d = half(dv.getUint16(o, true));
+      const qh = dv.getUint32(o + 2, true);
+      for (let j = 0; j < 16; j++) {
+        const xh0 = ((qh >>> j) << 4) & 0x10;
+        const xh1 = (qh >>> (j + 12)) & 0x10;
+        y[yo + j] = f((((x[6 + j] & 0x0f) | xh0) - 16) * d);
+        y[yo + j + 16] = f((((x[6 + j] >> 4) | xh1) - 16) * d);
+      }
+    } else if (type === "q4_k") {
+      const d = half(dv.getUint16(o, true));
+      const min = half(dv.getUint16(o + 2, true));
+      const scales = x.subarray(4, 16);
+      const scaleMin = (j: number): [number, number] =>
+        j < 4 ? [scales[j] & 63, scales[j + 4] & 63] : [
+          (scales[j + 4] & 0xf) | ((scales[j - 4] >> 6) << 4),
+          (scales[j + 4] >> 4) | ((scales[j] >> 6) << 4),
+        ];
+      let q = 16, is = 0, yi = yo;
+      for (let j = 0; j < 256; j += 64) {
+        let [sc, m] = scaleMin(is);
+        const d1 = f(d * sc), m1 = f(min * m);
+        [sc, m] = scaleMin(is + 1);
+        const d2 = f(d * sc), m2 = f(min * m);
+        for (let l = 0; l < 32; l++) y[yi++] = f(f(d1 * (x[q + l] & 0xf)) - m1);
+        for (let l = 0; l < 32; l++) y[yi++] = f(f(d2 * (x[q + l] >> 4)) - m2);
+        q += 32;
+        is += 2;
+      }
+    } else {
+      const d = half(dv.getUint16(o + 208, true));
+      let ql = 0, qh = 128, sc = 192, yi = yo;
+      for (let n = 0; n < 256; n += 128) {
+        for (let l = 0; l < 32; l++) {
+          const is = l >> 4;
+          const q1 = i8((x[ql + l] & 0xf) | (((x[qh + l] >> 0) & 3) << 4)) - 32;
+          const q2 = i8((x[ql + l + 32] & 0xf) | (((x[qh + l] >> 2) & 3) << 4)) - 32;
+          const q3 = i8((x[ql + l] >> 4) | (((x[qh + l] >> 4) & 3) << 4)) - 32;
+          const q4 = i8((x[ql + l + 32] >> 4) | (((x[qh + l] >> 6) & 3) << 4)) - 32;
+          y[yi + l] = f(f(d * i8(x[sc + is])) * q1);
+          y[yi + l + 32] = f(f(d * i8(x[sc + is + 2])) * q2);
+          y[yi + l + 64] = f(f(d * i8(x[sc + is + 4])) * q3);
+          y[yi + l + 96] = f(f(d * i8(x[sc + is + 6])) * q4);
+        }
+        yi += 128;
+        ql += 64;
+        qh += 32;
+        sc += 8;
+      }
+    }
+  }
+  return y;
+}
+
+// ---- hand-built blocks ----
+
+/** f16 bit patterns of finite scales: normal of either sign, subnormal, zero, extremes. */
+function scaleBits(i: number, next: () => number): number {
+  const r = (n: number) => Math.floor(((next() + 1) / 2) * n);
+  const sign = (i >> 3) & 1 ? 0x8000 : 0;
+  switch (i % 8) {
+    case 0: // a typical weight scale, around 2^-8..2^-4
+      return sign | ((r(5) + 7) << 10) | r(1024);
+    case 1: // any normal
+      return sign | ((r(30) + 1) << 10) | r(1024);
+    case 2: // subnormal
+      return sign | (r(1023) + 1);
+    case 3: // smallest subnormal
+      return sign | 1;
+    case 4: // zero (either sign)
+      return sign;
+    case 5: // largest finite
+      return sign | 0x7bff;
+    case 6: // smallest normal
+      return sign | 0x0400;
+    default:
+      return sign | ((r(30) + 1) << 10) | r(1024);
+  }
+}
+
+/** nb blocks of `type`: random bytes with scales from scaleBits; blocks 1..3 hold the quants'
+ * extremes (every bit set, none set, alternating 0x80/0x7f). `typical`: random bytes with
+ * scales of typical weights only (2^-8..2^-4, either sign), for the matmul tests. */
+function randomBlocks(type: Quant, nb: number, seed: number, typical = false): Uint8Array {
+  const { bytes: size, halves } = LAYOUT[type];
+  const next = rng(seed);
+  const out = new Uint8Array(nb * size);
+  for (let i = 0; i < out.length; i++) out[i] = Math.floor(((next() + 1) / 2) * 256) & 255;
+  const fill = [0, 0xff, 0x00, -1];
+  for (let b = 0; b < nb; b++) {
+    const block = out.subarray(b * size, (b + 1) * size);
+    if (!typical && b >= 1 && b <= 3) {
+      for (let j = 0; j < size; j++) block[j] = fill[b] >= 0 ? fill[b] : j % 2 ? 0x7f : 0x80;
+    }
+    for (const [k, at] of halves.entries()) {
+      const h = scaleBits(typical ? (next() < 0 ? 8 : 0) : b * halves.length + k, next);
+      block[at] = h & 255;
+      block[at + 1] = h >> 8;
+    }
+  }
+  return out;
+}
+
+/** The words of `bytes` (zero-padded to a whole number of words). */
+function words(bytes: Uint8Array): Uint32Array {
+  const padded = new Uint8Array(Math.ceil(bytes.length / 4) * 4);
+  padded.set(bytes);
+  return new Uint32Array(padded.buffer);
+}
+
+// ---- every element through the loader ----
+
+/** A kernel that writes load_w8(8i) (WIDE) or load_w4(4i) of every group i to `out`. */
+const PROBE = `
+@group(0) @binding(1) var<storage, read> weights: array<WeightWord>;
+@group(0) @binding(2) var<storage, read_write> out: array<vec4<f32>>;
+
+override WIDE: bool = true;
+
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+  let i = gid.x;
+  if (WIDE) {
+    if (2u * i + 1u < arrayLength(&out)) {
+      let w = load_w8(i * 8u);
+      out[2u * i] = w.lo;
+      out[2u * i + 1u] = w.hi;
+    }
+  } else if (i < arrayLength(&out)) {
+    out[i] = load_w4(i * 4u);
+  }
+}
+`;
+
+/** Every element of the blocks in `bytes` as load_w8 (wide) or load_w4 returns it. */
+async function probe(type: Quant, bytes: Uint8Array, wide: boolean): Promise<Float32Array> {
+  const device = gpu.device;
+  const n = (bytes.length / LAYOUT[type].bytes) * LAYOUT[type].elems;
+  const code = [kernelSource("common"), kernelSource(`weights_${type}`), PROBE].join("\n");
+  device.pushErrorScope("validation");
+  const module = device.createShaderModule({ label: `probe ${type}`, code });
+  const layout = device.createBindGroupLayout({
+    entries: (["uniform", "read-only-storage", "storage"] as const).map((type, binding) => ({
+      binding,
+      visibility: GPUShaderStage.COMPUTE,
+      buffer: { type },
+    })),
+  });
+  const pipeline = device.createComputePipeline({
+    layout: device.createPipelineLayout({ bindGroupLayouts: [layout] }),
+    compute: { module, entryPoint: "main", constants: { WIDE: wide ? 1 : 0 } },
+  });
+  const out = buffer(n * 4);
+  const bindGroup = device.createBindGroup({
+    layout,
+    entries: [ops.step, buffer(words(bytes)), out].map((b, binding) => ({
+      binding,
+      resource: { buffer: b, size: binding === 2 ? n * 4 : undefined },
+    })),
+  });
+  const error = await device.popErrorScope();
+  assert.strictEqual(error, null, `${type}: ${error?.message}`);
+  const encoder = device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bindGroup);
+  pass.dispatchWorkgroups(Math.ceil(n / (wide ? 8 : 4) / 64));
+  pass.end();
+  device.queue.submit([encoder.finish()]);
+  return await readF32(gpu, out, 0, n);
+}
+
+/** Asserts got and want are the same f32 values bit for bit (NaN never expected). */
+function assertSameBits(got: Float32Array, want: Float32Array, what: string): void {
+  assert.strictEqual(got.length, want.length, `${what}: length`);
+  const gotBits = new Uint32Array(got.buffer, got.byteOffset, got.length);
+  const wantBits = new Uint32Array(want.buffer, want.byteOffset, want.length);
+  for (let i = 0; i < want.length; i++) {
+    if (gotBits[i] !== wantBits[i]) {
+      assert.fail(
+        `${what}: element ${i} is ${got[i]} (0x${gotBits[i].toString(16)}), ` +
+          `GGML gives ${want[i]} (0x${wantBits[i].toString(16)})`,
+      );
+    }
+  }
+}
+
+/** Blocks per probe: every scale kind at both block parities (2-byte and 4-byte aligned). */
+const BLOCKS: Record<Quant, number> = { q8_0: 96, q4_0: 96, q5_0: 96, q4_k: 24, q6_k: 24 };
+
+for (const type of QUANTS) {
+  gpuTest(`weights_${type}: load_w8 and load_w4 equal GGML's dequantize bit for bit`, async () => {
+    const bytes = randomBlocks(type, BLOCKS[type], 7 + type.length);
+    const want = dequantize(type, bytes);
+    assert.ok(want.every(Number.isFinite), "finite test values");
+    assertSameBits(await probe(type, bytes, true), want, `${type} load_w8`);
+    assertSameBits(await probe(type, bytes, false), want, `${type} load_w4`);
+    const elems = LAYOUT[type].elems;
+    assertSameBits(
+      dequantizeRows(type.toUpperCase() as QuantType, bytes, BLOCKS[type], elems),
+      want,
+      `${type} dequantizeRows`,
+    );
+  });
+}
+
+// ---- the kernels on quantized weights ----
+
+/** `rows` rows of `cols` values of `type` (typical scales) and their exact values. */
+function quantMatrix(type: Quant, rows: number, cols: number, seed: number) {
+  const bytes = randomBlocks(type, (rows * cols) / LAYOUT[type].elems, seed, true);
+  return { bytes, values: dequantize(type, bytes) };
+}
+
+/** [K, offset rows, T]: decode and prefill, one or two K-quant blocks per row; 40 rows of offset
+ * put the matrix past the binding's alignment (bound from a nonzero offset). */
+const MATMUL_CASES: [number, number, number][] = [
+  [256, 0, 1],
+  [256, 3, 7],
+  [512, 1, 1],
+  [512, 40, 7],
+];
+/** Neither a multiple of the rows per invocation (8) nor of the workgroup. */
+const MATMUL_ROWS = 75;
+
+for (const type of QUANTS) {
+  gpuTest(`matmul() on ${type} weights matches the float64 reference (T 1 and 7)`, async () => {
+    for (const [K, offsetRows, T] of MATMUL_CASES) {
+      const N = MATMUL_ROWS;
+      const w = quantMatrix(type, offsetRows + N + 1, K, K + offsetRows);
+      const x = randomF32(T * K, 100 + T);
+      const out = buffer(T * N * 4);
+      const op = ops.matmul({
+        x: buffer(x),
+        w: { buffer: buffer(words(w.bytes)), dtype: type, offsetElems: offsetRows * K },
+        out,
+        K,
+        N,
+        outStride: N,
+        outOffset: 0,
+        accumulate: false,
+      });
+      run([op], T);
+      const got = await readF32(gpu, out, 0, T * N);
+      const want = ref.matmul(x, w.values.subarray(offsetRows * K), T, K, N);
+      assertClose(got, want, TOL, `${type} K=${K} offset=${offsetRows} rows T=${T}`);
+    }
+  });
+}
+
+for (const type of QUANTS) {
+  gpuTest(`embed() gathers rows of a ${type} table exactly`, async () => {
+    const D = LAYOUT[type].elems * 2, rows = 9, first = 100, offsetRows = 5;
+    const table = quantMatrix(type, offsetRows + rows, D, 3);
+    const tokens = [104, 100, 108, 7, 104, 109, 101]; // 7 and 109: another chunk's rows
+    const T = tokens.length;
+    const initial = new Float32Array(T * D).fill(12345);
+    const out = buffer(initial);
+    run([
+      ops.embed({
+        ids: buffer(new Uint32Array(tokens)),
+        idsStride: T,
+        table: { buffer: buffer(words(table.bytes)), dtype: type, offsetElems: offsetRows * D },
+        first,
+        rows,
+        hidden: D,
+        out,
+      }),
+    ], T);
+    const got = await readF32(gpu, out, 0, T * D);
+    const want = new Float32Array(initial);
+    tokens.forEach((id, t) => {
+      if (id >= first && id < first + rows) {
+        const at = (offsetRows + id - first) * D;
+        want.set(table.values.subarray(at, at + D), t * D);
+      }
+    });
+    assertSameBits(got, want, `${type} embed`);
+  });
+}
+
+/** Slot-table value of a non-resident expert (ABSENT of src/gpu/expert_pool.ts). */
+const ABSENT = 0xffffffff;
+const UNTOUCHED = 12345;
+/** Two layers of E experts, K per token; layer 1's table points into two pool buffers. */
+const E = 6, K = 3;
+const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT];
+const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];
+
+for (const type of QUANTS) {
+  // D and I whole blocks (down's rows are I long); one block of padding per slot puts every
+  // other slot at an odd block (a 2-byte aligned start for 34-, 18-, 22- and 210-byte blocks).
+  const block = LAYOUT[type].elems;
+  const [D, I] = block === 256 ? [256, 256] : [96, 64];
+  const SLOT_ELEMS = 3 * I * D + block;
+  gpuTest(
+    `expertsGateUp()/expertsDown() on ${type} pools match the float64 reference`,
+    async () => {
+      const pools = POOLS.map((p) => quantMatrix(type, p.slots, SLOT_ELEMS, 50 + p.first));
+      const poolBufs = pools.map((p) => buffer(words(p.bytes)));
+      const expert = (slot: number) => {
+        const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
+        const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
+        const v = pools[pi].values;
+        return {
+          gate: v.subarray(at, at + I * D),
+          up: v.subarray(at + I * D, at + 2 * I * D),
+          down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+        };
+      };
+      const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]);
+      const slots = buffer(table);
+      // T = 50: 150 (token, expert) pairs take the tiled kernels.
+      for (const T of [1, 3, 50]) {
+        const next = rng(T);
+        const idxArr = new Uint32Array(T * K);
+        for (let t = 0; t < T; t++) {
+          const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
+          idxArr.set(order.slice(0, K), t * K);
+        }
+        const x = randomF32(T * D, 7 + T);
+        const idx = buffer(idxArr), missed = buffer(table.byteLength);
+        const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
+        const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
+        const xBuf = buffer(x);
+        const common = { idx, slots, slotBase: E, poolDtype: type, slotElems: SLOT_ELEMS, k: K };
+        const list = POOLS.map((p, i) =>
+          ops.expertsGateUp({
+            ...common,
+            partOffset: 0,
+            x: xBuf,
+            missed,
+            pool: poolBufs[i],
+            poolFirstSlot: p.first,
+            poolSlots: p.slots,
+            h,
+            hidden: D,
+            inter: I,
+          })
+        ).concat(POOLS.map((p, i) =>
+          ops.expertsDown({
+            ...common,
+            partOffset: 2 * I * D,
+            h,
+            pool: poolBufs[i],
+            poolFirstSlot: p.first,
+            poolSlots: p.slots,
+            y,
+            hidden: D,
+            inter: I,
+          })
+        ));
+        run(list, T);
+        const gotH = await readF32(gpu, h, 0, T * K * I);
+        const gotY = await readF32(gpu, y, 0, T * K * D);
+        const wantMissed = new Uint32Array(2 * E);
+        for (let pair = 0; pair < T * K; pair++) {
+          const e = idxArr[pair], slot = LAYER1_SLOTS[e];
+          const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+          const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+          if (slot === ABSENT) {
+            wantMissed[E + e] = 1;
+            assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
+            assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
+            continue;
+          }
+          const w = expert(slot);
+          const t = Math.floor(pair / K);
+          const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
+          assertClose(hRow, wantH, TOL, `${type} h T=${T} pair=${pair}`);
+          assertClose(
+            yRow,
+            ref.expertDown(hRow, w.down, D, I),
+            TOL,
+            `${type} y T=${T} pair=${pair}`,
+          );
+        }
+        assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
+      }
+    },
+  );
+}
