@@ -20,6 +20,7 @@ import {
   EXPERTS_FILE,
   MANIFEST_FILE,
   type PackManifest,
+  partsOf,
 } from "./pack/format.ts";
 import { checkFileSize, verifyBaseTensor, verifyCopiedFile } from "./pack/integrity.ts";
 import { isPackedDir, looksPacked, ManifestError, readManifest, REPACK } from "./pack/manifest.ts";
@@ -153,13 +154,20 @@ export function checkAgainstConfig(m: PackManifest, manifestPath: string): Model
       );
     }
   }
-  for (const k of PART_KEYS) {
-    const want = EXPERT_TENSORS[k].shape(c);
-    if (!sameShape(x.parts[k].shape, want)) {
-      problems.push(
-        `experts.parts.${k} is [${x.parts[k].shape}], expected ` +
-          `${EXPERT_TENSORS[k].legend} = [${want}]`,
-      );
+  for (
+    const [where, parts] of [
+      ["parts", x.parts],
+      ...(x.layerParts ?? []).map((p, l) => [`layerParts[${l}]`, p] as const),
+    ] as const
+  ) {
+    for (const k of PART_KEYS) {
+      const want = EXPERT_TENSORS[k].shape(c);
+      if (!sameShape(parts[k].shape, want)) {
+        problems.push(
+          `experts.${where}.${k} is [${parts[k].shape}], expected ` +
+            `${EXPERT_TENSORS[k].legend} = [${want}]`,
+        );
+      }
     }
   }
   if (problems.length > 0) {
@@ -189,9 +197,9 @@ function buildWeights(
       offset: t.offset,
     };
   };
-  const parts = m.experts.parts;
   const layers: LayerWeights[] = [];
   for (let l = 0; l < c.numLayers; l++) {
+    const parts = partsOf(m.experts, l);
     const t = {} as Record<keyof typeof LAYER_TENSORS, TensorView>;
     for (const key of Object.keys(LAYER_TENSORS) as (keyof typeof LAYER_TENSORS)[]) {
       t[key] = view(LAYER_TENSORS[key], l);
@@ -247,7 +255,7 @@ function buildAudit(
   }
   for (const r of m.experts.records) {
     for (const k of PART_KEYS) {
-      const p = m.experts.parts[k];
+      const p = partsOf(m.experts, r.layer)[k];
       used.push({
         name: tensorName(EXPERT_TENSORS[k].template, c.tensorPrefix, r.layer, r.expert),
         role: EXPERT_TENSORS[k].role,

@@ -24,6 +24,7 @@
 
 import { createXXHash64, type IHasher } from "hash-wasm";
 import type { AuditEntry } from "../weights.ts";
+import type { QuantizationRecord } from "./quantize.ts";
 import type { DType } from "../types.ts";
 
 export const FORMAT_NAME = "qwen3-moe-webgpu-packed";
@@ -94,7 +95,11 @@ export interface ExpertsIndex {
   checksum: string;
   numLayers: number;
   numExperts: number;
-  parts: { gate: RecordPart; up: RecordPart; down: RecordPart };
+  /** The parts of every record (of layer 0's when layerParts is present). */
+  parts: RecordParts;
+  /** Each layer's parts, present only when layers differ (a GGUF Q4_K_M file stores some
+   * layers' down projections in Q6_K). */
+  layerParts?: RecordParts[];
   /** Record of (layer l, expert e) at index l * numExperts + e. */
   records: ExpertRecord[];
 }
@@ -106,6 +111,23 @@ export interface CopiedFile {
   bytes: number;
   /** CHECKSUM_ALGORITHM of the whole file, lowercase hex. */
   checksum: string;
+}
+
+/** gate | up | down of one expert record. */
+export interface RecordParts {
+  gate: RecordPart;
+  up: RecordPart;
+  down: RecordPart;
+}
+
+/** The parts of layer l's records. */
+export function partsOf(x: ExpertsIndex, l: number): RecordParts {
+  return x.layerParts?.[l] ?? x.parts;
+}
+
+/** Bytes of one record of parts (gate | up | down, contiguous). */
+export function recordBytesOf(p: RecordParts): number {
+  return p.down.offset + p.down.bytes;
 }
 
 /** The whole manifest.json. */
@@ -129,6 +151,9 @@ export interface PackManifest {
   skipped: AuditEntry[];
   /** Tokenizer and generation files copied beside the weights. */
   copied: CopiedFile[];
+  /** Present when `pack --quant/--quant-base` converted tensors: the types asked and every
+   * tensor that fell back to another type. */
+  quantization?: QuantizationRecord;
   /** CHECKSUM_ALGORITHM of canonicalJson(every other field), lowercase hex (manifestDigest). */
   manifestChecksum: string;
 }

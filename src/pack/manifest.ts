@@ -7,7 +7,8 @@
  * numbers; the data files are checked against them by packed_weights.ts and verify.ts.
  */
 
-import { DTYPE_BYTES } from "../dtype.ts";
+import { isFloatDType, tensorBytes } from "../dtype.ts";
+import { isQuantType, QUANT_TYPES } from "../quant/formats.ts";
 import type { DType } from "../types.ts";
 import {
   BASE_ALIGN,
@@ -160,6 +161,32 @@ class Checker {
     }
   }
 
+  /** gate | up | down parts of a record: contiguous, gate and up of one dtype; returns the
+   * record's bytes. */
+  parts(raw: unknown, name: string): number {
+    const parts = this.object(raw, name);
+    let recordBytes = 0;
+    let dtype: unknown;
+    for (const k of ["gate", "up", "down"] as const) {
+      const f = `${name}.${k}`;
+      const p = this.object(parts[k], f);
+      const offset = this.count(p.offset, `${f}.offset`);
+      if (offset !== recordBytes) {
+        this.fail(
+          `${f}.offset is ${offset}; the parts are gate | up | down, so it must be ${recordBytes}`,
+        );
+      }
+      recordBytes += this.tensor(p, f);
+      // gate and up share one kernel, so one dtype; down may differ (a quantized type whose
+      // block does not divide I falls back for down only)
+      if (k === "up" && p.dtype !== dtype) {
+        this.fail(`${f}.dtype is ${p.dtype} but ${name}.gate.dtype is ${dtype}`);
+      }
+      dtype = p.dtype;
+    }
+    return recordBytes;
+  }
+
   /** shape, dtype and bytes of a tensor, with bytes = elements x dtype size. */
   tensor(t: Record<string, unknown>, name: string): number {
     const shape = t.shape;
@@ -167,11 +194,19 @@ class Checker {
       this.fail(`${name}.shape is ${JSON.stringify(shape) ?? "missing"}, not a list of sizes`);
     }
     const dtype = t.dtype;
-    if (typeof dtype !== "string" || !(dtype in DTYPE_BYTES)) {
-      this.fail(`${name}.dtype is ${JSON.stringify(dtype) ?? "missing"}, not F32, BF16 or F16`);
+    if (typeof dtype !== "string" || !(isFloatDType(dtype) || isQuantType(dtype))) {
+      this.fail(
+        `${name}.dtype is ${JSON.stringify(dtype) ?? "missing"}, not one of ` +
+          `F32, BF16, F16, ${QUANT_TYPES.join(", ")}`,
+      );
     }
     const bytes = this.count(t.bytes, `${name}.bytes`);
-    const want = (shape as number[]).reduce((a, b) => a * b, 1) * DTYPE_BYTES[dtype as DType];
+    let want = -1;
+    try {
+      want = tensorBytes(dtype as DType, shape as number[]);
+    } catch (e) {
+      this.fail(`${name}: ${(e as Error).message}`);
+    }
     if (bytes !== want) {
       this.fail(`${name}.bytes is ${bytes} but ${dtype} [${shape}] is ${want} bytes`);
     }
@@ -236,23 +271,15 @@ export function checkManifest(m: PackManifest, path: string): void {
   const xBytes = c.count(x.bytes, "experts.bytes");
   const L = c.positive(x.numLayers, "experts.numLayers");
   const E = c.positive(x.numExperts, "experts.numExperts");
-  const parts = c.object(x.parts, "experts.parts");
-  let recordBytes = 0;
-  let dtype: unknown;
-  for (const k of ["gate", "up", "down"] as const) {
-    const f = `experts.parts.${k}`;
-    const p = c.object(parts[k], f);
-    const offset = c.count(p.offset, `${f}.offset`);
-    if (offset !== recordBytes) {
-      c.fail(
-        `${f}.offset is ${offset}; the parts are gate | up | down, so it must be ${recordBytes}`,
-      );
+  const recordBytes = [c.parts(x.parts, "experts.parts")];
+  if (x.layerParts !== undefined) {
+    if (!Array.isArray(x.layerParts) || x.layerParts.length !== L) {
+      c.fail(`experts.layerParts is not a list of ${L} layers' parts`);
     }
-    recordBytes += c.tensor(p, f);
-    if (k !== "gate" && p.dtype !== dtype) {
-      c.fail(`${f}.dtype is ${p.dtype} but experts.parts.gate.dtype is ${dtype}`);
-    }
-    dtype = p.dtype;
+    recordBytes.length = 0;
+    (x.layerParts as unknown[]).forEach((p, l) => {
+      recordBytes.push(c.parts(p, field("experts", "layerParts", l)));
+    });
   }
   const records = x.records;
   if (!Array.isArray(records)) c.fail("experts.records is missing");
@@ -275,8 +302,9 @@ export function checkManifest(m: PackManifest, path: string): void {
     if (offset < end) {
       c.fail(`${f}.offset ${offset} (layer ${l} expert ${e}) overlaps the record before`);
     }
-    c.equal(c.count(r.length, `${f}.length`), recordBytes, `${f}.length`);
-    end = offset + recordBytes;
+    const want = recordBytes[recordBytes.length === 1 ? 0 : l];
+    c.equal(c.count(r.length, `${f}.length`), want, `${f}.length`);
+    end = offset + want;
     if (end > xBytes) c.fail(`${f} (layer ${l} expert ${e}) ends past experts.bytes ${xBytes}`);
     c.checksum(r.checksum, `${f}.checksum`);
   });

@@ -7,16 +7,16 @@
  */
 
 import { basename, dirname, join } from "node:path";
-import { openCheckpoint } from "../checkpoint.ts";
-import type { ModelWeights, TensorView } from "../types.ts";
-import { LAYER_TENSORS, loadWeights } from "../weights.ts";
+import type { ExpertWeights, ModelWeights, TensorView } from "../types.ts";
+import { EXPERT_TENSORS, LAYER_TENSORS } from "../weights.ts";
+import { openPackInput } from "./input.ts";
+import { Quantizer, type QuantOptions } from "./quantize.ts";
 import {
   alignUp,
   BASE_ALIGN,
   BASE_FILE,
   type BaseTensorEntry,
   CHECKSUM_ALGORITHM,
-  COPIED_FILES,
   type CopiedFile,
   createRecordHasher,
   type ExpertRecord,
@@ -25,7 +25,9 @@ import {
   FORMAT_VERSION,
   type PackManifest,
   RECORD_ALIGN,
+  recordBytesOf,
   type RecordPart,
+  type RecordParts,
   type UnsealedManifest,
 } from "./format.ts";
 import { isPackedDir, looksPacked, writeManifest } from "./manifest.ts";
@@ -44,6 +46,8 @@ export interface PackOptions {
   onProgress?: ProgressFn;
   /** Replace an existing outDir (only once the new one is complete). */
   force?: boolean;
+  /** Store experts (and with `base` the projections and lm_head) in GGML quantized types. */
+  quant?: QuantOptions;
 }
 
 export interface PackResult {
@@ -148,6 +152,21 @@ function partOf(t: TensorView, offset: number): RecordPart {
   return { offset, bytes: t.bytes.length, shape: t.shape, dtype: t.dtype };
 }
 
+/** gate | up | down parts of an expert as stored. */
+function partsFor(x: ExpertWeights): RecordParts {
+  return {
+    gate: partOf(x.gate, 0),
+    up: partOf(x.up, x.gate.bytes.length),
+    down: partOf(x.down, x.gate.bytes.length + x.up.bytes.length),
+  };
+}
+
+function sameParts(a: RecordParts, b: RecordParts): boolean {
+  return (["gate", "up", "down"] as const).every((k) =>
+    a[k].dtype === b[k].dtype && a[k].bytes === b[k].bytes && a[k].offset === b[k].offset
+  );
+}
+
 /** Packs the checkpoint in inDir into outDir (see the module doc). */
 export async function pack(
   inDir: string,
@@ -169,28 +188,30 @@ export async function pack(
       );
     }
   }
-  const ckpt = openCheckpoint(inDir);
+  const input = await openPackInput(inDir);
   let tmp: string | null = null;
   try {
-    const { weights, audit } = loadWeights(ckpt); // refuses bad input, naming each tensor
+    const { weights, rawConfig } = input;
     const c = weights.config;
-    const rawConfig = JSON.parse(Deno.readTextFileSync(join(inDir, "config.json")));
     Deno.mkdirSync(dirname(outDir), { recursive: true });
     cleanStaleTemps(outDir);
     tmp = join(dirname(outDir), `.${basename(outDir)}${TEMP_TAG}${Deno.pid}`);
     if (exists(tmp)) Deno.removeSync(tmp, { recursive: true }); // left by a reused pid
     Deno.mkdirSync(tmp);
 
+    const quant = new Quantizer(opts.quant ?? {}, c.tieWordEmbeddings);
+    const stored = (x: ExpertWeights): ExpertWeights => ({
+      gate: quant.apply(x.gate, EXPERT_TENSORS.gate.role, "gate"),
+      up: quant.apply(x.up, EXPERT_TENSORS.up.role, "up"),
+      down: quant.apply(x.down, EXPERT_TENSORS.down.role, "down"),
+    });
     const base = baseTensors(weights);
-    const e00 = weights.layers[0].expert(0);
-    const parts = {
-      gate: partOf(e00.gate, 0),
-      up: partOf(e00.up, e00.gate.bytes.length),
-      down: partOf(e00.down, e00.gate.bytes.length + e00.up.bytes.length),
-    };
-    const recordBytes = parts.down.offset + parts.down.bytes;
-    const baseTotal = base.reduce((a, b) => a + b.view.bytes.length, 0);
-    const expertTotal = recordBytes * c.numLayers * c.numExperts;
+    // each layer's parts from its expert 0 (GGUF files may store layers in different types)
+    const layerParts = weights.layers.map((layer) => partsFor(stored(layer.expert(0))));
+    const parts = layerParts[0];
+    const uniform = layerParts.every((p) => sameParts(p, parts));
+    const baseTotal = base.reduce((a, b) => a + quant.storedBytes(b.view, b.role), 0);
+    const expertTotal = layerParts.reduce((a, p) => a + recordBytesOf(p), 0) * c.numExperts;
     const totalBytes = baseTotal + expertTotal;
     const report = opts.onProgress ?? (() => {});
 
@@ -201,7 +222,8 @@ export async function pack(
     const bw = new Writer(join(tmp, BASE_FILE));
     try {
       let done = 0;
-      for (const { view, role, layer } of base) {
+      for (const { view: source, role, layer } of base) {
+        const view = quant.apply(source, role);
         bw.padTo(BASE_ALIGN);
         tensors[view.name] = {
           offset: bw.pos,
@@ -227,14 +249,16 @@ export async function pack(
     try {
       let done = baseTotal;
       for (let l = 0; l < c.numLayers; l++) {
+        const lp = layerParts[l], recordBytes = recordBytesOf(lp);
         for (let e = 0; e < c.numExperts; e++) {
-          const x = weights.layers[l].expert(e);
+          const x = stored(weights.layers[l].expert(e));
           for (const k of ["gate", "up", "down"] as const) {
-            const t = x[k], p = parts[k];
+            const t = x[k], p = lp[k];
             if (t.dtype !== p.dtype || t.bytes.length !== p.bytes) {
               throw new PackError(
-                `tensor ${t.name} is ${t.dtype} (${t.bytes.length} B) but layer 0 expert 0's ` +
-                  `${k} is ${p.dtype} (${p.bytes} B); convert the checkpoint to one expert dtype`,
+                `tensor ${t.name} is ${t.dtype} (${t.bytes.length} B) but layer ${l} expert 0's ` +
+                  `${k} is ${p.dtype} (${p.bytes} B); convert the checkpoint to one dtype per ` +
+                  `layer's experts`,
               );
             }
           }
@@ -256,8 +280,7 @@ export async function pack(
     }
 
     const copied: CopiedFile[] = [];
-    for (const name of COPIED_FILES.filter((name) => exists(join(inDir, name)))) {
-      const bytes = Deno.readFileSync(join(inDir, name)); // small text files
+    for (const [name, bytes] of input.files) {
       Deno.writeFileSync(join(tmp, name), bytes);
       copied.push({ name, bytes: bytes.length, checksum: hasher.digest([bytes]) });
     }
@@ -282,10 +305,12 @@ export async function pack(
         numLayers: c.numLayers,
         numExperts: c.numExperts,
         parts,
+        ...(uniform ? {} : { layerParts }),
         records,
       },
-      skipped: audit.skipped,
+      skipped: input.skipped,
       copied,
+      ...(quant.active ? { quantization: quant.record() } : {}),
     };
     // last: a dir without it is not a packed model
     const manifest: PackManifest = await writeManifest(tmp, unsealed);
@@ -299,7 +324,7 @@ export async function pack(
       seconds: (performance.now() - t0) / 1000,
     };
   } finally {
-    ckpt.close();
+    input.close();
     if (tmp !== null) Deno.removeSync(tmp, { recursive: true });
   }
 }
@@ -318,13 +343,14 @@ function publish(tmp: string, outDir: string): void {
 
 /** `main.ts pack --in HF_DIR --out PACKED_DIR [--force]`: packs with terminal progress. */
 export async function runPackCommand(
-  args: { in: string; out: string; force?: boolean },
+  args: { in: string; out: string; force?: boolean; quant?: QuantOptions },
 ): Promise<PackResult> {
   const progress = terminalProgress();
   let result: PackResult;
   try {
     result = await pack(args.in, args.out, {
       force: args.force,
+      quant: args.quant,
       onProgress: progress?.onProgress,
     });
   } finally {
@@ -336,5 +362,8 @@ export async function runPackCommand(
       `experts ${(result.expertBytes / 1e6).toFixed(1)} MB (${x.numLayers} layers x ` +
       `${x.numExperts} experts), ${result.seconds.toFixed(1)} s`,
   );
+  for (const f of result.manifest.quantization?.fallbacks ?? []) {
+    console.log(`  ${f.tensor}: ${f.used} instead of ${f.wanted} (${f.reason})`);
+  }
   return result;
 }
