@@ -16,14 +16,15 @@ export const OPSET = 23;
 /** ONNX IR version matching opset 23. */
 const IR_VERSION = 11;
 
-/** TensorProto.DataType codes. */
-const ELEM = { float32: 1, int64: 7 } as const;
+/** TensorProto.DataType codes (int8 and uint4: quantized weights for DequantizeLinear). */
+const ELEM = { float32: 1, int8: 3, int64: 7, uint4: 21 } as const;
 export type ElemType = keyof typeof ELEM;
 
 /** An input or initializer: values and dims. */
 export interface OracleTensor {
   type: ElemType;
-  data: Float32Array | BigInt64Array;
+  /** uint4: two elements a byte, element 2i in the low nibble (ONNX's and ORT's packing). */
+  data: Float32Array | BigInt64Array | Int8Array | Uint8Array;
   dims: number[];
 }
 
@@ -47,6 +48,28 @@ export function f32(data: ArrayLike<number>, dims: number[]): OracleTensor {
 /** int64 tensor helper. */
 export function i64(data: ArrayLike<number>, dims: number[]): OracleTensor {
   return { type: "int64", data: BigInt64Array.from(Array.from(data, BigInt)), dims };
+}
+
+/** int8 tensor helper (values: integers in -128..127). */
+export function i8(data: ArrayLike<number>, dims: number[]): OracleTensor {
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isInteger(data[i]) || data[i] < -128 || data[i] > 127) {
+      throw new RangeError(`int8 element ${i} is ${data[i]}`);
+    }
+  }
+  return { type: "int8", data: Int8Array.from(data), dims };
+}
+
+/** uint4 tensor helper: values (integers in 0..15) packed two a byte, element 2i in the low nibble. */
+export function u4(data: ArrayLike<number>, dims: number[]): OracleTensor {
+  const packed = new Uint8Array(Math.ceil(data.length / 2));
+  for (let i = 0; i < data.length; i++) {
+    if (!Number.isInteger(data[i]) || data[i] < 0 || data[i] > 15) {
+      throw new RangeError(`uint4 element ${i} is ${data[i]}`);
+    }
+    packed[i >> 1] |= data[i] << ((i & 1) * 4);
+  }
+  return { type: "uint4", data: packed, dims };
 }
 
 function attribute(name: string, a: Attr): InstanceType<typeof onnx.AttributeProto> {
