@@ -267,24 +267,53 @@ export class ExpertPool {
   }
 }
 
+/** Share of the probed expert capacity left free when not every expert fits: the device's memory
+ * is also what later allocations (KV slabs made on first use, staging of uploads) come from. */
+export const EXPERT_HEADROOM = 0.1;
+
+/**
+ * The largest n in [lo, hi] for which `fits(n)` holds, given that fits is monotone (true up to
+ * some n, false above), by bisection: O(log(hi - lo)) probes. Returns lo - 1 when none fits.
+ */
+export async function largestFitting(
+  lo: number,
+  hi: number,
+  fits: (n: number) => Promise<boolean>,
+): Promise<number> {
+  let good = lo - 1, bad = hi + 1;
+  while (bad - good > 1) {
+    const mid = good + Math.floor((bad - good) / 2);
+    if (await fits(mid)) good = mid;
+    else bad = mid;
+  }
+  return good;
+}
+
 /**
  * The default expert budget: every expert when the device can allocate them all, else the largest
- * count (halving) whose pool buffers it can allocate, leaving the rest of memory to the resident
- * weights' share (allocated first in the constructor).
+ * count whose pool buffers it can allocate (bisection, not halving, so at most a slot's worth of
+ * memory is missed) less EXPERT_HEADROOM of it, never below top-k. The resident weights are
+ * allocated before this runs, so their share is already taken.
  */
 export async function fittingExpertSlots(
   device: GPUDevice,
   config: ModelConfig,
   layouts: ExpertLayout[],
 ): Promise<number> {
-  const total = config.numLayers * config.numExperts;
-  for (let slots = total; slots >= config.topK; slots = Math.floor(slots / 2)) {
+  const fits = async (slots: number) => {
     device.pushErrorScope("out-of-memory");
     const probe = new ExpertPool(device, config, layouts, slots);
     const error = await device.popErrorScope();
     probe.destroy();
-    if (error === null) return slots;
-    console.error(`${slots} expert slots do not fit the device (${error.message}); trying fewer`);
-  }
-  return config.topK;
+    return error === null;
+  };
+  const total = config.numLayers * config.numExperts;
+  if (await fits(total)) return total;
+  const most = await largestFitting(config.topK, total - 1, fits);
+  const slots = Math.max(config.topK, Math.floor(most * (1 - EXPERT_HEADROOM)));
+  console.error(
+    `${total} expert slots do not fit the device: at most ${most} do; using ${slots} ` +
+      `(${EXPERT_HEADROOM * 100}% left for other allocations)`,
+  );
+  return slots;
 }
