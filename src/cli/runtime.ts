@@ -127,8 +127,10 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
     info(
       `model ${opened.dir}: ${c.numLayers} layers, ${c.numExperts} experts (top-${c.topK}), ` +
         `${model.pool.totalSlots}/${total} expert slots, context ${model.maxContext}, ` +
-        `${model.maxSequences} sequences at once, on ` +
-        model.gpu.adapterInfo.description,
+        `${model.maxSequences} sequences at once, on ${model.gpu.adapterInfo.description} ` +
+        `(features: ${
+          model.gpu.features.join(", ") || "none of subgroups, shader-f16, timestamp-query"
+        })`,
     );
     return {
       opened,

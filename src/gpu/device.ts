@@ -16,8 +16,10 @@ export interface Gpu {
   adapterInfo: GPUAdapterInfo;
   /** The limits the device was created with (a copy of the adapter's numeric limits). */
   limits: Record<string, number>;
-  /** Whether the adapter offers shader-f16 (reported only; no kernel relies on it). */
+  /** Whether shader-f16 was granted (reported only; no kernel relies on it yet). */
   hasShaderF16: boolean;
+  /** The OPTIONAL_FEATURES the adapter offered, all requested and granted. */
+  features: string[];
   /** Resolves when the device is lost (its reason), so callers can fail their pending work. */
   lost: Promise<DeviceLostError>;
   /** The loss once `lost` has resolved, else null (readable without awaiting). */
@@ -96,6 +98,7 @@ function numericLimits(limits: GPUSupportedLimits): Record<string, number> {
 /** The latch, scopes and loss state of one device, behind the Gpu interface. */
 class OpenedGpu implements Gpu {
   readonly lost: Promise<DeviceLostError>;
+  readonly hasShaderF16: boolean;
   lostError: DeviceLostError | null = null;
   /** The first error not yet thrown by check(). */
   #latched: GpuError | null = null;
@@ -106,8 +109,9 @@ class OpenedGpu implements Gpu {
     readonly device: GPUDevice,
     readonly adapterInfo: GPUAdapterInfo,
     readonly limits: Record<string, number>,
-    readonly hasShaderF16: boolean,
+    readonly features: string[],
   ) {
+    this.hasShaderF16 = features.includes("shader-f16");
     this.lost = device.lost.then((info) => {
       const err = new DeviceLostError(String(info.reason), info.message);
       // "destroyed" is a destroy() call (the model's own, at close, or a test's); anything else
@@ -169,7 +173,12 @@ export function scopedOn<T>(device: GPUDevice, what: string, fn: () => T): T {
   return gpu ? gpu.scoped(what, fn) : fn();
 }
 
-/** Opens a high-performance adapter and a device with all of its limits. */
+/** Features requested whenever the adapter offers them: subgroup operations and f16 arithmetic
+ * for kernels that can use them, timestamp queries for per-kernel timing. */
+export const OPTIONAL_FEATURES = ["subgroups", "shader-f16", "timestamp-query"] as const;
+
+/** Opens a high-performance adapter and a device with all of its limits and every optional
+ * feature it offers. */
 export async function openGpu(): Promise<Gpu> {
   if (typeof navigator === "undefined" || !("gpu" in navigator) || !navigator.gpu) {
     throw new WebGPUNotAvailableError("navigator.gpu is undefined");
@@ -177,9 +186,12 @@ export async function openGpu(): Promise<Gpu> {
   const adapter = await navigator.gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) throw new WebGPUNotAvailableError("requestAdapter() returned null");
   const limits = numericLimits(adapter.limits);
-  const hasShaderF16 = adapter.features.has("shader-f16");
-  const device = await adapter.requestDevice({ requiredLimits: limits });
-  const gpu = new OpenedGpu(device, adapter.info, limits, hasShaderF16);
+  const features: string[] = OPTIONAL_FEATURES.filter((f) => adapter.features.has(f));
+  const device = await adapter.requestDevice({
+    requiredLimits: limits,
+    requiredFeatures: features as GPUFeatureName[],
+  });
+  const gpu = new OpenedGpu(device, adapter.info, limits, features);
   byDevice.set(device, gpu);
   return gpu;
 }
