@@ -4,7 +4,7 @@
  */
 
 import type { DType, FloatDType, TensorView } from "./types.ts";
-import { QUANT_FORMATS, quantRowBytes } from "./quant/formats.ts";
+import { quantRowBytes } from "./quant/formats.ts";
 import { dequantizeRows } from "./quant/dequantize.ts";
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from "./float_bits.ts";
 
@@ -23,17 +23,6 @@ export function tensorBytes(dtype: DType, shape: readonly number[]): number {
   if (isFloatDType(dtype)) return elementCount(shape) * DTYPE_BYTES[dtype];
   const cols = shape.length === 0 ? 1 : shape[shape.length - 1];
   return (elementCount(shape) / cols) * quantRowBytes(dtype, cols);
-}
-
-/** Bytes of `elems` consecutive elements of this dtype starting on a block boundary (elems a
- * multiple of the block for quantized types). */
-export function elementsBytes(dtype: DType, elems: number): number {
-  if (isFloatDType(dtype)) return elems * DTYPE_BYTES[dtype];
-  const f = QUANT_FORMATS[dtype];
-  if (elems % f.elems !== 0) {
-    throw new RangeError(`${elems} ${dtype} values are not whole blocks of ${f.elems}`);
-  }
-  return (elems / f.elems) * f.bytes;
 }
 
 function convert<T extends Float32Array | Float64Array>(view: TensorView, out: T): T {

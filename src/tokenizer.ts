@@ -204,6 +204,22 @@ export const QWEN_CHAT_TEMPLATE = "{%- for message in messages %}" +
   "{%- endfor %}" +
   "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
 
+/** The `model` section of a tokenizer.json for byte-level BPE (as Qwen's tokenizer.json has it). */
+export function bpeModel(vocab: Record<string, number>, merges: string[] | [string, string][]) {
+  return {
+    type: "BPE",
+    dropout: null,
+    unk_token: null,
+    continuing_subword_prefix: "",
+    end_of_word_suffix: "",
+    fuse_unk: false,
+    byte_fallback: false,
+    ignore_merges: false,
+    vocab,
+    merges,
+  };
+}
+
 /**
  * Writes dir/tokenizer.json (byte-level BPE: ids 0..255 are the bytes, no merges, then
  * <|endoftext|>, <|im_start|>, <|im_end|> at 256..258) and dir/tokenizer_config.json (ChatML
@@ -243,18 +259,7 @@ export async function writeByteTokenizer(dir: string, vocabSize: number): Promis
     pre_tokenizer: byteLevel,
     post_processor: byteLevel,
     decoder: byteLevel,
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: "",
-      end_of_word_suffix: "",
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: false,
-      vocab,
-      merges: [],
-    },
+    model: bpeModel(vocab, []),
   };
   const config: TokenizerConfig = {
     add_bos_token: false,

@@ -6,23 +6,9 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { TINY, writeFixture } from "../weights/fixture.ts";
 import { hfToGguf } from "./_gguf_writer.ts";
+import { cli } from "./_cli.ts";
 
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
 const DEFAULT_MODEL = new URL("../weights/default", import.meta.url).pathname;
-
-async function cli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-webgpu", MAIN, ...args],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
 
 async function withTemp(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await Deno.makeTempDir({ prefix: "cli_quant_" });

@@ -10,22 +10,7 @@ import { GENERATE_SPEC } from "../src/cli/generate.ts";
 import { LOGITS_SPEC } from "../src/cli/logits.ts";
 import { PACK_SPEC } from "../src/cli/pack.ts";
 import { SERVE_SPEC } from "../src/server/cli.ts";
-
-const MAIN = new URL("../main.ts", import.meta.url).pathname;
-
-async function cli(
-  args: string[],
-  env: Record<string, string> = {},
-): Promise<{ code: number; stdout: string; stderr: string }> {
-  const out = await new Deno.Command(Deno.execPath(), {
-    args: ["run", "-A", "--unstable-webgpu", MAIN, ...args],
-    env,
-    stdout: "piped",
-    stderr: "piped",
-  }).output();
-  const dec = new TextDecoder();
-  return { code: out.code, stdout: dec.decode(out.stdout), stderr: dec.decode(out.stderr) };
-}
+import { cli, MAIN } from "./_cli.ts";
 
 async function withDirs(fn: (model: string, cache: string) => Promise<void>, opts = TINY) {
   const model = await Deno.makeTempDir({ prefix: "cli_model_" });

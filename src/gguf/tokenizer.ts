@@ -12,7 +12,7 @@
  */
 
 import { join } from "node:path";
-import type { TokenizerConfig } from "../tokenizer.ts";
+import { bpeModel, type TokenizerConfig } from "../tokenizer.ts";
 import {
   getBool,
   getInt,
@@ -210,18 +210,7 @@ export function ggufTokenizerFiles(meta: GgufMetadata, source: string): GgufToke
     },
     post_processor: BYTE_LEVEL,
     decoder: BYTE_LEVEL,
-    model: {
-      type: "BPE",
-      dropout: null,
-      unk_token: null,
-      continuing_subword_prefix: "",
-      end_of_word_suffix: "",
-      fuse_unk: false,
-      byte_fallback: false,
-      ignore_merges: false,
-      vocab,
-      merges,
-    },
+    model: bpeModel(vocab, merges),
   };
   const config: TokenizerConfig = {
     add_bos_token: getBool(meta, K.addBos, source) ?? false,

@@ -10,7 +10,7 @@
  * of its block bytes and the slot stride is a multiple of every part's block bytes. When the
  * packed record (gate | up | down, contiguous) already has this layout it is one upload.
  */
-import type { DType, ExpertWeights, ModelConfig, ModelWeights } from "../types.ts";
+import type { DType, ModelConfig, ModelWeights } from "../types.ts";
 import type { WeightDType } from "./ops_api.ts";
 import { lcm, WEIGHT_DTYPES, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 
@@ -232,16 +232,6 @@ export class ExpertPool {
       ([validation, oom]) => (validation ?? oom)?.message ?? null,
       (e) => `error scope failed: ${(e as Error).message}`,
     );
-  }
-
-  /** Writes one expert of `layer` (three separate views) into a slot. */
-  uploadExpert(slot: number, layer: number, w: ExpertWeights): void {
-    const { buffer, offset } = this.locate(slot);
-    const layout = this.layouts[layer];
-    const at = [0, layout.gateBytes, layout.downOffset];
-    [w.gate, w.up, w.down].forEach((t, i) => {
-      this.device.queue.writeBuffer(buffer, offset + at[i], t.bytes as Uint8Array<ArrayBuffer>);
-    });
   }
 
   /** Points (layer, expert) at slot (or ABSENT) in the GPU's slot table. */

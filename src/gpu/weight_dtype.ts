@@ -45,10 +45,6 @@ export function weightBlock(dtype: WeightDType): WeightBlock {
   return q ? QUANT_FORMATS[q] : FLOAT_BLOCKS[dtype]!;
 }
 
-export function isQuantWeight(dtype: WeightDType): boolean {
-  return QUANT_OF[dtype] !== undefined;
-}
-
 /** Bytes of `elems` elements (whole blocks) of dtype; throws RangeError on a partial block. */
 export function weightBytes(dtype: WeightDType, elems: number): number {
   const b = weightBlock(dtype);

@@ -50,7 +50,7 @@ const FALLBACK: Partial<Record<QuantType, QuantType>> = { Q4_K: "Q5_0", Q6_K: "Q
 const BASE_ROLES = new Set(["layer.q", "layer.k", "layer.v", "layer.o", "lm_head"]);
 
 /** The type asked for a tensor of this role, or null to keep it as it is. */
-export function askedType(
+function askedType(
   role: string,
   opts: QuantOptions,
   tiedEmbeddings: boolean,
@@ -61,7 +61,7 @@ export function askedType(
 }
 
 /** The type a [.., cols] tensor is stored in when `wanted` is asked (with the fallback rule). */
-export function storedType(
+function storedType(
   name: string,
   dtype: DType,
   cols: number,
