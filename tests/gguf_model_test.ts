@@ -18,9 +18,9 @@ import { loadTokenizer, writeByteTokenizer } from "../src/tokenizer.ts";
 import type { QuantType } from "../src/quant/formats.ts";
 import { writeDequantized } from "./_dequantized.ts";
 
-/** The issue's bar for a quantized model against the float64 reference on its dequantized
- * weights (this fixture measures 2e-5 to 6e-5 for float and quantized packs alike). */
-const LOGIT_TOLERANCE = 1e-4;
+/** Max |logit - float64 reference on the dequantized weights| for the mixed GGUF: measured
+ * 2.2e-6 on this untied fixture (the issue's bar is 1e-4). */
+const LOGIT_TOLERANCE = 1e-5;
 
 /** Whole Q4_K/Q6_K super-blocks in every expert row (hidden 256, inter 256). */
 const FIX: FixtureOptions = {

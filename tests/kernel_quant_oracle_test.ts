@@ -19,7 +19,7 @@
  * not initializers, so ORT's optimizer cannot constant-fold the DequantizeLinear or fuse it with
  * the product into MatMulNBits: ORT runs the graph as written.
  *
- * Criteria: the GPU's output is within 1e-4 of ORT's, relative to ORT's largest |output| (both
+ * Criteria: the GPU's output is within 2e-6 of ORT's (measured: at most 7.5e-7), relative to ORT's largest |output| (both
  * are f32 sums of the same exact products in different orders); and ORT's DequantizeLinear alone
  * yields the weights dequantizeRows gives, bit for bit (each x is d·q exactly in f32).
  * QUANT_ORACLE_FIGURES=1 prints the GPU-vs-ORT figures.
@@ -40,8 +40,9 @@ import {
 } from "./kernel_harness.ts";
 import { f32, i8, type OracleNode, type OracleTensor, runGraph, u4 } from "./onnx_oracle.ts";
 
-/** GPU against ORT, relative to ORT's largest |output|. */
-const TOL = 1e-4;
+/** GPU against ORT, relative to ORT's largest |output| (measured 2.5e-7 to 7.5e-7; the issue's
+ * bar is 1e-4). */
+const TOL = 2e-6;
 const K = 256, N = 40, BLOCK = 32;
 const TOKENS = [1, 5];
 
