@@ -1,24 +1,28 @@
 // Experts, stage 2: y[pair, d] = down_e[d,:]·h[pair,:], same slot rules as experts_gate_up.wgsl
-// (absent or other-pool pairs write nothing). One invocation per (pair, ROWS consecutive d), so
+// (absent pairs and pairs of another group write nothing). One invocation per (pair, ROWS consecutive d), so
 // each h load serves ROWS weight rows.
 
 struct Params {
   slot_base: u32,
-  pool_first_slot: u32,
-  pool_slots: u32,
+  first_slot: u32, // the group's slots: [first_slot, first_slot + group_slots)
+  group_slots: u32,
   slot_elems: u32,
   k: u32,
   hidden: u32,
   inter: u32,
   part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
+  slots_per_pool: u32, // pool buffer b of the group holds its slots b*slots_per_pool onwards
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [T*K, I/4]
 @group(0) @binding(3) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
-@group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
-@group(0) @binding(6) var<storage, read_write> y: array<f32>; // [T*K, D]
+@group(0) @binding(5) var<storage, read_write> y: array<f32>; // [T*K, D]
+// Bindings 6..: the group's pool buffers (gate|up|down slots), weights_p<b> (src/gpu/shader.ts).
 
 const ROWS: u32 = 4u;
 const WG: u32 = 64u;
@@ -41,11 +45,17 @@ fn main(
     return;
   }
   let s = slots[p.slot_base + idx[pair]];
-  if (s == ABSENT_SLOT || s < p.pool_first_slot || s >= p.pool_first_slot + p.pool_slots) {
+  if (s == ABSENT_SLOT || s < p.first_slot || s >= p.first_slot + p.group_slots) {
     return;
   }
+  let local = s - p.first_slot;
+  down_rows(local / p.slots_per_pool, local % p.slots_per_pool, pair, d0);
+}
+
+// @pool-begin
+fn down_rows(slot: u32, pair: u32, d0: u32) {
   let I = p.inter;
-  let down = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
+  let down = p.slot_elems * slot + p.part_offset;
   // Rows past D re-read row D-1 (valid memory) and are never stored.
   let r0 = down + min(d0, p.hidden - 1u) * I;
   let r1 = down + min(d0 + 1u, p.hidden - 1u) * I;
@@ -74,3 +84,4 @@ fn main(
     }
   }
 }
+// @pool-end

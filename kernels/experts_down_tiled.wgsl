@@ -4,15 +4,15 @@
 
 struct Params {
   slot_base: u32,
-  pool_first_slot: u32,
-  pool_slots: u32,
+  first_slot: u32, // the group's slots: [first_slot, first_slot + group_slots)
+  group_slots: u32,
   slot_elems: u32,
   k: u32,
   hidden: u32,
   inter: u32,
   num_experts: u32,
   part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
-  _pad0: u32,
+  slots_per_pool: u32, // pool buffer b of the group holds its slots b*slots_per_pool onwards
   _pad1: u32,
   _pad2: u32,
 }
@@ -21,8 +21,8 @@ struct Params {
 @group(0) @binding(2) var<storage, read> h: array<vec4<f32>>; // [T*K, I/4]
 @group(0) @binding(3) var<storage, read> tiles: array<u32>; // moe_tiles.wgsl layout
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
-@group(0) @binding(5) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
-@group(0) @binding(6) var<storage, read_write> y: array<f32>; // [T*K, D]
+@group(0) @binding(5) var<storage, read_write> y: array<f32>; // [T*K, D]
+// Bindings 6..: the group's pool buffers (gate|up|down slots), weights_p<b> (src/gpu/shader.ts).
 
 // Pairs per tile, set per pipeline (<= MAX_TILE); matches the tiles moe_tiles.wgsl cut.
 override TILE: u32 = 8u;
@@ -56,14 +56,20 @@ fn main(
   }
   let at = n_tiles_at + 1u + 3u * tile;
   let s = slots[p.slot_base + tiles[at]];
-  if (s == ABSENT_SLOT || s < p.pool_first_slot || s >= p.pool_first_slot + p.pool_slots) {
+  if (s == ABSENT_SLOT || s < p.first_slot || s >= p.first_slot + p.group_slots) {
     return;
   }
   let first = order + tiles[at + 1u];
   let count = tiles[at + 2u];
+  let local = s - p.first_slot;
+  down_tile(local / p.slots_per_pool, local % p.slots_per_pool, first, count, d0);
+}
+
+// @pool-begin
+fn down_tile(slot: u32, first: u32, count: u32, d0: u32) {
   let I = p.inter;
   let i4 = I / 4u;
-  let down = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
+  let down = p.slot_elems * slot + p.part_offset;
   // Rows past D re-read row D-1 (valid memory) and are never stored.
   let last = p.hidden - 1u;
   let r0 = down + min(d0, last) * I;
@@ -119,3 +125,4 @@ fn main(
     }
   }
 }
+// @pool-end

@@ -1,18 +1,22 @@
 // Experts, stage 1: h[pair, i] = silu(gate_e[i,:]·x[t,:]) * (up_e[i,:]·x[t,:]) for pair = t*K + j,
-// e = idx[pair], the expert's weights in slot slots[slot_base + e] of this pool buffer. One
-// invocation per (pair, ROWS consecutive rows i), so each x load serves 2*ROWS weight rows.
-// Pairs whose slot is ABSENT set missed[slot_base + e] = 1; pairs whose slot lives in another
-// pool buffer are left to that buffer's op. Neither writes h.
+// e = idx[pair], the expert's weights in slot slots[slot_base + e] of this op's group of pool
+// buffers. One invocation per (pair, ROWS consecutive rows i), so each x load serves 2*ROWS weight
+// rows. Pairs whose slot is ABSENT set missed[slot_base + e] = 1; pairs whose slot lives in
+// another group are left to that group's op. Neither writes h.
 
 struct Params {
   slot_base: u32,
-  pool_first_slot: u32,
-  pool_slots: u32,
+  first_slot: u32, // the group's slots: [first_slot, first_slot + group_slots)
+  group_slots: u32,
   slot_elems: u32,
   k: u32,
   hidden: u32,
   inter: u32,
   part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
+  slots_per_pool: u32, // pool buffer b of the group holds its slots b*slots_per_pool onwards
+  _pad0: u32,
+  _pad1: u32,
+  _pad2: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
@@ -20,8 +24,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
 @group(0) @binding(5) var<storage, read_write> missed: array<u32>; // [L*E]
-@group(0) @binding(6) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
-@group(0) @binding(7) var<storage, read_write> h: array<f32>; // [T*K, I]
+@group(0) @binding(6) var<storage, read_write> h: array<f32>; // [T*K, I]
+// Bindings 7..: the group's pool buffers (gate|up|down slots), weights_p<b> (src/gpu/shader.ts).
 
 const ROWS: u32 = 4u;
 const WG: u32 = 64u;
@@ -51,11 +55,17 @@ fn main(
     }
     return;
   }
-  if (s < p.pool_first_slot || s >= p.pool_first_slot + p.pool_slots) {
+  if (s < p.first_slot || s >= p.first_slot + p.group_slots) {
     return;
   }
+  let local = s - p.first_slot;
+  gate_up_rows(local / p.slots_per_pool, local % p.slots_per_pool, pair, i0);
+}
+
+// @pool-begin
+fn gate_up_rows(slot: u32, pair: u32, i0: u32) {
   let D = p.hidden;
-  let base = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
+  let base = p.slot_elems * slot + p.part_offset;
   // Rows past I re-read row I-1 (valid memory) and are never stored.
   let g0 = base + min(i0, p.inter - 1u) * D;
   let g1 = base + min(i0 + 1u, p.inter - 1u) * D;
@@ -99,3 +109,4 @@ fn main(
     }
   }
 }
+// @pool-end

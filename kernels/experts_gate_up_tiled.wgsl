@@ -4,15 +4,15 @@
 
 struct Params {
   slot_base: u32,
-  pool_first_slot: u32,
-  pool_slots: u32,
+  first_slot: u32, // the group's slots: [first_slot, first_slot + group_slots)
+  group_slots: u32,
   slot_elems: u32,
   k: u32,
   hidden: u32,
   inter: u32,
   num_experts: u32,
   part_offset: u32, // this kernel's part (gate, or down) inside a slot, in elements of its dtype
-  _pad0: u32,
+  slots_per_pool: u32, // pool buffer b of the group holds its slots b*slots_per_pool onwards
   _pad1: u32,
   _pad2: u32,
 }
@@ -22,8 +22,8 @@ struct Params {
 @group(0) @binding(3) var<storage, read> tiles: array<u32>; // moe_tiles.wgsl layout
 @group(0) @binding(4) var<storage, read> slots: array<u32>; // [L*E]
 @group(0) @binding(5) var<storage, read_write> missed: array<u32>; // [L*E]
-@group(0) @binding(6) var<storage, read> weights: array<WeightWord>; // pool: gate|up|down slots
-@group(0) @binding(7) var<storage, read_write> h: array<f32>; // [T*K, I]
+@group(0) @binding(6) var<storage, read_write> h: array<f32>; // [T*K, I]
+// Bindings 7..: the group's pool buffers (gate|up|down slots), weights_p<b> (src/gpu/shader.ts).
 
 // Pairs per tile, set per pipeline (<= MAX_TILE); matches the tiles moe_tiles.wgsl cut.
 override TILE: u32 = 8u;
@@ -65,12 +65,18 @@ fn main(
     }
     return;
   }
-  if (s < p.pool_first_slot || s >= p.pool_first_slot + p.pool_slots) {
+  if (s < p.first_slot || s >= p.first_slot + p.group_slots) {
     return;
   }
+  let local = s - p.first_slot;
+  gate_up_tile(local / p.slots_per_pool, local % p.slots_per_pool, first, count, i0);
+}
+
+// @pool-begin
+fn gate_up_tile(slot: u32, first: u32, count: u32, i0: u32) {
   let D = p.hidden;
   let d4 = D / 4u;
-  let base = p.slot_elems * (s - p.pool_first_slot) + p.part_offset;
+  let base = p.slot_elems * slot + p.part_offset;
   let up = p.inter * D; // gate [I, D] then up [I, D]
   // Rows past I re-read row I-1 (valid memory) and are never stored.
   let g0 = base + min(i0, p.inter - 1u) * D;
@@ -128,3 +134,4 @@ fn main(
     }
   }
 }
+// @pool-end

@@ -1,7 +1,7 @@
-// Copies this step's K or V rows into the KV caches of their sequences: for token t of slab s in
-// this buffer's slabs [first_slab, first_slab + slabs), at position pos:
-// cache[((s - first_slab) * positions + pos) * width + i] = x[t, i]. Tokens of other slabs are
-// left to the op of the buffer that holds them.
+// Copies this step's K and V rows into the KV caches of their sequences: for token t of slab s in
+// these buffers' slabs [first_slab, first_slab + slabs), at position pos:
+// k_cache[((s - first_slab) * positions + pos) * width + i] = k[t, i], and the same for v. Tokens
+// of other slabs are left to the op of the buffers that hold them.
 
 struct Params {
   width: u32,
@@ -11,8 +11,10 @@ struct Params {
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
-@group(0) @binding(2) var<storage, read> x: array<f32>; // [T, width]
-@group(0) @binding(3) var<storage, read_write> cache: array<f32>; // [slabs, positions, width]
+@group(0) @binding(2) var<storage, read> k: array<f32>; // [T, width]
+@group(0) @binding(3) var<storage, read> v: array<f32>; // [T, width]
+@group(0) @binding(4) var<storage, read_write> k_cache: array<f32>; // [slabs, positions, width]
+@group(0) @binding(5) var<storage, read_write> v_cache: array<f32>; // [slabs, positions, width]
 
 const WG: u32 = 64u;
 
@@ -31,6 +33,7 @@ fn main(
   if (tk.x < p.first_slab || tk.x >= p.first_slab + p.slabs) {
     return;
   }
-  let row = (tk.x - p.first_slab) * p.positions + tk.y;
-  cache[row * p.width + id % p.width] = x[id];
+  let at = ((tk.x - p.first_slab) * p.positions + tk.y) * p.width + id % p.width;
+  k_cache[at] = k[id];
+  v_cache[at] = v[id];
 }

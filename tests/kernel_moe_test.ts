@@ -57,7 +57,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
   for (const [D, I, pad] of GEOMETRIES) {
     const SLOT_ELEMS = 3 * I * D + pad;
     gpuTest(
-      `expertsGateUp()/expertsDown() match the reference over two pools (${dtype}, D=${D}, I=${I}), absent experts flagged`,
+      `expertsGateUp()/expertsDown() match the reference over two pools bound together or apart (${dtype}, D=${D}, I=${I}), absent experts flagged`,
       async () => {
         // Slot contents: random gate|up|down per slot, packed per pool buffer.
         const poolValues = POOLS.map((p) => randomF32(p.slots * SLOT_ELEMS, 50 + p.first));
@@ -91,27 +91,38 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
           const xBuf = buffer(x);
           const common = { idx, slots, slotBase: E, poolDtype: dtype, slotElems: SLOT_ELEMS, k: K };
-          const list = POOLS.map((p, i) =>
+          // One group binding both pools (padded to 3 bindings); for T = 7 one group per pool.
+          const groups = [{
+            pools: poolBufs,
+            firstSlot: 0,
+            slots: POOLS[0].slots + POOLS[1].slots,
+            slotsPerPool: POOLS[0].slots,
+            bindings: 3,
+          }];
+          const perPool = POOLS.map((p, i) => ({
+            pools: [poolBufs[i]],
+            firstSlot: p.first,
+            slots: p.slots,
+            slotsPerPool: p.slots,
+          }));
+          const layout = T === 7 ? perPool : groups;
+          const list = layout.map((group) =>
             ops.expertsGateUp({
               ...common,
               partOffset: 0,
               x: xBuf,
               missed,
-              pool: poolBufs[i],
-              poolFirstSlot: p.first,
-              poolSlots: p.slots,
+              group,
               h,
               hidden: D,
               inter: I,
             })
-          ).concat(POOLS.map((p, i) =>
+          ).concat(layout.map((group) =>
             ops.expertsDown({
               ...common,
               partOffset: 2 * I * D, // after gate and up
               h,
-              pool: poolBufs[i],
-              poolFirstSlot: p.first,
-              poolSlots: p.slots,
+              group,
               y,
               hidden: D,
               inter: I,

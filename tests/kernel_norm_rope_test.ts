@@ -43,23 +43,69 @@ gpuTest("rope() rotates halves like the float64 reference at pos0 > 0", async ()
   }
 });
 
-gpuTest("kvStore() writes rows pos0..pos0+T-1 of the cache and nothing else", async () => {
+gpuTest("kvStore() writes rows pos0..pos0+T-1 of both caches and nothing else", async () => {
   const width = 40, maxCtx = 12, pos0 = 5, T = 3;
-  const initial = randomF32(maxCtx * width, 1);
-  const x = randomF32(T * width, 2);
-  const cache = buffer(initial);
-  run([ops.kvStore({ x: buffer(x), cache, width })], T, pos0);
-  const got = await readF32(gpu, cache, 0, initial.length);
-  const want = Float32Array.from(initial);
-  want.set(x, pos0 * width);
-  assert.deepStrictEqual(got, want);
+  const initialK = randomF32(maxCtx * width, 1), initialV = randomF32(maxCtx * width, 3);
+  const k = randomF32(T * width, 2), v = randomF32(T * width, 4);
+  const kCache = buffer(initialK), vCache = buffer(initialV);
+  run([ops.kvStore({ k: buffer(k), v: buffer(v), kCache, vCache, width })], T, pos0);
+  const wantK = Float32Array.from(initialK), wantV = Float32Array.from(initialV);
+  wantK.set(k, pos0 * width);
+  wantV.set(v, pos0 * width);
+  assert.deepStrictEqual(await readF32(gpu, kCache, 0, initialK.length), wantK);
+  assert.deepStrictEqual(await readF32(gpu, vCache, 0, initialV.length), wantV);
 });
 
 gpuTest("kvStore() covers a dispatch of more than 65535 workgroups (2-D dispatch)", async () => {
   const width = 65536 * 64 + 100; // 65537 workgroups of 64 for one token
-  const x = Float32Array.from({ length: width }, (_, i) => i % 1000);
-  const cache = buffer(2 * width * 4);
-  run([ops.kvStore({ x: buffer(x), cache, width })], 1, 1);
-  const got = await readF32(gpu, cache, width * 4, width);
-  assert.deepStrictEqual(got, x);
+  const k = Float32Array.from({ length: width }, (_, i) => i % 1000);
+  const v = Float32Array.from({ length: width }, (_, i) => i % 777);
+  const kCache = buffer(2 * width * 4), vCache = buffer(2 * width * 4);
+  run([ops.kvStore({ k: buffer(k), v: buffer(v), kCache, vCache, width })], 1, 1);
+  assert.deepStrictEqual(await readF32(gpu, kCache, width * 4, width), k);
+  assert.deepStrictEqual(await readF32(gpu, vCache, width * 4, width), v);
 });
+
+gpuTest(
+  "headNormRope() equals rmsnorm then rope on q and k, bit for bit, and the reference",
+  async () => {
+    for (const [Hq, Hkv, Dh] of [[4, 2, 16], [8, 2, 128], [2, 1, 256]]) {
+      const T = 3, pos0 = 2, maxPos = 8, eps = 1e-6;
+      const q = randomF32(T * Hq * Dh, 11 + Dh), k = randomF32(T * Hkv * Dh, 12 + Dh);
+      const qNorm = randomF32(Dh, 13), kNorm = randomF32(Dh, 14);
+      const table = ref.ropeTable(maxPos, Dh, 1e6);
+      const tBuf = buffer(Float32Array.from(table)), qnBuf = buffer(qNorm), knBuf = buffer(kNorm);
+      const q1 = buffer(q), k1 = buffer(k), q2 = buffer(q), k2 = buffer(k);
+      run(
+        [
+          ops.rmsnorm({ x: q1, weight: qnBuf, out: q1, dim: Dh, groups: Hq, eps }),
+          ops.rmsnorm({ x: k1, weight: knBuf, out: k1, dim: Dh, groups: Hkv, eps }),
+          ops.rope({ x: q1, table: tBuf, heads: Hq, headDim: Dh }),
+          ops.rope({ x: k1, table: tBuf, heads: Hkv, headDim: Dh }),
+        ],
+        T,
+        pos0,
+      );
+      run(
+        [ops.headNormRope({
+          q: q2,
+          k: k2,
+          qNorm: qnBuf,
+          kNorm: knBuf,
+          table: tBuf,
+          numHeads: Hq,
+          numKvHeads: Hkv,
+          headDim: Dh,
+          eps,
+        })],
+        T,
+        pos0,
+      );
+      const gotQ = await readF32(gpu, q2, 0, q.length), gotK = await readF32(gpu, k2, 0, k.length);
+      assert.deepStrictEqual(gotQ, await readF32(gpu, q1, 0, q.length), `q, ${Hq}x${Dh}`);
+      assert.deepStrictEqual(gotK, await readF32(gpu, k1, 0, k.length), `k, ${Hkv}x${Dh}`);
+      const wantQ = ref.rope(ref.rmsnorm(q, qNorm, T, Dh, Hq, eps), table, T, Hq, Dh, pos0);
+      assertClose(gotQ, wantQ, TOL, `q vs reference, ${Hq}x${Dh}`);
+    }
+  },
+);

@@ -50,7 +50,13 @@ gpuTest(
   async () => {
     const own = new Ops(gpu);
     const x = buffer(64 * 4);
-    const op = own.kvStore({ x, cache: buffer(64 * 4), width: 4 });
+    const op = own.kvStore({
+      k: x,
+      v: x,
+      kCache: buffer(64 * 4),
+      vCache: buffer(64 * 4),
+      width: 4,
+    });
     own.destroy();
     gpu.device.pushErrorScope("validation");
     const encoder = gpu.device.createCommandEncoder();

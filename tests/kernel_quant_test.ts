@@ -386,32 +386,34 @@ for (const type of QUANTS) {
         const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
         const xBuf = buffer(x);
         const common = { idx, slots, slotBase: E, poolDtype: type, slotElems: SLOT_ELEMS, k: K };
-        const list = POOLS.map((p, i) =>
+        // Both pools bound by one op (one group), as the model binds a group of pool buffers.
+        const group = {
+          pools: poolBufs,
+          firstSlot: 0,
+          slots: POOLS[0].slots + POOLS[1].slots,
+          slotsPerPool: POOLS[0].slots,
+        };
+        const list = [
           ops.expertsGateUp({
             ...common,
             partOffset: 0,
             x: xBuf,
             missed,
-            pool: poolBufs[i],
-            poolFirstSlot: p.first,
-            poolSlots: p.slots,
+            group,
             h,
             hidden: D,
             inter: I,
-          })
-        ).concat(POOLS.map((p, i) =>
+          }),
           ops.expertsDown({
             ...common,
             partOffset: 2 * I * D,
             h,
-            pool: poolBufs[i],
-            poolFirstSlot: p.first,
-            poolSlots: p.slots,
+            group,
             y,
             hidden: D,
             inter: I,
-          })
-        ));
+          }),
+        ];
         run(list, T);
         const gotH = await readF32(gpu, h, 0, T * K * I);
         const gotY = await readF32(gpu, y, 0, T * K * D);

@@ -4,6 +4,11 @@
  * the GPU slot table at it. The eviction policy decides victims; keys the current step still
  * needs are protected.
  *
+ * Slots belong to domains (ExpertPool.domains: the slots of a layer's own pool groups, shared
+ * with the layers of the same groups): an expert only ever takes a slot of its layer's domain,
+ * free or evicted from a layer of that domain, so each layer's experts stay in the groups its
+ * kernels dispatch.
+ *
  * A failed load leaves the cache as it was: the record is read (and checksum-verified) before any
  * slot is taken or any expert evicted, so a damaged record (ExpertChecksumError) changes nothing
  * and later loads of other experts work. The upload runs in WebGPU error scopes; WebGPU reports
@@ -64,7 +69,10 @@ export class ExpertCache {
   /** Keys loaded speculatively and not yet used. */
   private prefetched = new Set<number>();
   private slotOf = new Map<number, number>();
-  private free: number[] = [];
+  /** Free slots of each domain, lowest on top (pop() takes it). */
+  private free: number[][];
+  /** Domain index of each layer. */
+  private domainOfLayer: number[];
   /** Resident keys of each layer. */
   private byLayer: Set<number>[];
   /** Uploads whose error scopes have not answered yet. */
@@ -77,7 +85,12 @@ export class ExpertCache {
     private source: ExpertSource,
     private policy: EvictionPolicy<number>,
   ) {
-    for (let s = pool.totalSlots - 1; s >= 0; s--) this.free.push(s);
+    this.free = pool.domains.map((d) => {
+      const free: number[] = [];
+      for (let s = d.firstSlot + d.slots - 1; s >= d.firstSlot; s--) free.push(s);
+      return free;
+    });
+    this.domainOfLayer = Array.from({ length: pool.config.numLayers }, (_, l) => pool.domainOf(l));
     this.byLayer = Array.from({ length: pool.config.numLayers }, () => new Set<number>());
   }
 
@@ -86,13 +99,29 @@ export class ExpertCache {
     return this.byLayer[l];
   }
 
+  /** Every slot (all domains). */
   get capacity(): number {
     return this.pool.totalSlots;
   }
 
-  /** No free slot left: the next load evicts. */
+  /** Slots layer l's experts may take (its domain's): the room one step of l has. */
+  capacityOf(layer: number): number {
+    return this.pool.domains[this.domainOfLayer[layer]].slots;
+  }
+
+  /** The smallest domain's slots: what any one layer can count on. */
+  minCapacity(): number {
+    return Math.min(...this.pool.domains.map((d) => d.slots));
+  }
+
+  /** Layers whose experts share layer l's slots (l included), in order. */
+  domainLayers(layer: number): readonly number[] {
+    return this.pool.domains[this.domainOfLayer[layer]].layers;
+  }
+
+  /** No free slot left anywhere: the next load evicts. */
   get isFull(): boolean {
-    return this.free.length === 0;
+    return this.free.every((f) => f.length === 0);
   }
 
   get residentCount(): number {
@@ -112,39 +141,45 @@ export class ExpertCache {
     }
   }
 
-  /** Free slots (the capacity minus the resident experts). */
+  /** Free slots of every domain (the capacity minus the resident experts). */
   get freeCount(): number {
-    return this.free.length;
+    return this.free.reduce((n, f) => n + f.length, 0);
   }
 
   /**
-   * Makes `key` resident, evicting a policy victim outside `protect` if no slot is free.
-   * Returns false when every slot is protected (the caller must not need more than capacity).
+   * Makes `key` resident in a slot of its layer's domain, evicting a policy victim of that
+   * domain's layers outside `protect` if none is free. Returns false when every slot of the
+   * domain is protected (the caller must not need more than capacityOf(layer)).
    * Throws, changing nothing, when the record cannot be read (ExpertChecksumError, ...), and
    * ExpertUploadError for an earlier upload the GPU refused.
    */
   load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
     if (this.slotOf.has(key)) return true;
     this.raiseUploadFailure();
-    let victim: number | undefined;
-    if (this.free.length === 0) {
-      const candidates = [...this.slotOf.keys()].filter((k) => !protect.has(k));
-      victim = this.policy.victim(candidates, now);
-      if (victim === undefined) return false;
-    }
     const E = this.pool.config.numExperts;
     const layer = Math.floor(key / E);
     const expert = key % E;
+    const domain = this.domainOfLayer[layer];
+    const free = this.free[domain];
+    let victim: number | undefined;
+    if (free.length === 0) {
+      // (in residency order, as the policy's ties expect)
+      const candidates = [...this.slotOf.keys()].filter((k) =>
+        this.domainOfLayer[Math.floor(k / E)] === domain && !protect.has(k)
+      );
+      victim = this.policy.victim(candidates, now);
+      if (victim === undefined) return false;
+    }
     const t0 = performance.now();
     // read (and verify) before taking a slot: a record that cannot be read changes nothing
     const rec = this.source.read(layer, expert);
     this.pool.checkRecord(layer, rec.bytes);
-    const slot = victim === undefined ? this.free.pop()! : this.evict(victim);
+    const slot = victim === undefined ? free.pop()! : this.evict(victim);
     let scope: Promise<string | null>;
     try {
       scope = this.pool.uploadRecord(slot, layer, rec.bytes);
     } catch (e) {
-      this.free.push(slot);
+      free.push(slot);
       throw e;
     }
     this.pool.assign(layer, expert, slot);
@@ -180,7 +215,9 @@ export class ExpertCache {
       const E = this.pool.config.numExperts;
       this.uploadFailure ??= new ExpertUploadError(Math.floor(key / E), key % E, message);
       try {
-        if (this.slotOf.get(key) === slot) this.free.push(this.unassign(key));
+        if (this.slotOf.get(key) === slot) {
+          this.free[this.domainOfLayer[Math.floor(key / E)]].push(this.unassign(key));
+        }
       } catch {
         // the device is gone (destroyed or lost): nothing is uploaded any more
       }

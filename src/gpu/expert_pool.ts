@@ -4,6 +4,9 @@
  * of layer l lives (or that it is absent). The kernels read the table on the GPU, so routing never
  * has to come back to the CPU to find weights.
  *
+ * Pool buffers come in groups that one expert dispatch binds together, and each layer's experts
+ * stay in their own group(s) (layer affinity): see ExpertPool.
+ *
  * Slot layout (ExpertLayout): gate [I, D] | up [I, D] (one dtype) | pad | down [D, I] (its own
  * dtype) | pad. The kernels address weights in elements of their dtype, so each part must start on
  * a whole block of its dtype counted from the start of the pool buffer: down starts on a multiple
@@ -120,15 +123,109 @@ export function modelExpertLayouts(w: ModelWeights): ExpertLayout[] {
   );
 }
 
+/** One pool buffer: slots [firstSlot, firstSlot + slots), each slotBytes long. */
 export interface PoolBuffer {
   buffer: GPUBuffer;
   firstSlot: number;
   slots: number;
 }
 
+/**
+ * Pool buffers that one expert dispatch binds together: slots [firstSlot, firstSlot + slots),
+ * pool i holding [firstSlot + i * slotsPerPool, ...) (only the last may be shorter), so a kernel
+ * finds slot s in pool (s - firstSlot) / slotsPerPool. A layer dispatches once per group it uses,
+ * whatever the number of pool buffers.
+ */
+export interface PoolGroup {
+  firstSlot: number;
+  slots: number;
+  pools: PoolBuffer[];
+}
+
+/** Layers whose experts share one run of slots (the union of the same groups): a load for one of
+ * them takes a free slot of this run or evicts an expert of one of these layers. */
+export interface SlotDomain {
+  layers: number[];
+  firstSlot: number;
+  slots: number;
+}
+
+/** Storage buffers an expert kernel binds besides its pools (activations, slot table, missed
+ * flags, output, ...): what is left of the device's per-stage limit goes to pool buffers. */
+export const EXPERT_FIXED_BINDINGS = 5;
+
+export interface ExpertPoolOptions {
+  /** Caps each pool buffer's bytes below the device's storage-binding limit (bench: force 128 MiB). */
+  bindingLimit?: number;
+  /** Pool buffers one expert dispatch binds (default: device.limits.maxStorageBuffersPerShaderStage
+   * - EXPERT_FIXED_BINDINGS, at least 1). */
+  poolBindings?: number;
+  /** Place each layer's experts in its own group(s) of pools (default true). */
+  affinity?: boolean;
+}
+
+/** A domain's layers, slots and number of groups, before any buffer exists. */
+interface DomainPlan {
+  layers: number[];
+  slots: number;
+  groups: number;
+}
+
+/**
+ * Layer affinity's layout: each layer a fair share of the slots (total / L, the first layers
+ * taking the extra), consecutive layers packed into one group while their shares fit groupSlots
+ * (a group's NB pools), a layer whose share does not fit alone spread over as few groups of its
+ * own as hold it. Every layer thus dispatches as few groups as its share allows, and when every
+ * expert fits each layer's domain holds all of its experts. Null when a domain could not hold one
+ * layer's top-k (a step must fit in a domain): then layers share every slot.
+ */
+function layerDomains(
+  total: number,
+  L: number,
+  groupSlots: number,
+  topK: number,
+): DomainPlan[] | null {
+  const domains: DomainPlan[] = [];
+  let open: DomainPlan | null = null;
+  for (let l = 0; l < L; l++) {
+    const share = Math.ceil(total * (l + 1) / L) - Math.ceil(total * l / L);
+    if (open !== null && open.slots + share <= groupSlots) {
+      open.layers.push(l);
+      open.slots += share;
+      continue;
+    }
+    open = { layers: [l], slots: share, groups: Math.max(1, Math.ceil(share / groupSlots)) };
+    domains.push(open);
+    // a layer spread over several groups shares them with no other layer
+    if (open.groups > 1) open = null;
+  }
+  return domains.every((d) => d.slots >= topK) ? domains : null;
+}
+
+/**
+ * Experts' GPU memory, in groups of at most poolBindings pool buffers (one expert dispatch binds
+ * a group). With layer affinity each layer's experts live only in its own group(s), a fair share
+ * of the slots (see layerDomains): layers share a group while their shares fit one, and a layer
+ * whose share does not owns several, so a layer's expert kernels bind and dispatch only those,
+ * normally one; the dispatches per layer do not grow with the number of pool buffers. Without
+ * affinity (asked for, one group's worth of slots, or a share that cannot hold top-k) the slots
+ * are split evenly over as few groups as the bindings allow, and every layer may use every slot
+ * and dispatches every group.
+ */
 export class ExpertPool {
   readonly slotBytes: number;
+  /** Every pool buffer, in slot order. */
   readonly pools: PoolBuffer[] = [];
+  /** Groups of pool buffers one dispatch binds, in slot order. */
+  readonly groups: PoolGroup[] = [];
+  /** Slots per pool buffer (the last of a group may hold fewer). */
+  readonly slotsPerPool: number;
+  /** Pool buffers one expert dispatch binds at most (a group's size). */
+  readonly poolBindings: number;
+  /** Whether layers keep to their own groups (false: every layer uses every slot). */
+  readonly affinity: boolean;
+  /** Runs of slots shared by layers, in slot order; every layer is in exactly one. */
+  readonly domains: SlotDomain[] = [];
   /** u32 [L*E]: slot of expert e of layer l at l*E + e, or ABSENT. */
   readonly slotTable: GPUBuffer;
   /** u32 [L*E]: set to 1 by the kernels when a routed expert was absent. */
@@ -137,6 +234,9 @@ export class ExpertPool {
   readonly table: Uint32Array<ArrayBuffer>;
   /** Bytes of the largest record (a load moves its layer's record). */
   readonly expertBytes: number;
+  /** Per layer: its groups [start, end) and its domain's index. */
+  private groupRange: [number, number][] = [];
+  private domainIndex: number[] = [];
 
   constructor(
     private device: GPUDevice,
@@ -144,16 +244,21 @@ export class ExpertPool {
     /** Per layer. */
     readonly layouts: ExpertLayout[],
     readonly totalSlots: number,
+    opts: ExpertPoolOptions = {},
   ) {
     const { numLayers: L, numExperts: E } = config;
     if (layouts.length !== L) {
       throw new ExpertPoolError(`${layouts.length} expert layouts for ${L} layers`);
+    }
+    if (!Number.isInteger(totalSlots) || totalSlots < 1) {
+      throw new ExpertPoolError(`expert slots must be a whole number >= 1, got ${totalSlots}`);
     }
     this.expertBytes = Math.max(...layouts.map((x) => x.recordBytes));
     this.slotBytes = layouts[0].slotBytes;
     const limit = Math.min(
       device.limits.maxStorageBufferBindingSize,
       device.limits.maxBufferSize,
+      opts.bindingLimit ?? Infinity,
     );
     const maxElemsPerSlot = Math.max(
       ...layouts.flatMap((x) => [x.gateSlotElems, x.downSlotElems]),
@@ -167,15 +272,45 @@ export class ExpertPool {
         `one expert (${this.slotBytes} B) exceeds the device's storage binding limit (${limit} B)`,
       );
     }
-    for (let first = 0; first < totalSlots; first += perBuffer) {
-      const slots = Math.min(perBuffer, totalSlots - first);
-      const buffer = device.createBuffer({
-        label: `experts.pool${this.pools.length}`,
-        size: slots * this.slotBytes,
-        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
-      });
-      this.pools.push({ buffer, firstSlot: first, slots });
+    this.slotsPerPool = perBuffer;
+    const NB = opts.poolBindings ??
+      Math.max(1, device.limits.maxStorageBuffersPerShaderStage - EXPERT_FIXED_BINDINGS);
+    if (!Number.isInteger(NB) || NB < 1) {
+      throw new ExpertPoolError(`pool bindings must be a whole number >= 1, got ${NB}`);
     }
+    this.poolBindings = NB;
+
+    // without affinity (or with one group's worth of slots): as few groups as NB bindings allow,
+    // every layer in all of them
+    const fewest = Math.ceil(Math.ceil(totalSlots / perBuffer) / NB);
+    const plan = (opts.affinity ?? true) && fewest > 1
+      ? layerDomains(totalSlots, L, NB * perBuffer, config.topK)
+      : null;
+    this.affinity = plan !== null;
+    const domains = plan ?? [{ layers: [...Array(L).keys()], slots: totalSlots, groups: fewest }];
+    let first = 0;
+    for (const d of domains) {
+      const domain = { layers: d.layers, firstSlot: first, slots: d.slots };
+      const range: [number, number] = [this.groups.length, this.groups.length + d.groups];
+      // the domain's slots over its groups as evenly as possible, the first ones taking the extra
+      for (let g = 0; g < d.groups; g++) {
+        const slots = Math.floor(d.slots / d.groups) + (g < d.slots % d.groups ? 1 : 0);
+        const group: PoolGroup = { firstSlot: first, slots, pools: [] };
+        for (let s = first; s < first + slots; s += perBuffer) {
+          const pool = this.createPool(s, Math.min(perBuffer, first + slots - s));
+          group.pools.push(pool);
+          this.pools.push(pool);
+        }
+        this.groups.push(group);
+        first += slots;
+      }
+      for (const l of d.layers) {
+        this.groupRange[l] = range;
+        this.domainIndex[l] = this.domains.length;
+      }
+      this.domains.push(domain);
+    }
+
     this.table = new Uint32Array(L * E).fill(ABSENT);
     this.slotTable = device.createBuffer({
       label: "experts.slot_table",
@@ -188,6 +323,26 @@ export class ExpertPool {
       size: this.table.byteLength,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST | GPUBufferUsage.COPY_SRC,
     });
+  }
+
+  private createPool(firstSlot: number, slots: number): PoolBuffer {
+    const buffer = this.device.createBuffer({
+      label: `experts.pool${this.pools.length}`,
+      size: slots * this.slotBytes,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
+    });
+    return { buffer, firstSlot, slots };
+  }
+
+  /** The groups layer l's experts live in (the ones its expert kernels dispatch). */
+  layerGroups(l: number): PoolGroup[] {
+    const [start, end] = this.groupRange[l];
+    return this.groups.slice(start, end);
+  }
+
+  /** Index in `domains` of the slots layer l's experts may take. */
+  domainOf(l: number): number {
+    return this.domainIndex[l];
   }
 
   /** Throws ExpertPoolError unless record is one expert's gate|up|down bytes of this layer. */
@@ -289,10 +444,18 @@ export async function fittingExpertSlots(
   device: GPUDevice,
   config: ModelConfig,
   layouts: ExpertLayout[],
+  /** The options the model's pool will be made with (its buffers are what must fit). */
+  opts: ExpertPoolOptions = {},
 ): Promise<number> {
   const fits = async (slots: number) => {
     device.pushErrorScope("out-of-memory");
-    const probe = new ExpertPool(device, config, layouts, slots);
+    let probe: ExpertPool;
+    try {
+      probe = new ExpertPool(device, config, layouts, slots, opts);
+    } catch (e) {
+      await device.popErrorScope(); // a pool the options rule out: leave the scopes balanced
+      throw e;
+    }
     const error = await device.popErrorScope();
     probe.destroy();
     return error === null;

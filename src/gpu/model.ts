@@ -17,7 +17,12 @@ import { Ops, STEP_BYTES } from "./ops.ts";
 import { readU32 } from "./readback.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
-import { ExpertPool, fittingExpertSlots, modelExpertLayouts } from "./expert_pool.ts";
+import {
+  ExpertPool,
+  type ExpertPoolOptions,
+  fittingExpertSlots,
+  modelExpertLayouts,
+} from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
 import { Residency } from "./residency.ts";
 import {
@@ -83,6 +88,29 @@ export interface GpuModelOptions {
   maxSequences?: number;
   /** GPU memory for KV caches in MiB: caps maxSequences. */
   kvCacheMib?: number;
+  /**
+   * How expert kernels reach the pool buffers: "grouped" (default) binds a group of pool buffers
+   * per dispatch and keeps each layer's experts in its own group(s), so a layer dispatches each
+   * expert stage once whatever the pool count; "per-pool" is the baseline kept for benchmarks:
+   * every layer dispatches both stages once per pool buffer, experts placed anywhere.
+   */
+  expertDispatch?: "grouped" | "per-pool";
+  /** Caps each expert pool buffer's bytes below the device's binding limit (benchmarks and tests:
+   * many pool buffers on a device that allows few). */
+  expertBindingLimit?: number;
+  /** Pool buffers one expert dispatch binds (default: as many as the device's storage-buffer
+   * limit leaves; tests and benchmarks force fewer to get several groups per layer). */
+  expertPoolBindings?: number;
+}
+
+/** The expert pool's layout options for a model's options. */
+function poolOptions(opts: GpuModelOptions): ExpertPoolOptions {
+  const perPool = opts.expertDispatch === "per-pool";
+  return {
+    bindingLimit: opts.expertBindingLimit,
+    poolBindings: perPool ? 1 : opts.expertPoolBindings,
+    affinity: !perPool,
+  };
 }
 
 /** Expert uploads between queue flushes when loading all experts (bounds staging memory). */
@@ -310,7 +338,7 @@ export class GpuModel implements LanguageModel, SessionHost {
           `slots (--expert-slots ${K})`,
       );
     }
-    this.pool = new ExpertPool(device, c, modelExpertLayouts(weights), slots);
+    this.pool = new ExpertPool(device, c, modelExpertLayouts(weights), slots, poolOptions(opts));
     this.cache = new ExpertCache(
       this.pool,
       opts.expertSource ?? new CheckpointExperts(weights),
@@ -404,7 +432,12 @@ export class GpuModel implements LanguageModel, SessionHost {
       const layouts = modelExpertLayouts(weights);
       opts = {
         ...opts,
-        expertSlots: await fittingExpertSlots(gpu.device, weights.config, layouts),
+        expertSlots: await fittingExpertSlots(
+          gpu.device,
+          weights.config,
+          layouts,
+          poolOptions(opts),
+        ),
       };
     }
     // KV slabs: as many as asked, within the MiB budget, that the device can allocate
@@ -503,7 +536,7 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   // ---- preparation (once) ----
 
-  /** input norm -> q/k/v -> q/k norms -> RoPE. */
+  /** input norm -> q/k/v -> q/k norms and RoPE (one op). */
   private prepareAttentionInputs(l: number): Op[] {
     const c = this.config;
     const L = this.layers[l];
@@ -525,10 +558,17 @@ export class GpuModel implements LanguageModel, SessionHost {
       mm(L.q, a.q, Hq * Dh),
       mm(L.k, a.k, Hkv * Dh),
       mm(L.v, a.v, Hkv * Dh),
-      this.ops.rmsnorm({ x: a.q, weight: L.qNorm, out: a.q, dim: Dh, groups: Hq, eps }),
-      this.ops.rmsnorm({ x: a.k, weight: L.kNorm, out: a.k, dim: Dh, groups: Hkv, eps }),
-      this.ops.rope({ x: a.q, table: this.rope, heads: Hq, headDim: Dh }),
-      this.ops.rope({ x: a.k, table: this.rope, heads: Hkv, headDim: Dh }),
+      this.ops.headNormRope({
+        q: a.q,
+        k: a.k,
+        qNorm: L.qNorm,
+        kNorm: L.kNorm,
+        table: this.rope,
+        numHeads: Hq,
+        numKvHeads: Hkv,
+        headDim: Dh,
+        eps,
+      }),
     ];
   }
 
@@ -545,8 +585,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     const { numHeads: Hq, numKvHeads: Hkv, headDim: Dh } = c;
     const group = { firstSlab, slabs };
     return [
-      this.ops.kvStore({ x: a.k, cache: kCache, width: Hkv * Dh, ...group }),
-      this.ops.kvStore({ x: a.v, cache: vCache, width: Hkv * Dh, ...group }),
+      this.ops.kvStore({ k: a.k, v: a.v, kCache, vCache, width: Hkv * Dh, ...group }),
       this.ops.attention({
         q: a.q,
         kCache,
@@ -606,7 +645,7 @@ export class GpuModel implements LanguageModel, SessionHost {
           slots: this.pool.slotTable,
           slotBase: l * E,
           numExperts: E,
-          minResident: this.res.layerQuota,
+          minResident: this.res.layerQuota(l),
         })]
         : []),
       this.ops.topk({
@@ -620,7 +659,9 @@ export class GpuModel implements LanguageModel, SessionHost {
     ];
   }
 
-  /** SwiGLU experts for every (token, choice) whose expert is resident, one op per pool. */
+  /** SwiGLU experts for every (token, choice) whose expert is resident: one op per stage for
+   * each group of pool buffers the layer's experts may live in (one, unless the baseline
+   * "per-pool" dispatch is chosen or a layer's experts span several groups). */
   private prepareExperts(l: number): Op[] {
     const c = this.config;
     const a = this.act;
@@ -633,35 +674,43 @@ export class GpuModel implements LanguageModel, SessionHost {
       hidden: c.hiddenSize,
       inter: c.moeIntermediateSize,
     };
-    const ops: Op[] = [];
-    for (const p of this.pool.pools) {
-      ops.push(this.ops.expertsGateUp({
-        ...common,
-        poolDtype: layout.gateDtype,
-        slotElems: layout.gateSlotElems,
-        partOffset: 0,
-        x: a.xn,
-        missed: this.pool.missed,
-        pool: p.buffer,
-        poolFirstSlot: p.firstSlot,
-        poolSlots: p.slots,
-        h: a.h,
-      }));
-    }
-    for (const p of this.pool.pools) {
-      ops.push(this.ops.expertsDown({
-        ...common,
-        poolDtype: layout.downDtype,
-        slotElems: layout.downSlotElems,
-        partOffset: layout.downOffsetElems,
-        h: a.h,
-        pool: p.buffer,
-        poolFirstSlot: p.firstSlot,
-        poolSlots: p.slots,
-        y: a.y,
-      }));
-    }
-    return ops;
+    // one binding count for every group, so groups of different sizes share the pipelines
+    const bindings = Math.max(...this.pool.groups.map((g) => g.pools.length));
+    const groups = this.pool.layerGroups(l).map((g) => ({
+      pools: g.pools.map((p) => p.buffer),
+      firstSlot: g.firstSlot,
+      slots: g.slots,
+      slotsPerPool: this.pool.slotsPerPool,
+      bindings,
+    }));
+    // the first op groups the layer's pairs by expert (prefill); the others reuse that grouping
+    return [
+      ...groups.map((group, i) =>
+        this.ops.expertsGateUp({
+          ...common,
+          group,
+          groupPairs: i === 0,
+          poolDtype: layout.gateDtype,
+          slotElems: layout.gateSlotElems,
+          partOffset: 0,
+          x: a.xn,
+          missed: this.pool.missed,
+          h: a.h,
+        })
+      ),
+      ...groups.map((group) =>
+        this.ops.expertsDown({
+          ...common,
+          group,
+          groupPairs: false,
+          poolDtype: layout.downDtype,
+          slotElems: layout.downSlotElems,
+          partOffset: layout.downOffsetElems,
+          h: a.h,
+          y: a.y,
+        })
+      ),
+    ];
   }
 
   /** lm_head over the rows of x, chunk by chunk into logits [T, V]. */
@@ -932,9 +981,9 @@ export class GpuModel implements LanguageModel, SessionHost {
     }
   }
 
-  /** With router masking, each layer's share of the expert slots (see Residency). */
-  get layerQuota(): number {
-    return this.res.layerQuota;
+  /** With router masking, layer l's share of the expert slots (see Residency). */
+  layerQuota(l: number): number {
+    return this.res.layerQuota(l);
   }
 
   /** Whether a forward of T tokens goes layer by layer over the whole prompt (routing read
@@ -1094,7 +1143,10 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   get maxLanes(): number {
     if (this.allResident) return this.maxBatch;
-    return Math.max(1, Math.min(this.maxBatch, Math.floor(this.cache.capacity / this.config.topK)));
+    return Math.max(
+      1,
+      Math.min(this.maxBatch, Math.floor(this.cache.minCapacity() / this.config.topK)),
+    );
   }
 
   /** Most decode steps of `lanes` sequences one batch may hold: under a budget, a batch's rows

@@ -5,6 +5,7 @@
  */
 import { type Gpu, scopedOn } from "./device.ts";
 import {
+  type ExpertGroupBinding,
   MAX_STEP_TOKENS,
   type Op,
   type OpsApi,
@@ -153,6 +154,23 @@ function checkWeightOffset(op: string, dtype: WeightDType, offsetElems: number):
   const block = weightBlock(dtype).elems;
   if (block > 1) checkMultiple(op, `${dtype} weight offset (elements)`, offsetElems, block);
   else if (dtype !== "f32") checkMultiple(op, "weight offsetElems", offsetElems, 2);
+}
+
+/** A group's pool buffers padded to its binding count (with the last pool: slots past the group's
+ * are never addressed), after checking the group is consistent. */
+function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
+  const count = g.bindings ?? g.pools.length;
+  if (g.pools.length < 1 || count < g.pools.length) {
+    throw new OpConfigError(op, `${g.pools.length} pool buffers for ${count} pool bindings`);
+  }
+  if (g.slotsPerPool < 1 || g.slots > g.pools.length * g.slotsPerPool) {
+    throw new OpConfigError(
+      op,
+      `${g.slots} slots do not fit ${g.pools.length} pool buffers of ${g.slotsPerPool} slots`,
+    );
+  }
+  const last = g.pools[g.pools.length - 1];
+  return { ...g, pools: [...g.pools, ...Array(count - g.pools.length).fill(last)] };
 }
 
 export class Ops implements OpsApi {
@@ -360,16 +378,55 @@ export class Ops implements OpsApi {
   }
 
   kvStore(
-    a: { x: GPUBuffer; cache: GPUBuffer; width: number; firstSlab?: number; slabs?: number },
+    a: {
+      k: GPUBuffer;
+      v: GPUBuffer;
+      kCache: GPUBuffer;
+      vCache: GPUBuffer;
+      width: number;
+      firstSlab?: number;
+      slabs?: number;
+    },
   ): Op {
     const slabs = a.slabs ?? 1;
-    const positions = Math.floor(a.cache.size / (slabs * a.width * 4));
+    if (a.kCache.size !== a.vCache.size) {
+      throw new OpConfigError("kvStore", "the K and V caches differ in size");
+    }
+    const positions = Math.floor(a.kCache.size / (slabs * a.width * 4));
     return this.simple(
       "kvStore",
-      { kernel: "kv_store", bindings: ["uniform", "uniform", "read", "rw"] },
+      { kernel: "kv_store", bindings: ["uniform", "uniform", "read", "read", "rw", "rw"] },
       [a.width, a.firstSlab ?? 0, slabs, positions],
-      [a.x, a.cache],
+      [a.k, a.v, a.kCache, a.vCache],
       (t) => ceilDiv(t * a.width, WG_64),
+    );
+  }
+
+  headNormRope(a: {
+    q: GPUBuffer;
+    k: GPUBuffer;
+    qNorm: GPUBuffer;
+    kNorm: GPUBuffer;
+    table: GPUBuffer;
+    numHeads: number;
+    numKvHeads: number;
+    headDim: number;
+    eps: number;
+  }): Op {
+    checkMultiple("headNormRope", "headDim", a.headDim, 2);
+    if (a.headDim > MAX_HEAD_DIM) {
+      throw new OpConfigError("headNormRope", `headDim ${a.headDim} > ${MAX_HEAD_DIM}`);
+    }
+    const heads = a.numHeads + a.numKvHeads;
+    return this.simple(
+      "headNormRope",
+      {
+        kernel: "head_norm_rope",
+        bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
+      },
+      [a.numHeads, a.numKvHeads, a.headDim, { f32: a.eps }],
+      [a.qNorm, a.kNorm, a.table, a.q, a.k],
+      (t) => t * heads,
     );
   }
 
@@ -521,10 +578,8 @@ export class Ops implements OpsApi {
     slots: GPUBuffer;
     slotBase: number;
     missed: GPUBuffer;
-    pool: GPUBuffer;
+    group: ExpertGroupBinding;
     poolDtype: WeightDType;
-    poolFirstSlot: number;
-    poolSlots: number;
     slotElems: number;
     /** Element offset of the part (gate, or down) inside a slot, in elements of poolDtype. */
     partOffset: number;
@@ -532,6 +587,9 @@ export class Ops implements OpsApi {
     k: number;
     hidden: number;
     inter: number;
+    /** Whether this op groups the step's pairs by expert before its tiled kernel (default
+     * true); false reuses the grouping an earlier op of the same idx recorded in this pass. */
+    groupPairs?: boolean;
   }): Op {
     checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
     checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
@@ -539,32 +597,34 @@ export class Ops implements OpsApi {
     const perToken = a.k * ceilDiv(a.inter, ROWS);
     const { slotElems, partOffset, hidden, inter, k } = a;
     const weights = weightLoader(a.poolDtype, [slotElems, partOffset, inter * hidden], [hidden]);
-    const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
+    const g = groupBinding("expertsGateUp", a.group);
+    const params = [a.slotBase, g.firstSlot, g.slots, slotElems, k, hidden, inter];
+    // step, params, x, idx|tiles, slots, missed, h; then the pools
+    const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw", "rw"];
+    const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
+    const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.simple(
       "expertsGateUp",
-      {
-        kernel: "experts_gate_up",
-        bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
-        weights,
-      },
-      [...params, partOffset],
-      [a.x, a.idx, a.slots, a.missed, a.pool, a.h],
+      { kernel: "experts_gate_up", bindings, weights, pools },
+      [...params, partOffset, g.slotsPerPool],
+      [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
       (t) => ceilDiv(t * perToken, WG_64),
     );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.x.size / (hidden * 4)));
     const rowSets = ceilDiv(inter, ROWS);
     const tiled = EXPERT_TILES.map((tile, i) => [
-      tiles.ops[i],
+      ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
       this.simple(
         "expertsGateUp.tiled",
         {
           kernel: "experts_gate_up_tiled",
-          bindings: ["uniform", "uniform", "read", "read", "read", "rw", "read", "rw"],
+          bindings,
           weights,
+          pools,
           constants: { TILE: tile },
         },
-        [...params, MAX_EXPERTS, partOffset],
-        [a.x, tiles.buffer, a.slots, a.missed, a.pool, a.h],
+        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+        [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
         (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
       ),
     ]);
@@ -573,7 +633,8 @@ export class Ops implements OpsApi {
   }
 
   /** Ops grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch, one
-   * per tile size of EXPERT_TILES. */
+   * per tile size of EXPERT_TILES. Ops of the same idx and token count get the same scratch (the
+   * first large enough), so a later op may reuse what an earlier one grouped (groupPairs). */
   private moeTiles(
     idx: GPUBuffer,
     k: number,
@@ -599,10 +660,8 @@ export class Ops implements OpsApi {
     idx: GPUBuffer;
     slots: GPUBuffer;
     slotBase: number;
-    pool: GPUBuffer;
+    group: ExpertGroupBinding;
     poolDtype: WeightDType;
-    poolFirstSlot: number;
-    poolSlots: number;
     slotElems: number;
     /** Element offset of the part (gate, or down) inside a slot, in elements of poolDtype. */
     partOffset: number;
@@ -610,6 +669,9 @@ export class Ops implements OpsApi {
     k: number;
     hidden: number;
     inter: number;
+    /** Whether this op groups the step's pairs by expert before its tiled kernel (default
+     * true); false reuses the grouping an earlier op of the same idx recorded in this pass. */
+    groupPairs?: boolean;
   }): Op {
     checkMultiple("expertsDown", "inter", a.inter, VEC);
     checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
@@ -617,32 +679,34 @@ export class Ops implements OpsApi {
     const perToken = a.k * ceilDiv(a.hidden, ROWS);
     const { slotElems, partOffset, hidden, inter, k } = a;
     const weights = weightLoader(a.poolDtype, [slotElems, partOffset], [inter]);
-    const params = [a.slotBase, a.poolFirstSlot, a.poolSlots, slotElems, k, hidden, inter];
+    const g = groupBinding("expertsDown", a.group);
+    const params = [a.slotBase, g.firstSlot, g.slots, slotElems, k, hidden, inter];
+    // step, params, h, idx|tiles, slots, y; then the pools
+    const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw"];
+    const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
+    const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.simple(
       "expertsDown",
-      {
-        kernel: "experts_down",
-        bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
-        weights,
-      },
-      [...params, partOffset],
-      [a.h, a.idx, a.slots, a.pool, a.y],
+      { kernel: "experts_down", bindings, weights, pools },
+      [...params, partOffset, g.slotsPerPool],
+      [a.h, a.idx, a.slots, a.y, ...g.pools],
       (t) => ceilDiv(t * perToken, WG_64),
     );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.y.size / (hidden * 4 * k)));
     const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
     const tiled = EXPERT_TILES.map((tile, i) => [
-      tiles.ops[i],
+      ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
       this.simple(
         "expertsDown.tiled",
         {
           kernel: "experts_down_tiled",
-          bindings: ["uniform", "uniform", "read", "read", "read", "read", "rw"],
+          bindings,
           weights,
+          pools,
           constants: { TILE: tile },
         },
-        [...params, MAX_EXPERTS, partOffset],
-        [a.h, tiles.buffer, a.slots, a.pool, a.y],
+        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+        [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
         (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
       ),
     ]);

@@ -97,13 +97,35 @@ export interface OpsApi {
    * table: f32 [maxPos, headDim] holding cos[pos, 0..headDim/2) then sin[pos, 0..headDim/2). */
   rope(a: { x: GPUBuffer; table: GPUBuffer; heads: number; headDim: number }): Op;
 
-  /** K or V of this step into the caches: for token t of slab s (Step.tokens) in the cache's slabs
-   * [firstSlab, firstSlab + slabs) (default 0, 1), at position pos:
-   * cache[((s - firstSlab) * positions + pos) * width + i] = x[t, i] for i < width, positions =
-   * the cache's rows per slab. Tokens of other slabs are skipped. */
+  /** K and V of this step into the caches: for token t of slab s (Step.tokens) in the caches'
+   * slabs [firstSlab, firstSlab + slabs) (default 0, 1), at position pos:
+   * kCache[((s - firstSlab) * positions + pos) * width + i] = k[t, i] for i < width, and the same
+   * for v; positions = the caches' rows per slab. Tokens of other slabs are skipped. */
   kvStore(
-    a: { x: GPUBuffer; cache: GPUBuffer; width: number; firstSlab?: number; slabs?: number },
+    a: {
+      k: GPUBuffer;
+      v: GPUBuffer;
+      kCache: GPUBuffer;
+      vCache: GPUBuffer;
+      width: number;
+      firstSlab?: number;
+      slabs?: number;
+    },
   ): Op;
+
+  /** Queries and keys of this step normalised per head and rotated, in place, in one op: the
+   * same values as rmsnorm (groups = heads, weight qNorm / kNorm) followed by rope on q and k. */
+  headNormRope(a: {
+    q: GPUBuffer;
+    k: GPUBuffer;
+    qNorm: GPUBuffer;
+    kNorm: GPUBuffer;
+    table: GPUBuffer;
+    numHeads: number;
+    numKvHeads: number;
+    headDim: number;
+    eps: number;
+  }): Op;
 
   /** Causal GQA attention of each token over its own sequence: q: [T, Hq*Dh]; caches: [slabs,
    * positions, Hkv*Dh] holding the sequences of slabs [firstSlab, firstSlab + slabs) (default 0,
@@ -140,11 +162,12 @@ export interface OpsApi {
   /**
    * Experts, stage 1, for every (t, j < K): e = idx[t, j], s = slots[slotBase + e].
    * h[t*K + j, i] = silu(gate_e[i,:]·x[t,:]) * (up_e[i,:]·x[t,:]) for i < I.
-   * Expert weights live in a slot of a pool buffer; slot s holds gate [I, D], up [I, D], down [D, I]
-   * back to back starting at element slotElems * (s - poolFirstSlot) of `pool`. Only pairs whose
-   * slot lies in [poolFirstSlot, poolFirstSlot + poolSlots) are computed by this op (one op per
-   * pool buffer). A slot of 0xFFFFFFFF means "not resident": the op sets missed[slotBase + e] = 1
-   * and writes nothing for that pair.
+   * Expert weights live in slots of a group of pool buffers (ExpertGroupBinding, bound together):
+   * slot s holds gate [I, D], up [I, D], down [D, I] (at partOffset) from element
+   * slotElems * ((s - firstSlot) % slotsPerPool) of pool buffer (s - firstSlot) / slotsPerPool.
+   * Only pairs whose slot lies in [firstSlot, firstSlot + slots) are computed by this op. A slot
+   * of 0xFFFFFFFF means "not resident": the op sets missed[slotBase + e] = 1 and writes nothing
+   * for that pair.
    */
   expertsGateUp(a: {
     x: GPUBuffer;
@@ -152,15 +175,17 @@ export interface OpsApi {
     slots: GPUBuffer;
     slotBase: number;
     missed: GPUBuffer;
-    pool: GPUBuffer;
+    group: ExpertGroupBinding;
     poolDtype: WeightDType;
-    poolFirstSlot: number;
-    poolSlots: number;
     slotElems: number;
+    partOffset: number;
     h: GPUBuffer;
     k: number;
     hidden: number;
     inter: number;
+    /** Group the step's pairs by expert first (default true); false reuses the grouping of an
+     * earlier op of the same idx in the pass (the model's later expert ops of a layer). */
+    groupPairs?: boolean;
   }): Op;
 
   /** Experts, stage 2: y[t*K + j, d] = down_e[d, :]·h[t*K + j, :], same slot rules as stage 1. */
@@ -169,15 +194,17 @@ export interface OpsApi {
     idx: GPUBuffer;
     slots: GPUBuffer;
     slotBase: number;
-    pool: GPUBuffer;
+    group: ExpertGroupBinding;
     poolDtype: WeightDType;
-    poolFirstSlot: number;
-    poolSlots: number;
     slotElems: number;
+    partOffset: number;
     y: GPUBuffer;
     k: number;
     hidden: number;
     inter: number;
+    /** Group the step's pairs by expert first (default true); false reuses the grouping of an
+     * earlier op of the same idx in the pass (the model's later expert ops of a layer). */
+    groupPairs?: boolean;
   }): Op;
 
   /** out[t, d] += sum_{j<K} weights[t, j] * y[t*K + j, d], summed in order j = 0..K-1. */
@@ -216,4 +243,16 @@ export interface OpsApi {
 
   /** out[0] = index of the largest x[T-1, 0..n) (lowest index on ties), as u32. */
   argmax(a: { x: GPUBuffer; n: number; out: GPUBuffer }): Op;
+}
+
+/** A group of expert pool buffers one expert op binds at once: slots [firstSlot, firstSlot +
+ * slots), pool buffer b holding slots firstSlot + b * slotsPerPool onwards. */
+export interface ExpertGroupBinding {
+  pools: GPUBuffer[];
+  firstSlot: number;
+  slots: number;
+  slotsPerPool: number;
+  /** Pool bindings of the kernel (default pools.length; more pads with the last pool, so groups
+   * of different sizes share one pipeline). */
+  bindings?: number;
 }

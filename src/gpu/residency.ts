@@ -11,6 +11,10 @@
  *   and loads, evicting from layers above their share.
  * - Prefill under a budget: each layer's routed experts in groups that fit the slots.
  *
+ * A layer's room is its slot domain's (ExpertCache.capacityOf: with layer affinity, the slots of
+ * its own pool groups, shared with the layers of the same groups), not the whole cache: its loads
+ * can only take and evict slots there, so every share and size below is counted in the domain.
+ *
  * Keys are l*E + e. Routing blocks are [L][T*K] with layers `stride` tokens apart.
  */
 import type { ModelConfig } from "../types.ts";
@@ -146,34 +150,36 @@ export class Residency {
   firstMissedLayer(missed: Uint32Array, from: number, at = 0): number {
     const { numLayers: L, numExperts: E } = this.config;
     for (let l = from; l < L; l++) {
-      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) continue;
+      if (this.masking && this.cache.residentIn(l).size >= this.layerQuota(l)) continue;
       for (let e = 0; e < E; e++) if (missed[at + l * E + e]) return l;
     }
     return -1;
   }
 
-  /** With router masking, each layer's share of the slots: a layer with fewer resident experts
-   * routes exactly and loads (evicting from layers above their share), one with at least this
-   * many routes among its resident experts. */
-  get layerQuota(): number {
-    return Math.max(1, Math.floor(this.cache.capacity / this.config.numLayers));
+  /** With router masking, layer l's share of its domain's slots (split evenly among the
+   * domain's layers): a layer with fewer resident experts routes exactly and loads (evicting
+   * from layers above their share), one with at least this many routes among its resident
+   * experts. */
+  layerQuota(l: number): number {
+    return Math.max(1, Math.floor(this.cache.capacityOf(l) / this.cache.domainLayers(l).length));
   }
 
-  /** With router masking: up to layerQuota resident experts of each layer but l, kept so that
-   * loads for l evict from layers above their share (empty when they and `need` more slots do
-   * not fit together). */
+  /** With router masking: up to their layerQuota resident experts of each other layer of l's
+   * domain (the only ones l's loads can evict), kept so that loads for l evict from layers above
+   * their share (empty when they and `need` more slots do not fit the domain together). */
   lastOfOtherLayers(l: number, need: number): number[] {
     if (!this.masking) return [];
     const keep: number[] = [];
-    for (let other = 0; other < this.config.numLayers; other++) {
+    for (const other of this.cache.domainLayers(l)) {
       if (other === l) continue;
+      const quota = this.layerQuota(other);
       let n = 0;
       for (const k of this.cache.residentIn(other)) {
-        if (n++ === this.layerQuota) break;
+        if (n++ === quota) break;
         keep.push(k);
       }
     }
-    return keep.length + need <= this.cache.capacity ? keep : [];
+    return keep.length + need <= this.cache.capacityOf(l) ? keep : [];
   }
 
   /** Keys a load for layer l must not evict: l's routed experts (and see lastOfOtherLayers). */
@@ -199,18 +205,18 @@ export class Residency {
 
   /**
    * Prefill under a budget: the keys layer l's prompt routed to (idx [T*K]), in groups that fit
-   * the slots, resident experts first (they need no load). With router masking, a layer at its
+   * l's domain, resident experts first (they need no load). With router masking, a layer at its
    * share routes among resident experts only: absent picks carry weight 0 and need no load.
    */
   prefillGroups(l: number, idx: Uint32Array): number[][] {
     const E = this.config.numExperts;
     let keys = [...new Set(idx)].map((e) => l * E + e);
-    if (this.masking && this.cache.residentIn(l).size >= this.layerQuota) {
+    if (this.masking && this.cache.residentIn(l).size >= this.layerQuota(l)) {
       keys = keys.filter((k) => this.cache.isResident(k));
     }
     keys.sort((x, y) => Number(this.cache.isResident(y)) - Number(this.cache.isResident(x)));
     this.stats.prefillRouted += keys.length;
-    const groupSize = this.cache.capacity - this.lastOfOtherLayers(l, 1).length;
+    const groupSize = this.cache.capacityOf(l) - this.lastOfOtherLayers(l, 1).length;
     const groups: number[][] = [];
     for (let g = 0; g < keys.length; g += groupSize) groups.push(keys.slice(g, g + groupSize));
     return groups;

@@ -7,6 +7,14 @@
  * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
  * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
  * the device's error scopes (device.ts scopedOn): an invalid one fails the model's open, named.
+ *
+ * Kernels that read expert pools (`pools` in their spec) bind several pool buffers at once, so
+ * one dispatch reaches every expert of a group of pools: the kernel marks the functions that read
+ * weights between `// @pool-begin` and `// @pool-end`, and composeSource emits one copy of them
+ * and of the weight loader's functions per pool buffer (`weights` renamed `weights_p<k>`, each
+ * function `<name>_p<k>`), the pool bindings, and for each void function of the section a
+ * dispatcher of the same name taking the pool index first (`switch` over the copies). The branch
+ * is taken once per invocation, not per weight load.
  */
 import type { FloatWeightDType, WeightDType } from "./ops_api.ts";
 import { scopedOn } from "./device.ts";
@@ -29,6 +37,14 @@ export interface KernelSpec {
   prelude?: string[];
   weights?: WeightLoader;
   constants?: Record<string, number>;
+  /** Pool buffers bound at bindings first.. first + count - 1 (expert kernels; see above). */
+  pools?: PoolBindings;
+}
+
+/** How many expert pool buffers a kernel binds, from which binding on. */
+export interface PoolBindings {
+  count: number;
+  first: number;
 }
 
 /** Elements per 16 bytes, the alignment of the vector loaders' rows. */
@@ -90,16 +106,116 @@ export function kernelSource(name: string): string {
   return text;
 }
 
-/** The full WGSL of a kernel: common.wgsl, the preludes, the weight loader (if any), the kernel. */
+/** The full WGSL of a kernel: common.wgsl, the preludes, the weight loader (if any), the kernel;
+ * with `pools`, the loader and the kernel's pool section once per pool buffer (see above). */
 export function composeSource(
   kernel: string,
   weights?: WeightLoader,
   prelude: string[] = [],
+  pools?: PoolBindings,
 ): string {
   const parts = [kernelSource("common"), ...prelude.map(kernelSource)];
+  if (pools) {
+    if (!weights) throw new KernelComposeError(kernel, "a kernel with pools needs a weight loader");
+    parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), kernelSource(kernel), pools));
+    return parts.join("\n");
+  }
   if (weights) parts.push(kernelSource(`weights_${weights}`));
   parts.push(kernelSource(kernel));
   return parts.join("\n");
+}
+
+/** A kernel's source does not have the shape its spec needs (e.g. no pool section). */
+export class KernelComposeError extends Error {
+  override name = "KernelComposeError";
+  constructor(kernel: string, detail: string) {
+    super(`kernels/${kernel}.wgsl: ${detail}`);
+  }
+}
+
+const POOL_BEGIN = "// @pool-begin";
+const POOL_END = "// @pool-end";
+
+/** WGSL without its comments (line and block). */
+function stripComments(src: string): string {
+  return src.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/[^\n]*/g, "");
+}
+
+/** The module-scope declarations of comment-free WGSL: each ends at a `;` or at the `}` that
+ * closes its braces (`struct`, `fn`). */
+export function topLevelItems(src: string): string[] {
+  const items: string[] = [];
+  let depth = 0, start = 0;
+  for (let i = 0; i < src.length; i++) {
+    const ch = src[i];
+    if (ch === "{") depth++;
+    else if (ch === "}") {
+      depth--;
+      if (depth === 0) {
+        const rest = src.slice(i + 1).match(/^\s*;/); // `struct S { ... };` is allowed
+        const end = i + 1 + (rest ? rest[0].length : 0);
+        items.push(src.slice(start, end).trim());
+        start = end;
+        i = end - 1;
+      }
+    } else if (ch === ";" && depth === 0) {
+      items.push(src.slice(start, i + 1).trim());
+      start = i + 1;
+    }
+  }
+  if (src.slice(start).trim() !== "") items.push(src.slice(start).trim());
+  return items.filter((x) => x !== "");
+}
+
+const FN_HEAD = /^fn\s+(\w+)\s*\(([^)]*)\)\s*(->)?/;
+
+/** Loader and pool section once per pool buffer, the pool bindings and the dispatchers; then the
+ * rest of the kernel. */
+function poolSource(kernel: string, loader: string, source: string, pools: PoolBindings): string {
+  const begin = source.indexOf(POOL_BEGIN), end = source.indexOf(POOL_END);
+  if (begin < 0 || end < begin) {
+    throw new KernelComposeError(kernel, `no ${POOL_BEGIN} ... ${POOL_END} section`);
+  }
+  if (/\bweights\b/.test(stripComments(source.slice(0, begin) + source.slice(end)))) {
+    throw new KernelComposeError(kernel, "`weights` used outside the pool section");
+  }
+  const loaderItems = topLevelItems(stripComments(loader));
+  const isFn = (item: string) => FN_HEAD.test(item);
+  const sectionFns = topLevelItems(stripComments(source.slice(begin + POOL_BEGIN.length, end)));
+  if (!sectionFns.every(isFn)) {
+    throw new KernelComposeError(kernel, "the pool section may hold functions only");
+  }
+  const copied = [...loaderItems.filter(isFn), ...sectionFns];
+  const names = ["weights", ...copied.map((f) => f.match(FN_HEAD)![1])];
+  const renamer = new RegExp(`\\b(${names.join("|")})\\b`, "g");
+  const out = loaderItems.filter((item) => !isFn(item)); // alias WeightWord, struct W8
+  for (let k = 0; k < pools.count; k++) {
+    out.push(
+      `@group(0) @binding(${pools.first + k}) var<storage, read> weights_p${k}: array<WeightWord>;`,
+    );
+    out.push(...copied.map((f) => f.replace(renamer, `$1_p${k}`)));
+  }
+  for (const f of sectionFns) {
+    const [, name, params, ret] = f.match(FN_HEAD)!;
+    if (ret) continue; // only void functions get a dispatcher
+    const args = params.split(",").map((x) => x.trim()).filter((x) => x !== "")
+      .map((x) => x.split(":")[0].trim());
+    const cases = Array.from(
+      { length: pools.count },
+      (_, k) => `    case ${k}u: { ${name}_p${k}(${args.join(", ")}); }`,
+    );
+    out.push(
+      [
+        `fn ${name}(pool: u32${params.trim() ? `, ${params.trim()}` : ""}) {`,
+        "  switch pool {",
+        ...cases,
+        "    default: {}",
+        "  }",
+        "}",
+      ].join("\n"),
+    );
+  }
+  return [out.join("\n"), source.slice(0, begin), source.slice(end + POOL_END.length)].join("\n");
 }
 
 const BUFFER_TYPE: Record<BindingKind, GPUBufferBindingType> = {
@@ -144,13 +260,14 @@ export class Shaders {
     const constants = spec.constants ?? {};
     const prelude = spec.prelude ?? [];
     // Preludes and kernel, then the weight loader: "sample_common+sample_draw|", "matmul|bf16".
-    const moduleKey = `${[...prelude, spec.kernel].join("+")}|${spec.weights ?? ""}`;
+    const pools = spec.pools ? `|pools${spec.pools.count}@${spec.pools.first}` : "";
+    const moduleKey = `${[...prelude, spec.kernel].join("+")}|${spec.weights ?? ""}${pools}`;
     const key = `${moduleKey}|${spec.bindings.join(",")}|${JSON.stringify(constants)}`;
     let pipeline = this.pipelines.get(key);
     if (!pipeline) {
       let module = this.modules.get(moduleKey);
       if (!module) {
-        const code = composeSource(spec.kernel, spec.weights, prelude);
+        const code = composeSource(spec.kernel, spec.weights, prelude, spec.pools);
         module = scopedOn(
           this.device,
           `shader module ${moduleKey}`,
