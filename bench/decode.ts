@@ -3,12 +3,20 @@
  * readbacks and submits per token of `Session.decode` with one readback per token (steps per
  * readback 1: the old loop, unpipelined; the baseline) and with the adaptive, pipelined loop, on
  * TINY, SMALL, the embedded default model and two layers of real Qwen3-30B-A3B shapes; next to
- * prefill speed, the weight bytes a decoded token reads and a memcpy measured in the same run.
- * Then /health latency of a real `main.ts serve` subprocess during 4 concurrent streamed chats.
- * Not a test: prints one table and writes bench/out/decode.json.
+ * prefill speed, the weight bytes a decoded token reads and a memcpy measured in the same run;
+ * with what reached WebGPU per decoded token (dispatches, passes, submits, bytes read back,
+ * writeBuffer calls: bench/gpu_counters.ts). Then the expert dispatch comparison (issue 14): the
+ * default and real-shape models with every layer dispatching the expert kernels once per pool
+ * buffer ("per-pool", the baseline) and once per group of pool buffers ("grouped"), with the
+ * expert pool buffers capped at 128 MiB (llvmpipe's binding limit) and at a few slots (many pool
+ * buffers), all experts resident and under a 50% expert budget. Then /health latency of a real
+ * `main.ts serve` subprocess during 4 concurrent streamed chats. Not a test: prints the tables
+ * and writes bench/out/decode.json.
  *
  *   ./bin/deno run -A --unstable-webgpu bench/decode.ts [--tokens N] [--real-tokens N]
  *     [--reps N] [--real-experts E] [--real-vocab V] [--no-server]
+ *     [--dispatch-only | --no-dispatch] [--dispatch-tokens N] [--dispatch-real-tokens N]
+ *     [--dispatch-reps N] [--many-pools N]
  *
  * Every figure printed is measured in this run; the only estimates are the real-shape fixture's
  * generation time and memory, used to choose its expert count and vocab before writing it, and
@@ -18,13 +26,21 @@ import process from "node:process";
 import { parseArgs } from "node:util";
 import { type FixtureOptions, mulberry32, SMALL, TINY, writeFixture } from "../weights/fixture.ts";
 import { DEFAULT_MODEL_DIR, type OpenedModel, openModel, openModelDir } from "../src/model_dir.ts";
-import { GpuModel } from "../src/gpu/model.ts";
+import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
+import { modelExpertLayouts } from "../src/gpu/expert_pool.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 import { TARGET_BATCH_MS } from "../src/gpu/decode_loop.ts";
 import { GREEDY } from "../src/sampling.ts";
 import type { DecodeStats, FloatDType, ModelConfig } from "../src/types.ts";
 import { measureMemcpy, median } from "./memcpy.ts";
 import { getJson, SERVE_ARGS, sleep, sseEvents, startServe } from "./serve_process.ts";
+import {
+  activeGpuCounters,
+  diffCounts,
+  type GpuCounts,
+  installGpuCounters,
+  zeroCounts,
+} from "./gpu_counters.ts";
 
 /** Prompt tokens fed before the decode ("a short prefill"). */
 const DECODE_PREFILL_TOKENS = 8;
@@ -56,6 +72,9 @@ const GOALS = {
   tinySpeedup: 4,
   /** Readbacks per decoded token of the adaptive loop, all experts resident. */
   readbacksPerToken: 0.125,
+  /** WebGPU dispatches per decoded token per layer with "grouped" expert dispatch, whatever the
+   * pool buffer count (issue 14). */
+  dispatchesPerTokenPerLayer: 20,
 };
 
 /** Weight bytes one decoded token reads, from the shapes (norm vectors and KV cache left out). */
@@ -229,6 +248,9 @@ export interface DecodeRun {
   submitsPerToken: number;
   /** This process's user+system CPU time over the whole decode call (prefill included). */
   cpuMs: number;
+  /** What reached WebGPU during the whole decode call (prefill included), when GPU counters are
+   * installed (bench/gpu_counters.ts), else undefined. */
+  gpu?: GpuCounts;
 }
 
 /**
@@ -241,14 +263,17 @@ export async function decodeRun(
   maxTokens: number,
   stepsPerReadback: number | undefined,
 ): Promise<DecodeRun> {
+  const counters = activeGpuCounters();
   const session = model.newSession();
   try {
+    const gpu0 = counters?.snapshot();
     const cpu0 = process.cpuUsage();
     const { tokens, stats } = await session.decode(
       { feed: prompt, maxTokens, sampling: GREEDY, eosIds: [], stepsPerReadback },
       () => undefined,
     );
     const cpu = process.cpuUsage(cpu0);
+    const gpu = counters && gpu0 ? diffCounts(counters.snapshot(), gpu0) : undefined;
     if (tokens.length !== maxTokens) {
       throw new Error(`decode returned ${tokens.length} tokens, not ${maxTokens}`);
     }
@@ -259,6 +284,7 @@ export async function decodeRun(
       readbacksPerToken: stats.readbacks / stats.tokens,
       submitsPerToken: stats.submits / stats.tokens,
       cpuMs: (cpu.user + cpu.system) / 1000,
+      gpu,
     };
   } finally {
     session.free();
@@ -277,9 +303,76 @@ export interface ModeFigures {
   /** Pooled: decode-step tokens / readbacks. */
   stepsPerReadback: number;
   cpuMsPerToken: number;
+  /** What reached WebGPU per decoded token (null when GPU counters are not installed). */
+  gpu: GpuPerToken | null;
 }
 
-function summarise(runs: DecodeRun[]): ModeFigures {
+/** WebGPU calls per decoded token (bench/gpu_counters.ts), and dispatches per token per layer. */
+export interface GpuPerToken extends GpuCounts {
+  /** dispatches / layers: every dispatch of a step (embedding, lm_head and sampler included)
+   * spread over the layers, so an upper bound of what one layer dispatches. */
+  dispatchesPerLayer: number;
+  /** The dispatches of the passes that run expert kernels (the layers' passes: a step records
+   * embedding, layers, final norm + lm_head and sampler in passes of their own) / layers: what
+   * one layer dispatches. Null when no expert kernel was seen (their labels changed). */
+  layerDispatchesPerLayer: number | null;
+  /** Expert kernel dispatches (experts_* pipelines) / layers. */
+  expertDispatchesPerLayer: number;
+  /** Dispatches outside the layers' passes (embedding, final norm, lm_head, sampler). */
+  otherDispatches: number;
+}
+
+/** Whether a pipeline label (src/gpu/shader.ts: "prelude+kernel|weights|...") is an expert
+ * kernel's (experts_gate_up, experts_down and their tiled forms). */
+export function isExpertKernel(label: string): boolean {
+  return label.split("|")[0].split("+").at(-1)!.startsWith("experts_");
+}
+
+/**
+ * WebGPU calls per decode-step token, pooled over runs of one prompt: (sum of each run's counts
+ * less `base`, the counts of a 1-token decode of the same prompt: its prefill and first-token
+ * readback) / (sum of decode-step tokens). Null without counts.
+ */
+export function gpuPerToken(
+  runs: DecodeRun[],
+  base: GpuCounts | undefined,
+  layers: number,
+): GpuPerToken | null {
+  if (!base || runs.some((r) => !r.gpu)) return null;
+  const total = zeroCounts();
+  let tokens = 0;
+  for (const r of runs) {
+    const d = diffCounts(r.gpu!, base);
+    for (const k of Object.keys(total) as (keyof GpuCounts)[]) total[k] += d[k];
+    tokens += r.stats.tokens;
+  }
+  const per = zeroCounts();
+  for (const k of Object.keys(per) as (keyof GpuCounts)[]) per[k] = total[k] / tokens;
+  const seen = total.markedDispatches > 0;
+  return {
+    ...per,
+    dispatchesPerLayer: per.dispatches / layers,
+    layerDispatchesPerLayer: seen ? per.dispatchesInMarkedPasses / layers : null,
+    expertDispatchesPerLayer: per.markedDispatches / layers,
+    otherDispatches: seen ? per.dispatches - per.dispatchesInMarkedPasses : NaN,
+  };
+}
+
+/** The counts of a 1-token decode of `prompt` (prefill and first token, no decode step), the
+ * base that gpuPerToken subtracts; undefined when GPU counters are not installed. */
+export async function baseCounts(
+  model: GpuModel,
+  prompt: number[],
+): Promise<GpuCounts | undefined> {
+  if (!activeGpuCounters()) return undefined;
+  return (await decodeRun(model, prompt, 1, undefined)).gpu;
+}
+
+function summarise(
+  runs: DecodeRun[],
+  base: GpuCounts | undefined = undefined,
+  layers = 1,
+): ModeFigures {
   const sum = (f: (s: DecodeStats) => number) => runs.reduce((n, r) => n + f(r.stats), 0);
   const tokens = sum((s) => s.tokens);
   const readbacks = sum((s) => s.readbacks);
@@ -291,6 +384,7 @@ function summarise(runs: DecodeRun[]): ModeFigures {
     submitsPerToken: sum((s) => s.submits) / tokens,
     stepsPerReadback: tokens / readbacks,
     cpuMsPerToken: runs.reduce((n, r) => n + r.cpuMs, 0) / tokens,
+    gpu: gpuPerToken(runs, base, layers),
   };
 }
 
@@ -298,7 +392,9 @@ function summarise(runs: DecodeRun[]): ModeFigures {
  * Both modes on one model: an untimed warm-up decode in each, then `reps` timed decodes per mode,
  * alternating (spr1, adaptive, adaptive, spr1, ...) so that a drift in the machine's load falls on
  * both alike. Every run decodes the same prompt greedily: `sameTokens` says whether all produced
- * the same tokens.
+ * the same tokens. With GPU counters installed, the timed decodes are counted as they run (a few
+ * additions per WebGPU call, far below a step's time) and an untimed 1-token decode gives the
+ * prefill's share to subtract (gpuPerToken).
  */
 export async function compareModes(
   model: GpuModel,
@@ -309,6 +405,7 @@ export async function compareModes(
   for (const m of MODES) {
     await decodeRun(model, prompt, Math.min(tokens, WARMUP_TOKENS), m.stepsPerReadback);
   }
+  const base = await baseCounts(model, prompt);
   const runs: Record<ModeName, DecodeRun[]> = { spr1: [], adaptive: [] };
   for (let i = 0; i < reps; i++) {
     const order = i % 2 === 0 ? MODES : [...MODES].reverse();
@@ -320,8 +417,9 @@ export async function compareModes(
   const sameTokens = [...runs.spr1, ...runs.adaptive].every((r) =>
     r.tokens.every((t, i) => t === first[i])
   );
-  const spr1 = summarise(runs.spr1);
-  const adaptive = summarise(runs.adaptive);
+  const layers = model.config.numLayers;
+  const spr1 = summarise(runs.spr1, base, layers);
+  const adaptive = summarise(runs.adaptive, base, layers);
   return {
     promptTokens: prompt.length,
     tokensPerRun: tokens,
@@ -374,6 +472,244 @@ async function benchModel(gpu: Gpu, opened: OpenedModel, tokens: number, reps: n
     return { config: c, elemBytes, loadS, decode, prefill };
   } finally {
     model.destroy();
+  }
+}
+
+// ---- issue 14: expert dispatch per pool buffer vs per group of pool buffers ----
+
+/** How the expert kernels reach the pool buffers: "per-pool" (the baseline: every layer
+ * dispatches both expert stages once per pool buffer) and "grouped" (one dispatch binds a group of
+ * pool buffers; each layer's experts live in its own group). */
+export const EXPERT_DISPATCHES = ["per-pool", "grouped"] as const;
+export type ExpertDispatch = (typeof EXPERT_DISPATCHES)[number];
+/** GpuModelOptions with the issue-14 fields, typed here too so this bench compiles whether or not
+ * src/gpu/model.ts declares them yet. */
+type DispatchModelOptions = GpuModelOptions & {
+  expertDispatch?: ExpertDispatch;
+  expertBindingLimit?: number;
+};
+/** llvmpipe's storage binding limit (and WebGPU's default): forced on every device, so that a GPU
+ * with larger bindings gets the pool buffer count llvmpipe gets. */
+export const LLVMPIPE_BINDING_LIMIT = 128 * 2 ** 20;
+/** Pool buffers the small binding limit aims at with every expert resident (--many-pools). */
+const DEFAULT_MANY_POOLS = 32;
+/** The expert budget of the budgeted runs: this share of all experts (the budget path). */
+const DISPATCH_BUDGET = 0.5;
+/** Tokens per timed decode (--dispatch-tokens, --dispatch-real-tokens) and timed decodes per
+ * configuration (--dispatch-reps): eight configurations per model, each opened afresh. */
+const DEFAULT_DISPATCH_TOKENS = 64;
+const DEFAULT_DISPATCH_REAL_TOKENS = 8;
+const DEFAULT_DISPATCH_REPS = 1;
+/** Untimed warm-up decode of each configuration (compiles its pipelines). */
+const DISPATCH_WARMUP_TOKENS = 4;
+
+/** One configuration of the expert dispatch comparison, as measured. */
+export interface DispatchRow {
+  model: string;
+  layers: number;
+  expertDispatch: ExpertDispatch;
+  /** "128 MiB" or "many pools", and the bytes each pool buffer was capped at. */
+  limit: string;
+  bindingLimit: number;
+  /** "all" (every expert resident) or the budget, e.g. "50%". */
+  budget: string;
+  expertSlots: number;
+  /** model.pool.pools.length, and model.pool.groups.length where the pool has groups. */
+  pools: number;
+  groups: number | null;
+  loadS: number;
+  tokensPerRun: number;
+  reps: number;
+  /** Median over the timed decodes (decode steps only, as in the table above). */
+  tokensPerS: number;
+  readbacksPerToken: number;
+  expertLoadsPerToken: number;
+  /** Passes over layers redone after misses (model.stats.reruns), per decoded token. */
+  rerunsPerToken: number;
+  /** WebGPU calls per decoded token (prefill's share subtracted). */
+  gpu: GpuPerToken | null;
+  /** Whether every timed decode produced the tokens of the model's first configuration, and
+   * where the first one that did not first differed (null: none). */
+  sameTokens: boolean;
+  firstDifference: number | null;
+}
+
+/**
+ * The expert dispatch comparison on one model: for each binding limit (128 MiB, then the one that
+ * makes about `manyPools` pool buffers with every expert resident), each budget (all experts
+ * resident, then DISPATCH_BUDGET of them) and each dispatch ("per-pool", then "grouped"): open the
+ * model afresh with those options, decode DISPATCH_WARMUP_TOKENS untimed, a 1-token decode for
+ * the prefill's counts, then `reps` timed greedy decodes of `tokens` tokens (adaptive steps per
+ * readback), counted as they run.
+ */
+async function benchDispatch(
+  gpu: Gpu,
+  name: string,
+  opened: OpenedModel,
+  tokens: number,
+  reps: number,
+  manyPools: number,
+): Promise<DispatchRow[]> {
+  const c = opened.weights.config;
+  const total = c.numLayers * c.numExperts;
+  const slotBytes = modelExpertLayouts(opened.weights)[0].slotBytes;
+  const limits = [
+    { limit: "128 MiB", bindingLimit: LLVMPIPE_BINDING_LIMIT },
+    { limit: "many pools", bindingLimit: slotBytes * Math.ceil(total / manyPools) },
+  ];
+  const budgets = [
+    { budget: "all", expertSlots: total },
+    {
+      budget: `${DISPATCH_BUDGET * 100}%`,
+      expertSlots: Math.max(c.topK, Math.floor(total * DISPATCH_BUDGET)),
+    },
+  ];
+  const prompt = promptIds(DECODE_PREFILL_TOKENS, c.vocabSize);
+  const rows: DispatchRow[] = [];
+  let reference: number[] | null = null;
+  for (const { limit, bindingLimit } of limits) {
+    for (const { budget, expertSlots } of budgets) {
+      for (const expertDispatch of EXPERT_DISPATCHES) {
+        const opts: DispatchModelOptions = {
+          gpu,
+          maxContext: DECODE_PREFILL_TOKENS + Math.max(tokens, DISPATCH_WARMUP_TOKENS),
+          maxBatch: DECODE_PREFILL_TOKENS,
+          maxSequences: 1,
+          expertSource: opened.experts,
+          expertSlots,
+          expertDispatch,
+          expertBindingLimit: bindingLimit,
+        };
+        const t0 = performance.now();
+        const model = await GpuModel.open(opened.weights, opts);
+        await gpu.device.queue.onSubmittedWorkDone();
+        const loadS = (performance.now() - t0) / 1000;
+        try {
+          const pool = model.pool as unknown as { pools: unknown[]; groups?: unknown[] };
+          await decodeRun(model, prompt, Math.min(tokens, DISPATCH_WARMUP_TOKENS), undefined);
+          const base = await baseCounts(model, prompt);
+          const runs: DecodeRun[] = [];
+          const reruns0 = model.stats.reruns;
+          for (let i = 0; i < reps; i++) {
+            runs.push(await decodeRun(model, prompt, tokens, undefined));
+          }
+          const reruns = model.stats.reruns - reruns0;
+          reference ??= runs[0].tokens;
+          const differences = runs.map((r) => r.tokens.findIndex((t, i) => t !== reference![i]))
+            .filter((i) => i >= 0);
+          const sum = (f: (s: DecodeStats) => number) => runs.reduce((n, r) => n + f(r.stats), 0);
+          const decoded = sum((s) => s.tokens);
+          const row: DispatchRow = {
+            model: name,
+            layers: c.numLayers,
+            expertDispatch,
+            limit,
+            bindingLimit,
+            budget,
+            expertSlots,
+            pools: pool.pools.length,
+            groups: pool.groups?.length ?? null,
+            loadS,
+            tokensPerRun: tokens,
+            reps,
+            tokensPerS: median(runs.map((r) => r.tokensPerS)),
+            readbacksPerToken: sum((s) => s.readbacks) / decoded,
+            expertLoadsPerToken: sum((s) => s.expertLoads) / decoded,
+            rerunsPerToken: reruns / decoded,
+            gpu: gpuPerToken(runs, base, c.numLayers),
+            sameTokens: differences.length === 0,
+            firstDifference: differences.length === 0 ? null : Math.min(...differences),
+          };
+          rows.push(row);
+          console.error(
+            `${name}, ${limit} (${row.pools} pools${
+              row.groups === null ? "" : `, ${row.groups} groups`
+            }), ${budget} experts, ${expertDispatch}: ${row.tokensPerS.toFixed(1)} tok/s, ` +
+              `${row.gpu?.layerDispatchesPerLayer?.toFixed(1) ?? "?"} dispatches/token/layer`,
+          );
+        } finally {
+          model.destroy();
+        }
+      }
+    }
+  }
+  return rows;
+}
+
+function printDispatchTable(rows: DispatchRow[]): void {
+  const head = [
+    "model",
+    "limit",
+    "budget",
+    "pools",
+    "groups",
+    "dispatch",
+    "load s",
+    "tok/s",
+    "disp/tok",
+    "layer disp/tok/L",
+    "exp disp/tok/L",
+    "other disp/tok",
+    "pass/tok",
+    "sub/tok",
+    "rb/tok",
+    "read B/tok",
+    "wb/tok",
+    "write KB/tok",
+    "loads/tok",
+    "reruns/tok",
+    "same tok",
+  ];
+  const f = (x: number | undefined, d: number) => (x === undefined ? "?" : x.toFixed(d));
+  const cells = rows.map((r) => [
+    r.model,
+    `${r.limit} (${(r.bindingLimit / 2 ** 20).toFixed(r.bindingLimit < 2 ** 24 ? 2 : 0)} MiB)`,
+    r.budget,
+    String(r.pools),
+    r.groups === null ? "-" : String(r.groups),
+    r.expertDispatch,
+    r.loadS.toFixed(1),
+    r.tokensPerS.toFixed(2),
+    f(r.gpu?.dispatches, 1),
+    f(r.gpu?.layerDispatchesPerLayer ?? undefined, 1),
+    f(r.gpu?.expertDispatchesPerLayer, 1),
+    f(r.gpu?.otherDispatches, 1),
+    f(r.gpu?.passes, 2),
+    f(r.gpu?.submits, 3),
+    r.readbacksPerToken.toFixed(3),
+    f(r.gpu?.readBytes, 0),
+    f(r.gpu?.writeBuffers, 2),
+    f(r.gpu === null ? undefined : r.gpu.writeBytes / 1e3, 1),
+    r.expertLoadsPerToken.toFixed(2),
+    r.rerunsPerToken.toFixed(2),
+    r.sameTokens ? "yes" : `NO (#${r.firstDifference})`,
+  ]);
+  printAligned(head, cells);
+  const t = rows[0];
+  console.log(
+    `expert dispatch (issue 14): ${t.tokensPerRun} tokens per timed decode ` +
+      `(${rows.find((r) => r.layers !== t.layers)?.tokensPerRun ?? t.tokensPerRun} for the ` +
+      `real shape), ${t.reps} per configuration after a ${DISPATCH_WARMUP_TOKENS}-token warm-up, ` +
+      `adaptive steps per readback, each configuration a fresh GpuModel; per token: WebGPU calls ` +
+      `of the timed decodes less a 1-token decode's (the prefill), over decode-step tokens; ` +
+      `layer disp/tok/L = dispatches of the passes that run expert kernels (the layers') / ` +
+      `layers, exp = expert kernels' alone, other = embedding, final norm, lm_head, sampler; ` +
+      `same tok: the tokens of the model's first configuration (NO: index of the first ` +
+      `token that differs); the goal (dispatches/token/layer <= ` +
+      `${GOALS.dispatchesPerTokenPerLayer}) is checked with every expert resident, at each pool ` +
+      `count; under the budget a token also reruns layers after misses (reruns/tok, random ` +
+      `fixture routing), which multiplies its dispatches whatever the dispatch`,
+  );
+  for (let i = 0; i + 1 < rows.length; i += 2) {
+    const [a, b] = [rows[i], rows[i + 1]];
+    if (a.expertDispatch !== "per-pool" || b.expertDispatch !== "grouped") continue;
+    console.log(
+      `${a.model}, ${a.limit}, ${a.budget} experts, ${a.pools} -> ${b.pools} pools: grouped ` +
+        `${(b.tokensPerS / a.tokensPerS).toFixed(2)}x the tok/s of per-pool, dispatches/token ` +
+        `${f(a.gpu?.dispatches, 1)} -> ${f(b.gpu?.dispatches, 1)}, per layer ` +
+        `${f(a.gpu?.layerDispatchesPerLayer ?? undefined, 1)} -> ` +
+        `${f(b.gpu?.layerDispatchesPerLayer ?? undefined, 1)}`,
+    );
   }
 }
 
@@ -519,6 +855,12 @@ async function main(): Promise<void> {
       "real-experts": { type: "string" },
       "real-vocab": { type: "string" },
       "no-server": { type: "boolean" },
+      "dispatch-only": { type: "boolean" },
+      "no-dispatch": { type: "boolean" },
+      "dispatch-tokens": { type: "string" },
+      "dispatch-real-tokens": { type: "string" },
+      "dispatch-reps": { type: "string" },
+      "many-pools": { type: "string" },
     },
     strict: true,
   });
@@ -526,7 +868,30 @@ async function main(): Promise<void> {
   const realTokens = positiveInt("real-tokens", values["real-tokens"], DEFAULT_REAL_TOKENS);
   const reps = positiveInt("reps", values.reps, DEFAULT_REPS);
   if (tokens < 2 || realTokens < 2) throw new RangeError("--tokens: at least 2 (one decode step)");
+  const dispatchOnly = values["dispatch-only"] ?? false;
+  if (dispatchOnly && values["no-dispatch"]) {
+    throw new RangeError("--dispatch-only and --no-dispatch exclude each other");
+  }
+  const dispatch = !values["no-dispatch"];
+  const dispatchTokens = positiveInt(
+    "dispatch-tokens",
+    values["dispatch-tokens"],
+    DEFAULT_DISPATCH_TOKENS,
+  );
+  const dispatchRealTokens = positiveInt(
+    "dispatch-real-tokens",
+    values["dispatch-real-tokens"],
+    DEFAULT_DISPATCH_REAL_TOKENS,
+  );
+  const dispatchReps = positiveInt("dispatch-reps", values["dispatch-reps"], DEFAULT_DISPATCH_REPS);
+  const manyPools = positiveInt("many-pools", values["many-pools"], DEFAULT_MANY_POOLS);
+  if (dispatchTokens < 2 || dispatchRealTokens < 2) {
+    throw new RangeError("--dispatch-tokens: at least 2 (one decode step)");
+  }
 
+  // every WebGPU call of this process from here on is counted (a few additions per call), the
+  // expert kernels marked so that the layers' passes can be told from the rest
+  const counters = installGpuCounters({ mark: isExpertKernel });
   const started = performance.now();
   const gpu = await openGpu();
   const host = machine(gpu);
@@ -541,6 +906,7 @@ async function main(): Promise<void> {
 
   const tmp = await Deno.makeTempDir({ prefix: "bench-decode-" });
   const models: Row[] = [];
+  const dispatchRows: DispatchRow[] = [];
   let realShape = null;
   try {
     const real = await pickRealShape(tmp, {
@@ -553,7 +919,10 @@ async function main(): Promise<void> {
       ["SMALL", { fixture: { ...SMALL, dtype: "BF16" }, child: false }],
       [DEFAULT_NAME, { dir: DEFAULT_MODEL_DIR }],
       [REAL_NAME, { fixture: real.options, child: true }],
-    ];
+    ].filter(([name]) => !dispatchOnly || name === DEFAULT_NAME || name === REAL_NAME) as [
+      string,
+      Source,
+    ][];
     for (const [name, source] of runs) {
       let fixture: Row["fixture"] = null;
       let opened: OpenedModel;
@@ -575,13 +944,21 @@ async function main(): Promise<void> {
       }
       const n = name === REAL_NAME ? realTokens : tokens;
       const t0 = performance.now();
-      let r;
+      let r = null;
       try {
-        r = await benchModel(gpu, opened, n, reps);
+        if (!dispatchOnly) r = await benchModel(gpu, opened, n, reps);
+        if (dispatch && (name === DEFAULT_NAME || name === REAL_NAME)) {
+          const dn = name === REAL_NAME ? dispatchRealTokens : dispatchTokens;
+          console.error(`${name}: expert dispatch per pool vs grouped (issue 14)`);
+          dispatchRows.push(
+            ...await benchDispatch(gpu, name, opened, dn, dispatchReps, manyPools),
+          );
+        }
       } finally {
         opened.close();
       }
       if (fixture) await Deno.remove(opened.dir, { recursive: true });
+      if (!r) continue;
       const c = r.config;
       const bytes = bytesPerToken(c, r.elemBytes);
       const effectiveGBs = bytes.total * r.decode.adaptive.tokensPerS / 1e9;
@@ -612,7 +989,7 @@ async function main(): Promise<void> {
 
   let server = null;
   let serverError = null;
-  if (!values["no-server"]) {
+  if (!values["no-server"] && !dispatchOnly) {
     console.error(`main.ts serve: ${SERVER_STREAMS} concurrent chats, /health every ~20 ms`);
     try {
       server = await measureServer();
@@ -622,23 +999,46 @@ async function main(): Promise<void> {
       console.error(`main.ts serve measurement failed: ${serverError}`);
     }
   }
-  const goals = checkGoals(models);
+  const goals = checkGoals(models, dispatchRows);
   const totalS = (performance.now() - started) / 1000;
+  const gpuCalls = counters.snapshot();
+  counters.uninstall();
 
-  printTable(models, memcpy.bestGBs);
-  printNotes(models, server, goals);
+  if (models.length > 0) {
+    printTable(models, memcpy.bestGBs);
+    printGpuTable(models);
+    printNotes(models, server);
+  }
+  if (dispatchRows.length > 0) printDispatchTable(dispatchRows);
+  printGoals(goals);
   if (serverError) console.log(`main.ts serve measurement failed: ${serverError}`);
   console.log(`total ${totalS.toFixed(0)} s`);
   const report = {
     date: new Date().toISOString(),
     machine: host,
     memcpy,
-    options: { tokens, realTokens, reps, warmupTokens: WARMUP_TOKENS },
+    options: {
+      tokens,
+      realTokens,
+      reps,
+      warmupTokens: WARMUP_TOKENS,
+      dispatchOnly,
+      dispatch,
+      dispatchTokens,
+      dispatchRealTokens,
+      dispatchReps,
+      dispatchWarmupTokens: DISPATCH_WARMUP_TOKENS,
+      manyPools,
+      dispatchBudget: DISPATCH_BUDGET,
+    },
     realShape,
     models,
+    dispatch: dispatchRows,
     server,
     serverError,
     goals,
+    /** Every WebGPU call this process made while counted (model loads and uploads included). */
+    gpuCalls,
     totalS,
   };
   await Deno.mkdir(new URL("./out/", import.meta.url), { recursive: true });
@@ -669,7 +1069,7 @@ interface Goal {
   met: boolean;
 }
 
-function checkGoals(rows: Row[]): Goal[] {
+function checkGoals(rows: Row[], dispatchRows: DispatchRow[]): Goal[] {
   const goals: Goal[] = [];
   const speedup = (name: string, bound: number) => {
     const r = rows.find((r) => r.name === name);
@@ -691,6 +1091,22 @@ function checkGoals(rows: Row[]): Goal[] {
     goals.push({
       goal: `readbacks/token adaptive <= ${bound} (all resident)`,
       model: r.name,
+      value,
+      bound,
+      met: value <= bound,
+    });
+  }
+  for (const r of dispatchRows) {
+    // under a budget reruns after misses multiply a token's dispatches: see printDispatchTable
+    if (r.expertDispatch !== "grouped" || r.budget !== "all" || !r.gpu) continue;
+    // the layers' own dispatches; all of a step's / layers when the layers' passes were not seen
+    const value = r.gpu.layerDispatchesPerLayer ?? r.gpu.dispatchesPerLayer;
+    const bound = GOALS.dispatchesPerTokenPerLayer;
+    goals.push({
+      goal: `dispatches/token/layer grouped <= ${bound} (${
+        r.gpu.layerDispatchesPerLayer === null ? "all dispatches / layers" : "the layers' passes"
+      }; all dispatches / layers ${r.gpu.dispatchesPerLayer.toFixed(1)})`,
+      model: `${r.model}, ${r.pools} pools (${r.limit}), all experts resident`,
       value,
       bound,
       met: value <= bound,
@@ -743,17 +1159,73 @@ function printTable(rows: Row[], memcpyGBs: number): void {
       `${(d.effectiveGBs / memcpyGBs * 100).toFixed(1)}%`,
     ];
   });
+  printAligned(head, cells);
+}
+
+/** A table: the first column left-aligned, the others right-aligned. */
+function printAligned(head: string[], cells: string[][]): void {
   const width = head.map((h, i) => Math.max(h.length, ...cells.map((c) => c[i].length)));
   const line = (c: string[]) => c.map((s, i) => (i ? s.padStart(width[i]) : s.padEnd(width[i])));
   console.log(line(head).join("  "));
   for (const c of cells) console.log(line(c).join("  "));
 }
 
+/** What reached WebGPU per decoded token, before (spr1) and after (adaptive), next to tok/s. */
+function printGpuTable(rows: Row[]): void {
+  const head = [
+    "model",
+    "mode",
+    "tok/s",
+    "disp/tok",
+    "disp/tok/L",
+    "layer disp/tok/L",
+    "exp disp/tok/L",
+    "pass/tok",
+    "sub/tok",
+    "cmdbuf/tok",
+    "maps/tok",
+    "read B/tok",
+    "wb/tok",
+    "write B/tok",
+  ];
+  const cells: string[][] = [];
+  for (const r of rows) {
+    for (const m of MODES) {
+      const f = r.decode[m.name];
+      const g = f.gpu;
+      const n = (x: number | undefined, d: number) => (x === undefined ? "?" : x.toFixed(d));
+      cells.push([
+        r.name,
+        m.name,
+        f.tokensPerS.toFixed(2),
+        n(g?.dispatches, 1),
+        n(g?.dispatchesPerLayer, 1),
+        n(g?.layerDispatchesPerLayer ?? undefined, 1),
+        n(g?.expertDispatchesPerLayer, 1),
+        n(g?.passes, 2),
+        n(g?.submits, 3),
+        n(g?.commandBuffers, 3),
+        n(g?.mapReads, 3),
+        n(g?.readBytes, 0),
+        n(g?.writeBuffers, 2),
+        n(g?.writeBytes, 0),
+      ]);
+    }
+  }
+  printAligned(head, cells);
+  console.log(
+    `WebGPU calls per decoded token (bench/gpu_counters.ts), counted during the timed decodes: ` +
+      `their counts less a 1-token decode's (the prefill and first token), over decode-step ` +
+      `tokens; disp/tok/L = every dispatch of a step (embedding, lm_head, sampler too) / layers; ` +
+      `layer disp/tok/L = the dispatches of the passes that run expert kernels (the layers') / ` +
+      `layers; exp = the expert kernels' alone; read B = bytes mapped for reading, wb = queue.writeBuffer calls`,
+  );
+}
+
 /** Runs and tokens behind the table, where bytes per token go, the server, the goals. */
 function printNotes(
   rows: Row[],
   server: Awaited<ReturnType<typeof measureServer>> | null,
-  goals: Goal[],
 ): void {
   const r0 = rows[0].decode;
   console.log(
@@ -810,6 +1282,9 @@ function printNotes(
         `${server.gpuReadbacksPerStep.toFixed(3)} GPU readbacks per step`,
     );
   }
+}
+
+function printGoals(goals: Goal[]): void {
   for (const g of goals) {
     console.log(
       `goal ${g.goal}, ${g.model}: ${g.value.toFixed(g.value < 1 ? 3 : 2)} -> ` +
