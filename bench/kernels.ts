@@ -39,15 +39,49 @@ function release(): void {
   for (const b of made.splice(0)) b.destroy();
 }
 
+/** With the adapter's `timestamp-query` feature (granted by openGpu when offered): the GPU's own
+ * begin and end of each timed pass, resolved into a buffer read back after the pass. */
+const timestamps = gpu.features.includes("timestamp-query")
+  ? {
+    set: device.createQuerySet({ type: "timestamp", count: 2 }),
+    resolve: device.createBuffer({
+      size: 16,
+      usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+    }),
+    read: device.createBuffer({
+      size: 16,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    }),
+  }
+  : null;
+
 /** Wall and CPU seconds of this process per recording of `list`: REPS recordings in one submit,
- * waited for with onSubmittedWorkDone. */
-async function time(list: Op[], T: number): Promise<{ wall: number; cpu: number }> {
+ * waited for with onSubmittedWorkDone; and the GPU's seconds per recording from timestamp
+ * queries (null without the feature). */
+async function time(
+  list: Op[],
+  T: number,
+): Promise<{ wall: number; cpu: number; gpu: number | null }> {
   device.queue.writeBuffer(ops.step, 0, new Uint32Array([T, 0, T, 0]));
   const once = async () => {
     const enc = device.createCommandEncoder();
-    const pass = enc.beginComputePass();
+    const pass = enc.beginComputePass(
+      timestamps
+        ? {
+          timestampWrites: {
+            querySet: timestamps.set,
+            beginningOfPassWriteIndex: 0,
+            endOfPassWriteIndex: 1,
+          },
+        }
+        : undefined,
+    );
     for (let i = 0; i < REPS; i++) for (const op of list) op.record(pass, T);
     pass.end();
+    if (timestamps) {
+      enc.resolveQuerySet(timestamps.set, 0, 2, timestamps.resolve, 0);
+      enc.copyBufferToBuffer(timestamps.resolve, 0, timestamps.read, 0, 16);
+    }
     device.queue.submit([enc.finish()]);
     await device.queue.onSubmittedWorkDone();
   };
@@ -57,7 +91,14 @@ async function time(list: Op[], T: number): Promise<{ wall: number; cpu: number 
   await once();
   const wall = (performance.now() - t0) / 1000 / REPS;
   const c = process.cpuUsage(c0);
-  return { wall, cpu: (c.user + c.system) / 1e6 / REPS };
+  let gpuS: number | null = null;
+  if (timestamps) {
+    await timestamps.read.mapAsync(GPUMapMode.READ);
+    const [begin, end] = new BigUint64Array(timestamps.read.getMappedRange().slice(0));
+    timestamps.read.unmap();
+    gpuS = Number(end - begin) / 1e9 / REPS; // timestamps are in nanoseconds
+  }
+  return { wall, cpu: (c.user + c.system) / 1e6 / REPS, gpu: gpuS };
 }
 
 function matmulOp(dtype: WeightDType, N: number, K: number, T: number): Op {
@@ -134,20 +175,29 @@ function row(
   T: number,
   reuse: number,
   bytes: number,
-  s: { wall: number; cpu: number },
+  s: { wall: number; cpu: number; gpu: number | null },
 ): void {
   const gbs = bytes / s.wall / 1e9;
+  const gpuCols = s.gpu === null
+    ? ""
+    : `  ${(s.gpu * 1000).toFixed(3).padStart(10)}  ${
+      (bytes / s.gpu / 1e9).toFixed(2).padStart(8)
+    }`;
   console.log(
     `${label.padEnd(24)} ${String(T).padStart(2)}  ${(s.wall * 1000).toFixed(3).padStart(8)}  ` +
       `${gbs.toFixed(2).padStart(11)}  ${(bytes / s.cpu / 1e9).toFixed(2).padStart(8)}  ` +
-      `${(gbs * reuse).toFixed(2).padStart(14)}`,
+      `${(gbs * reuse).toFixed(2).padStart(14)}${gpuCols}`,
   );
 }
 
 console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);
 const copy = copyGBs();
 console.log(`ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`);
-console.log("op                        T   ms/call  weight GB/s  GB/CPU-s  GB/s x tokens");
+console.log(
+  "op                        T   ms/call  weight GB/s  GB/CPU-s  GB/s x tokens" +
+    (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
+);
+if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
 for (const dtype of ["bf16", "f32"] as WeightDType[]) {
   for (const [N, K] of [[2048, 2048], [768, 2048]]) {
     for (const T of [1, 8]) {
