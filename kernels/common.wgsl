@@ -1,8 +1,8 @@
 // Prepended to every kernel by src/gpu/shader.ts: the per-step uniform (src/gpu/ops_api.ts) and
 // the index helpers of the 2-D dispatches that src/gpu/ops.ts issues past 65535 workgroups.
 
-// Most tokens one step holds (src/gpu/ops_api.ts MAX_STEP_TOKENS).
-const MAX_STEP_TOKENS: u32 = 64u;
+// MAX_STEP_TOKENS, ABSENT_SLOT, MAX_EXPERTS and MAX_HEAD_DIM come from src/gpu/kernel_interface.ts
+// (SHARED_CONSTANTS), emitted ahead of this file.
 
 struct Step {
   n_tokens: u32,
@@ -16,8 +16,6 @@ struct Step {
 
 @group(0) @binding(0) var<uniform> step: Step;
 
-// Value of a slot-table entry whose expert is not resident (src/gpu/expert_pool.ts ABSENT).
-const ABSENT_SLOT: u32 = 0xffffffffu;
 
 // Linear workgroup index of a dispatch of (x, y, 1) workgroups, x at most 65535.
 fn group_index(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {

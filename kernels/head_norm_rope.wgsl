@@ -18,8 +18,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> k: array<f32>; // [T, k_heads*head_dim]
 
 const WG: u32 = 64u;
-// Most head_dim (src/gpu/ops.ts MAX_HEAD_DIM).
-const MAX_HEAD_DIM: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
 var<workgroup> normed: array<f32, MAX_HEAD_DIM>;
 

@@ -13,8 +13,7 @@ struct Params {
 @group(0) @binding(3) var<storage, read_write> idx: array<u32>; // [T, K]
 @group(0) @binding(4) var<storage, read_write> weights: array<f32>; // [T, K]
 
-// Largest E supported; src/gpu/ops.ts checks it.
-const MAX_EXPERTS: u32 = 256u;
+// MAX_EXPERTS (src/gpu/kernel_interface.ts): the largest E; src/gpu/ops.ts checks it.
 const WG: u32 = 8u;
 
 @compute @workgroup_size(WG)

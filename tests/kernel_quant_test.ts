@@ -6,7 +6,7 @@
  * quantized weights as the float64 reference computes on their dequantized values.
  */
 import assert from "node:assert";
-import { kernelSource } from "../src/gpu/shader.ts";
+import { commonSource, kernelSource } from "../src/gpu/shader.ts";
 import { readF32, readU32 } from "../src/gpu/readback.ts";
 import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
 import { dequantizeRows } from "../src/quant/dequantize.ts";
@@ -198,7 +198,7 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
 async function probe(type: Quant, bytes: Uint8Array, wide: boolean): Promise<Float32Array> {
   const device = gpu.device;
   const n = (bytes.length / LAYOUT[type].bytes) * LAYOUT[type].elems;
-  const code = [kernelSource("common"), kernelSource(`weights_${type}`), PROBE].join("\n");
+  const code = [commonSource(), kernelSource(`weights_${type}`), PROBE].join("\n");
   device.pushErrorScope("validation");
   const module = device.createShaderModule({ label: `probe ${type}`, code });
   const layout = device.createBindGroupLayout({

@@ -15,7 +15,7 @@ import {
   samplerLoopIterations,
   type SamplerSequence,
 } from "../src/gpu/sampler.ts";
-import { composeSource, kernelSource } from "../src/gpu/shader.ts";
+import { commonSource, composeSource, kernelSource } from "../src/gpu/shader.ts";
 import {
   EXP_WEIGHT_MIN_D,
   expWeight,
@@ -477,7 +477,7 @@ gpuTest("GpuSampler's draws follow the distribution (chi-square, 20000 draws)", 
 /** A test kernel `main` after the sampler kernels' preludes (common.wgsl, sample_common.wgsl, as
  * src/gpu/sampler.ts composes them), with WG = 64 as sample_common.wgsl needs. */
 function withSamplePrelude(main: string): string {
-  return ["common", "sample_common"].map(kernelSource).join("\n") + "\nconst WG: u32 = 64u;\n" +
+  return [commonSource(), kernelSource("sample_common")].join("\n") + "\nconst WG: u32 = 64u;\n" +
     main;
 }
 

@@ -14,6 +14,7 @@ import {
 } from "./ops_api.ts";
 import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
 import { lcm, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
+import { MAX_EXPERTS, MAX_HEAD_DIM } from "./kernel_interface.ts";
 
 // ---- limits and layout shared by the kernels ----
 
@@ -29,9 +30,6 @@ const VEC = 4;
 /** Workgroup size of the simple kernels (rope, kv_store, moe_combine, experts_*). */
 const WG_64 = 64;
 const WG_TOPK = 8;
-/** kernels/topk.wgsl keeps the probabilities of this many experts per token; moe_tiles.wgsl
- * counts pairs for this many experts. */
-const MAX_EXPERTS = 256;
 
 // ---- matmul (kernels/matmul.wgsl: ROWS, WG, MAX_TOKENS) ----
 
@@ -47,8 +45,8 @@ const MATMUL_PREFILL_FROM = 2;
 
 /** Lanes of a one-pass attention workgroup = positions per block (WG of attention.wgsl). */
 const WG_ATTENTION = 64;
-/** attention.wgsl gives each lane 4 values of the head dim: at most 4 * WG_ATTENTION. */
-const MAX_HEAD_DIM = 4 * WG_ATTENTION;
+/** attention.wgsl gives each lane 4 values of the head dim (MAX_HEAD_DIM = 4 * WG_ATTENTION). */
+if (MAX_HEAD_DIM !== 4 * WG_ATTENTION) throw new Error("MAX_HEAD_DIM must be 4 * WG_ATTENTION");
 /** Invocations per (token, kv head) of attention_scores.wgsl (its LANES). */
 const ATTENTION_LANES = 64;
 /** Most query heads per kv head (MAX_GROUP of attention_scores/values.wgsl). */
@@ -293,6 +291,7 @@ export class Ops implements OpsApi {
     groupsFor: (nTokens: number) => number,
   ): Op {
     const pipeline = this.shaders.pipeline(spec);
+    this.shaders.checkParams(spec, params.length);
     const bindGroup = this.bind(name, spec.bindings, [this.params(name, params), ...buffers]);
     return new PreparedOp(name, bindGroup, () => pipeline, groupsFor);
   }
@@ -310,7 +309,11 @@ export class Ops implements OpsApi {
     const rows = a.groups;
     return this.simple(
       "rmsnorm",
-      { kernel: "rmsnorm", bindings: ["uniform", "uniform", "read", "rw", "rw"] },
+      {
+        kernel: "rmsnorm",
+        bindings: ["uniform", "uniform", "read", "rw", "rw"],
+        expect: { WG: WG_64 },
+      },
       [a.dim, a.groups, { f32: a.eps }],
       [a.weight, a.x, a.out],
       (t) => t * rows,
@@ -332,26 +335,18 @@ export class Ops implements OpsApi {
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
     const w = this.weightBinding("matmul", a.w, a.N, a.K);
     const weights = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
-    const decode = this.shaders.pipeline({
+    const spec = (tokens: number): KernelSpec => ({
       kernel: "matmul",
       bindings,
       weights,
-      constants: { TOKENS: 1 },
+      constants: { TOKENS: tokens },
+      expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL, MAX_TOKENS: MATMUL_PREFILL_TOKENS },
     });
-    const prefill = this.shaders.pipeline({
-      kernel: "matmul",
-      bindings,
-      weights,
-      constants: { TOKENS: MATMUL_PREFILL_TOKENS },
-    });
-    const params = this.params("matmul", [
-      a.K,
-      a.N,
-      a.outStride,
-      a.outOffset,
-      w.offsetElems,
-      a.accumulate ? 1 : 0,
-    ]);
+    const decode = this.shaders.pipeline(spec(1));
+    const prefill = this.shaders.pipeline(spec(MATMUL_PREFILL_TOKENS));
+    const fields = [a.K, a.N, a.outStride, a.outOffset, w.offsetElems, a.accumulate ? 1 : 0];
+    this.shaders.checkParams(spec(1), fields.length);
+    const params = this.params("matmul", fields);
     const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out]);
     const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     return new PreparedOp(
@@ -370,7 +365,7 @@ export class Ops implements OpsApi {
     const perToken = a.heads * (a.headDim / 2);
     return this.simple(
       "rope",
-      { kernel: "rope", bindings: ["uniform", "uniform", "read", "rw"] },
+      { kernel: "rope", bindings: ["uniform", "uniform", "read", "rw"], expect: { WG: WG_64 } },
       [a.heads, a.headDim],
       [a.table, a.x],
       (t) => ceilDiv(t * perToken, WG_64),
@@ -395,7 +390,11 @@ export class Ops implements OpsApi {
     const positions = Math.floor(a.kCache.size / (slabs * a.width * 4));
     return this.simple(
       "kvStore",
-      { kernel: "kv_store", bindings: ["uniform", "uniform", "read", "read", "rw", "rw"] },
+      {
+        kernel: "kv_store",
+        bindings: ["uniform", "uniform", "read", "read", "rw", "rw"],
+        expect: { WG: WG_64 },
+      },
       [a.width, a.firstSlab ?? 0, slabs, positions],
       [a.k, a.v, a.kCache, a.vCache],
       (t) => ceilDiv(t * a.width, WG_64),
@@ -422,6 +421,7 @@ export class Ops implements OpsApi {
       "headNormRope",
       {
         kernel: "head_norm_rope",
+        expect: { WG: WG_64 },
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
       },
       [a.numHeads, a.numKvHeads, a.headDim, { f32: a.eps }],
@@ -474,7 +474,11 @@ export class Ops implements OpsApi {
     const scale = { f32: a.scale };
     const blocks = this.simple(
       "attention",
-      { kernel: "attention", bindings: ["uniform", "uniform", "read", "read", "read", "rw"] },
+      {
+        kernel: "attention",
+        bindings: ["uniform", "uniform", "read", "read", "read", "rw"],
+        expect: { WG: WG_ATTENTION },
+      },
       [heads, a.numKvHeads, a.headDim, scale, firstSlab, slabs, cachePositions],
       [a.q, a.kCache, a.vCache, a.out],
       (t) => t * heads,
@@ -504,6 +508,7 @@ export class Ops implements OpsApi {
         "attention.scores",
         {
           kernel: "attention_scores",
+          expect: { LANES: ATTENTION_LANES, MAX_GROUP, WG: WG_64 },
           bindings: ["uniform", "uniform", "read", "read", "rw"],
           constants: { GROUP: group },
         },
@@ -513,7 +518,11 @@ export class Ops implements OpsApi {
       ),
       this.simple(
         "attention.softmax",
-        { kernel: "attention_softmax", bindings: ["uniform", "uniform", "rw"] },
+        {
+          kernel: "attention_softmax",
+          bindings: ["uniform", "uniform", "rw"],
+          expect: { WG: WG_SOFTMAX },
+        },
         params,
         [scores],
         (t) => ceilDiv(t * heads, WG_SOFTMAX),
@@ -522,6 +531,7 @@ export class Ops implements OpsApi {
         "attention.values",
         {
           kernel: "attention_values",
+          expect: { MAX_GROUP, WG: WG_VALUES },
           bindings: ["uniform", "uniform", "read", "read", "rw"],
           constants: { GROUP: group },
         },
@@ -565,7 +575,11 @@ export class Ops implements OpsApi {
     }
     return this.simple(
       "topk",
-      { kernel: "topk", bindings: ["uniform", "uniform", "read", "rw", "rw"] },
+      {
+        kernel: "topk",
+        bindings: ["uniform", "uniform", "read", "rw", "rw"],
+        expect: { WG: WG_TOPK },
+      },
       [a.numExperts, a.k, a.normTopk ? 1 : 0],
       [a.logits, a.idx, a.weights],
       (t) => ceilDiv(t, WG_TOPK),
@@ -605,7 +619,7 @@ export class Ops implements OpsApi {
     const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.simple(
       "expertsGateUp",
-      { kernel: "experts_gate_up", bindings, weights, pools },
+      { kernel: "experts_gate_up", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
       [...params, partOffset, g.slotsPerPool],
       [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
       (t) => ceilDiv(t * perToken, WG_64),
@@ -619,6 +633,7 @@ export class Ops implements OpsApi {
         {
           kernel: "experts_gate_up_tiled",
           bindings,
+          expect: { ROWS, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
           weights,
           pools,
           constants: { TILE: tile },
@@ -687,7 +702,7 @@ export class Ops implements OpsApi {
     const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.simple(
       "expertsDown",
-      { kernel: "experts_down", bindings, weights, pools },
+      { kernel: "experts_down", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
       [...params, partOffset, g.slotsPerPool],
       [a.h, a.idx, a.slots, a.y, ...g.pools],
       (t) => ceilDiv(t * perToken, WG_64),
@@ -701,6 +716,7 @@ export class Ops implements OpsApi {
         {
           kernel: "experts_down_tiled",
           bindings,
+          expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
           weights,
           pools,
           constants: { TILE: tile },
@@ -719,7 +735,11 @@ export class Ops implements OpsApi {
   ): Op {
     return this.simple(
       "moeCombine",
-      { kernel: "moe_combine", bindings: ["uniform", "uniform", "read", "read", "rw"] },
+      {
+        kernel: "moe_combine",
+        bindings: ["uniform", "uniform", "read", "read", "rw"],
+        expect: { WG: WG_64 },
+      },
       [a.k, a.hidden],
       [a.y, a.weights, a.out],
       (t) => ceilDiv(t * a.hidden, WG_64),
@@ -743,6 +763,7 @@ export class Ops implements OpsApi {
     const spec: KernelSpec = {
       kernel: "embed",
       bindings: ["uniform", "uniform", "read", "read", "rw"],
+      expect: { WG: WG_64 },
       weights: weightLoader(a.table.dtype, [w.offsetElems], [a.hidden]),
     };
     const perToken = a.hidden / VEC;
@@ -776,7 +797,11 @@ export class Ops implements OpsApi {
   ): Op {
     return this.simple(
       "routerMask",
-      { kernel: "router_mask", bindings: ["uniform", "uniform", "read", "rw"] },
+      {
+        kernel: "router_mask",
+        bindings: ["uniform", "uniform", "read", "rw"],
+        expect: { WG: WG_64 },
+      },
       [a.numExperts, a.slotBase, a.minResident],
       [a.slots, a.logits],
       (t) => ceilDiv(t * a.numExperts, WG_64),

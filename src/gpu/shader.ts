@@ -19,6 +19,12 @@
 import type { FloatWeightDType, WeightDType } from "./ops_api.ts";
 import { scopedOn } from "./device.ts";
 import { weightBlock } from "./weight_dtype.ts";
+import {
+  checkBindings,
+  checkConstants,
+  checkParams,
+  sharedConstantsSource,
+} from "./kernel_interface.ts";
 
 /** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
 export type BindingKind = "uniform" | "read" | "rw";
@@ -39,6 +45,9 @@ export interface KernelSpec {
   constants?: Record<string, number>;
   /** Pool buffers bound at bindings first.. first + count - 1 (expert kernels; see above). */
   pools?: PoolBindings;
+  /** Constants of the kernel the dispatching code relies on (workgroup size, rows per
+   * invocation, ...): checked against its `const`/`override` declarations (kernel_interface.ts). */
+  expect?: Record<string, number>;
 }
 
 /** How many expert pool buffers a kernel binds, from which binding on. */
@@ -106,6 +115,12 @@ export function kernelSource(name: string): string {
   return text;
 }
 
+/** What every kernel starts with: the shared constants (kernel_interface.ts), then
+ * kernels/common.wgsl. */
+export function commonSource(): string {
+  return [sharedConstantsSource(), kernelSource("common")].join("\n");
+}
+
 /** The full WGSL of a kernel: common.wgsl, the preludes, the weight loader (if any), the kernel;
  * with `pools`, the loader and the kernel's pool section once per pool buffer (see above). */
 export function composeSource(
@@ -114,7 +129,7 @@ export function composeSource(
   prelude: string[] = [],
   pools?: PoolBindings,
 ): string {
-  const parts = [kernelSource("common"), ...prelude.map(kernelSource)];
+  const parts = [commonSource(), ...prelude.map(kernelSource)];
   if (pools) {
     if (!weights) throw new KernelComposeError(kernel, "a kernel with pools needs a weight loader");
     parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), kernelSource(kernel), pools));
@@ -229,6 +244,7 @@ export class Shaders {
   private layouts = new Map<string, GPUBindGroupLayout>();
   private pipelines = new Map<string, GPUComputePipeline>();
   private modules = new Map<string, GPUShaderModule>();
+  private codes = new Map<string, string>();
 
   constructor(private device: GPUDevice) {}
 
@@ -255,19 +271,37 @@ export class Shaders {
     return layout;
   }
 
-  /** The compute pipeline of a spec (entry point `main`), created once. */
-  pipeline(spec: KernelSpec): GPUComputePipeline {
-    const constants = spec.constants ?? {};
-    const prelude = spec.prelude ?? [];
+  /** The composed source of a spec (cached per module). */
+  private code(spec: KernelSpec): { moduleKey: string; code: string } {
     // Preludes and kernel, then the weight loader: "sample_common+sample_draw|", "matmul|bf16".
     const pools = spec.pools ? `|pools${spec.pools.count}@${spec.pools.first}` : "";
+    const prelude = spec.prelude ?? [];
     const moduleKey = `${[...prelude, spec.kernel].join("+")}|${spec.weights ?? ""}${pools}`;
+    let code = this.codes.get(moduleKey);
+    if (code === undefined) {
+      code = composeSource(spec.kernel, spec.weights, prelude, spec.pools);
+      this.codes.set(moduleKey, code);
+    }
+    return { moduleKey, code };
+  }
+
+  /** Throws KernelInterfaceError unless `values` params fill the spec's kernel's Params. */
+  checkParams(spec: KernelSpec, values: number): void {
+    checkParams(spec.kernel, this.code(spec).code, values);
+  }
+
+  /** The compute pipeline of a spec (entry point `main`), created once, after checking the
+   * kernel's declared bindings and expected constants against the spec (kernel_interface.ts). */
+  pipeline(spec: KernelSpec): GPUComputePipeline {
+    const constants = spec.constants ?? {};
+    const { moduleKey, code } = this.code(spec);
     const key = `${moduleKey}|${spec.bindings.join(",")}|${JSON.stringify(constants)}`;
+    if (spec.expect) checkConstants(spec.kernel, code, spec.expect);
     let pipeline = this.pipelines.get(key);
     if (!pipeline) {
+      checkBindings(spec.kernel, code, spec.bindings);
       let module = this.modules.get(moduleKey);
       if (!module) {
-        const code = composeSource(spec.kernel, spec.weights, prelude, spec.pools);
         module = scopedOn(
           this.device,
           `shader module ${moduleKey}`,

@@ -1,0 +1,88 @@
+/**
+ * The kernel interface declared once (src/gpu/kernel_interface.ts): shared constants come from
+ * TypeScript into every kernel; a spec whose bindings, params or assumed constants disagree with
+ * the kernel's source is refused when the pipeline is made, naming the kernel and what differs.
+ */
+import assert from "node:assert";
+import {
+  checkParams,
+  declaredBindings,
+  declaredConstants,
+  KernelInterfaceError,
+  MAX_EXPERTS,
+  paramsFields,
+  SHARED_CONSTANTS,
+} from "../src/gpu/kernel_interface.ts";
+import { composeSource, kernelSource, Shaders } from "../src/gpu/shader.ts";
+import { MAX_STEP_TOKENS } from "../src/gpu/ops_api.ts";
+import { ABSENT } from "../src/gpu/expert_pool.ts";
+import { gpu, gpuTest } from "./kernel_harness.ts";
+
+const refused = (pattern: RegExp) => (e: unknown) =>
+  e instanceof KernelInterfaceError && pattern.test(e.message);
+
+Deno.test("shared constants are defined once, in TypeScript, and reach every kernel", () => {
+  assert.deepStrictEqual(
+    { ...SHARED_CONSTANTS },
+    { MAX_STEP_TOKENS, ABSENT_SLOT: ABSENT, MAX_EXPERTS, MAX_HEAD_DIM: 256 },
+  );
+  for (const name of Object.keys(SHARED_CONSTANTS)) {
+    for (const kernel of ["common", "topk", "head_norm_rope", "experts_gate_up"]) {
+      assert.ok(!declaredConstants(kernelSource(kernel)).has(name), `${kernel} redefines ${name}`);
+    }
+    const code = composeSource("topk");
+    assert.strictEqual(declaredConstants(code).get(name), SHARED_CONSTANTS[name] >>> 0, name);
+  }
+});
+
+Deno.test("declaredBindings() and paramsFields() read a kernel's interface", () => {
+  const code = composeSource("rmsnorm");
+  assert.deepStrictEqual([...declaredBindings(code)].map(([i, d]) => [i, d.kind, d.name]), [
+    [0, "uniform", "step"],
+    [1, "uniform", "p"],
+    [2, "read", "weight"],
+    [3, "rw", "x"],
+    [4, "rw", "out"],
+  ]);
+  assert.deepStrictEqual(paramsFields("rmsnorm", code), ["dim", "groups", "eps", "_pad"]);
+});
+
+Deno.test("checkParams() wants every field but trailing padding written, nothing past it", () => {
+  const code = composeSource("rmsnorm");
+  checkParams("rmsnorm", code, 3);
+  checkParams("rmsnorm", code, 4);
+  assert.throws(() => checkParams("rmsnorm", code, 2), refused(/rmsnorm.*eps never written/));
+  assert.throws(() => checkParams("rmsnorm", code, 5), refused(/writes 5 params/));
+  assert.throws(() => checkParams("argmax", composeSource("attention_softmax"), 9));
+});
+
+gpuTest("a spec that disagrees with its kernel is refused when the pipeline is made", async () => {
+  const shaders = new Shaders(gpu.device);
+  const ok = { kernel: "rmsnorm", bindings: ["uniform", "uniform", "read", "rw", "rw"] } as const;
+  shaders.pipeline({ ...ok, bindings: [...ok.bindings], expect: { WG: 64 } });
+  assert.throws(
+    () => shaders.pipeline({ ...ok, bindings: ["uniform", "uniform", "read", "read", "rw"] }),
+    refused(/rmsnorm\.wgsl.*binding 3 \(x\) is rw, the op binds read/),
+  );
+  assert.throws(
+    () => shaders.pipeline({ ...ok, bindings: ["uniform", "uniform", "read", "rw"] }),
+    refused(/binding 4 \(out\) is declared but not bound/),
+  );
+  assert.throws(
+    () => shaders.pipeline({ ...ok, bindings: [...ok.bindings, "read"] }),
+    refused(/binding 5 \(read\) is not declared/),
+  );
+  assert.throws(
+    () => shaders.pipeline({ ...ok, bindings: [...ok.bindings], expect: { WG: 32 } }),
+    refused(/WG = 64 in the kernel, the op assumes 32/),
+  );
+  assert.throws(
+    () => shaders.pipeline({ ...ok, bindings: [...ok.bindings], expect: { ROWS: 4 } }),
+    refused(/ROWS is not declared/),
+  );
+  assert.throws(
+    () => shaders.checkParams({ ...ok, bindings: [...ok.bindings] }, 1),
+    refused(/groups, eps never written/),
+  );
+  await gpu.settle();
+});
