@@ -7,15 +7,21 @@
  *      its entropy against log2(E), the extreme loads, and reuse at the next token and within
  *      REUSE_HORIZON tokens, against independent routing (uniform, and with the measured load);
  *   2. cache policies: that routing as the cache's access trace (token by token, layer by layer,
- *      one `now` per layer visit), replayed by simulate() with LRU and LRFU and by the Belady
- *      optimum at budgets of a fraction of all L x E experts;
+ *      one `now` per layer visit), replayed by simulate() with LRU, LRFU and the model-aware
+ *      policy (without predictions, and fed the trace's own next-layer or next-token routing as
+ *      idealised predictors) and by the Belady optimum at budgets of a fraction of all L x E
+ *      experts, against the issue's goal (model-aware within 10 points of Belady at 50%, 25%);
  *   3. exact vs router masking: GpuModel at each budget, exact (routerMasking false) and masked,
- *      and under a budget also exact without prefetch (masked sessions never prefetch),
- *      held-out perplexity and greedy decode tokens/s, with the cache's hit rate and readbacks.
+ *      and under a budget also exact without prefetch (masked sessions never prefetch) and exact
+ *      with the model-aware policy instead of LRU, held-out perplexity and greedy decode
+ *      tokens/s, with the cache's hit rate and readbacks.
  *
  * Every figure is measured in the run; the model's shapes come from its config. Usage:
  *   ./bin/deno run -A --unstable-webgpu bench/routing.ts [--windows N] [--steps N] [--model DIR]
- * Results: stdout and bench/out/routing.json.
+ *     [--no-masking] [--save-routing FILE | --routing FILE]
+ * --no-masking skips table 3 (the slow part); --save-routing FILE writes the recorded routing
+ * (JSON, routing_stats.ts SavedRouting); --routing FILE replays one without the GPU (tables 1 and
+ * 2 only, in seconds: how policies are tuned). Results: stdout and bench/out/routing.json.
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR, type OpenedModel, openModel } from "../src/model_dir.ts";
@@ -27,19 +33,25 @@ import {
   DEFAULT_LRFU_LAMBDA,
   LrfuPolicy,
   LruPolicy,
+  ModelAwarePolicy,
   simulate,
   simulateOptimal,
 } from "../src/experts/policy.ts";
-import type { ModelConfig } from "../src/types.ts";
 import {
   budgetSlots,
   cacheTrace,
+  decodeRouting,
+  encodeRouting,
   hitRate,
   independentReuse,
   loadSummary,
+  oraclePredictor,
   reuse,
+  type RoutingShape,
   type SequenceRouting,
   splitRows,
+  tokenClock,
+  traceSteps,
   uniformReuse,
 } from "./routing_stats.ts";
 
@@ -64,14 +76,18 @@ interface Heldout {
 
 /** The machine the figures come from. */
 function machine(gpu: Gpu) {
-  const cpuinfo = Deno.readTextFileSync("/proc/cpuinfo");
   return {
     adapter: gpu.adapterInfo.description || gpu.adapterInfo.vendor,
-    cpu: /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown",
+    cpu: cpuName(),
     cores: navigator.hardwareConcurrency,
     deno: Deno.version.deno,
     loadAvg1m: Number(Deno.readTextFileSync("/proc/loadavg").split(" ")[0]),
   };
+}
+
+function cpuName(): string {
+  const cpuinfo = Deno.readTextFileSync("/proc/cpuinfo");
+  return /^model name\s*:\s*(.*)$/m.exec(cpuinfo)?.[1] ?? "unknown";
 }
 
 /** Left-aligned first column, right-aligned others. */
@@ -124,7 +140,7 @@ async function recordRouting(
 }
 
 /** Table 1: load, entropy and reuse per layer. */
-function routingFacts(sequences: SequenceRouting[], c: ModelConfig) {
+function routingFacts(sequences: SequenceRouting[], c: RoutingShape) {
   const { numExperts: E, topK: K } = c;
   const uniform = uniformReuse(E, K, REUSE_HORIZON);
   return Array.from({ length: c.numLayers }, (_, l) => {
@@ -141,43 +157,77 @@ function routingFacts(sequences: SequenceRouting[], c: ModelConfig) {
   });
 }
 
+/** The issue's goal for the model-aware policy: within this many points of Belady... */
+const GOAL_POINTS = 0.1;
+/** ...at these budgets. */
+const GOAL_BUDGETS = [0.5, 0.25];
+
 /**
- * Table 2: LRU, LRFU and Belady hit rates on the routing trace at each budget. LRFU runs with
- * the default lambda per `now` (a layer visit, as GpuModel's clock ticks) and with lambda / L,
- * the same decay per token (the default's doc counts `now` in decode tokens).
+ * Table 2: hit rates on the routing trace at each budget of LRU, LRFU (the default lambda per
+ * `now`, a layer visit, and lambda / L, the same decay per token, as the default's doc counts
+ * it), the model-aware policy (on the token clock, as GpuModel's Residency runs it) without
+ * predictions and fed by two idealised predictors read from the trace (the next layer's experts
+ * before the current layer loads, as pre-gating would give them; the same layer's at the next
+ * token), and the Belady optimum.
  */
-function policyTable(sequences: SequenceRouting[], c: ModelConfig) {
+function policyTable(sequences: SequenceRouting[], c: RoutingShape) {
   const trace = cacheTrace(sequences, c.numExperts, c.topK);
+  const tokens = tokenClock(trace, c.numLayers);
   const total = c.numLayers * c.numExperts;
+  const grid = { numLayers: c.numLayers, numExperts: c.numExperts };
   const lambdas = [DEFAULT_LRFU_LAMBDA, DEFAULT_LRFU_LAMBDA / c.numLayers];
+  const steps = traceSteps(tokens);
+  /** The model-aware policy fed by an oracle looking `ahead` steps. */
+  const withOracle = (slots: number, ahead: number) => {
+    const p = new ModelAwarePolicy(grid);
+    return hitRate(simulate(tokens, slots, p, oraclePredictor(steps, ahead, p)));
+  };
   const rows = POLICY_BUDGETS.map((budget) => {
     const slots = budgetSlots(budget, total, c.topK);
+    const optimal = hitRate(simulateOptimal(trace, slots));
+    const modelAware = hitRate(simulate(tokens, slots, new ModelAwarePolicy(grid)));
     return {
       budget,
       slots,
       lru: hitRate(simulate(trace, slots, new LruPolicy<number>())),
       lrfu: lambdas.map((lambda) => hitRate(simulate(trace, slots, new LrfuPolicy(lambda)))),
-      optimal: hitRate(simulateOptimal(trace, slots)),
+      model: modelAware,
+      modelOracleNextLayer: withOracle(slots, 2),
+      modelOracleNextToken: withOracle(slots, c.numLayers),
+      optimal,
+      goal: GOAL_BUDGETS.includes(budget) ? optimal - modelAware <= GOAL_POINTS : null,
     };
   });
-  return { accesses: trace.length, lrfuLambdas: lambdas, rows };
+  return { accesses: trace.length, lrfuLambdas: lambdas, model: model0Name(grid), rows };
 }
 
-/** How a table-3 model runs: router masking, and prefetch (GpuModelOptions.prefetch). */
+function model0Name(grid: { numLayers: number; numExperts: number }): string {
+  const p = new ModelAwarePolicy(grid);
+  return `${p.name}: half-life ${p.halfLife} tokens, quota weight ${p.quotaWeight}, prior ${p.prior}`;
+}
+
+/**
+ * How a table-3 model runs: router masking, prefetch (GpuModelOptions.prefetch), and the
+ * cache's eviction policy (GpuModel's default LRU, or the model-aware policy of table 2).
+ */
 interface Mode {
   masked: boolean;
   prefetch: boolean;
+  policy: "lru" | "model";
 }
 
-/** Table 3's modes at a budget: with every expert resident prefetch has nothing to do. */
+/** Table 3's modes at a budget: with every expert resident prefetch and policy do nothing. */
 function modesAt(budget: number): Mode[] {
-  const exact = { masked: false, prefetch: true };
-  const masked = { masked: true, prefetch: true };
-  return budget < 1 ? [exact, { masked: false, prefetch: false }, masked] : [exact, masked];
+  const exact: Mode = { masked: false, prefetch: true, policy: "lru" };
+  const masked: Mode = { masked: true, prefetch: true, policy: "lru" };
+  return budget < 1
+    ? [exact, { ...exact, prefetch: false }, { ...exact, policy: "model" }, masked]
+    : [exact, masked];
 }
 
 function modeName(m: Mode): string {
-  return m.masked ? "masked" : m.prefetch ? "exact" : "exact, no prefetch";
+  const name = m.masked ? "masked" : m.prefetch ? "exact" : "exact, no prefetch";
+  return m.policy === "lru" ? name : `${name}, ${m.policy} policy`;
 }
 
 /** One row of table 3: a model at one budget, in one mode. */
@@ -187,6 +237,7 @@ interface MaskingRow {
   mode: string;
   masked: boolean;
   prefetch: boolean;
+  policy: Mode["policy"];
   perplexity: number;
   scoredTokens: number;
   /** Hit rate of the cache over the perplexity prefills. */
@@ -230,6 +281,7 @@ async function maskingRun(
     expertSource: opened.experts,
     routerMasking: mode.masked,
     prefetch: mode.prefetch,
+    policy: mode.policy === "model" ? new ModelAwarePolicy(c) : new LruPolicy<number>(),
   });
   try {
     const m0 = model.cache.metrics.snapshot();
@@ -288,6 +340,107 @@ function positiveInt(v: string | undefined, fallback: number, flag: string): num
   return n;
 }
 
+function printPolicyTable(policies: ReturnType<typeof policyTable>, all: number): void {
+  console.log(
+    `\n2. cache hit rate replaying the routing trace (${policies.accesses} accesses, one now ` +
+      `per layer visit; all experts: ${all}). A step's experts are protected from its own ` +
+      `loads, as in the GPU cache. "model": ${policies.model}, no predictions; "+next layer", ` +
+      `"+next token": fed the trace's own next-layer / next-token routing (oracles, not a real ` +
+      `predictor). Goal: model within ${100 * GOAL_POINTS} points of belady at ` +
+      `${GOAL_BUDGETS.map((b) => pct(b, 0)).join(" and ")}.`,
+  );
+  printTable(
+    [
+      "budget",
+      "slots",
+      "lru",
+      ...policies.lrfuLambdas.map((x) => `lrfu(${+x.toPrecision(3)})`),
+      "model",
+      "+next layer",
+      "+next token",
+      "belady",
+      "belady-model",
+      "goal",
+    ],
+    policies.rows.map((r) => [
+      pct(r.budget, 0),
+      String(r.slots),
+      pct(r.lru),
+      ...r.lrfu.map((x) => pct(x)),
+      pct(r.model),
+      pct(r.modelOracleNextLayer),
+      pct(r.modelOracleNextToken),
+      pct(r.optimal),
+      `${(100 * (r.optimal - r.model)).toFixed(1)} pt`,
+      r.goal === null ? "-" : r.goal ? "met" : "missed",
+    ]),
+  );
+}
+
+function printMaskingTable(
+  runs: MaskingRow[],
+  nWindows: number,
+  allWindows: number,
+  steps: number,
+): void {
+  const base = runs[0].perplexity;
+  console.log(
+    `\n3. exact vs router masking: perplexity over ${nWindows} of ${allWindows} held-out ` +
+      `windows (${runs[0].scoredTokens} scored tokens); greedy decode of ${steps} tokens after ` +
+      `a ${PROMPT_TOKENS}-token prompt; tok/s = steps / their total time, median ms = median ` +
+      `step. Over the decode steps (cache warmed by the perplexity pass): hit rate (a used ` +
+      `prefetched expert counts as a hit), experts uploaded (misses + prefetches) and ` +
+      `prefetches evicted unused per token, readbacks and reruns per token; "prefix": leading ` +
+      `decoded tokens equal to exact 100%'s. Prefill (perplexity) never prefetches.`,
+  );
+  printTable(
+    [
+      "budget",
+      "slots",
+      "mode",
+      "perplexity",
+      "vs exact",
+      "prefill hit",
+      "tok/s",
+      "median ms",
+      "decode hit",
+      "loads/tok",
+      "wasted/tok",
+      "readbacks/tok",
+      "reruns/tok",
+      "prefix",
+    ],
+    runs.map((r) => [
+      pct(r.budget, 0),
+      String(r.slots),
+      r.mode,
+      r.perplexity.toFixed(3),
+      `${r.perplexity >= base ? "+" : ""}${pct(r.perplexity / base - 1, 2)}`,
+      pct(r.prefillHitRate),
+      r.decodeTokS.toFixed(1),
+      r.medianStepMs.toFixed(1),
+      pct(r.decodeHitRate),
+      r.loadsPerToken.toFixed(2),
+      r.prefetchWastedPerToken.toFixed(2),
+      r.readbacksPerToken.toFixed(2),
+      r.rerunsPerToken.toFixed(2),
+      `${r.prefixAsExact}/${steps}`,
+    ]),
+  );
+}
+
+/** Where the routing of tables 1 and 2 came from. */
+interface RoutingPass {
+  windows: number;
+  tokens: number;
+  perplexity: number | null;
+  meanNll: number | null;
+  scoredTokens: number | null;
+  torchPerplexity: number | null;
+  /** The --routing file it was read from, or null when recorded in this run. */
+  file: string | null;
+}
+
 async function main(): Promise<void> {
   const { values } = parseArgs({
     args: Deno.args,
@@ -295,6 +448,9 @@ async function main(): Promise<void> {
       windows: { type: "string" },
       steps: { type: "string" },
       model: { type: "string" },
+      "save-routing": { type: "string" },
+      routing: { type: "string" },
+      "no-masking": { type: "boolean" },
     },
     strict: true,
   });
@@ -304,34 +460,104 @@ async function main(): Promise<void> {
   const steps = positiveInt(values.steps, DEFAULT_DECODE_STEPS, "--steps");
   const modelDir = values.model ?? DEFAULT_MODEL_DIR;
   const tStart = performance.now();
+  if (values.routing !== undefined && values["save-routing"] !== undefined) {
+    throw new RangeError("--routing replays a saved routing; --save-routing records one: not both");
+  }
 
-  const gpu = await openGpu();
-  const host = machine(gpu);
-  console.log(`adapter: ${host.adapter}`);
-  console.log(`cpu: ${host.cpu}, ${host.cores} cores, load ${host.loadAvg1m} (1 min avg at start)`);
-  console.log(`deno ${host.deno}`);
-  const opened = await openModel(modelDir);
-  try {
-    const c = opened.weights.config;
-    const { numLayers: L, numExperts: E, topK: K } = c;
+  let gpu: Gpu | undefined;
+  let opened: OpenedModel | undefined;
+  let host: Record<string, unknown>;
+  let shape: RoutingShape;
+  let modelInfo: Record<string, unknown>;
+  let sequences: SequenceRouting[];
+  let pass: RoutingPass;
+  if (values.routing !== undefined) {
+    // replay a saved routing: no GPU, tables 1 and 2 only
+    const loaded = decodeRouting(JSON.parse(await Deno.readTextFile(values.routing)));
+    sequences = loaded.sequences;
+    shape = loaded.saved.shape;
+    const src = loaded.saved.source;
+    host = { cpu: cpuName(), cores: navigator.hardwareConcurrency, deno: Deno.version.deno };
+    modelInfo = {
+      dir: src.model ?? null,
+      layers: shape.numLayers,
+      experts: shape.numExperts,
+      topK: shape.topK,
+    };
+    const tokens = sequences.reduce((n, s) => n + (s[0]?.length ?? 0) / shape.topK, 0);
+    pass = {
+      windows: sequences.length,
+      tokens,
+      perplexity: (src.perplexity as number | undefined) ?? null,
+      meanNll: (src.meanNll as number | undefined) ?? null,
+      scoredTokens: (src.scoredTokens as number | undefined) ?? null,
+      torchPerplexity: (src.torchPerplexity as number | undefined) ?? null,
+      file: values.routing,
+    };
+    console.log(`routing: ${values.routing} (recorded from ${String(src.model ?? "?")})`);
+  } else {
+    gpu = await openGpu();
+    host = machine(gpu);
+    console.log(`adapter: ${host.adapter}`);
     console.log(
-      `model: ${opened.dir}: ${L} layers, top-${K} of ${E} experts, vocab ${c.vocabSize}`,
+      `cpu: ${host.cpu}, ${host.cores} cores, load ${host.loadAvg1m} (1 min avg at start)`,
     );
+    console.log(`deno ${host.deno}`);
+    opened = await openModel(modelDir);
+    const c = opened.weights.config;
+    shape = c;
+    modelInfo = {
+      dir: opened.dir,
+      layers: c.numLayers,
+      experts: c.numExperts,
+      topK: c.topK,
+      vocab: c.vocabSize,
+    };
+    console.log(
+      `model: ${opened.dir}: ${c.numLayers} layers, top-${c.topK} of ${c.numExperts} experts, ` +
+        `vocab ${c.vocabSize}`,
+    );
+  }
+  try {
+    const { numLayers: L, numExperts: E, topK: K } = shape;
     const maxContext = Math.max(...all.map((w) => w.length), PROMPT_TOKENS + steps);
 
     // 1. routing facts
-    const routed = await recordRouting(gpu, opened, all, maxContext);
-    const reference = JSON.parse(await Deno.readTextFile(REFERENCE));
-    const torchPpl: number | undefined = modelDir === DEFAULT_MODEL_DIR
-      ? reference?.heldout?.perplexity
-      : undefined;
-    const tokens = all.reduce((n, w) => n + w.length, 0);
+    if (opened !== undefined) {
+      const routed = await recordRouting(gpu!, opened, all, maxContext);
+      sequences = routed.sequences;
+      const reference = JSON.parse(await Deno.readTextFile(REFERENCE));
+      const torchPpl: number | undefined = modelDir === DEFAULT_MODEL_DIR
+        ? reference?.heldout?.perplexity
+        : undefined;
+      pass = {
+        windows: all.length,
+        tokens: all.reduce((n, w) => n + w.length, 0),
+        perplexity: routed.ppl.perplexity,
+        meanNll: routed.ppl.meanNll,
+        scoredTokens: routed.ppl.scoredTokens,
+        torchPerplexity: torchPpl ?? null,
+        file: null,
+      };
+      if (values["save-routing"] !== undefined) {
+        const { file: _, ...source } = pass;
+        const saved = encodeRouting(sequences, shape, { model: opened.dir, ...source });
+        await Deno.writeTextFile(values["save-routing"], JSON.stringify(saved) + "\n");
+        console.log(`wrote the routing to ${values["save-routing"]}`);
+      }
+    }
+    const ppl = pass!.perplexity === null
+      ? ""
+      : `: perplexity ${pass!.perplexity.toFixed(3)} over ${pass!.scoredTokens} scored tokens` +
+        (pass!.torchPerplexity
+          ? ` (torch float64 reference ${pass!.torchPerplexity.toFixed(3)})`
+          : "");
     console.log(
-      `\n1. routing of ${all.length} held-out windows (${tokens} tokens), exact model: ` +
-        `perplexity ${routed.ppl.perplexity.toFixed(3)} over ${routed.ppl.scoredTokens} ` +
-        `scored tokens` + (torchPpl ? ` (torch float64 reference ${torchPpl.toFixed(3)})` : ""),
+      `\n1. routing of ${pass!.windows} held-out windows (${
+        pass!.tokens
+      } tokens), exact model${ppl}`,
     );
-    const facts = routingFacts(routed.sequences, c);
+    const facts = routingFacts(sequences!, shape);
     const u = facts[0].uniform;
     console.log(
       `expert load per layer (% of routed slots, experts 0..${E - 1}; even: ${pct(1 / E, 2)})`,
@@ -374,92 +600,32 @@ async function main(): Promise<void> {
     );
 
     // 2. cache policies on the trace
-    const policies = policyTable(routed.sequences, c);
-    console.log(
-      `\n2. cache hit rate replaying the routing trace (${policies.accesses} accesses, one now ` +
-        `per layer visit; all experts: ${L * E})`,
-    );
-    printTable(
-      [
-        "budget",
-        "slots",
-        "lru",
-        ...policies.lrfuLambdas.map((x) => `lrfu(${+x.toPrecision(3)})`),
-        "belady",
-      ],
-      policies.rows.map((r) => [
-        pct(r.budget, 0),
-        String(r.slots),
-        pct(r.lru),
-        ...r.lrfu.map((x) => pct(x)),
-        pct(r.optimal),
-      ]),
-    );
+    const policies = policyTable(sequences!, shape);
+    printPolicyTable(policies, L * E);
 
     // 3. exact vs router masking
-    const windows = all.slice(0, nWindows);
     const runs: MaskingRow[] = [];
-    let exactTokens: number[] | undefined;
-    for (const budget of MASKING_BUDGETS) {
-      for (const mode of modesAt(budget)) {
-        const t0 = performance.now();
-        const r = await maskingRun(gpu, opened, windows, budget, mode, steps, maxContext);
-        console.error(
-          `  (${pct(budget, 0)} ${modeName(mode)}: ` +
-            `${((performance.now() - t0) / 1000).toFixed(1)} s)`,
-        );
-        exactTokens ??= r.tokens;
-        let prefixAsExact = 0;
-        while (prefixAsExact < steps && r.tokens[prefixAsExact] === exactTokens[prefixAsExact]) {
-          prefixAsExact++;
+    if (opened !== undefined && !values["no-masking"]) {
+      const windows = all.slice(0, nWindows);
+      let exactTokens: number[] | undefined;
+      for (const budget of MASKING_BUDGETS) {
+        for (const mode of modesAt(budget)) {
+          const t0 = performance.now();
+          const r = await maskingRun(gpu!, opened, windows, budget, mode, steps, maxContext);
+          console.error(
+            `  (${pct(budget, 0)} ${modeName(mode)}: ` +
+              `${((performance.now() - t0) / 1000).toFixed(1)} s)`,
+          );
+          exactTokens ??= r.tokens;
+          let prefixAsExact = 0;
+          while (prefixAsExact < steps && r.tokens[prefixAsExact] === exactTokens[prefixAsExact]) {
+            prefixAsExact++;
+          }
+          runs.push({ ...r, prefixAsExact });
         }
-        runs.push({ ...r, prefixAsExact });
       }
+      printMaskingTable(runs, nWindows, all.length, steps);
     }
-    const base = runs[0].perplexity;
-    console.log(
-      `\n3. exact vs router masking: perplexity over ${nWindows} of ${all.length} held-out ` +
-        `windows (${runs[0].scoredTokens} scored tokens); greedy decode of ${steps} tokens after ` +
-        `a ${PROMPT_TOKENS}-token prompt; tok/s = steps / their total time, median ms = median ` +
-        `step. Over the decode steps (cache warmed by the perplexity pass): hit rate (a used ` +
-        `prefetched expert counts as a hit), experts uploaded (misses + prefetches) and ` +
-        `prefetches evicted unused per token, readbacks and reruns per token; "prefix": leading ` +
-        `decoded tokens equal to exact 100%'s. Prefill (perplexity) never prefetches.`,
-    );
-    printTable(
-      [
-        "budget",
-        "slots",
-        "mode",
-        "perplexity",
-        "vs exact",
-        "prefill hit",
-        "tok/s",
-        "median ms",
-        "decode hit",
-        "loads/tok",
-        "wasted/tok",
-        "readbacks/tok",
-        "reruns/tok",
-        "prefix",
-      ],
-      runs.map((r) => [
-        pct(r.budget, 0),
-        String(r.slots),
-        r.mode,
-        r.perplexity.toFixed(3),
-        `${r.perplexity >= base ? "+" : ""}${pct(r.perplexity / base - 1, 2)}`,
-        pct(r.prefillHitRate),
-        r.decodeTokS.toFixed(1),
-        r.medianStepMs.toFixed(1),
-        pct(r.decodeHitRate),
-        r.loadsPerToken.toFixed(2),
-        r.prefetchWastedPerToken.toFixed(2),
-        r.readbacksPerToken.toFixed(2),
-        r.rerunsPerToken.toFixed(2),
-        `${r.prefixAsExact}/${steps}`,
-      ]),
-    );
 
     const seconds = (performance.now() - tStart) / 1000;
     console.log(`\ntotal ${seconds.toFixed(0)} s`);
@@ -470,19 +636,14 @@ async function main(): Promise<void> {
       JSON.stringify(
         {
           machine: host,
-          model: { dir: opened.dir, layers: L, experts: E, topK: K, vocab: c.vocabSize },
-          routingPass: {
-            windows: all.length,
-            tokens,
-            perplexity: routed.ppl.perplexity,
-            meanNll: routed.ppl.meanNll,
-            scoredTokens: routed.ppl.scoredTokens,
-            torchPerplexity: torchPpl ?? null,
-          },
+          model: modelInfo,
+          routingPass: pass!,
           reuseHorizon: REUSE_HORIZON,
           layers: facts,
           policies,
-          masking: { windows: nWindows, decodeSteps: steps, promptTokens: PROMPT_TOKENS, runs },
+          masking: runs.length > 0
+            ? { windows: nWindows, decodeSteps: steps, promptTokens: PROMPT_TOKENS, runs }
+            : null,
           seconds,
         },
         null,
@@ -491,7 +652,7 @@ async function main(): Promise<void> {
     );
     console.log(`wrote ${out.pathname}`);
   } finally {
-    opened.close();
+    opened?.close();
   }
 }
 

@@ -174,6 +174,55 @@ export function cacheTrace(
   return trace;
 }
 
+/**
+ * The trace on the GPU model's clock: cacheTrace counts one `now` per layer visit, Residency
+ * counts tokens (tick() adds 1/L per layer visit, so visit i happens at (i + 1) / L). Policies
+ * whose time constants are in tokens (ModelAwarePolicy) replay this one.
+ */
+export function tokenClock<K>(trace: readonly Access<K>[], L: number): Access<K>[] {
+  if (!Number.isInteger(L) || L < 1) throw new RangeError(`layers must be >= 1, got ${L}`);
+  return trace.map(({ key, now }) => ({ key, now: (now + 1) / L }));
+}
+
+/** The keys of each step of a trace (consecutive accesses sharing a now), in order. */
+export function traceSteps<K>(trace: readonly Access<K>[]): K[][] {
+  const steps: K[][] = [];
+  let last: number | undefined;
+  for (const { key, now } of trace) {
+    if (now !== last) {
+      steps.push([]);
+      last = now;
+    }
+    steps[steps.length - 1].push(key);
+  }
+  return steps;
+}
+
+/** What an oracle predictor needs of a policy. */
+export interface Predicting<K> {
+  predict(keys: Iterable<K>, now: number): void;
+}
+
+/**
+ * An idealised predictor for simulate()'s onStep, over a trace's steps (traceSteps): after each
+ * step s it tells `policy` the exact keys of step s + ahead (with ahead = L, the routing of the same layer at the next token;
+ * with ahead = 2, the next layer's, known before the current layer loads, as pre-gating would
+ * give it). Read from the trace itself, so it is an upper bound for a real predictor.
+ */
+export function oraclePredictor<K>(
+  steps: readonly (readonly K[])[],
+  ahead: number,
+  policy: Predicting<K>,
+): (step: number, now: number) => void {
+  if (!Number.isInteger(ahead) || ahead < 1) {
+    throw new RangeError(`an oracle looks ahead >= 1 steps, got ${ahead}`);
+  }
+  return (step, now) => {
+    const keys = steps[step + ahead];
+    if (keys !== undefined) policy.predict(keys, now);
+  };
+}
+
 /** hits / (hits + misses); 0 for an empty replay. */
 export function hitRate(r: SimulationResult): number {
   const n = r.hits + r.misses;
@@ -204,4 +253,70 @@ export function splitRows(row: Uint32Array, lengths: readonly number[], K: numbe
     at += n * K;
   }
   return out;
+}
+
+/** The shapes a routing trace is read against. */
+export interface RoutingShape {
+  numLayers: number;
+  numExperts: number;
+  topK: number;
+}
+
+/**
+ * A recorded routing as bench/routing.ts --save-routing writes it (JSON), so that the policy
+ * replay can be rerun and tuned without the GPU pass that produced it (--routing FILE).
+ */
+export interface SavedRouting {
+  format: "moe-routing-v1";
+  /** Where it came from (model directory, perplexity of the recording pass...), for reports. */
+  source: Record<string, unknown>;
+  shape: RoutingShape;
+  /** Per sequence, per layer: the [T * K] routed expert ids, token-major. */
+  sequences: number[][][];
+}
+
+/** The JSON form of a routing (shapes checked as cacheTrace checks them). */
+export function encodeRouting(
+  sequences: readonly SequenceRouting[],
+  shape: RoutingShape,
+  source: Record<string, unknown> = {},
+): SavedRouting {
+  checkSequences(sequences, shape);
+  return {
+    format: "moe-routing-v1",
+    source,
+    shape: { numLayers: shape.numLayers, numExperts: shape.numExperts, topK: shape.topK },
+    sequences: sequences.map((rows) => rows.map((r) => [...r])),
+  };
+}
+
+/** A routing back from its JSON form; RoutingShapeError when it does not fit its own shape. */
+export function decodeRouting(
+  json: unknown,
+): { sequences: SequenceRouting[]; saved: SavedRouting } {
+  const saved = json as SavedRouting;
+  if (saved?.format !== "moe-routing-v1" || !Array.isArray(saved.sequences)) {
+    throw new RoutingShapeError("not a saved routing (format moe-routing-v1)");
+  }
+  const { numLayers, numExperts, topK } = saved.shape ?? {};
+  for (const n of [numLayers, numExperts, topK]) {
+    if (!Number.isInteger(n) || n < 1) {
+      throw new RoutingShapeError(`a saved routing's shape needs positive integers, got ${n}`);
+    }
+  }
+  const sequences = saved.sequences.map((rows) => rows.map((r) => Uint32Array.from(r)));
+  checkSequences(sequences, saved.shape);
+  return { sequences, saved };
+}
+
+function checkSequences(sequences: readonly SequenceRouting[], shape: RoutingShape): void {
+  for (const rows of sequences) {
+    if (rows.length !== shape.numLayers) {
+      throw new RoutingShapeError(`a sequence has ${rows.length} layers, not ${shape.numLayers}`);
+    }
+    for (const row of rows) checkRow(row, shape.numExperts, shape.topK);
+    if (rows.some((r) => r.length !== rows[0].length)) {
+      throw new RoutingShapeError("a sequence's layers route different numbers of tokens");
+    }
+  }
 }

@@ -6,14 +6,19 @@ import assert from "node:assert/strict";
 import {
   budgetSlots,
   cacheTrace,
+  decodeRouting,
+  encodeRouting,
   entropyBits,
   expertLoad,
   hitRate,
   independentReuse,
   loadSummary,
+  oraclePredictor,
   reuse,
   RoutingShapeError,
   splitRows,
+  tokenClock,
+  traceSteps,
   uniformReuse,
 } from "../bench/routing_stats.ts";
 
@@ -114,4 +119,50 @@ Deno.test("budgetSlots() rounds the fraction of all experts, never below K or ab
 Deno.test("splitRows() cuts a layer's concatenated routing into sequences", () => {
   assert.deepEqual(splitRows(u32(0, 1, 2, 3, 0, 1), [1, 2], 2), [u32(0, 1), u32(2, 3, 0, 1)]);
   assert.throws(() => splitRows(u32(0, 1, 2), [1], 2), RoutingShapeError);
+});
+
+Deno.test("tokenClock() puts visit i at (i + 1) / L, as Residency.tick() does", () => {
+  const trace = [{ key: 5, now: 0 }, { key: 6, now: 0 }, { key: 1, now: 1 }, { key: 2, now: 3 }];
+  assert.deepEqual(tokenClock(trace, 2).map((a) => [a.key, a.now]), [
+    [5, 0.5],
+    [6, 0.5],
+    [1, 1],
+    [2, 2],
+  ]);
+  assert.throws(() => tokenClock(trace, 0), RangeError);
+});
+
+Deno.test("traceSteps() groups consecutive accesses sharing a now", () => {
+  const trace = [{ key: 5, now: 0 }, { key: 6, now: 0 }, { key: 1, now: 1 }, { key: 5, now: 4 }];
+  assert.deepEqual(traceSteps(trace), [[5, 6], [1], [5]]);
+  assert.deepEqual(traceSteps([]), []);
+});
+
+Deno.test("oraclePredictor() hands the policy the keys of the step `ahead` steps later", () => {
+  const steps = [[0, 1], [4], [2, 3], [5]];
+  const told: [number[], number][] = [];
+  const policy = { predict: (keys: Iterable<number>, now: number) => told.push([[...keys], now]) };
+  const onStep = oraclePredictor(steps, 2, policy);
+  for (let s = 0; s < steps.length; s++) onStep(s, 10 + s);
+  // steps 0 and 1 learn steps 2 and 3; steps 2 and 3 have nothing 2 steps later
+  assert.deepEqual(told, [[[2, 3], 10], [[5], 11]]);
+  assert.throws(() => oraclePredictor(steps, 0, policy), RangeError);
+});
+
+Deno.test("encodeRouting() / decodeRouting() round-trip a routing and refuse bad ones", () => {
+  const shape = { numLayers: 2, numExperts: 4, topK: 2 };
+  const seqs = [[u32(0, 1, 1, 2), u32(3, 0, 3, 0)], [u32(2, 3), u32(1, 1)]];
+  const saved = encodeRouting(seqs, shape, { model: "m" });
+  const back = decodeRouting(JSON.parse(JSON.stringify(saved)));
+  assert.deepEqual(back.sequences, seqs);
+  assert.deepEqual(back.saved.shape, shape);
+  assert.deepEqual(back.saved.source, { model: "m" });
+  assert.throws(() => decodeRouting({ format: "other", sequences: [] }), RoutingShapeError);
+  const badShape = { ...saved, shape: { ...shape, topK: 0 } };
+  assert.throws(() => decodeRouting(badShape), RoutingShapeError);
+  const outside = { ...saved, sequences: [[[0, 4], [0, 1]]] }; // expert 4 of 4
+  assert.throws(() => decodeRouting(outside), RoutingShapeError);
+  const oneLayer = { ...saved, sequences: [[[0, 1]]] };
+  assert.throws(() => decodeRouting(oneLayer), RoutingShapeError);
+  assert.throws(() => encodeRouting([[u32(0, 1), u32(0, 1, 2, 3)]], shape), RoutingShapeError);
 });
