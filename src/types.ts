@@ -108,7 +108,17 @@ export interface SessionOptions {
    * load on a miss). Models without an expert budget ignore it.
    */
   routerMasking?: boolean;
+  /**
+   * "context": after the prompt's prefill (computed exactly), each layer's share of the expert
+   * slots goes to the experts the prompt routed to most; with router masking that set is pinned
+   * and decode routes among it (no loads), in exact mode it is the cache's starting set (outputs
+   * unchanged). "lru": the cache's policy alone. Models without an expert budget ignore it.
+   */
+  expertSet?: ExpertSetMode;
 }
+
+/** How a sequence's experts are chosen under a budget (SessionOptions.expertSet). */
+export type ExpertSetMode = "context" | "lru";
 
 export interface Session {
   /** Tokens already in the KV cache. */

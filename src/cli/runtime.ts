@@ -1,7 +1,7 @@
 /**
  * The flags every inference command shares (--model, --expert-slots, --expert-cache-mib,
- * --policy, --no-prefetch, --router-masking, --max-context, --steps-per-readback), checked before
- * anything loads, and the one place that turns them into a GpuModel.
+ * --policy, --no-prefetch, --router-masking, --expert-set, --max-context, --steps-per-readback),
+ * checked before anything loads, and the one place that turns them into a GpuModel.
  */
 import { type Flags, type FlagSpec, info, intFlag, numberFlag, UsageError } from "./args.ts";
 import { type OpenedModel, openModel } from "../model_dir.ts";
@@ -10,6 +10,7 @@ import { MAX_STEP_TOKENS } from "../gpu/ops_api.ts";
 import { modelExpertLayouts } from "../gpu/expert_pool.ts";
 import { type EvictionPolicy, policyByName } from "../experts/policy.ts";
 import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
+import { EXPERT_SET_MODES, type ExpertSetMode, isExpertSetMode } from "../gpu/expert_sets.ts";
 
 /** The shared flags, in the order --help lists them. */
 export const RUNTIME_FLAGS: FlagSpec[] = [
@@ -36,6 +37,13 @@ export const RUNTIME_FLAGS: FlagSpec[] = [
   { name: "kv-cache-mib", arg: "M", help: "GPU budget for KV caches in MiB (caps --max-batch)" },
   { name: "no-prefetch", help: "load only the experts a miss needs, no speculative prefetch" },
   { name: "router-masking", help: "route among resident experts only (approximate, no loads)" },
+  {
+    name: "expert-set",
+    arg: "S",
+    help: "how a sequence's experts are chosen under a budget: context (after the prefill, each " +
+      "layer's share of the slots holds the experts the prompt routed to most; with " +
+      "--router-masking pinned, decode routes among them) or lru (lru)",
+  },
 ];
 export const RUNTIME_STRING_FLAGS = RUNTIME_FLAGS.filter((f) => f.arg).map((f) => f.name);
 export const RUNTIME_BOOLEAN_FLAGS = RUNTIME_FLAGS.filter((f) => !f.arg).map((f) => f.name);
@@ -53,6 +61,8 @@ export interface RuntimeOptions {
   policy: EvictionPolicy<number>;
   prefetch: boolean;
   routerMasking: boolean;
+  /** How sessions that do not ask choose their experts (requests may override it). */
+  expertSet: ExpertSetMode;
 }
 
 /** Checks the runtime flags; a UsageError names the first bad one. */
@@ -67,6 +77,12 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
     policy = policyByName<number>((flags.policy as string | undefined) ?? "lru");
   } catch (e) {
     throw new UsageError(`--policy: ${(e as Error).message}`);
+  }
+  const expertSet = flags["expert-set"] ?? "lru";
+  if (!isExpertSetMode(expertSet)) {
+    throw new UsageError(
+      `--expert-set: expected ${EXPERT_SET_MODES.join(" or ")}, got ${JSON.stringify(expertSet)}`,
+    );
   }
   return {
     model: flags.model as string | undefined,
@@ -83,6 +99,7 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
     policy,
     prefetch: !flags["no-prefetch"],
     routerMasking: !!flags["router-masking"],
+    expertSet,
   };
 }
 
@@ -113,6 +130,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       policy: o.policy,
       prefetch: o.prefetch,
       routerMasking: o.routerMasking,
+      expertSet: o.expertSet,
       stepsPerReadback: o.stepsPerReadback,
       maxSequences: o.maxSequences,
       kvCacheMib: o.kvCacheMib,

@@ -4,7 +4,7 @@
  * thread; WorkerEngine proxies one that runs in a Deno Worker, so GPU readbacks (which block the
  * thread that waits on them) never stall the server's thread.
  */
-import type { ModelConfig } from "../types.ts";
+import type { ExpertSetMode, ModelConfig } from "../types.ts";
 import type { GenerationResult, Piece } from "../generate.ts";
 import type { SamplingParams } from "../sampling.ts";
 
@@ -18,6 +18,10 @@ export interface EngineJob {
   sampling: SamplingParams;
   /** Route among resident experts only; null: the model's default (--router-masking). */
   routerMasking: boolean | null;
+  /** How the session's experts are chosen (src/gpu/expert_sets.ts); null or absent: the model's
+   * default (--expert-set). Optional so that callers written before expert sets still build a
+   * job. */
+  expertSet?: ExpertSetMode | null;
   /** Decode steps per GPU readback; null: the runtime's adaptive choice. */
   stepsPerReadback: number | null;
   /** Log-probabilities with this many top alternatives per token (0: the token's own only);

@@ -70,6 +70,8 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     gpuSequenceSteps: rt.model.stats.laneSteps,
     kvSequences: rt.model.maxSequences,
     kvFreeSequences: rt.model.freeSequences,
+    // experts pinned by context expert sets (src/gpu/expert_sets.ts)
+    expertsPinned: rt.model.cache.pinned.size,
   };
 }
 
@@ -124,6 +126,7 @@ export class LocalEngine implements Engine {
       release = await turn;
       session = this.#model.newSession({
         ...(job.routerMasking === null ? {} : { routerMasking: job.routerMasking }),
+        ...(job.expertSet == null ? {} : { expertSet: job.expertSet }),
         prefix: job.promptIds,
       });
       this.#live++;

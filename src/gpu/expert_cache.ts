@@ -9,6 +9,10 @@
  * free or evicted from a layer of that domain, so each layer's experts stay in the groups its
  * kernels dispatch.
  *
+ * Pinned keys (ExpertCache.setPinned: a context expert set, src/gpu/expert_sets.ts) are never
+ * victims, except of a load that asks for it when nothing else is left (a step's demand load: a
+ * step must not fail for want of slots).
+ *
  * A failed load leaves the cache as it was: the record is read (and checksum-verified) before any
  * slot is taken or any expert evicted, so a damaged record (ExpertChecksumError) changes nothing
  * and later loads of other experts work. The upload runs in WebGPU error scopes; WebGPU reports
@@ -66,6 +70,8 @@ export class ExpertCache {
   readonly metrics = new ExpertMetrics();
   /** Expert records uploaded so far (every cause: demand, prefetch, preload). */
   loads = 0;
+  /** Keys eviction passes over (see setPinned); they need not be resident. */
+  private pinnedKeys = new Set<number>();
   /** Keys loaded speculatively and not yet used. */
   private prefetched = new Set<number>();
   private slotOf = new Map<number, number>();
@@ -141,6 +147,21 @@ export class ExpertCache {
     }
   }
 
+  /** Free slots of layer l's domain. */
+  freeIn(layer: number): number {
+    return this.free[this.domainOfLayer[layer]].length;
+  }
+
+  /** Keys no load evicts unless it asks to (they stay pinned when a load that asked took them). */
+  get pinned(): ReadonlySet<number> {
+    return this.pinnedKeys;
+  }
+
+  /** Replaces the pinned keys (loads nothing: the caller makes them resident). */
+  setPinned(keys: Iterable<number>): void {
+    this.pinnedKeys = new Set(keys);
+  }
+
   /** Free slots of every domain (the capacity minus the resident experts). */
   get freeCount(): number {
     return this.free.reduce((n, f) => n + f.length, 0);
@@ -148,12 +169,19 @@ export class ExpertCache {
 
   /**
    * Makes `key` resident in a slot of its layer's domain, evicting a policy victim of that
-   * domain's layers outside `protect` if none is free. Returns false when every slot of the
-   * domain is protected (the caller must not need more than capacityOf(layer)).
+   * domain's layers outside `protect` and the pinned keys if none is free (with `evictPinned`, a
+   * pinned one when nothing else is left). Returns false when every slot of the domain is
+   * protected (the caller must not need more than capacityOf(layer)) or pinned.
    * Throws, changing nothing, when the record cannot be read (ExpertChecksumError, ...), and
    * ExpertUploadError for an earlier upload the GPU refused.
    */
-  load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
+  load(
+    key: number,
+    now: number,
+    protect: Set<number>,
+    speculative = false,
+    evictPinned = false,
+  ): boolean {
     if (this.slotOf.has(key)) return true;
     this.raiseUploadFailure();
     const E = this.pool.config.numExperts;
@@ -164,9 +192,11 @@ export class ExpertCache {
     let victim: number | undefined;
     if (free.length === 0) {
       // (in residency order, as the policy's ties expect)
-      const candidates = [...this.slotOf.keys()].filter((k) =>
+      const inDomain = [...this.slotOf.keys()].filter((k) =>
         this.domainOfLayer[Math.floor(k / E)] === domain && !protect.has(k)
       );
+      let candidates = inDomain.filter((k) => !this.pinnedKeys.has(k));
+      if (candidates.length === 0 && evictPinned) candidates = inDomain;
       victim = this.policy.victim(candidates, now);
       if (victim === undefined) return false;
     }

@@ -9,7 +9,13 @@
  * Legend: T tokens in a step, D hidden, V vocab, Hq/Hkv heads, Dh head dim, E experts, K top-k,
  * I expert intermediate, L layers, N decode steps in a batch.
  */
-import type { LanguageModel, ModelConfig, ModelWeights, SessionOptions } from "../types.ts";
+import type {
+  ExpertSetMode,
+  LanguageModel,
+  ModelConfig,
+  ModelWeights,
+  SessionOptions,
+} from "../types.ts";
 import { MAX_STEP_TOKENS, type Op, stepRecord, type WeightRef } from "./ops_api.ts";
 import { fittingSlabs, KvPool, kvSlabBytes } from "./kv_pool.ts";
 import type { SamplingParams } from "../sampling.ts";
@@ -25,6 +31,7 @@ import {
 } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
 import { Residency } from "./residency.ts";
+import { ExpertSets } from "./expert_sets.ts";
 import {
   CheckpointExperts,
   ExpertBudgetError,
@@ -76,6 +83,8 @@ export interface GpuModelOptions {
   prefetch?: boolean;
   /** Sessions route among resident experts only unless they ask otherwise (approximate). */
   routerMasking?: boolean;
+  /** How sessions that do not ask choose their experts (default "lru"; src/gpu/expert_sets.ts). */
+  expertSet?: ExpertSetMode;
   /**
    * The naive design, kept as a baseline for benchmarks: every step waits for each layer's
    * routing on the CPU (one readback per layer) before running its experts.
@@ -242,6 +251,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   readonly ops: Ops;
   readonly pool: ExpertPool;
   readonly cache: ExpertCache;
+  /** Context expert sets of the sequences that asked for one, and the pinned set. */
+  readonly sets: ExpertSets;
   readonly sampler: GpuSampler;
   /** Every expert resident: no routing ever needs the CPU. */
   readonly allResident: boolean;
@@ -282,6 +293,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   private queue: Promise<unknown> = Promise.resolve();
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
+  private expertSetDefault: ExpertSetMode;
   private perLayerRouting: boolean;
   /** KV memory: one slab per running sequence (and cached prefixes in free ones). */
   private kv: KvPool;
@@ -316,6 +328,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.ops = new Ops(gpu);
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
+    this.expertSetDefault = opts.expertSet ?? "lru";
     this.perLayerRouting = opts.perLayerRouting ?? false;
     this.stepsPerReadback = opts.stepsPerReadback;
     const T = this.maxBatch;
@@ -346,6 +359,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     );
     this.allResident = slots === total;
     this.res = new Residency(c, this.cache, this.stats, this.prefetch, () => this.onRouting);
+    this.sets = new ExpertSets(c, this.cache, this.res, !this.allResident);
 
     const f32 = (n: number, label: string) =>
       device.createBuffer({
@@ -509,7 +523,12 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   /** Gives a slab back; `cached` are the tokens whose KV rows it holds (kept for reuse). */
   releaseSequence(seq: Sequence, cached: readonly number[]): void {
+    this.sets.close(seq.slab);
     this.kv.release(seq.slab, cached);
+  }
+
+  useExpertSet(seq: Sequence, mode: ExpertSetMode, masked: boolean): void {
+    this.sets.open(seq.slab, mode, masked);
   }
 
   /** KV slab groups whose buffers exist (sequences alive at once need at most this many). */
@@ -529,9 +548,15 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   /** A fresh sequence; routerMasking routes it among resident experts only (approximate). With
    * `prefix`, a slab holding the longest cached prefix of those tokens is taken and the session
-   * starts at that length (its first forward or decode feeds the rest). */
+   * starts at that length (its first forward or decode feeds the rest). expertSet: see
+   * SessionOptions and src/gpu/expert_sets.ts. */
   newSession(opts: SessionOptions = {}): GpuSession {
-    return new GpuSession(this, opts.routerMasking ?? this.routerMaskingDefault, opts.prefix);
+    return new GpuSession(
+      this,
+      opts.routerMasking ?? this.routerMaskingDefault,
+      opts.prefix,
+      opts.expertSet ?? this.expertSetDefault,
+    );
   }
 
   // ---- preparation (once) ----
@@ -734,9 +759,11 @@ export class GpuModel implements LanguageModel, SessionHost {
   /**
    * Sets whether the pass being recorded routes among resident experts only: the session asked
    * for router masking and the cache is full (free slots are filled by normal loads first, so the
-   * mask never leaves budget unused).
+   * mask never leaves budget unused). A masked pass first makes the pinned context set resident
+   * again (exact passes may have taken its slots).
    */
   private startPass(masked: boolean): void {
+    if (masked) this.sets.restore();
     this.res.masking = masked && this.cache.isFull;
   }
 
@@ -893,8 +920,10 @@ export class GpuModel implements LanguageModel, SessionHost {
     lastOnly: boolean,
   ): Promise<Float32Array[]> {
     this.writeIds(seq, ids, pos0);
-    if (this.layerwise(ids.length)) {
-      await this.prefillByLayer(seq, masked, ids.length, pos0);
+    // a prefill that chooses a context set runs exactly, layer by layer (its routing read back)
+    const choosing = this.sets.pending(seq.slab);
+    if (this.layerwise(ids.length) || choosing) {
+      await this.prefillByLayer(seq, masked && !choosing, ids.length, pos0);
       return await this.headRows(ids.length, lastOnly);
     }
     const rows: Float32Array[] = [];
@@ -1003,7 +1032,8 @@ export class GpuModel implements LanguageModel, SessionHost {
    * 2. the routed experts in groups that fit the slots; every chunk runs the group's pairs
    *    (pairs whose expert is absent are skipped, so its y fills up group by group);
    * 3. every chunk: the weighted sum into the residual.
-   * The final residual stays in the prompt buffers (headRows or sampleAfterPrompt read it).
+   * The final residual stays in the prompt buffers (headRows or sampleAfterPrompt read it). A
+   * sequence waiting for its context expert set gets it from this routing at the end.
    */
   private async prefillByLayer(
     seq: Sequence,
@@ -1019,6 +1049,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     const a = this.act;
     const run = this.chunkRunner(pos0, seq.slab);
     const attention = this.kv.groupsOf([seq.slab])[0].ops;
+    const routing: Uint32Array[] | null = this.sets.pending(seq.slab) ? [] : null;
     for (const ch of chunks) run(ch, [], this.embedOps, [[a.x, p.x, D]]);
     for (let l = 0; l < c.numLayers; l++) {
       this.startPass(masked);
@@ -1035,6 +1066,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.gpu.check();
       this.stats.readbacks++;
       this.onRouting?.(l, idx);
+      routing?.push(idx);
       const now = this.res.tick();
       // 2. experts, group by group
       for (const group of this.res.prefillGroups(l, idx)) {
@@ -1052,6 +1084,7 @@ export class GpuModel implements LanguageModel, SessionHost {
         ], [[a.x, p.x, D]]);
       }
     }
+    if (routing !== null) this.sets.prefilled(seq.slab, routing);
   }
 
   /** The prompt's chunks of at most maxBatch tokens. */
@@ -1338,9 +1371,11 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.writeIds(seq, ids, pos0);
     const sample = { row: 0, lane: 0, pos: pos0 + T };
     let records: ForwardRecord[];
-    if (this.layerwise(T)) {
+    // a prefill that chooses a context set runs exactly, layer by layer (its routing read back)
+    const choosing = this.sets.pending(seq.slab);
+    if (this.layerwise(T) || choosing) {
       // layer by layer, then a forward of no layer: the last chunk's head and the sampler
-      await this.prefillByLayer(seq, masked, T, pos0);
+      await this.prefillByLayer(seq, masked && !choosing, T, pos0);
       const last = this.chunks(T).at(-1)!;
       const p = this.prompt!;
       this.chunkRunner(pos0, seq.slab)(last, [[p.x, this.act.x, this.config.hiddenSize]], [], []);

@@ -15,6 +15,10 @@
  * its own pool groups, shared with the layers of the same groups), not the whole cache: its loads
  * can only take and evict slots there, so every share and size below is counted in the domain.
  *
+ * Context expert sets (src/gpu/expert_sets.ts) pin keys: a demand load evicts a pinned expert
+ * only when its domain has no other slot (a pass never fails for want of slots; in practice an
+ * exact pass, since a masked one at every layer's share loads nothing), prefetch never.
+ *
  * Keys are l*E + e. Routing blocks are [L][T*K] with layers `stride` tokens apart.
  */
 import type { ModelConfig } from "../types.ts";
@@ -37,6 +41,11 @@ export class Residency {
     /** The routing hook of the model (GpuModel.onRouting), read at each use. */
     private onRouting: () => ((layer: number, experts: Uint32Array) => void) | undefined,
   ) {}
+
+  /** The policy's clock now (without advancing it). */
+  get now(): number {
+    return this.clock;
+  }
 
   tick(): number {
     this.clock += 1 / this.config.numLayers;
@@ -78,9 +87,16 @@ export class Residency {
     }
   }
 
-  load(key: number, now: number, protect: Set<number>, speculative = false): boolean {
+  /** Loads key (counted in the stats); `evictPinned` as ExpertCache.load. */
+  load(
+    key: number,
+    now: number,
+    protect: Set<number>,
+    speculative = false,
+    evictPinned = false,
+  ): boolean {
     const before = this.cache.loads;
-    const ok = this.cache.load(key, now, protect, speculative);
+    const ok = this.cache.load(key, now, protect, speculative, evictPinned);
     this.stats.expertLoads += this.cache.loads - before;
     return ok;
   }
@@ -116,7 +132,7 @@ export class Residency {
       this.cache.metrics.misses++;
       if (this.guessed.has(key)) this.stats.prefetchUseful++;
       else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
-      if (!this.load(key, now, protect)) {
+      if (!this.load(key, now, protect, false, true)) {
         throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
       }
     }
@@ -232,7 +248,7 @@ export class Residency {
       }
       this.cache.metrics.misses++;
       this.stats.prefillLoads++;
-      if (!this.load(key, now, protect)) {
+      if (!this.load(key, now, protect, false, true)) {
         throw new ExpertBudgetError(`no slot free for layer ${l}'s experts`);
       }
     }

@@ -4,7 +4,7 @@
  * its prompt). forward() returns logits; decode() joins the decode loop (src/gpu/decode_loop.ts),
  * which batches every decoding sequence, samples on the GPU and reads back only tokens.
  */
-import type { DecodeRequest, DecodeResult, Session } from "../types.ts";
+import type { DecodeRequest, DecodeResult, ExpertSetMode, Session } from "../types.ts";
 import type { Sequence } from "./sequence.ts";
 import { ContextOverflowError, type ForwardHost } from "./host.ts";
 import type { DecodeLoop } from "./decode_loop.ts";
@@ -16,6 +16,9 @@ export interface SessionHost extends ForwardHost {
   readonly loop: DecodeLoop;
   /** Steps per readback of sessions whose requests do not choose. */
   readonly stepsPerReadback?: number;
+  /** The sequence on `seq` chooses its experts this way (src/gpu/expert_sets.ts); masked: it
+   * routes among resident experts only. Undone by releaseSequence(). */
+  useExpertSet(seq: Sequence, mode: ExpertSetMode, masked: boolean): void;
 }
 
 export class GpuSession implements Session {
@@ -23,15 +26,21 @@ export class GpuSession implements Session {
   private tokens: number[];
   private seq: Sequence | null;
 
-  /** With `prefix`, the session starts on the free slab caching the longest prefix of it. */
+  /**
+   * With `prefix`, the session starts on the free slab caching the longest prefix of it. With
+   * expertSet "context" its first forward or decode (the prompt's prefill; with prefix reuse, the
+   * uncached rest of it) chooses its expert set from its routing.
+   */
   constructor(
     private host: SessionHost,
     readonly routerMasking: boolean,
     prefix: readonly number[] = [],
+    readonly expertSet: ExpertSetMode = "lru",
   ) {
     const { seq, reuse } = host.acquireSequence(prefix);
     this.seq = seq;
     this.tokens = prefix.slice(0, reuse);
+    host.useExpertSet(seq, expertSet, routerMasking);
   }
 
   private get sequence(): Sequence {

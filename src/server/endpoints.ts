@@ -152,6 +152,7 @@ function start(
     stop: parsed.stop,
     sampling: parsed.sampling,
     routerMasking: parsed.routerMasking,
+    expertSet: parsed.expertSet,
     logprobs: parsed.logprobs,
     echo: "echo" in parsed && parsed.echo === true,
     signal: abort.signal,

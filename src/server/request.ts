@@ -5,6 +5,8 @@
  */
 import type { ChatMessage } from "../chat_template.ts";
 import type { SamplingParams } from "../sampling.ts";
+import type { ExpertSetMode } from "../types.ts";
+import { EXPERT_SET_MODES, isExpertSetMode } from "../gpu/expert_sets.ts";
 import { MAX_CHAT_TOP_LOGPROBS, MAX_COMPLETION_LOGPROBS } from "../logprobs.ts";
 import {
   InvalidParameterError,
@@ -25,6 +27,9 @@ export interface GenerationRequest {
   /** Extension: route only among experts already in GPU memory (approximate, no loads);
    * null: the server's default (--router-masking). */
   routerMasking: boolean | null;
+  /** Extension: "context" chooses the experts from the prompt (pinned with router masking),
+   * "lru" leaves them to the cache; null: the server's default (--expert-set). */
+  expertSet: ExpertSetMode | null;
   /** Log-probabilities with this many top alternatives per token (chat: top_logprobs once
    * logprobs is true; completions: logprobs); null: none. */
   logprobs: number | null;
@@ -78,6 +83,17 @@ function bool(body: Body, key: string): boolean | null {
   if (isNull(v)) return null;
   if (typeof v !== "boolean") {
     throw new InvalidParameterError(key, `expected a boolean, got ${JSON.stringify(v)}`);
+  }
+  return v;
+}
+
+/** One of the expert set modes, or null when absent. */
+function expertSet(body: Body, key: string): ExpertSetMode | null {
+  const v = body[key];
+  if (isNull(v)) return null;
+  if (!isExpertSetMode(v)) {
+    const modes = EXPERT_SET_MODES.map((m) => JSON.stringify(m)).join(" or ");
+    throw new InvalidParameterError(key, `expected ${modes}, got ${JSON.stringify(v)}`);
   }
   return v;
 }
@@ -162,6 +178,7 @@ function parseCommon(
     maxTokens: maxB ?? maxA,
     stop: parseStop(body),
     routerMasking: bool(body, "router_masking"),
+    expertSet: expertSet(body, "expert_set"),
     sampling: {
       temperature: num(body, "temperature", 0, MAX_TEMPERATURE) ?? 1,
       topK: topK < 0 ? 0 : topK,
@@ -191,6 +208,7 @@ const COMMON_KEYS = [
   "frequency_penalty",
   "seed",
   "router_masking",
+  "expert_set",
   "stop",
   "n",
   "logit_bias",

@@ -6,6 +6,7 @@
 import type { Tokenizer } from "../tokenizer.ts";
 import type { GenerationResult, Piece } from "../generate.ts";
 import type { SamplingParams } from "../sampling.ts";
+import type { ExpertSetMode } from "../types.ts";
 import type { Engine } from "../engine/engine.ts";
 import { ContextLengthError, InvalidParameterError } from "./errors.ts";
 import type { ServerMetrics } from "./metrics.ts";
@@ -29,6 +30,8 @@ export interface Job {
   sampling: SamplingParams;
   /** Route among resident experts only (the request's router_masking; null: model default). */
   routerMasking: boolean | null;
+  /** How the session's experts are chosen (the request's expert_set; null: model default). */
+  expertSet?: ExpertSetMode | null;
   /** Top alternatives per token's logprob (0: the token's own only); null: no logprobs. */
   logprobs: number | null;
   /** With logprobs, the prompt's logprobs too (completions' echo). */
@@ -77,6 +80,7 @@ export async function* runJob(
     stop: job.stop,
     sampling: job.sampling,
     routerMasking: job.routerMasking,
+    expertSet: job.expertSet ?? null,
     stepsPerReadback: ctx.stepsPerReadback,
     logprobs: job.logprobs,
     echo: job.echo,
