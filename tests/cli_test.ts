@@ -100,6 +100,13 @@ Deno.test("main.ts generate --steps-per-readback 1 and the smallest budget give 
   const budget = JSON.parse((await cli([...base, "--expert-slots", "4"])).stdout);
   assert.deepEqual(budget.ids, adaptive.ids);
   assert.ok(budget.stats.expertLoads > 0);
+  // the model-aware policy, made once the model's layers and experts are known: same ids
+  const model = await cli([...base, "--expert-slots", "24", "--policy", "model"]);
+  assert.equal(model.code, 0, model.stderr);
+  assert.deepEqual(JSON.parse(model.stdout).ids, adaptive.ids);
+  const badPolicy = await cli([...base, "--policy", "belady"]);
+  assert.equal(badPolicy.code, 2);
+  assert.match(badPolicy.stderr, /--policy/);
   const bad = await cli([...base, "--steps-per-readback", "0"]);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--steps-per-readback/);

@@ -8,7 +8,7 @@ import { type OpenedModel, openModel } from "../model_dir.ts";
 import { DEFAULT_MAX_SEQUENCES, GpuModel } from "../gpu/model.ts";
 import { MAX_STEP_TOKENS } from "../gpu/ops_api.ts";
 import { modelExpertLayouts } from "../gpu/expert_pool.ts";
-import { type EvictionPolicy, policyByName } from "../experts/policy.ts";
+import { type EvictionPolicy, type ExpertGrid, policyFactory } from "../experts/policy.ts";
 import { MAX_STEPS_PER_BATCH } from "../gpu/host.ts";
 import { EXPERT_SET_MODES, type ExpertSetMode, isExpertSetMode } from "../gpu/expert_sets.ts";
 
@@ -21,7 +21,11 @@ export const RUNTIME_FLAGS: FlagSpec[] = [
   },
   { name: "expert-slots", arg: "N", help: "GPU slots for experts (default: all experts)" },
   { name: "expert-cache-mib", arg: "M", help: "GPU budget for experts in MiB (instead of slots)" },
-  { name: "policy", arg: "P", help: "expert eviction policy: lru, lrfu or lrfu:DECAY (lru)" },
+  {
+    name: "policy",
+    arg: "P",
+    help: "expert eviction policy: lru, lrfu, lrfu:DECAY, model or model:HALF_LIFE (lru)",
+  },
   { name: "max-context", arg: "N", help: "longest sequence a session holds" },
   {
     name: "steps-per-readback",
@@ -58,7 +62,8 @@ export interface RuntimeOptions {
   stepsPerReadback: number | undefined;
   maxSequences: number;
   kvCacheMib: number | undefined;
-  policy: EvictionPolicy<number>;
+  /** The eviction policy, made once the model's layers and experts are known. */
+  policy: (grid: ExpertGrid) => EvictionPolicy<number>;
   prefetch: boolean;
   routerMasking: boolean;
   /** How sessions that do not ask choose their experts (requests may override it). */
@@ -74,7 +79,7 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
     flags[name] === undefined ? undefined : intFlag(flags, name, 0, min, max);
   let policy;
   try {
-    policy = policyByName<number>((flags.policy as string | undefined) ?? "lru");
+    policy = policyFactory((flags.policy as string | undefined) ?? "lru");
   } catch (e) {
     throw new UsageError(`--policy: ${(e as Error).message}`);
   }
@@ -127,7 +132,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       maxContext: o.maxContext,
       expertSlots,
       expertSource: opened.experts,
-      policy: o.policy,
+      policy: o.policy(c),
       prefetch: o.prefetch,
       routerMasking: o.routerMasking,
       expertSet: o.expertSet,
