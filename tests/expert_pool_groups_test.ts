@@ -18,7 +18,7 @@ import {
 import { ExpertCache, type ExpertSource } from "../src/gpu/expert_cache.ts";
 import { LruPolicy } from "../src/experts/policy.ts";
 import { Residency } from "../src/gpu/residency.ts";
-import type { StepStats } from "../src/gpu/host.ts";
+import { emptyStepStats } from "../src/gpu/host.ts";
 import { openGpu } from "../src/gpu/device.ts";
 
 /** A model config with L layers of E experts, top-k K (hidden 64, intermediate 32). */
@@ -407,19 +407,7 @@ Deno.test("Residency counts shares, kept experts and prefill groups in the layer
     const pool = poolOf(gpu.device, config, 12, 4, 2);
     assert.deepEqual(pool.domains.map((d) => d.layers), [[0, 1], [2]]);
     const cache = new ExpertCache(pool, new FakeExperts(pool), new LruPolicy<number>());
-    const stats: StepStats = {
-      steps: 0,
-      laneSteps: 0,
-      decodeSteps: 0,
-      readbacks: 0,
-      submits: 0,
-      reruns: 0,
-      prefillRouted: 0,
-      prefillLoads: 0,
-      prefetchUseful: 0,
-      prefetchMissed: 0,
-      expertLoads: 0,
-    };
+    const stats = emptyStepStats();
     const res = new Residency(config, cache, stats, false, () => undefined);
     res.masking = true;
     assert.deepEqual([0, 1, 2].map((l) => res.layerQuota(l)), [4, 4, 4]);

@@ -45,6 +45,23 @@ export interface StepStats {
   expertLoads: number;
 }
 
+/** Step statistics before any step. */
+export function emptyStepStats(): StepStats {
+  return {
+    steps: 0,
+    laneSteps: 0,
+    decodeSteps: 0,
+    readbacks: 0,
+    submits: 0,
+    reruns: 0,
+    prefillRouted: 0,
+    prefillLoads: 0,
+    prefetchUseful: 0,
+    prefetchMissed: 0,
+    expertLoads: 0,
+  };
+}
+
 /** A running sequence's place in the next decode batch. */
 export interface LaneStep {
   seq: Sequence;

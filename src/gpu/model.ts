@@ -52,6 +52,7 @@ import type { Sequence } from "./sequence.ts";
 import {
   type Batch,
   type BatchResult,
+  emptyStepStats,
   type LaneStep,
   MAX_STEPS_PER_BATCH,
   type StepStats,
@@ -263,19 +264,7 @@ export class GpuModel implements LanguageModel, SessionHost {
    * token's top-k in descending weight). For routing studies; costs nothing when unset.
    */
   onRouting?: (layer: number, experts: Uint32Array) => void;
-  readonly stats: StepStats = {
-    steps: 0,
-    laneSteps: 0,
-    decodeSteps: 0,
-    readbacks: 0,
-    submits: 0,
-    reruns: 0,
-    prefillRouted: 0,
-    prefillLoads: 0,
-    prefetchUseful: 0,
-    prefetchMissed: 0,
-    expertLoads: 0,
-  };
+  readonly stats: StepStats = emptyStepStats();
   private layers: GpuLayer[];
   private vocab: { embed: RowChunk[]; lmHead: RowChunk[] };
   private finalNorm: GPUBuffer;
