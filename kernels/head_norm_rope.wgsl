@@ -18,7 +18,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> k: array<f32>; // [T, k_heads*head_dim]
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
 var<workgroup> normed: array<f32, MAX_HEAD_DIM>;
 
 fn load(is_q: bool, i: u32) -> f32 {
@@ -57,15 +56,7 @@ fn main(
     let v = load(is_q, base + i);
     ss += v * v;
   }
-  partial[lid] = ss;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    if (lid < stride) {
-      partial[lid] += partial[lid + stride];
-    }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(partial[0] / f32(D) + p.eps);
+  let inv = 1.0 / sqrt(workgroup_sum(lid, ss) / f32(D) + p.eps);
   for (var i = lid; i < D; i += WG) {
     let w = select(k_weight[i], q_weight[i], is_q);
     normed[i] = load(is_q, base + i) * inv * w;

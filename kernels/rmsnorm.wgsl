@@ -15,7 +15,6 @@ struct Params {
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [T, groups*dim]
 
 const WG: u32 = 64u;
-var<workgroup> partial: array<f32, WG>;
 
 @compute @workgroup_size(WG)
 fn main(
@@ -33,15 +32,7 @@ fn main(
     let v = x[base + i];
     ss += v * v;
   }
-  partial[lid] = ss;
-  workgroupBarrier();
-  for (var stride = WG / 2u; stride > 0u; stride >>= 1u) {
-    if (lid < stride) {
-      partial[lid] += partial[lid + stride];
-    }
-    workgroupBarrier();
-  }
-  let inv = 1.0 / sqrt(partial[0] / f32(p.dim) + p.eps);
+  let inv = 1.0 / sqrt(workgroup_sum(lid, ss) / f32(p.dim) + p.eps);
   for (var i = lid; i < p.dim; i += WG) {
     out[base + i] = x[base + i] * inv * weight[i];
   }

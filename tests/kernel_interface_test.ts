@@ -13,7 +13,7 @@ import {
   paramsFields,
   SHARED_CONSTANTS,
 } from "../src/gpu/kernel_interface.ts";
-import { composeSource, kernelSource, Shaders } from "../src/gpu/shader.ts";
+import { composeSource, kernelSource, type KernelSpec, Shaders } from "../src/gpu/shader.ts";
 import { MAX_STEP_TOKENS } from "../src/gpu/ops_api.ts";
 import { ABSENT } from "../src/gpu/expert_pool.ts";
 import { gpu, gpuTest } from "./kernel_harness.ts";
@@ -36,7 +36,7 @@ Deno.test("shared constants are defined once, in TypeScript, and reach every ker
 });
 
 Deno.test("declaredBindings() and paramsFields() read a kernel's interface", () => {
-  const code = composeSource("rmsnorm");
+  const code = composeSource("rmsnorm", undefined, ["workgroup_sum"]);
   assert.deepStrictEqual([...declaredBindings(code)].map(([i, d]) => [i, d.kind, d.name]), [
     [0, "uniform", "step"],
     [1, "uniform", "p"],
@@ -48,7 +48,7 @@ Deno.test("declaredBindings() and paramsFields() read a kernel's interface", () 
 });
 
 Deno.test("checkParams() wants every field but trailing padding written, nothing past it", () => {
-  const code = composeSource("rmsnorm");
+  const code = composeSource("rmsnorm", undefined, ["workgroup_sum"]);
   checkParams("rmsnorm", code, 3);
   checkParams("rmsnorm", code, 4);
   assert.throws(() => checkParams("rmsnorm", code, 2), refused(/rmsnorm.*eps never written/));
@@ -58,7 +58,11 @@ Deno.test("checkParams() wants every field but trailing padding written, nothing
 
 gpuTest("a spec that disagrees with its kernel is refused when the pipeline is made", async () => {
   const shaders = new Shaders(gpu.device);
-  const ok = { kernel: "rmsnorm", bindings: ["uniform", "uniform", "read", "rw", "rw"] } as const;
+  const ok: KernelSpec = {
+    kernel: "rmsnorm",
+    bindings: ["uniform", "uniform", "read", "rw", "rw"],
+    prelude: ["workgroup_sum"],
+  };
   shaders.pipeline({ ...ok, bindings: [...ok.bindings], expect: { WG: 64 } });
   assert.throws(
     () => shaders.pipeline({ ...ok, bindings: ["uniform", "uniform", "read", "read", "rw"] }),

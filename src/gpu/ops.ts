@@ -312,6 +312,7 @@ export class Ops implements OpsApi {
       {
         kernel: "rmsnorm",
         bindings: ["uniform", "uniform", "read", "rw", "rw"],
+        prelude: ["workgroup_sum"],
         expect: { WG: WG_64 },
       },
       [a.dim, a.groups, { f32: a.eps }],
@@ -421,6 +422,7 @@ export class Ops implements OpsApi {
       "headNormRope",
       {
         kernel: "head_norm_rope",
+        prelude: ["workgroup_sum"],
         expect: { WG: WG_64 },
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
       },
