@@ -195,6 +195,8 @@ Deno.test("expert loads of unknown source (pread, compiled binary) are counted a
   const f = loadFigures(s);
   assert.equal(f.unknownLoads, 2);
   assert.equal(f.unknownLoadMeanSeconds, 0.003);
+  assert.equal(f.unknownLoadSeconds, 0.006);
+  assert.equal(f.warmLoadSeconds, 0.001);
   assert.equal(f.warmLoads, 1);
   const server = await startTestServer({ cacheFigures: f });
   try {
@@ -204,6 +206,10 @@ Deno.test("expert loads of unknown source (pread, compiled binary) are counted a
     assert.equal(
       value(families, "qwen_moe_expert_load_mean_seconds", { source: "unknown" }),
       0.003,
+    );
+    assert.equal(
+      value(families, "qwen_moe_expert_load_seconds_total", { source: "unknown" }),
+      0.006,
     );
   } finally {
     await server.close();

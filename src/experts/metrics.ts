@@ -25,6 +25,9 @@ export const LATENCY_WINDOW = 4096;
 export interface LatencySummary {
   /** Samples ever recorded. */
   count: number;
+  /** Their total, in milliseconds (all samples, not only the window): the time decode stood still
+   * waiting for experts of this source. */
+  totalMs: number;
   /** Over the last LATENCY_WINDOW samples (0 when there are none). */
   meanMs: number;
   p50Ms: number;
@@ -53,15 +56,19 @@ export interface ExpertMetricsSnapshot {
 class SampleRing {
   private buf = new Float64Array(LATENCY_WINDOW);
   count = 0;
+  totalMs = 0;
 
   add(ms: number): void {
     this.buf[this.count % LATENCY_WINDOW] = ms;
     this.count++;
+    this.totalMs += ms;
   }
 
   summary(): LatencySummary {
     const n = Math.min(this.count, LATENCY_WINDOW);
-    if (n === 0) return { count: 0, meanMs: 0, p50Ms: 0, p90Ms: 0, p99Ms: 0, maxMs: 0 };
+    if (n === 0) {
+      return { count: 0, totalMs: 0, meanMs: 0, p50Ms: 0, p90Ms: 0, p99Ms: 0, maxMs: 0 };
+    }
     const s = this.buf.slice(0, n).sort();
     let sum = 0;
     for (let i = 0; i < n; i++) sum += s[i];
@@ -69,6 +76,7 @@ class SampleRing {
     const pct = (q: number) => s[Math.max(0, Math.ceil(q * n) - 1)];
     return {
       count: this.count,
+      totalMs: this.totalMs,
       meanMs: sum / n,
       p50Ms: pct(0.5),
       p90Ms: pct(0.9),
@@ -135,13 +143,15 @@ export class ExpertMetrics {
 
 /**
  * The loads of a snapshot as flat figures for /metrics and /stats, per source S of LOAD_SOURCES:
- * SLoads (count), SLoadMeanSeconds and SLoadP99Seconds (over the recent window).
+ * SLoads (count), SLoadSeconds (their total: decode's stall waiting for experts),
+ * SLoadMeanSeconds and SLoadP99Seconds (over the recent window).
  */
 export function loadFigures(s: ExpertMetricsSnapshot): Record<string, number> {
   const out: Record<string, number> = {};
   for (const source of LOAD_SOURCES) {
     const l = s.latency[source];
     out[`${source}Loads`] = l.count;
+    out[`${source}LoadSeconds`] = l.totalMs / MS_PER_SECOND;
     out[`${source}LoadMeanSeconds`] = l.meanMs / MS_PER_SECOND;
     out[`${source}LoadP99Seconds`] = l.p99Ms / MS_PER_SECOND;
   }

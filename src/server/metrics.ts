@@ -109,6 +109,7 @@ const ENGINE_FIGURES: Record<string, FigureSpec> = {
   ),
   bytesUploaded: counter("expert_cache_uploaded_bytes_total", "Expert bytes uploaded to the GPU."),
   expertSlots: gauge("expert_slots", "GPU slots for experts."),
+  expertsPinned: gauge("experts_pinned", "Experts pinned by context expert sets."),
   gpuSteps: counter("gpu_steps_total", "Forward steps run on the GPU."),
   gpuReadbacks: counter("gpu_readbacks_total", "GPU to CPU readbacks."),
   gpuReruns: counter("gpu_reruns_total", "Steps rerun after an expert miss."),
@@ -118,6 +119,11 @@ for (const source of ["cold", "warm", "unknown"]) {
   ENGINE_FIGURES[`${source}Loads`] = counter(
     "expert_loads_total",
     "Expert loads by where the bytes were (cold: disk, warm: page cache, unknown: not known).",
+    labels,
+  );
+  ENGINE_FIGURES[`${source}LoadSeconds`] = counter(
+    "expert_load_seconds_total",
+    "Time spent loading experts (decode waits for them), by where the bytes were.",
     labels,
   );
   ENGINE_FIGURES[`${source}LoadMeanSeconds`] = gauge(
