@@ -39,16 +39,40 @@ export const TARGET_BATCH_MS = 100;
  * (submitted with it behind) is not delayed where submitting runs the work (llvmpipe). */
 export const FIRST_BATCH_STEPS = 1;
 
+/** Weight of the latest cycle in the miss rate (an exponential moving average). */
+export const MISS_RATE_WEIGHT = 0.25;
+/** Above this miss rate a cycle does not encode the next batch before its readback: the batch
+ * behind a miss is discarded, and where submitting runs the work (llvmpipe) it costs its whole
+ * compute time before the miss can even be repaired. */
+export const PIPELINE_MAX_MISS_RATE = 0.5;
+
 /**
  * Steps per batch: adapted so a cycle (readback to readback) holds about TARGET_BATCH_MS of work:
  * N <- N * TARGET / cycle, within [1, MAX_STEPS_PER_BATCH]; halved after a batch that missed
- * under an expert budget (its later steps were wasted).
+ * under an expert budget (its later steps were wasted). And whether to pipeline: not while
+ * most recent cycles missed (missRate, a moving average of "this cycle repaired a miss").
  */
 export class StepController {
   private n = FIRST_BATCH_STEPS;
+  private rate = 0;
 
   get steps(): number {
     return this.n;
+  }
+
+  /** Moving average of the cycles that had to repair a miss (0 without an expert budget). */
+  get missRate(): number {
+    return this.rate;
+  }
+
+  /** Whether the next batch should be encoded before the current ones are read. */
+  get pipelines(): boolean {
+    return this.rate <= PIPELINE_MAX_MISS_RATE;
+  }
+
+  /** A cycle was read: whether it repaired a miss. */
+  cycle(missed: boolean): void {
+    this.rate += MISS_RATE_WEIGHT * ((missed ? 1 : 0) - this.rate);
   }
 
   /** A cycle that ran `steps` steps took `ms` from the previous readback to its own. */
@@ -63,7 +87,8 @@ export class StepController {
     this.n = Math.max(1, Math.floor(this.n / 2));
   }
 
-  /** Back to the first batch's size (nothing is running). */
+  /** Back to the first batch's size (nothing is running); the miss rate is kept (it describes
+   * the budget, not the sequences). */
   reset(): void {
     this.n = FIRST_BATCH_STEPS;
   }
@@ -251,7 +276,8 @@ export class DecodeLoop {
       return live;
     });
     // 2. the next batch, encoded before the current ones are read (pipelined)
-    const pipelined = this.running.every((l) => l.fixed !== 1);
+    const pipelined = this.running.every((l) => l.fixed !== 1) &&
+      (this.control.pipelines || this.running.every((l) => l.fixed !== undefined));
     // (when sequences joined, the batch behind their prefills is one step, so their first tokens
     // are not held up by a long batch)
     let next = pipelined ? this.plan(joined) : null;
@@ -296,6 +322,7 @@ export class DecodeLoop {
       host.discard(next.batch);
     }
     // steps per batch: fewer after a miss (the steps behind it were wasted), else from the cycle
+    this.control.cycle(repaired.size > 0);
     if (repaired.size > 0) {
       this.control.missed();
     } else if (this.lastCycle > 0) {
