@@ -291,3 +291,13 @@ Deno.test("main.ts generate: the context advice works (--max-context when the mo
   ]);
   assert.equal(followed.code, 0, followed.stderr);
 });
+
+Deno.test("--policy defaults to the model-aware policy and builds each named policy for the model", async () => {
+  const { runtimeOptions, DEFAULT_POLICY } = await import("../src/cli/runtime.ts");
+  const grid = { numLayers: 6, numExperts: 16 };
+  assert.equal(DEFAULT_POLICY, "model");
+  assert.match(runtimeOptions({}, 64).policy(grid).name, /^model/);
+  assert.equal(runtimeOptions({ policy: "lru" }, 64).policy(grid).name, "lru");
+  assert.match(runtimeOptions({ policy: "lrfu:0.05" }, 64).policy(grid).name, /^lrfu/);
+  assert.throws(() => runtimeOptions({ policy: "belady" }, 64), /--policy/);
+});

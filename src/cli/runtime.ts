@@ -24,7 +24,7 @@ export const RUNTIME_FLAGS: FlagSpec[] = [
   {
     name: "policy",
     arg: "P",
-    help: "expert eviction policy: lru, lrfu, lrfu:DECAY, model or model:HALF_LIFE (lru)",
+    help: "expert eviction policy: lru, lrfu, lrfu:DECAY, model or model:HALF_LIFE (model)",
   },
   { name: "max-context", arg: "N", help: "longest sequence a session holds" },
   {
@@ -70,6 +70,9 @@ export interface RuntimeOptions {
   expertSet: ExpertSetMode;
 }
 
+/** The eviction policy of `--policy` when not given. */
+export const DEFAULT_POLICY = "model";
+
 /** Checks the runtime flags; a UsageError names the first bad one. */
 export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOptions {
   if (flags["expert-slots"] !== undefined && flags["expert-cache-mib"] !== undefined) {
@@ -79,7 +82,9 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
     flags[name] === undefined ? undefined : intFlag(flags, name, 0, min, max);
   let policy;
   try {
-    policy = policyFactory((flags.policy as string | undefined) ?? "lru");
+    // the model-aware policy by default: under a budget it hits more and decodes faster than LRU
+    // at every budget measured (bench/budget.ts, bench/routing.ts)
+    policy = policyFactory((flags.policy as string | undefined) ?? DEFAULT_POLICY);
   } catch (e) {
     throw new UsageError(`--policy: ${(e as Error).message}`);
   }

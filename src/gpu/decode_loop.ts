@@ -277,7 +277,8 @@ export class DecodeLoop {
     });
     // 2. the next batch, encoded before the current ones are read (pipelined)
     const pipelined = this.running.every((l) => l.fixed !== 1) &&
-      (this.control.pipelines || this.running.every((l) => l.fixed !== undefined));
+      (this.control.pipelines || this.host.alwaysPipeline ||
+        this.running.every((l) => l.fixed !== undefined));
     // (when sequences joined, the batch behind their prefills is one step, so their first tokens
     // are not held up by a long batch)
     let next = pipelined ? this.plan(joined) : null;

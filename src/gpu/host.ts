@@ -145,6 +145,9 @@ export interface ForwardHost {
    * the slots hold one layer's routed experts for (a step's layer must find all of its experts
    * resident at once). */
   readonly maxLanes: number;
+  /** Pipeline every cycle even while steps keep missing (the baseline kept for benchmarks; the
+   * loop otherwise stops pipelining while most cycles repair a miss). */
+  readonly alwaysPipeline: boolean;
   /**
    * Encodes n decode steps of every lane (one token of each sequence per step; lane b's inputs at
    * front_b .. front_b + n - 1, sampling front_b + 1 .. front_b + n). Not submitted.

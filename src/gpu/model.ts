@@ -93,6 +93,9 @@ export interface GpuModelOptions {
   perLayerRouting?: boolean;
   /** Steps per readback sessions use unless a request says otherwise (default: adaptive). */
   stepsPerReadback?: number;
+  /** The decode loop before miss-aware pipelining, kept for benchmarks: encode the next batch
+   * before each readback even while most steps miss (its work is then discarded). */
+  alwaysPipeline?: boolean;
   /** KV slabs: sequences that can run (and be batched) at once (default 4; fewer when the device
    * cannot allocate them, or kvCacheMib does not hold them). */
   maxSequences?: number;
@@ -259,6 +262,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   readonly allResident: boolean;
   /** Steps per readback of sessions that do not choose (undefined: adaptive). */
   readonly stepsPerReadback: number | undefined;
+  readonly alwaysPipeline: boolean;
   /**
    * Called with every layer's final routing of every step: experts [T*K] (token-major, each
    * token's top-k in descending weight). For routing studies; costs nothing when unset.
@@ -320,6 +324,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.expertSetDefault = opts.expertSet ?? "lru";
     this.perLayerRouting = opts.perLayerRouting ?? false;
     this.stepsPerReadback = opts.stepsPerReadback;
+    this.alwaysPipeline = opts.alwaysPipeline ?? false;
     const T = this.maxBatch;
     const { hiddenSize: D, numHeads: Hq, numKvHeads: Hkv, headDim: Dh, numLayers: L } = c;
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;

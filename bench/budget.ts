@@ -1,0 +1,159 @@
+/**
+ * Exact decode under an expert budget, before and after in one run: greedy tokens/s, expert loads
+ * and readbacks per token of the decode loop on the embedded default model at 100/50/25/10% of
+ * its experts, for
+ *   - "before": the loop pipelining every cycle (alwaysPipeline; the batch behind a miss is
+ *     computed and discarded) with the LRU policy,
+ *   - "miss-aware, lru": the loop stops pipelining while most cycles repair a miss,
+ *   - "miss-aware, model": the same with the model-aware eviction policy (`--policy model`).
+ * Every configuration must decode the same tokens (exact mode). Prints one table, the ratio to
+ * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json.
+ *
+ *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/budget.ts [--tokens N]
+ *     [--reps N]
+ */
+import { parseArgs } from "node:util";
+import { openModel } from "../src/model_dir.ts";
+import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
+import { openGpu } from "../src/gpu/device.ts";
+import { policyFactory } from "../src/experts/policy.ts";
+import { GREEDY } from "../src/sampling.ts";
+import { median } from "./memcpy.ts";
+
+/** Prompt tokens fed before the decode. */
+const PROMPT_TOKENS = 32;
+/** Tokens per timed decode (--tokens) and timed decodes per configuration (--reps, medians). */
+const DEFAULT_TOKENS = 48;
+const DEFAULT_REPS = 3;
+const BUDGETS = [1, 0.5, 0.25, 0.1];
+const OUT_FILE = new URL("./out/budget.json", import.meta.url).pathname;
+
+interface Config {
+  name: string;
+  opts: (grid: { numLayers: number; numExperts: number }) => GpuModelOptions;
+}
+
+const CONFIGS: Config[] = [
+  { name: "before (always pipelined), lru", opts: () => ({ alwaysPipeline: true }) },
+  { name: "miss-aware, lru", opts: () => ({}) },
+  { name: "miss-aware, model policy", opts: (g) => ({ policy: policyFactory("model")(g) }) },
+];
+
+const { values } = parseArgs({
+  options: {
+    tokens: { type: "string", default: String(DEFAULT_TOKENS) },
+    reps: { type: "string", default: String(DEFAULT_REPS) },
+  },
+});
+const tokens = Number(values.tokens), reps = Number(values.reps);
+if (!(Number.isInteger(tokens) && tokens > 0 && Number.isInteger(reps) && reps > 0)) {
+  throw new RangeError("--tokens and --reps take positive integers");
+}
+
+const opened = await openModel();
+const gpu = await openGpu();
+const c = opened.weights.config;
+const total = c.numLayers * c.numExperts;
+const prompt = Array.from({ length: PROMPT_TOKENS }, (_, i) => (i * 7919 + 13) % c.vocabSize);
+
+interface Row {
+  budget: number;
+  slots: number;
+  config: string;
+  tokensPerS: number;
+  loadsPerToken: number;
+  readbacksPerToken: number;
+  tokens: number[];
+}
+const rows: Row[] = [];
+for (const fraction of BUDGETS) {
+  const slots = Math.max(c.topK, Math.round(total * fraction));
+  for (const config of CONFIGS) {
+    const model = await GpuModel.open(opened.weights, {
+      gpu,
+      maxContext: PROMPT_TOKENS + tokens + 8,
+      expertSlots: slots,
+      expertSource: opened.experts,
+      ...config.opts(c),
+    });
+    const speeds: number[] = [], loads: number[] = [], readbacks: number[] = [];
+    let ids: number[] = [];
+    for (let r = 0; r <= reps; r++) {
+      const s = model.newSession();
+      const res = await s.decode(
+        { feed: prompt, maxTokens: tokens, sampling: GREEDY, eosIds: [] },
+        () => undefined,
+      );
+      s.free();
+      if (r === 0) continue; // warm-up: pipelines compile, the cache fills
+      const n = res.stats.tokens;
+      speeds.push(n / (res.stats.ms / 1000));
+      loads.push(res.stats.expertLoads / n);
+      readbacks.push(res.stats.readbacks / n);
+      ids = res.tokens;
+    }
+    model.destroy();
+    rows.push({
+      budget: fraction,
+      slots,
+      config: config.name,
+      tokensPerS: median(speeds),
+      loadsPerToken: median(loads),
+      readbacksPerToken: median(readbacks),
+      tokens: ids,
+    });
+    const row = rows.at(-1)!;
+    console.error(
+      `${(fraction * 100).toFixed(0)}% ${config.name}: ${row.tokensPerS.toFixed(1)} tok/s`,
+    );
+  }
+}
+
+const same = rows.every((r) => r.tokens.join() === rows[0].tokens.join());
+const resident = (name: string) =>
+  rows.find((r) => r.budget === 1 && r.config === name)!.tokensPerS;
+console.log(
+  `Exact decode by expert budget, default model (${total} experts), ${tokens} greedy tokens ` +
+    `after ${PROMPT_TOKENS} prompt tokens, median of ${reps}; tokens identical everywhere: ${same}`,
+);
+console.log(
+  "budget  slots  config                            tok/s   of resident  loads/tok  readbacks/tok",
+);
+for (const r of rows) {
+  console.log(
+    `${`${(r.budget * 100).toFixed(0)}%`.padEnd(6)}  ${String(r.slots).padStart(5)}  ` +
+      `${r.config.padEnd(32)}  ${r.tokensPerS.toFixed(1).padStart(6)}  ` +
+      `${(r.tokensPerS / resident(r.config)).toFixed(2).padStart(11)}  ` +
+      `${r.loadsPerToken.toFixed(2).padStart(9)}  ${r.readbacksPerToken.toFixed(2).padStart(13)}`,
+  );
+}
+const monotone = CONFIGS.map((config) => {
+  const speeds = BUDGETS.map((b) =>
+    rows.find((r) => r.budget === b && r.config === config.name)!.tokensPerS
+  );
+  // budgets descend: a larger budget must never be slower than the next smaller one
+  const ok = speeds.every((v, i) => i === 0 || speeds[i - 1] >= v);
+  return { config: config.name, speeds, ok };
+});
+for (const m of monotone) {
+  console.log(`tok/s never lower at a larger budget (${m.config}): ${m.ok ? "yes" : "no"}`);
+}
+await Deno.mkdir(new URL("./out/", import.meta.url), { recursive: true });
+await Deno.writeTextFile(
+  OUT_FILE,
+  JSON.stringify(
+    {
+      date: new Date().toISOString(),
+      adapter: gpu.adapterInfo.description,
+      tokens,
+      reps,
+      sameTokens: same,
+      rows: rows.map(({ tokens: _t, ...r }) => r),
+      monotone,
+    },
+    null,
+    2,
+  ),
+);
+gpu.device.destroy();
+opened.close();
