@@ -140,6 +140,7 @@ Deno.test("ExpertMetrics.snapshot() gives nearest-rank percentiles and the hit r
   const s = m.snapshot();
   assert.deepEqual(s.latency.warm, {
     count: 100,
+    totalMs: 5050,
     meanMs: 50.5,
     p50Ms: 50,
     p90Ms: 90,
