@@ -21,6 +21,7 @@ import { fittingSlabs, KvPool, kvSlabBytes } from "./kv_pool.ts";
 import type { SamplingParams } from "../sampling.ts";
 import { Ops, STEP_BYTES } from "./ops.ts";
 import { readU32 } from "./readback.ts";
+import { Pregating } from "./pregating.ts";
 import { type Gpu, openGpu } from "./device.ts";
 import { toFloat32 } from "../dtype.ts";
 import {
@@ -96,6 +97,8 @@ export interface GpuModelOptions {
   /** The decode loop before miss-aware pipelining, kept for benchmarks: encode the next batch
    * before each readback even while most steps miss (its work is then discarded). */
   alwaysPipeline?: boolean;
+  /** Predict each next layers' experts in the pass (src/gpu/pregating.ts; measurements). */
+  pregating?: boolean;
   /** KV slabs: sequences that can run (and be batched) at once (default 4; fewer when the device
    * cannot allocate them, or kvCacheMib does not hold them). */
   maxSequences?: number;
@@ -263,6 +266,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Steps per readback of sessions that do not choose (undefined: adaptive). */
   readonly stepsPerReadback: number | undefined;
   readonly alwaysPipeline: boolean;
+  /** Pre-gating predictions of every forward (null unless GpuModelOptions.pregating). */
+  readonly pregating: Pregating | null;
   /**
    * Called with every layer's final routing of every step: experts [T*K] (token-major, each
    * token's top-k in descending weight). For routing studies; costs nothing when unset.
@@ -421,6 +426,9 @@ export class GpuModel implements LanguageModel, SessionHost {
         hidden: D,
       })
     );
+    this.pregating = opts.pregating
+      ? new Pregating(gpu, this.ops, c, this.layers, this.act.x, T)
+      : null;
     this.finalNormOp = this.ops.rmsnorm({
       x: this.act.x,
       weight: finalNorm,
@@ -793,6 +801,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       for (const op of this.router(l)) op.record(pass, T);
       for (const op of this.expertOps[l]) op.record(pass, T);
       this.combineOps[l].record(pass, T);
+      if (this.pregating) { for (const op of this.pregating.ops[l]) op.record(pass, T); }
     }
     pass?.end();
   }
@@ -1621,6 +1630,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Frees every GPU buffer the model made. */
   destroy(): void {
     this.pool.destroy();
+    this.pregating?.destroy();
     const a = this.act;
     const lm = this.vocab.lmHead.map((c) => c.w.buffer);
     const embed = this.vocab.embed.map((c) => c.w.buffer).filter((b) => !lm.includes(b));

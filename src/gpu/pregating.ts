@@ -1,0 +1,113 @@
+/**
+ * Pre-gating: after layer l, the routers of layers l+1 .. l+DISTANCES run on layer l's output (the
+ * residual stream entering layer l+1, each through that later layer's post-attention RMSNorm),
+ * giving a prediction of the experts those layers will route to, in the same pass as the forward.
+ * The prediction skips the later layers' attention (and the experts of the layers in between), so
+ * it can miss; `bench/pregating.ts` measures how often. Opt-in (GpuModelOptions.pregating): three
+ * more dispatches per layer and distance.
+ */
+import type { ModelConfig } from "../types.ts";
+import type { Gpu } from "./device.ts";
+import type { Op, WeightRef } from "./ops_api.ts";
+import type { Ops } from "./ops.ts";
+import { readU32 } from "./readback.ts";
+
+/** Layers ahead predicted: the next layer and the one after. */
+export const PREGATING_DISTANCES = 2;
+
+/** What pre-gating needs of a layer: its post-attention norm and router. */
+export interface RouterWeights {
+  postNorm: GPUBuffer;
+  router: WeightRef;
+}
+
+export class Pregating {
+  /** Per layer l: the ops predicting layers l+1 .. l+DISTANCES (those that exist). */
+  readonly ops: Op[][];
+  /** predicted[l][d - 1]: u32 [T, K], layer l+d's experts predicted after layer l. */
+  private predicted: GPUBuffer[][];
+  private scratch: GPUBuffer[];
+
+  constructor(
+    private gpu: Gpu,
+    ops: Ops,
+    private config: ModelConfig,
+    layers: RouterWeights[],
+    /** The residual stream [T, D] (the forward's x). */
+    x: GPUBuffer,
+    private maxTokens: number,
+  ) {
+    const { hiddenSize: D, numExperts: E, topK: K, numLayers: L } = config;
+    const device = gpu.device;
+    const f32 = (n: number, label: string) =>
+      device.createBuffer({
+        label,
+        size: Math.ceil((n * 4) / 16) * 16,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      });
+    const xn = f32(maxTokens * D, "pregating.xn");
+    const logits = f32(maxTokens * E, "pregating.logits");
+    const weights = f32(maxTokens * K, "pregating.weights");
+    this.scratch = [xn, logits, weights];
+    this.predicted = [];
+    this.ops = [];
+    for (let l = 0; l < L; l++) {
+      const bufs: GPUBuffer[] = [];
+      const layerOps: Op[] = [];
+      for (let d = 1; d <= PREGATING_DISTANCES && l + d < L; d++) {
+        const target = layers[l + d];
+        const idx = f32(maxTokens * K, `pregating.idx.${l}.${d}`);
+        bufs.push(idx);
+        layerOps.push(
+          ops.rmsnorm({
+            x,
+            weight: target.postNorm,
+            out: xn,
+            dim: D,
+            groups: 1,
+            eps: config.rmsNormEps,
+          }),
+          ops.matmul({
+            x: xn,
+            w: target.router,
+            out: logits,
+            K: D,
+            N: E,
+            outStride: E,
+            outOffset: 0,
+            accumulate: false,
+          }),
+          ops.topk({ logits, idx, weights, numExperts: E, k: K, normTopk: config.normTopkProb }),
+        );
+      }
+      this.predicted.push(bufs);
+      this.ops.push(layerOps);
+    }
+  }
+
+  /** The predictions of the last forward of T tokens: [l][d - 1] = u32 [T * K] (token-major),
+   * layer l+d's experts predicted after layer l (one readback per buffer: for measurements). */
+  async read(T: number): Promise<Uint32Array[][]> {
+    if (T > this.maxTokens) throw new RangeError(`${T} tokens > ${this.maxTokens}`);
+    const K = this.config.topK;
+    const out: Uint32Array[][] = [];
+    for (const bufs of this.predicted) {
+      const row: Uint32Array[] = [];
+      for (const b of bufs) row.push(await readU32(this.gpu, b, 0, T * K));
+      out.push(row);
+    }
+    return out;
+  }
+
+  destroy(): void {
+    for (const b of [...this.scratch, ...this.predicted.flat()]) b.destroy();
+  }
+}
+
+/** Overlap of two expert lists of one token (each distinct): |a ∩ b|. */
+export function overlap(a: ArrayLike<number>, b: ArrayLike<number>): number {
+  const set = new Set(Array.from(b));
+  let n = 0;
+  for (let i = 0; i < a.length; i++) if (set.has(a[i])) n++;
+  return n;
+}
