@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { mulberry32 } from "../weights/fixture.ts";
 import {
   type Access,
   type EvictionPolicy,
@@ -304,17 +305,8 @@ Deno.test("ModelAwarePolicy refuses keys outside the grid, unknown keys and bad 
   assert.throws(() => new ModelAwarePolicy(ONE_LAYER, { prior: 0 }), RangeError);
 });
 
-/** Deterministic pseudo-random numbers in [0, 1) (mulberry32). */
-function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+/** Deterministic pseudo-random numbers in [0, 1). */
+const rng = mulberry32;
 
 Deno.test("ModelAwarePolicy never names a victim outside the candidates", () => {
   const L = 3, E = 8, K = 2;
