@@ -294,20 +294,12 @@ async function timedDecode(
   }
 }
 
-/** One variant's row. */
-interface VariantRow {
+/** One variant's row: its pack's figures, then what was measured. */
+interface VariantRow extends Omit<Packed, "config" | "manifest" | "variant"> {
   model: string;
   variant: string;
   quant: QuantOptions | null;
   dir: string;
-  packS: number | null;
-  gateDtype: string;
-  downDtype: string;
-  baseDtype: string;
-  recordBytes: number;
-  slotBytes: number;
-  expertBytes: number;
-  baseFileBytes: number;
   fallbacks: NonNullable<PackManifest["quantization"]>["fallbacks"];
   perplexity: { value: number; scoredTokens: number; windows: number; seconds: number } | null;
   resident: BudgetFigures;

@@ -11,7 +11,7 @@ import {
   uniformLayouts,
 } from "../src/gpu/expert_pool.ts";
 import { openGpu } from "../src/gpu/device.ts";
-import { parseConfig } from "../src/config.ts";
+import { expertConfig } from "./_experts.ts";
 
 Deno.test("largestFitting() bisects to the largest n that fits, in O(log n) probes", async () => {
   for (const limit of [4, 5, 37, 99, 100]) {
@@ -58,22 +58,7 @@ function cappedDevice(device: GPUDevice, capBytes: number): GPUDevice {
 }
 
 Deno.test("fittingExpertSlots() takes every expert when they fit, else the most that fit less the headroom (not a halving)", async () => {
-  const config = parseConfig({
-    model_type: "qwen3_moe",
-    vocab_size: 64,
-    hidden_size: 64,
-    num_hidden_layers: 2,
-    num_attention_heads: 2,
-    num_key_value_heads: 1,
-    head_dim: 32,
-    num_experts: 50,
-    num_experts_per_tok: 2,
-    moe_intermediate_size: 32,
-    rms_norm_eps: 1e-6,
-    rope_theta: 10000,
-    norm_topk_prob: true,
-    max_position_embeddings: 64,
-  }, "test config");
+  const config = expertConfig(2, 50, 2);
   const layouts = uniformLayouts(config, "BF16", "BF16");
   const slot = layouts[0].slotBytes;
   const gpu = await openGpu();

@@ -15,6 +15,7 @@ import { openPacked, type PackedModel } from "../src/packed_weights.ts";
 import { pack } from "../src/pack/pack.ts";
 import { EXPERTS_FILE } from "../src/pack/format.ts";
 import { openGpu } from "../src/gpu/device.ts";
+import { promptThenDecode } from "./_experts.ts";
 
 const OPTS = { ...SMALL, dtype: "BF16" as const };
 const PROMPT = Array.from({ length: 20 }, (_, i) => (i * 37 + 5) % SMALL.vocab);
@@ -31,13 +32,7 @@ async function withSmall(fn: (dir: string) => Promise<void>): Promise<void> {
 }
 
 /** Prefill logits (all rows) then decode logits, one token at a time. */
-async function run(model: GpuModel): Promise<Float32Array[]> {
-  const s = model.newSession();
-  const rows = await s.forward(PROMPT);
-  for (const id of DECODE) rows.push(...await s.forward([id]));
-  s.free();
-  return rows;
-}
+const run = (model: GpuModel) => promptThenDecode(model, PROMPT, DECODE);
 
 Deno.test("GpuModel logits are bit-identical for every expert budget and policy", async () => {
   await withSmall(async (dir) => {

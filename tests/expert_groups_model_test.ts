@@ -13,6 +13,7 @@ import { uniformLayouts } from "../src/gpu/expert_pool.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 import type { ModelConfig } from "../src/types.ts";
 import { diffCounts, installGpuCounters } from "../bench/gpu_counters.ts";
+import { promptThenDecode } from "./_experts.ts";
 
 const OPTS = { ...SMALL, dtype: "BF16" as const };
 /** 40 tokens x top-4 = 160 (token, expert) pairs: the tiled expert kernels run in prefill. */
@@ -20,13 +21,7 @@ const PROMPT = Array.from({ length: 40 }, (_, i) => (i * 37 + 5) % SMALL.vocab);
 const DECODE = [11, 200, 37, 400, 5, 99];
 
 /** Prefill logits (all rows) then decode logits, one token at a time. */
-async function run(model: GpuModel): Promise<Float32Array[]> {
-  const s = model.newSession();
-  const rows = await s.forward(PROMPT);
-  for (const id of DECODE) rows.push(...await s.forward([id]));
-  s.free();
-  return rows;
-}
+const run = (model: GpuModel) => promptThenDecode(model, PROMPT, DECODE);
 
 function slotBytes(config: ModelConfig): number {
   return uniformLayouts(config, "BF16", "BF16")[0].slotBytes;

@@ -5,7 +5,6 @@
  * A small binding limit forces many pool buffers on a device that would hold them all in one.
  */
 import assert from "node:assert/strict";
-import { parseConfig } from "../src/config.ts";
 import type { ModelConfig } from "../src/types.ts";
 import {
   EXPERT_FIXED_BINDINGS,
@@ -20,26 +19,9 @@ import { LruPolicy } from "../src/experts/policy.ts";
 import { Residency } from "../src/gpu/residency.ts";
 import { emptyStepStats } from "../src/gpu/host.ts";
 import { openGpu } from "../src/gpu/device.ts";
+import { expertConfig } from "./_experts.ts";
 
-/** A model config with L layers of E experts, top-k K (hidden 64, intermediate 32). */
-function configOf(L: number, E: number, K: number): ModelConfig {
-  return parseConfig({
-    model_type: "qwen3_moe",
-    vocab_size: 64,
-    hidden_size: 64,
-    num_hidden_layers: L,
-    num_attention_heads: 2,
-    num_key_value_heads: 1,
-    head_dim: 32,
-    num_experts: E,
-    num_experts_per_tok: K,
-    moe_intermediate_size: 32,
-    rms_norm_eps: 1e-6,
-    rope_theta: 10000,
-    norm_topk_prob: true,
-    max_position_embeddings: 64,
-  }, "test config");
-}
+const configOf = expertConfig;
 
 /** A pool of `total` slots with `perPool` slots per pool buffer (the binding limit set half a
  * slot above, so the division must round down) and `bindings` pool buffers per group. */
