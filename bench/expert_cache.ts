@@ -13,7 +13,7 @@
  * Rates are bytes / seconds in GB/s (1e9 B).
  */
 import type { ExpertStore } from "../src/experts/store.ts";
-import { ExpertPool, uniformLayouts } from "../src/gpu/expert_pool.ts";
+import { ExpertPool, type ExpertPoolOptions, uniformLayouts } from "../src/gpu/expert_pool.ts";
 import type { PackedModel } from "../src/packed_weights.ts";
 import { GpuModel } from "../src/gpu/model.ts";
 import type { Gpu } from "../src/gpu/device.ts";
@@ -94,6 +94,36 @@ export async function rawSequentialRead(
   return { ...rate(bytes, (performance.now() - t0) / 1000), drop };
 }
 
+/** The records of keys read after a drop, one read(2) each into one reused buffer, in the
+ * order given: what the disk gives a cold load's reads with no runtime around them (random
+ * records, unlike rawSequentialRead, get little from the kernel's readahead). */
+export function randomRecordRead(
+  store: ExpertStore,
+  c: ModelConfig,
+  keys: number[],
+): Rate & { drop: DropCheck } {
+  const drop = dropPageCache(store, c);
+  const records = keys.map((k) => store.index.records[k]);
+  const buf = new Uint8Array(Math.max(...records.map((r) => r.length)));
+  const f = Deno.openSync(store.path, { read: true });
+  let bytes = 0;
+  const t0 = performance.now();
+  try {
+    for (const r of records) {
+      f.seekSync(r.offset, Deno.SeekMode.Start);
+      for (let done = 0; done < r.length;) {
+        const n = f.readSync(buf.subarray(done, r.length));
+        if (n === null || n === 0) throw new Error(`${store.path}: short read`);
+        done += n;
+      }
+      bytes += r.length;
+    }
+  } finally {
+    f.close();
+  }
+  return { ...rate(bytes, (performance.now() - t0) / 1000), drop };
+}
+
 /** n distinct (layer, expert) keys (l * E + e) in a seeded random order, as misses arrive. */
 export function sampleKeys(c: ModelConfig, n: number, seed: number): number[] {
   const all = Array.from({ length: c.numLayers * c.numExperts }, (_, i) => i);
@@ -106,8 +136,13 @@ export function sampleKeys(c: ModelConfig, n: number, seed: number): number[] {
 }
 
 /** A pool of `slots` expert slots on the device, for the load measurements. */
-export function loadPool(gpu: Gpu, c: ModelConfig, slots: number): ExpertPool {
-  return new ExpertPool(gpu.device, c, uniformLayouts(c, "BF16", "BF16"), slots);
+export function loadPool(
+  gpu: Gpu,
+  c: ModelConfig,
+  slots: number,
+  opts: ExpertPoolOptions = {},
+): ExpertPool {
+  return new ExpertPool(gpu.device, c, uniformLayouts(c, "BF16", "BF16"), slots, opts);
 }
 
 /** runtimeLoad's result: the rate, where mincore said the bytes were, time inside the store. */
@@ -130,7 +165,7 @@ export async function runtimeLoad(
   let bytes = 0, cold = 0, warm = 0, readMs = 0;
   const t0 = performance.now();
   for (let i = 0; i < keys.length; i++) {
-    const r = store.read(Math.floor(keys[i] / E), keys[i] % E);
+    const r = store.read(Math.floor(keys[i] / E), keys[i] % E, true); // as ExpertCache.load
     readMs += r.ms;
     if (r.source === "cold") cold++;
     if (r.source === "warm") warm++;

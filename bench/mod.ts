@@ -10,7 +10,9 @@
  * Prints one table, writes bench/out/expert_cache.json and bench/out/expert_cache.svg. Every
  * figure is measured in this run. See bench/README.md for what each figure means.
  *
- *   ./bin/deno run -A --unstable-webgpu bench/mod.ts [--steps N] [--layers N]
+ *   ./bin/deno run -A --unstable-webgpu bench/mod.ts [--steps N] [--layers N] [--transfers-only]
+ *
+ * --transfers-only: sections 1 and 2 only (no decode runs), printed, nothing written.
  */
 import { parseArgs } from "node:util";
 import { pack } from "../src/pack/pack.ts";
@@ -29,10 +31,11 @@ const RAW_READ_MIB = ec.RAW_READ_CHUNK_BYTES >> 20;
 const DEFAULT_LAYERS = 2;
 /** Vocab: lm_head [V, D] is read whole every token; Qwen3's 151936 would make it dominate. */
 const VOCAB = 32768;
-/** Experts per load run: 32 x 9.4 MB = 302 MB. Warm-first and cold runs each need records
- * never read before (their first read verifies the checksum), so 2 x 3 runs use 192 of the
+/** Experts per load run: 16 x 9.4 MB = 151 MB. Warm-first and cold runs each need records
+ * never read before (their first read verifies the checksum): 3 warm-first and 3 cold runs for
+ * each upload path (staging buffers, writeBuffer) and 3 plain random-record reads use 240 of the
  * 2-layer model's 256 records and the writeBuffer copies come from the rest. */
-const LOAD_EXPERTS = 32;
+const LOAD_EXPERTS = 16;
 /** Repetitions; the fastest GB/s is reported, and each warm load's ratio to the writeBuffer run
  * just before it (median over repetitions): other processes share the cores, and adjacent runs
  * see the same load. A raw read moves all of experts.bin (2.4 GB), so only two. */
@@ -116,34 +119,49 @@ async function transfers(p: PackedModel, gpu: Gpu) {
   }
   const cachedAfterRawRead = cachedRecords(p);
 
+  // the runtime's upload path (staging buffers kept mapped) and the baseline (writeBuffer only)
   const pool = ec.loadPool(gpu, c, LOAD_POOL_SLOTS);
+  const basePool = ec.loadPool(gpu, c, LOAD_POOL_SLOTS, { stagingBuffers: 0 });
   try {
-    // disjoint samples: sample(i) for warm-first run i, sample(WARM_REPS + i) for cold run i
+    // disjoint samples: warm-first run i uses sample(2i) (staging) and sample(2i + 1)
+    // (writeBuffer), cold run i sample(2 WARM_REPS + 2i) and the one after
     const keys = ec.sampleKeys(c, c.numLayers * c.numExperts, KEY_SEED);
     const sample = (i: number) => keys.slice(i * LOAD_EXPERTS, (i + 1) * LOAD_EXPERTS);
     // heap copies of records no load run reads, one per slot (151 MB: no CPU cache holds them),
     // cycled to move as many bytes as a load run
-    const spare = keys.slice((WARM_REPS + COLD_REPS) * LOAD_EXPERTS);
+    const spare = keys.slice((2 * WARM_REPS + 3 * COLD_REPS) * LOAD_EXPERTS);
     const copies = ec.heapCopies(p.experts, c.numExperts, spare.slice(0, LOAD_POOL_SLOTS));
     console.error("warm loads, writeBuffer ...");
-    const writeBuffers = [], warmFirsts = [], warmAgains = [];
-    const firstRatios = [], againRatios = [];
+    const writeBuffers = [], warmFirsts = [], warmAgains = [], baseFirsts = [], baseAgains = [];
+    const firstRatios = [], againRatios = [], baseFirstRatios = [], baseAgainRatios = [];
     for (let i = 0; i < WARM_REPS; i++) {
-      const wb1 = await ec.writeBufferBaseline(pool, gpu.device, copies, LOAD_EXPERTS);
-      const first = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(i));
-      const wb2 = await ec.writeBufferBaseline(pool, gpu.device, copies, LOAD_EXPERTS);
-      const again = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(i));
+      const wb1 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
+      const first = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
+      const baseFirst = await ec.runtimeLoad(p.experts, basePool, gpu.device, sample(2 * i + 1));
+      const wb2 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
+      const again = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
+      const baseAgain = await ec.runtimeLoad(p.experts, basePool, gpu.device, sample(2 * i + 1));
       writeBuffers.push(wb1, wb2);
       warmFirsts.push(first);
       warmAgains.push(again);
+      baseFirsts.push(baseFirst);
+      baseAgains.push(baseAgain);
       firstRatios.push(first.gbps / wb1.gbps);
       againRatios.push(again.gbps / wb2.gbps);
+      baseFirstRatios.push(baseFirst.gbps / wb1.gbps);
+      baseAgainRatios.push(baseAgain.gbps / wb2.gbps);
     }
     console.error("cold loads ...");
-    const colds = [], coldDrops = [];
+    const colds = [], baseColds = [], randomReads = [], coldDrops = [];
+    const coldSample = (i: number) => sample(2 * WARM_REPS + i);
     for (let i = 0; i < COLD_REPS; i++) {
+      const random = ec.randomRecordRead(p.experts, c, coldSample(2 * COLD_REPS + i));
+      randomReads.push(random);
+      coldDrops.push(random.drop);
       coldDrops.push(ec.dropPageCache(p.experts, c));
-      colds.push(await ec.runtimeLoad(p.experts, pool, gpu.device, sample(WARM_REPS + i)));
+      colds.push(await ec.runtimeLoad(p.experts, pool, gpu.device, coldSample(2 * i)));
+      coldDrops.push(ec.dropPageCache(p.experts, c));
+      baseColds.push(await ec.runtimeLoad(p.experts, basePool, gpu.device, coldSample(2 * i + 1)));
     }
     return {
       rawCold: best(rawColds),
@@ -158,9 +176,19 @@ async function transfers(p: PackedModel, gpu: Gpu) {
       warmAgainVsWb: ec.median(againRatios),
       coldDrops,
       cold: best(colds),
+      /** Plain reads of as many random records, page cache dropped (the disk's share). */
+      randomRead: best(randomReads),
+      /** The same with writeBuffer uploads only (stagingBuffers: 0): the baseline. */
+      baseWarmFirst: best(baseFirsts),
+      baseWarmAgain: best(baseAgains),
+      baseWarmFirstVsWb: ec.median(baseFirstRatios),
+      baseWarmAgainVsWb: ec.median(baseAgainRatios),
+      baseCold: best(baseColds),
+      staging: pool.stagingStats,
     };
   } finally {
     pool.destroy();
+    basePool.destroy();
   }
 }
 
@@ -175,7 +203,11 @@ function pad(cells: string[], widths: number[]): string {
 }
 
 /** The one table: transfer rows, then decode rows. */
-function table(t: Transfers, decode: ec.DecodeResult[], routing: ec.TraceAnalysis): string {
+function table(
+  t: Transfers,
+  decode: ec.DecodeResult[],
+  routing: ec.TraceAnalysis | null,
+): string {
   const head = [
     "figure",
     "value",
@@ -199,6 +231,16 @@ function table(t: Transfers, decode: ec.DecodeResult[], routing: ec.TraceAnalysi
     t.cold,
     `${(t.cold.gbps / t.rawCold.gbps).toFixed(2)} raw`,
   );
+  transfer(
+    `cold load, writeBuffer uploads (${t.baseCold.cold}/${t.baseCold.experts} cold)`,
+    t.baseCold,
+    `${(t.baseCold.gbps / t.rawCold.gbps).toFixed(2)} raw`,
+  );
+  transfer(
+    `read(2) of ${LOAD_EXPERTS} random records, dropped`,
+    t.randomRead,
+    `${(t.randomRead.gbps / t.rawCold.gbps).toFixed(2)} raw`,
+  );
   transfer("raw read, page cache", t.rawWarm, "");
   transfer("writeBuffer from ArrayBuffer", t.writeBuffer, "1.00 wb");
   transfer(
@@ -206,10 +248,20 @@ function table(t: Transfers, decode: ec.DecodeResult[], routing: ec.TraceAnalysi
     t.warmFirst,
     `${t.warmFirstVsWb.toFixed(2)} wb`,
   );
+  transfer(
+    "warm load, 1st read, writeBuffer uploads",
+    t.baseWarmFirst,
+    `${t.baseWarmFirstVsWb.toFixed(2)} wb`,
+  );
   transfer("warm load, verified re-read", t.warmAgain, `${t.warmAgainVsWb.toFixed(2)} wb`);
-  const base = decode[0].tokPerS;
+  transfer(
+    "warm load, re-read, writeBuffer uploads",
+    t.baseWarmAgain,
+    `${t.baseWarmAgainVsWb.toFixed(2)} wb`,
+  );
+  const base = decode[0]?.tokPerS;
   for (const d of decode) {
-    const opt = routing.simulated.find((s) => s.slots === d.slots)?.optimal ?? null;
+    const opt = routing!.simulated.find((s) => s.slots === d.slots)?.optimal ?? null;
     rows.push([
       `decode ${d.label} (${d.slots} slots)`,
       `${d.tokPerS.toFixed(2)} tok/s`,
@@ -410,6 +462,7 @@ async function main(args: string[]): Promise<void> {
     options: {
       steps: { type: "string", default: String(DEFAULT_STEPS) },
       layers: { type: "string", default: String(DEFAULT_LAYERS) },
+      "transfers-only": { type: "boolean", default: false },
     },
     strict: true,
   });
@@ -441,6 +494,16 @@ async function main(args: string[]): Promise<void> {
       t = await transfers(packed, gpu);
     } finally {
       gpu.device.destroy();
+    }
+    if (values["transfers-only"]) {
+      console.log(table(t, [], null));
+      console.log(
+        `machine: ${m.cpu}, ${m.cores} cores, ${m.adapter}, load avg ${m.loadAvg1m.toFixed(2)} ` +
+          `at start; staging: ${JSON.stringify(t.staging)}; each load run ${LOAD_EXPERTS} ` +
+          `records, best of ${WARM_REPS} warm / ${COLD_REPS} cold runs per path; total ` +
+          `${((performance.now() - tStart) / 1000).toFixed(0)} s`,
+      );
+      return;
     }
 
     console.error("decode runs (experts.bin read into the page cache first) ...");

@@ -35,3 +35,56 @@ export async function promptThenDecode(
   s.free();
   return rows;
 }
+
+/**
+ * Bytes [offset, offset + size) of a storage buffer (pools have no COPY_SRC: a compute pass
+ * copies the range the way the kernels bind it, then it is mapped).
+ */
+export async function readStorage(
+  device: GPUDevice,
+  buffer: GPUBuffer,
+  offset: number,
+  size: number,
+): Promise<Uint8Array> {
+  const module = device.createShaderModule({
+    code: `
+      @group(0) @binding(0) var<storage, read> src: array<u32>;
+      @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
+      @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
+        if (id.x < arrayLength(&dst)) { dst[id.x] = src[id.x]; }
+      }`,
+  });
+  const pipeline = device.createComputePipeline({
+    layout: "auto",
+    compute: { module, entryPoint: "main" },
+  });
+  const dst = device.createBuffer({
+    size,
+    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
+  });
+  const read = device.createBuffer({
+    size,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const bind = device.createBindGroup({
+    layout: pipeline.getBindGroupLayout(0),
+    entries: [
+      { binding: 0, resource: { buffer, offset, size } },
+      { binding: 1, resource: { buffer: dst } },
+    ],
+  });
+  const enc = device.createCommandEncoder();
+  const pass = enc.beginComputePass();
+  pass.setPipeline(pipeline);
+  pass.setBindGroup(0, bind);
+  pass.dispatchWorkgroups(Math.ceil(size / 4 / 64));
+  pass.end();
+  enc.copyBufferToBuffer(dst, 0, read, 0, size);
+  device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const bytes = new Uint8Array(read.getMappedRange()).slice();
+  read.unmap();
+  read.destroy();
+  dst.destroy();
+  return bytes;
+}

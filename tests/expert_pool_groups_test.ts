@@ -19,7 +19,7 @@ import { LruPolicy } from "../src/experts/policy.ts";
 import { Residency } from "../src/gpu/residency.ts";
 import { emptyStepStats } from "../src/gpu/host.ts";
 import { openGpu } from "../src/gpu/device.ts";
-import { expertConfig } from "./_experts.ts";
+import { expertConfig, readStorage } from "./_experts.ts";
 
 const configOf = expertConfig;
 
@@ -419,59 +419,6 @@ Deno.test("Residency counts shares, kept experts and prefill groups in the layer
     gpu.device.destroy();
   }
 });
-
-/**
- * Bytes [offset, offset + size) of a storage buffer (pools have no COPY_SRC: a compute pass
- * copies the range the way the kernels bind it, then it is mapped).
- */
-async function readStorage(
-  device: GPUDevice,
-  buffer: GPUBuffer,
-  offset: number,
-  size: number,
-): Promise<Uint8Array> {
-  const module = device.createShaderModule({
-    code: `
-      @group(0) @binding(0) var<storage, read> src: array<u32>;
-      @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
-      @compute @workgroup_size(64) fn main(@builtin(global_invocation_id) id: vec3u) {
-        if (id.x < arrayLength(&dst)) { dst[id.x] = src[id.x]; }
-      }`,
-  });
-  const pipeline = device.createComputePipeline({
-    layout: "auto",
-    compute: { module, entryPoint: "main" },
-  });
-  const dst = device.createBuffer({
-    size,
-    usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC,
-  });
-  const read = device.createBuffer({
-    size,
-    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
-  });
-  const bind = device.createBindGroup({
-    layout: pipeline.getBindGroupLayout(0),
-    entries: [
-      { binding: 0, resource: { buffer, offset, size } },
-      { binding: 1, resource: { buffer: dst } },
-    ],
-  });
-  const enc = device.createCommandEncoder();
-  const pass = enc.beginComputePass();
-  pass.setPipeline(pipeline);
-  pass.setBindGroup(0, bind);
-  pass.dispatchWorkgroups(Math.ceil(size / 4 / 64));
-  pass.end();
-  enc.copyBufferToBuffer(dst, 0, read, 0, size);
-  device.queue.submit([enc.finish()]);
-  await read.mapAsync(GPUMapMode.READ);
-  const bytes = new Uint8Array(read.getMappedRange()).slice();
-  read.unmap();
-  read.destroy();
-  dst.destroy();
-  return bytes;
-}
 
 Deno.test("ExpertCache uploads land in the pool buffer holding the slot, at its offset", async () => {
   const gpu = await openGpu();

@@ -26,8 +26,10 @@ import { ABSENT, type ExpertPool } from "./expert_pool.ts";
 
 /** Where expert records come from (ExpertStore of a packed model, or a checkpoint's views). */
 export interface ExpertSource {
-  /** gate | up | down bytes of one expert, and whether they came from disk or the page cache. */
-  read(layer: number, expert: number): {
+  /** gate | up | down bytes of one expert, and whether they came from disk or the page cache.
+   * `transient`: the caller uploads the bytes at once, so they may be overwritten by the next
+   * read (a source may then reuse one buffer). */
+  read(layer: number, expert: number, transient?: boolean): {
     bytes: Uint8Array;
     source: "cold" | "warm" | null;
     ms: number;
@@ -202,7 +204,7 @@ export class ExpertCache {
     }
     const t0 = performance.now();
     // read (and verify) before taking a slot: a record that cannot be read changes nothing
-    const rec = this.source.read(layer, expert);
+    const rec = this.source.read(layer, expert, true);
     this.pool.checkRecord(layer, rec.bytes);
     const slot = victim === undefined ? free.pop()! : this.evict(victim);
     let scope: Promise<string | null>;

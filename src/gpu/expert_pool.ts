@@ -16,6 +16,7 @@
 import type { DType, ModelConfig, ModelWeights } from "../types.ts";
 import type { WeightDType } from "./ops_api.ts";
 import { lcm, WEIGHT_DTYPES, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
+import { type StagedCopy, StagingRing } from "./staging.ts";
 
 /** Slot table value for "this expert is not in GPU memory". */
 export const ABSENT = 0xffffffff;
@@ -162,7 +163,16 @@ export interface ExpertPoolOptions {
   poolBindings?: number;
   /** Place each layer's experts in its own group(s) of pools (default true). */
   affinity?: boolean;
+  /** Records uploaded through buffers kept mapped (src/gpu/staging.ts), made on the first upload:
+   * default STAGING_BUFFERS, fewer when a record is large (at most STAGING_MAX_BYTES in all); 0
+   * uploads with queue.writeBuffer only (the baseline). */
+  stagingBuffers?: number;
 }
+
+/** Default staging buffers: one layer's top-k misses of a few steps in flight at once. */
+export const STAGING_BUFFERS = 16;
+/** Most host bytes the default staging buffers take (16 records of Qwen3-30B-A3B's 9.4 MB). */
+const STAGING_MAX_BYTES = 256 << 20;
 
 /** A domain's layers, slots and number of groups, before any buffer exists. */
 interface DomainPlan {
@@ -237,6 +247,9 @@ export class ExpertPool {
   /** Per layer: its groups [start, end) and its domain's index. */
   private groupRange: [number, number][] = [];
   private domainIndex: number[] = [];
+  /** Staging buffers asked for (0: writeBuffer only) and the ring, made on the first upload. */
+  private readonly stagingBuffers: number;
+  private staging: StagingRing | null = null;
 
   constructor(
     private device: GPUDevice,
@@ -255,6 +268,14 @@ export class ExpertPool {
     }
     this.expertBytes = Math.max(...layouts.map((x) => x.recordBytes));
     this.slotBytes = layouts[0].slotBytes;
+    const stagingBuffers = opts.stagingBuffers ??
+      Math.max(1, Math.min(STAGING_BUFFERS, Math.floor(STAGING_MAX_BYTES / this.expertBytes)));
+    if (!Number.isInteger(stagingBuffers) || stagingBuffers < 0) {
+      throw new ExpertPoolError(
+        `staging buffers must be a whole number >= 0, got ${stagingBuffers}`,
+      );
+    }
+    this.stagingBuffers = stagingBuffers;
     const limit = Math.min(
       device.limits.maxStorageBufferBindingSize,
       device.limits.maxBufferSize,
@@ -370,13 +391,26 @@ export class ExpertPool {
     device.pushErrorScope("validation");
     let scopes: Promise<(GPUError | null)[]>;
     try {
-      const bytes = record as Uint8Array<ArrayBuffer>;
-      if (layout.contiguous) {
-        device.queue.writeBuffer(buffer, offset, bytes);
-      } else {
-        const gateUp = 2 * layout.gateBytes;
-        device.queue.writeBuffer(buffer, offset, bytes, 0, gateUp);
-        device.queue.writeBuffer(buffer, offset + layout.downOffset, bytes, gateUp);
+      const gateUp = 2 * layout.gateBytes;
+      const copies: StagedCopy[] = layout.contiguous
+        ? [{ dst: buffer, dstOffset: offset, srcOffset: 0, size: record.byteLength }]
+        : [
+          { dst: buffer, dstOffset: offset, srcOffset: 0, size: gateUp },
+          {
+            dst: buffer,
+            dstOffset: offset + layout.downOffset,
+            srcOffset: gateUp,
+            size: record.byteLength - gateUp,
+          },
+        ];
+      if (this.stagingBuffers > 0) {
+        this.staging ??= new StagingRing(device, this.expertBytes, this.stagingBuffers);
+      }
+      if (this.staging === null || !this.staging.write(record, copies)) {
+        const bytes = record as Uint8Array<ArrayBuffer>;
+        for (const c of copies) {
+          device.queue.writeBuffer(c.dst, c.dstOffset, bytes, c.srcOffset, c.size);
+        }
       }
     } finally {
       const validation = device.popErrorScope();
@@ -405,7 +439,20 @@ export class ExpertPool {
     throw new ExpertPoolError(`slot ${slot} out of range (${this.totalSlots} slots)`);
   }
 
+  /** The staging ring's buffers (all, free now) and its uploads: staged, and refused (those went
+   * through writeBuffer); zeros before the first upload or without staging. */
+  get stagingStats(): { buffers: number; available: number; staged: number; busy: number } {
+    const r = this.staging;
+    return {
+      buffers: r?.size ?? 0,
+      available: r?.available ?? 0,
+      staged: r?.stats.staged ?? 0,
+      busy: r?.stats.busy ?? 0,
+    };
+  }
+
   destroy(): void {
+    this.staging?.destroy();
     for (const p of this.pools) p.buffer.destroy();
     this.slotTable.destroy();
     this.missed.destroy();
