@@ -154,17 +154,23 @@ export interface LoadResult extends Rate {
   readSeconds: number;
 }
 
-/** Reads and uploads each key into slot i % pool.totalSlots, then drains the queue. */
+/** Reads and uploads each key into slot i % pool.totalSlots, then drains the queue. With
+ * `readAhead` (as ExpertCache does for a layer's misses) each burst of UPLOADS_PER_SUBMIT keys
+ * is first handed to ExpertStore.readAhead. */
 export async function runtimeLoad(
   store: ExpertStore,
   pool: ExpertPool,
   device: GPUDevice,
   keys: number[],
+  readAhead = true,
 ): Promise<LoadResult> {
   const E = pool.config.numExperts;
   let bytes = 0, cold = 0, warm = 0, readMs = 0;
   const t0 = performance.now();
   for (let i = 0; i < keys.length; i++) {
+    if (readAhead && i % UPLOADS_PER_SUBMIT === 0) {
+      store.readAhead(keys.slice(i, i + UPLOADS_PER_SUBMIT));
+    }
     const r = store.read(Math.floor(keys[i] / E), keys[i] % E, true); // as ExpertCache.load
     readMs += r.ms;
     if (r.source === "cold") cold++;

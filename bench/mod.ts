@@ -137,10 +137,22 @@ async function transfers(p: PackedModel, gpu: Gpu) {
     for (let i = 0; i < WARM_REPS; i++) {
       const wb1 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
       const first = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
-      const baseFirst = await ec.runtimeLoad(p.experts, basePool, gpu.device, sample(2 * i + 1));
+      const baseFirst = await ec.runtimeLoad(
+        p.experts,
+        basePool,
+        gpu.device,
+        sample(2 * i + 1),
+        false,
+      );
       const wb2 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
       const again = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
-      const baseAgain = await ec.runtimeLoad(p.experts, basePool, gpu.device, sample(2 * i + 1));
+      const baseAgain = await ec.runtimeLoad(
+        p.experts,
+        basePool,
+        gpu.device,
+        sample(2 * i + 1),
+        false,
+      );
       writeBuffers.push(wb1, wb2);
       warmFirsts.push(first);
       warmAgains.push(again);
@@ -161,7 +173,9 @@ async function transfers(p: PackedModel, gpu: Gpu) {
       coldDrops.push(ec.dropPageCache(p.experts, c));
       colds.push(await ec.runtimeLoad(p.experts, pool, gpu.device, coldSample(2 * i)));
       coldDrops.push(ec.dropPageCache(p.experts, c));
-      baseColds.push(await ec.runtimeLoad(p.experts, basePool, gpu.device, coldSample(2 * i + 1)));
+      baseColds.push(
+        await ec.runtimeLoad(p.experts, basePool, gpu.device, coldSample(2 * i + 1), false),
+      );
     }
     return {
       rawCold: best(rawColds),
@@ -232,7 +246,7 @@ function table(
     `${(t.cold.gbps / t.rawCold.gbps).toFixed(2)} raw`,
   );
   transfer(
-    `cold load, writeBuffer uploads (${t.baseCold.cold}/${t.baseCold.experts} cold)`,
+    `cold load, writeBuffer, no read-ahead (${t.baseCold.cold}/${t.baseCold.experts} cold)`,
     t.baseCold,
     `${(t.baseCold.gbps / t.rawCold.gbps).toFixed(2)} raw`,
   );

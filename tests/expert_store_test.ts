@@ -111,6 +111,42 @@ Deno.test("ExpertStore.read() is cold after dropPageCache() and warm on the next
   }
 });
 
+Deno.test("ExpertStore.readAhead() reads dropped records in the background, skips cached ones and keeps transient reads exact", async () => {
+  const m = await openPacked(`${root}/packed`);
+  const p = await openPacked(`${root}/packed`, { mode: "pread" });
+  try {
+    const E = TINY.experts;
+    const keys = [0 * E + 1, 1 * E + 5, 0 * E + 6];
+    const want = keys.map((k) => p.experts.record(Math.floor(k / E), k % E).slice());
+    assert.equal(m.experts.dropPageCache(), true);
+    assert.ok(keys.every((k) => m.experts.isCached(Math.floor(k / E), k % E) === false));
+    assert.equal(m.experts.readAhead(keys), keys.length);
+    assert.equal(m.experts.stats.readAheads, keys.length);
+    // the reads finish on other threads: poll the page cache (mincore)
+    for (let i = 0; i < 200; i++) {
+      if (keys.every((k) => m.experts.isCached(Math.floor(k / E), k % E))) break;
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    assert.ok(keys.every((k) => m.experts.isCached(Math.floor(k / E), k % E)), "read ahead");
+    assert.equal(m.experts.readAhead(keys), 0, "nothing to read: all cached");
+    // transient reads (the cache's) give the same bytes, cold ones through the reused buffer
+    m.experts.dropPageCache();
+    for (const [i, k] of keys.entries()) {
+      const r = m.experts.read(Math.floor(k / E), k % E, true);
+      assert.equal(r.source, "cold");
+      assert.deepEqual(r.bytes, want[i]);
+    }
+    assert.equal(p.experts.readAhead(keys), 0, "pread mode: no read-ahead");
+    // a read-ahead still in flight when the store closes is harmless
+    m.experts.dropPageCache();
+    assert.equal(m.experts.readAhead(keys), keys.length);
+  } finally {
+    m.close();
+    p.close();
+  }
+  await new Promise((r) => setTimeout(r, 50)); // let the last reads end before the op sanitizer
+});
+
 Deno.test("ExpertStore.open() refuses a truncated experts.bin", async () => {
   const dir = await copyPacked("truncated");
   await Deno.truncate(`${dir}/${EXPERTS_FILE}`, manifest.experts.bytes - 4096);

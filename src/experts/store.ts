@@ -12,7 +12,7 @@
  *   follows does no disk I/O.
  */
 
-import { adviseDontNeed, adviseWillNeed, mapFile, type MappedFile } from "../mmap.ts";
+import { adviseDontNeed, mapFile, type MappedFile } from "../mmap.ts";
 import { createRecordHasher, type ExpertsIndex, type RecordHasher } from "../pack/format.ts";
 import type { ExpertMetrics } from "./metrics.ts";
 
@@ -64,6 +64,8 @@ export interface StoreStats {
   /** Records whose checksum has been verified. */
   verified: number;
   bytesRead: number;
+  /** Records readAhead() started reading. */
+  readAheads: number;
 }
 
 export interface ExpertStoreOptions {
@@ -82,6 +84,44 @@ const SC_PAGESIZE = 30;
 const TOUCH_STRIDE = 4096;
 
 type MincoreLib = Deno.DynamicLibrary<typeof MINCORE_SYMBOLS>["symbols"];
+
+/**
+ * Read-ahead on threads of Deno's blocking pool (nonblocking FFI calls), so it overlaps our own
+ * work: madvise(MADV_POPULATE_READ) faults a record's pages into the mapping (Linux 5.14+);
+ * readahead(2) only fills the page cache, the fallback where populating is refused. Cold loads of
+ * 24 random records, 8 ahead, here: none 0.61-0.73 GB/s, readahead(2) 0.67-0.73, populate
+ * 0.86-0.98 (a plain read of random records: about 1.0).
+ */
+const READAHEAD_SYMBOLS = {
+  open: { parameters: ["buffer", "i32"], result: "i32" },
+  close: { parameters: ["i32"], result: "i32" },
+  madvise: { parameters: ["pointer", "usize", "i32"], result: "i32", nonblocking: true },
+  readahead: { parameters: ["i32", "i64", "usize"], result: "isize", nonblocking: true },
+} as const;
+const O_RDONLY = 0;
+const MADV_POPULATE_READ = 22;
+/** Most records one readAhead() call starts (a layer's top-8 misses), and most in flight as far
+ * as this thread knows (a read's end is seen when the event loop next runs, so a synchronous
+ * burst of calls counts every read it started). */
+export const READ_AHEAD_PER_CALL = 8;
+export const READ_AHEAD_IN_FLIGHT = 64;
+
+type ReadaheadLib = Deno.DynamicLibrary<typeof READAHEAD_SYMBOLS>["symbols"];
+let readaheadCache: ReadaheadLib | null | undefined;
+/** Whether madvise(MADV_POPULATE_READ) has failed once (an older kernel): readahead(2) then. */
+let populateRefused = false;
+
+function readaheadLib(): ReadaheadLib | null {
+  if (readaheadCache !== undefined) return readaheadCache;
+  readaheadCache = null;
+  try {
+    if (ffiGranted()) readaheadCache = Deno.dlopen("libc.so.6", READAHEAD_SYMBOLS).symbols;
+  } catch {
+    // No FFI or no libc: no read-ahead.
+  }
+  return readaheadCache;
+}
+
 let mincoreCache: MincoreLib | null | undefined;
 
 function mincoreLib(): MincoreLib | null {
@@ -107,12 +147,25 @@ function ffiGranted(): boolean {
 
 /** Reads records of one experts.bin. */
 export class ExpertStore {
-  readonly stats: StoreStats = { reads: 0, cold: 0, warm: 0, verified: 0, bytesRead: 0 };
+  readonly stats: StoreStats = {
+    reads: 0,
+    cold: 0,
+    warm: 0,
+    verified: 0,
+    bytesRead: 0,
+    readAheads: 0,
+  };
   private readonly verified: Uint8Array;
   private readonly pageSize: number;
   private mincoreVec = new Uint8Array(0);
   /** Where transient reads land (see read()). */
   private scratch = new Uint8Array(0);
+  /** readAhead's descriptor of experts.bin (libc's, opened on first use) and reads in flight. */
+  private raFd: number | null = null;
+  private raInFlight = 0;
+  /** Records (index) whose read-ahead has not been seen to end. */
+  private readonly raPending = new Set<number>();
+  private closed = false;
   /** Sum of touched bytes, kept so the page-touch loop is not optimised away. */
   private touchSink = 0;
 
@@ -218,10 +271,51 @@ export class ExpertStore {
     return this.resident(r.offset, r.length);
   }
 
-  /** Asks the kernel to start reading the record from disk; false when it cannot. */
-  prefetch(layer: number, expert: number): boolean {
-    const r = this.index.records[this.slot(layer, expert)];
-    return adviseWillNeed(this.mapped ?? this.path, r.offset, r.length);
+  /**
+   * Starts reading, each on a thread of its own, the first READ_AHEAD_PER_CALL records of `keys`
+   * (layer * E + expert) that are neither in the page cache nor being read ahead, with at most READ_AHEAD_IN_FLIGHT
+   * in flight (see READAHEAD_SYMBOLS): a burst of loads then finds its later records read while
+   * it checksums and uploads the earlier ones. Returns how many reads it started; 0 when it
+   * cannot (not mapped, or no FFI).
+   */
+  readAhead(keys: number[]): number {
+    if (this.mapped?.mode !== "mmap") return 0;
+    const lib = readaheadLib();
+    if (lib === null) return 0;
+    const E = this.index.numExperts;
+    const base = Deno.UnsafePointer.of(this.mapped.bytes);
+    let started = 0;
+    for (const key of keys) {
+      if (started >= READ_AHEAD_PER_CALL || this.raInFlight >= READ_AHEAD_IN_FLIGHT) break;
+      const i = this.slot(Math.floor(key / E), key % E);
+      const r = this.index.records[i];
+      if (this.raPending.has(i) || this.resident(r.offset, r.length)) continue;
+      let read: Promise<number | bigint>;
+      if (!populateRefused && base !== null) {
+        const start = Math.floor(r.offset / this.pageSize) * this.pageSize;
+        const ptr = Deno.UnsafePointer.offset(base, start);
+        read = lib.madvise(ptr, BigInt(r.offset + r.length - start), MADV_POPULATE_READ);
+        read.then((rc) => {
+          if (rc !== 0 && !this.closed) populateRefused = true;
+        });
+      } else {
+        if (this.raFd === null) {
+          this.raFd = lib.open(new TextEncoder().encode(this.path + "\0"), O_RDONLY);
+        }
+        if (this.raFd < 0) return started;
+        read = lib.readahead(this.raFd, BigInt(r.offset), BigInt(r.length));
+      }
+      this.raInFlight++;
+      this.raPending.add(i);
+      started++;
+      this.stats.readAheads++;
+      read.finally(() => {
+        this.raInFlight--;
+        this.raPending.delete(i);
+        if (this.raInFlight === 0 && this.closed) this.closeReadAhead();
+      });
+    }
+    return started;
   }
 
   /**
@@ -232,10 +326,18 @@ export class ExpertStore {
     return adviseDontNeed(this.mapped ?? this.path, 0, this.index.bytes);
   }
 
-  /** Unmaps or closes experts.bin; views returned earlier must not be used afterwards. */
+  /** Unmaps or closes experts.bin; views returned earlier must not be used afterwards. Reads
+   * ahead still in flight finish on their own (their descriptor is closed after the last). */
   close(): void {
+    this.closed = true;
     this.mapped?.close();
     this.fd?.close();
+    if (this.raInFlight === 0) this.closeReadAhead();
+  }
+
+  private closeReadAhead(): void {
+    if (this.raFd !== null && this.raFd >= 0) readaheadLib()?.close(this.raFd);
+    this.raFd = null;
   }
 
   private slot(layer: number, expert: number): number {

@@ -34,6 +34,9 @@ export interface ExpertSource {
     source: "cold" | "warm" | null;
     ms: number;
   };
+  /** Starts fetching the records of keys (layer * E + expert) that read() will soon ask for, in
+   * the background; how many it started (ExpertStore.readAhead). */
+  readAhead?(keys: number[]): number;
 }
 
 /** Experts straight from a checkpoint's (mapped) tensors, concatenated into one record. */
@@ -138,6 +141,14 @@ export class ExpertCache {
 
   isResident(key: number): boolean {
     return this.slotOf.has(key);
+  }
+
+  /** Asks the source to start fetching those of keys that are not resident, in order (a burst
+   * of loads about to happen); how many reads it started. */
+  readAhead(keys: Iterable<number>): number {
+    if (this.source.readAhead === undefined) return 0;
+    const absent = [...keys].filter((k) => !this.slotOf.has(k));
+    return absent.length > 1 ? this.source.readAhead(absent) : 0;
   }
 
   /** Marks keys as used at `now` (hits for the policy and the metrics). */

@@ -34,6 +34,7 @@
  */
 import type { ExpertSetMode, ModelConfig } from "../types.ts";
 import type { ExpertCache } from "./expert_cache.ts";
+import { READ_AHEAD_PER_CALL } from "../experts/store.ts";
 
 export type { ExpertSetMode };
 
@@ -236,7 +237,12 @@ export class ExpertSets {
     const protect = new Set(keys);
     const now = this.res.now;
     // (a load that finds its domain pinned or protected is skipped: a starting set is a hint)
-    for (const key of keys) if (!this.cache.isResident(key)) this.res.load(key, now, protect);
+    for (const [i, key] of keys.entries()) {
+      if (i % READ_AHEAD_PER_CALL === 0) {
+        this.cache.readAhead(keys.slice(i, i + 2 * READ_AHEAD_PER_CALL));
+      }
+      if (!this.cache.isResident(key)) this.res.load(key, now, protect);
+    }
     this.cache.touch(keys, now);
   }
 

@@ -123,6 +123,7 @@ export class Residency {
     const routed = this.routedKeys(routing, stride, l0, T);
     const protect = this.protectedKeys(routed, l0);
     const now = this.tick();
+    this.cache.readAhead(routed);
     for (const key of routed) {
       if (this.cache.isResident(key)) {
         this.cache.metrics.hits++;
@@ -241,6 +242,7 @@ export class Residency {
   /** Makes a prefill group of layer l resident (the group fits: prefillGroups sized it). */
   loadGroup(l: number, group: number[], now: number): void {
     const protect = this.protectedKeys(group, l);
+    this.cache.readAhead(group);
     for (const key of group) {
       if (this.cache.isResident(key)) {
         this.cache.metrics.hits++;
