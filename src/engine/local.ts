@@ -48,6 +48,7 @@ export function expertCacheStats(s: ExpertMetricsSnapshot): Record<string, numbe
     prefetchHit: s.prefetchHit,
     prefetchWasted: s.prefetchWasted,
     bytesUploaded: s.bytesUploaded,
+    readAheads: s.readAheads,
   };
   for (const source of ["cold", "warm"] as const) {
     const l = s.latency[source];
@@ -72,6 +73,8 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     kvFreeSequences: rt.model.freeSequences,
     // experts pinned by context expert sets (src/gpu/expert_sets.ts)
     expertsPinned: rt.model.cache.pinned.size,
+    stagedUploads: rt.model.pool.stagingStats.staged,
+    writeBufferUploads: rt.model.pool.stagingStats.writeBuffer,
   };
 }
 

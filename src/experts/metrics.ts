@@ -49,6 +49,8 @@ export interface ExpertMetricsSnapshot {
   /** Prefetched experts evicted (or dropped) without being used. */
   prefetchWasted: number;
   bytesUploaded: number;
+  /** Records whose reading the cache started ahead of their load (ExpertStore.readAhead). */
+  readAheads: number;
   latency: Record<LoadSource, LatencySummary>;
 }
 
@@ -95,6 +97,7 @@ export class ExpertMetrics {
   prefetchHit = 0;
   prefetchWasted = 0;
   bytesUploaded = 0;
+  readAheads = 0;
   private latency = ExpertMetrics.rings();
 
   private static rings(): Record<LoadSource, SampleRing> {
@@ -116,7 +119,7 @@ export class ExpertMetrics {
   reset(): void {
     this.hits = this.misses = this.evictions = 0;
     this.prefetchIssued = this.prefetchHit = this.prefetchWasted = 0;
-    this.bytesUploaded = 0;
+    this.bytesUploaded = this.readAheads = 0;
     this.latency = ExpertMetrics.rings();
   }
 
@@ -131,6 +134,7 @@ export class ExpertMetrics {
       prefetchHit: this.prefetchHit,
       prefetchWasted: this.prefetchWasted,
       bytesUploaded: this.bytesUploaded,
+      readAheads: this.readAheads,
       latency: {
         cold: this.latency.cold.summary(),
         warm: this.latency.warm.summary(),

@@ -148,7 +148,9 @@ export class ExpertCache {
   readAhead(keys: Iterable<number>): number {
     if (this.source.readAhead === undefined) return 0;
     const absent = [...keys].filter((k) => !this.slotOf.has(k));
-    return absent.length > 1 ? this.source.readAhead(absent) : 0;
+    const started = absent.length > 1 ? this.source.readAhead(absent) : 0;
+    this.metrics.readAheads += started;
+    return started;
   }
 
   /** Marks keys as used at `now` (hits for the policy and the metrics). */

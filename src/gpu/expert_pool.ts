@@ -250,6 +250,8 @@ export class ExpertPool {
   /** Staging buffers asked for (0: writeBuffer only) and the ring, made on the first upload. */
   private readonly stagingBuffers: number;
   private staging: StagingRing | null = null;
+  /** Uploads that went through queue.writeBuffer (no staging, or the ring was busy). */
+  private writeBufferUploads = 0;
 
   constructor(
     private device: GPUDevice,
@@ -407,6 +409,7 @@ export class ExpertPool {
         this.staging ??= new StagingRing(device, this.expertBytes, this.stagingBuffers);
       }
       if (this.staging === null || !this.staging.write(record, copies)) {
+        this.writeBufferUploads++;
         const bytes = record as Uint8Array<ArrayBuffer>;
         for (const c of copies) {
           device.queue.writeBuffer(c.dst, c.dstOffset, bytes, c.srcOffset, c.size);
@@ -439,15 +442,22 @@ export class ExpertPool {
     throw new ExpertPoolError(`slot ${slot} out of range (${this.totalSlots} slots)`);
   }
 
-  /** The staging ring's buffers (all, free now) and its uploads: staged, and refused (those went
-   * through writeBuffer); zeros before the first upload or without staging. */
-  get stagingStats(): { buffers: number; available: number; staged: number; busy: number } {
+  /** The staging ring's buffers (all, free now) and uploads: staged, refused by a busy ring,
+   * and all that went through writeBuffer (refused ones and every one without staging). */
+  get stagingStats(): {
+    buffers: number;
+    available: number;
+    staged: number;
+    busy: number;
+    writeBuffer: number;
+  } {
     const r = this.staging;
     return {
       buffers: r?.size ?? 0,
       available: r?.available ?? 0,
       staged: r?.stats.staged ?? 0,
       busy: r?.stats.busy ?? 0,
+      writeBuffer: this.writeBufferUploads,
     };
   }
 

@@ -138,22 +138,22 @@ export class Residency {
       }
     }
     this.cache.touch(routed, now);
-    // later layers ran on an approximate input: their flagged experts are good guesses
+    // later layers ran on an approximate input: their flagged experts are good guesses, loaded
+    // with prefetch, and read ahead (into the page cache only) either way
     this.guessed = new Set();
+    const flagged: number[] = [];
+    for (let key = (l0 + 1) * E; key < L * E; key++) if (missed[key]) flagged.push(key);
+    this.cache.readAhead(flagged);
     if (this.prefetch && !this.masking) {
       for (let l = l0 + 1; l < L; l++) {
         for (const key of this.routedKeys(routing, stride, l, T)) {
           if (this.cache.isResident(key)) protect.add(key);
         }
       }
-      for (let l = l0 + 1; l < L; l++) {
-        for (let e = 0; e < E; e++) {
-          const key = l * E + e;
-          if (!missed[key]) continue;
-          if (!this.load(key, now, protect, true)) break;
-          protect.add(key);
-          this.guessed.add(key);
-        }
+      for (const key of flagged) {
+        if (!this.load(key, now, protect, true)) break;
+        protect.add(key);
+        this.guessed.add(key);
       }
     }
     this.stats.reruns++;

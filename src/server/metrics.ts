@@ -110,6 +110,20 @@ const ENGINE_FIGURES: Record<string, FigureSpec> = {
   bytesUploaded: counter("expert_cache_uploaded_bytes_total", "Expert bytes uploaded to the GPU."),
   expertSlots: gauge("expert_slots", "GPU slots for experts."),
   expertsPinned: gauge("experts_pinned", "Experts pinned by context expert sets."),
+  readAheads: counter(
+    "expert_read_aheads_total",
+    "Expert records read ahead of their load on other threads (cold bursts).",
+  ),
+  stagedUploads: counter(
+    "expert_uploads_total",
+    "Expert uploads by path (staging: buffers kept mapped; write_buffer: queue.writeBuffer).",
+    { path: "staging" },
+  ),
+  writeBufferUploads: counter(
+    "expert_uploads_total",
+    "Expert uploads by path (staging: buffers kept mapped; write_buffer: queue.writeBuffer).",
+    { path: "write_buffer" },
+  ),
   gpuSteps: counter("gpu_steps_total", "Forward steps run on the GPU."),
   gpuReadbacks: counter("gpu_readbacks_total", "GPU to CPU readbacks."),
   gpuReruns: counter("gpu_reruns_total", "Steps rerun after an expert miss."),
