@@ -5,7 +5,9 @@
  *   - "before": the loop pipelining every cycle (alwaysPipeline; the batch behind a miss is
  *     computed and discarded) with the LRU policy,
  *   - "miss-aware, lru": the loop stops pipelining while most cycles repair a miss,
- *   - "miss-aware, model": the same with the model-aware eviction policy (`--policy model`).
+ *   - "miss-aware, model": the same with the model-aware eviction policy (`--policy model`),
+ *   - "model policy, writeBuffer uploads": the same with expert uploads through
+ *     queue.writeBuffer instead of staging buffers kept mapped (expertStagingBuffers: 0).
  * Every configuration must decode the same tokens (exact mode). Prints one table, the ratio to
  * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json.
  *
@@ -37,6 +39,10 @@ const CONFIGS: Config[] = [
   { name: "before (always pipelined), lru", opts: () => ({ alwaysPipeline: true }) },
   { name: "miss-aware, lru", opts: () => ({}) },
   { name: "miss-aware, model policy", opts: (g) => ({ policy: policyFactory("model")(g) }) },
+  {
+    name: "model policy, writeBuffer uploads",
+    opts: (g) => ({ policy: policyFactory("model")(g), expertStagingBuffers: 0 }),
+  },
 ];
 
 const { values } = parseArgs({

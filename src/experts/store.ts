@@ -89,8 +89,8 @@ type MincoreLib = Deno.DynamicLibrary<typeof MINCORE_SYMBOLS>["symbols"];
  * Read-ahead on threads of Deno's blocking pool (nonblocking FFI calls), so it overlaps our own
  * work: madvise(MADV_POPULATE_READ) faults a record's pages into the mapping (Linux 5.14+);
  * readahead(2) only fills the page cache, the fallback where populating is refused. Cold loads of
- * 24 random records, 8 ahead, here: none 0.61-0.73 GB/s, readahead(2) 0.67-0.73, populate
- * 0.86-0.98 (a plain read of random records: about 1.0).
+ * 24 random records, 8 ahead, here: none 0.52-0.73 GB/s, readahead(2) 0.67-0.73, populate
+ * 0.76-1.00 (a plain read of random records: about 1.0).
  */
 const READAHEAD_SYMBOLS = {
   open: { parameters: ["buffer", "i32"], result: "i32" },
