@@ -21,7 +21,7 @@ struct Params {
 
 // Tokens per invocation: 1 for decode, more for prefill (set per pipeline, <= MAX_TOKENS).
 override TOKENS: u32 = 1u;
-const MAX_TOKENS: u32 = 8u;
+const MAX_TOKENS: u32 = 16u;
 // Rows per invocation: two vec4 accumulators (lo: rows 0..3, hi: rows 4..7) per token.
 const ROWS: u32 = 8u;
 // Small workgroups: llvmpipe hands whole workgroups to its threads, and a decode matvec of 2048

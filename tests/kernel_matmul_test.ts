@@ -9,16 +9,19 @@ import { assertClose, buffer, gpu, gpuTest, ops, pack, randomF32, run } from "./
 const TOL = 2e-6;
 const DTYPES: WeightDType[] = ["f32", "bf16", "f16"];
 /** [K, offsetElems, T]: K % 8 = 0 or 4 (tail columns); offset 8 takes the vector weight loader
- * (16-byte rows) where K allows, offset 6 the scalar one. */
+ * (16-byte rows) where K allows, offset 6 the scalar one; T = 1 decode, 2-31 tiles of 8 tokens,
+ * 32+ tiles of 16 (40, 33: a partial last tile). */
 const CASES: [number, number, number][] = [
   [136, 8, 1],
   [136, 8, 3],
   [136, 8, 7],
   [136, 8, 64],
+  [140, 8, 40],
   [140, 8, 1],
   [140, 8, 9],
   [136, 6, 1],
   [140, 6, 7],
+  [136, 6, 33],
 ];
 /** Neither a multiple of the workgroup size (64) nor of the rows per invocation (4). */
 const ROWS = 75;

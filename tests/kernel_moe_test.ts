@@ -76,9 +76,10 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
         const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]); // layer 0: decoy slot 1
         const slots = buffer(table);
         // T = 50, 350: 150, 1050 (token, expert) pairs: tiled kernels (grouped by expert), 4 and 8
-        // pairs per tile (the larger case once, for time).
+        // pairs per tile (the larger case once, for time); T = 51 told the expert count: 153
+        // pairs, over 8 per expert, so 8 pairs per tile.
         const large = dtype === "bf16" && pad === 8 ? [350] : [];
-        for (const T of [1, 3, 7, 50, ...large]) {
+        for (const T of [1, 3, 7, 50, 51, ...large]) {
           const next = rng(T);
           const idxArr = new Uint32Array(T * K);
           for (let t = 0; t < T; t++) {
@@ -90,7 +91,15 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
           const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
           const xBuf = buffer(x);
-          const common = { idx, slots, slotBase: E, poolDtype: dtype, slotElems: SLOT_ELEMS, k: K };
+          const common = {
+            idx,
+            slots,
+            slotBase: E,
+            poolDtype: dtype,
+            slotElems: SLOT_ELEMS,
+            k: K,
+            numExperts: T === 51 ? E : undefined,
+          };
           // One group binding both pools (padded to 3 bindings); for T = 7 one group per pool.
           const groups = [{
             pools: poolBufs,

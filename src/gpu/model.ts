@@ -117,6 +117,13 @@ export interface GpuModelOptions {
   /** Pool buffers one expert dispatch binds (default: as many as the device's storage-buffer
    * limit leaves; tests and benchmarks force fewer to get several groups per layer). */
   expertPoolBindings?: number;
+  /** Expert uploads through this many staging buffers kept mapped (ExpertPoolOptions
+   * .stagingBuffers; default STAGING_BUFFERS); 0: queue.writeBuffer only, the baseline. */
+  expertStagingBuffers?: number;
+  /** Prefill tiles (OpsOptions.wideTiles, default true; false: the kernels issue's baseline):
+   * matmul tiles of 16 tokens in steps of 32 tokens or more, expert tiles of 8 pairs from 8 pairs
+   * per expert on average. */
+  wideTiles?: boolean;
 }
 
 /** The expert pool's layout options for a model's options. */
@@ -125,6 +132,7 @@ function poolOptions(opts: GpuModelOptions): ExpertPoolOptions {
   return {
     bindingLimit: opts.expertBindingLimit,
     poolBindings: perPool ? 1 : opts.expertPoolBindings,
+    stagingBuffers: opts.expertStagingBuffers,
     affinity: !perPool,
   };
 }
@@ -323,7 +331,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     const device = gpu.device;
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext, MAX_STEP_TOKENS);
-    this.ops = new Ops(gpu);
+    this.ops = new Ops(gpu, { wideTiles: opts.wideTiles });
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
     this.expertSetDefault = opts.expertSet ?? "lru";
@@ -700,6 +708,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       k: c.topK,
       hidden: c.hiddenSize,
       inter: c.moeIntermediateSize,
+      numExperts: c.numExperts,
     };
     // one binding count for every group, so groups of different sizes share the pipelines
     const bindings = Math.max(...this.pool.groups.map((g) => g.pools.length));

@@ -36,10 +36,13 @@ const WG_TOPK = 8;
 /** Output rows per matmul invocation and its workgroup size. */
 const MATMUL_ROWS = 8;
 const WG_MATMUL = 16;
-/** Tokens per matmul invocation in prefill (each weight load reused this often). */
+/** Tokens per matmul invocation in prefill (each weight load reused this often), and from how
+ * many tokens in a step on: 8 from 2, 16 from MATMUL_WIDE_FROM (unless the Ops option
+ * `wideTiles` is false, the baseline). 16 is the kernel's MAX_TOKENS. */
 const MATMUL_PREFILL_TOKENS = 8;
-/** From this many tokens on, matmul uses the prefill tiling. */
 const MATMUL_PREFILL_FROM = 2;
+const MATMUL_WIDE_TOKENS = 16;
+const MATMUL_WIDE_FROM = 32;
 
 // ---- attention (kernels/attention*.wgsl) ----
 
@@ -127,10 +130,16 @@ function maxTiles(pairs: number, tile: number): number {
 }
 
 /** Which tiling a step of `pairs` pairs takes: an index into EXPERT_TILES, or -1 for none (the
- * per-pair kernels; callers index their tiled ops with it and fall back on undefined). */
-function tiling(pairs: number): number {
+ * per-pair kernels; callers index their tiled ops with it and fall back on undefined). The large
+ * tile from EXPERT_LARGE_TILE_PAIRS pairs, or with `experts` known (wide tiles) from 8 pairs per
+ * expert on average: a 64-token step of a model with 16 or 32 experts fills tiles of 8, one of
+ * Qwen3-30B-A3B (128 experts, top-8: 4 per expert) does not. */
+function tiling(pairs: number, experts?: number): number {
   if (pairs < EXPERT_TILES_MIN_PAIRS || pairs > EXPERT_TILES_MAX_PAIRS) return -1;
-  return pairs < EXPERT_LARGE_TILE_PAIRS ? 0 : 1;
+  const large = experts === undefined
+    ? EXPERT_LARGE_TILE_PAIRS
+    : EXPERT_TILES[EXPERT_TILES.length - 1] * experts;
+  return pairs < large ? 0 : 1;
 }
 
 /** A uniform field: u32 unless wrapped as { f32 }. */
@@ -171,6 +180,16 @@ function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
   return { ...g, pools: [...g.pools, ...Array(count - g.pools.length).fill(last)] };
 }
 
+/** Kernel choices (benchmarks and tests select the baselines). */
+export interface OpsOptions {
+  /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
+  attentionScratchBytes?: number;
+  /** Prefill tiles (default true; false: the kernels issue's baseline): matmul tiles of 16 tokens
+   * from 32 tokens a step (else 8), and the expert kernels' large tile chosen by pairs per
+   * expert when the op is told the model's expert count (else from EXPERT_LARGE_TILE_PAIRS). */
+  wideTiles?: boolean;
+}
+
 export class Ops implements OpsApi {
   readonly step: GPUBuffer;
   private device: GPUDevice;
@@ -185,8 +204,12 @@ export class Ops implements OpsApi {
   /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
   private attentionScratchBytes: number;
 
-  constructor(gpu: Gpu, opts: { attentionScratchBytes?: number } = {}) {
+  /** Whether long prefill steps use matmul tiles of MATMUL_WIDE_TOKENS tokens. */
+  private wideTiles: boolean;
+
+  constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
+    this.wideTiles = opts.wideTiles ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -341,10 +364,17 @@ export class Ops implements OpsApi {
       bindings,
       weights,
       constants: { TOKENS: tokens },
-      expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL, MAX_TOKENS: MATMUL_PREFILL_TOKENS },
+      expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL, MAX_TOKENS: MATMUL_WIDE_TOKENS },
     });
     const decode = this.shaders.pipeline(spec(1));
     const prefill = this.shaders.pipeline(spec(MATMUL_PREFILL_TOKENS));
+    const wide = this.wideTiles ? this.shaders.pipeline(spec(MATMUL_WIDE_TOKENS)) : null;
+    const tokensFor = (t: number) =>
+      t < MATMUL_PREFILL_FROM
+        ? 1
+        : wide !== null && t >= MATMUL_WIDE_FROM
+        ? MATMUL_WIDE_TOKENS
+        : MATMUL_PREFILL_TOKENS;
     const fields = [a.K, a.N, a.outStride, a.outOffset, w.offsetElems, a.accumulate ? 1 : 0];
     this.shaders.checkParams(spec(1), fields.length);
     const params = this.params("matmul", fields);
@@ -353,11 +383,11 @@ export class Ops implements OpsApi {
     return new PreparedOp(
       "matmul",
       bindGroup,
-      (t) => t >= MATMUL_PREFILL_FROM ? prefill : decode,
       (t) => {
-        const tokenSets = t >= MATMUL_PREFILL_FROM ? ceilDiv(t, MATMUL_PREFILL_TOKENS) : t;
-        return ceilDiv(rowSets * tokenSets, WG_MATMUL);
+        const n = tokensFor(t);
+        return n === 1 ? decode : n === MATMUL_WIDE_TOKENS ? wide! : prefill;
       },
+      (t) => ceilDiv(rowSets * ceilDiv(t, tokensFor(t)), WG_MATMUL),
     );
   }
 
@@ -606,6 +636,8 @@ export class Ops implements OpsApi {
     /** Whether this op groups the step's pairs by expert before its tiled kernel (default
      * true); false reuses the grouping an earlier op of the same idx recorded in this pass. */
     groupPairs?: boolean;
+    /** The model's experts per layer (the tile choice; both stages of a layer must agree). */
+    numExperts?: number;
   }): Op {
     checkMultiple("expertsGateUp", "hidden", a.hidden, VEC);
     checkWeightOffset("expertsGateUp", a.poolDtype, a.slotElems);
@@ -646,7 +678,8 @@ export class Ops implements OpsApi {
       ),
     ]);
     const one = [perPair];
-    return new ChoiceOp("expertsGateUp", (t) => tiled[tiling(t * k)] ?? one);
+    const experts = this.wideTiles ? a.numExperts : undefined;
+    return new ChoiceOp("expertsGateUp", (t) => tiled[tiling(t * k, experts)] ?? one);
   }
 
   /** Ops grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch, one
@@ -689,6 +722,8 @@ export class Ops implements OpsApi {
     /** Whether this op groups the step's pairs by expert before its tiled kernel (default
      * true); false reuses the grouping an earlier op of the same idx recorded in this pass. */
     groupPairs?: boolean;
+    /** The model's experts per layer (the tile choice; both stages of a layer must agree). */
+    numExperts?: number;
   }): Op {
     checkMultiple("expertsDown", "inter", a.inter, VEC);
     checkWeightOffset("expertsDown", a.poolDtype, a.slotElems);
@@ -729,7 +764,8 @@ export class Ops implements OpsApi {
       ),
     ]);
     const one = [perPair];
-    return new ChoiceOp("expertsDown", (t) => tiled[tiling(t * k)] ?? one);
+    const experts = this.wideTiles ? a.numExperts : undefined;
+    return new ChoiceOp("expertsDown", (t) => tiled[tiling(t * k, experts)] ?? one);
   }
 
   moeCombine(

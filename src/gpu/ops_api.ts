@@ -186,6 +186,8 @@ export interface OpsApi {
     /** Group the step's pairs by expert first (default true); false reuses the grouping of an
      * earlier op of the same idx in the pass (the model's later expert ops of a layer). */
     groupPairs?: boolean;
+    /** The model's experts per layer, for the tile size (the ops of one idx must agree). */
+    numExperts?: number;
   }): Op;
 
   /** Experts, stage 2: y[t*K + j, d] = down_e[d, :]·h[t*K + j, :], same slot rules as stage 1. */
@@ -205,6 +207,8 @@ export interface OpsApi {
     /** Group the step's pairs by expert first (default true); false reuses the grouping of an
      * earlier op of the same idx in the pass (the model's later expert ops of a layer). */
     groupPairs?: boolean;
+    /** The model's experts per layer, for the tile size (the ops of one idx must agree). */
+    numExperts?: number;
   }): Op;
 
   /** out[t, d] += sum_{j<K} weights[t, j] * y[t*K + j, d], summed in order j = 0..K-1. */

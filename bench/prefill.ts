@@ -1,0 +1,167 @@
+/**
+ * Prefill speed before and after the kernels issue's prefill tiles, side by side in one run:
+ * tokens/s of one prompt of 64, 512 and 2048 tokens (steps of 64 tokens, the step limit; logits of
+ * the last token only) on the embedded default model and on two layers of Qwen3-30B-A3B shapes
+ * (32 of its 128 experts, vocab 32768: the vocab only matters for the last token's logits here),
+ * all experts resident, with `wideTiles: false` (the baseline: matmul tiles of 8 tokens, the
+ * expert kernels' large tile only from 1024 pairs) and `wideTiles: true` (matmul tiles of 16
+ * tokens from 32 tokens a step; expert tiles of 8 pairs from 8 pairs per expert on average).
+ * Both configurations must give the same last-token logits bit for bit. Modes alternate; medians.
+ * Not a test: prints a table and writes bench/out/prefill.json.
+ *
+ *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
+ *     [--lengths 64,512,2048] [--no-real]
+ */
+import { parseArgs } from "node:util";
+import { DEFAULT_MODEL_DIR, openModel, openModelDir } from "../src/model_dir.ts";
+import { GpuModel } from "../src/gpu/model.ts";
+import { openGpu } from "../src/gpu/device.ts";
+import { mulberry32 } from "../weights/fixture.ts";
+import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
+import { median } from "./memcpy.ts";
+
+const DEFAULT_REPS = 3;
+const DEFAULT_LENGTHS = [64, 512, 2048];
+const REAL = { ...QWEN3_30B_A3B, experts: 32, vocab: 32768 };
+const OUT_FILE = new URL("./out/prefill.json", import.meta.url).pathname;
+
+interface Row {
+  model: string;
+  tokens: number;
+  mode: string;
+  ms: number[];
+  medianMs: number;
+  tokensPerS: number;
+}
+
+const MODES = [
+  { name: "before (8-token matmul tiles)", wideTiles: false },
+  { name: "wide tiles", wideTiles: true },
+];
+
+async function benchModel(
+  name: string,
+  dir: string,
+  lengths: number[],
+  reps: number,
+): Promise<{ rows: Row[]; identical: boolean }> {
+  // the fixture is a checkpoint: opened as it is (openModel would pack it into the user's cache)
+  const opened = dir === DEFAULT_MODEL_DIR ? await openModel(dir) : openModelDir(dir);
+  const c = opened.weights.config;
+  const maxLen = Math.max(...lengths);
+  const gpu = await openGpu();
+  const models = [];
+  for (const m of MODES) {
+    models.push(
+      await GpuModel.open(opened.weights, {
+        gpu,
+        maxContext: maxLen,
+        maxBatch: 64,
+        expertSource: opened.experts,
+        wideTiles: m.wideTiles,
+      }),
+    );
+  }
+  const rows: Row[] = [];
+  let identical = true;
+  try {
+    for (const n of lengths) {
+      const rand = mulberry32(n);
+      const prompt = Array.from({ length: n }, () => Math.floor(rand() * c.vocabSize));
+      const times: number[][] = MODES.map(() => []);
+      const last: Float32Array[] = [];
+      for (let rep = 0; rep <= reps; rep++) {
+        for (const [i, model] of models.entries()) {
+          const s = model.newSession();
+          const t0 = performance.now();
+          const logits = await s.forward(prompt, { lastOnly: true });
+          const ms = performance.now() - t0;
+          s.free();
+          if (rep > 0) times[i].push(ms); // the first round compiles pipelines
+          else last[i] = logits[logits.length - 1];
+        }
+      }
+      if (!last.every((l) => l.every((v, j) => Object.is(v, last[0][j])))) identical = false;
+      for (const [i, m] of MODES.entries()) {
+        const med = median(times[i]);
+        rows.push({
+          model: name,
+          tokens: n,
+          mode: m.name,
+          ms: times[i],
+          medianMs: med,
+          tokensPerS: n / (med / 1000),
+        });
+        console.error(`${name} ${n} ${m.name}: ${(n / (med / 1000)).toFixed(1)} tok/s`);
+      }
+    }
+  } finally {
+    for (const m of models) m.destroy();
+    gpu.device.destroy();
+    opened.close();
+  }
+  return { rows, identical };
+}
+
+async function main(): Promise<void> {
+  const { values } = parseArgs({
+    args: Deno.args,
+    options: {
+      reps: { type: "string", default: String(DEFAULT_REPS) },
+      lengths: { type: "string", default: DEFAULT_LENGTHS.join(",") },
+      "no-real": { type: "boolean", default: false },
+    },
+    strict: true,
+  });
+  const reps = Number(values.reps);
+  const lengths = values.lengths.split(",").map(Number);
+  if (!Number.isInteger(reps) || reps < 1 || !lengths.every((n) => Number.isInteger(n) && n > 0)) {
+    throw new RangeError("--reps: a positive integer; --lengths: positive integers, commas");
+  }
+  const t0 = performance.now();
+  const results = [await benchModel("default", DEFAULT_MODEL_DIR, lengths, reps)];
+  let tmp: string | null = null;
+  if (!values["no-real"]) {
+    tmp = await Deno.makeTempDir({ prefix: "moe-prefill-bench-" });
+    try {
+      console.error("writing the real-shape fixture ...");
+      await writeFixtureInChild(`${tmp}/real`, REAL);
+      results.push(await benchModel("30B-A3B x2 (E=32)", `${tmp}/real`, lengths, reps));
+    } finally {
+      Deno.removeSync(tmp, { recursive: true });
+    }
+  }
+  const rows = results.flatMap((r) => r.rows);
+  const lines = [
+    `prefill tok/s, ${reps} timed runs per cell after one untimed, modes alternating, medians; ` +
+    `load avg ${Deno.loadavg()[0].toFixed(2)} at the end; ` +
+    `${((performance.now() - t0) / 1000).toFixed(0)} s`,
+    "| model | prompt | before tok/s | wide tiles tok/s | ratio |",
+    "| --- | --- | --- | --- | --- |",
+  ];
+  for (const r of results) {
+    for (const n of lengths) {
+      const [b, w] = MODES.map((m) =>
+        r.rows.find((x) => x.tokens === n && x.mode === m.name)!.tokensPerS
+      );
+      lines.push(
+        `| ${r.rows[0].model} | ${n} | ${b.toFixed(1)} | ${w.toFixed(1)} | ${
+          (w / b).toFixed(2)
+        }x |`,
+      );
+    }
+  }
+  lines.push(
+    `last-token logits identical in both modes: ${
+      results.map((r) => `${r.rows[0].model} ${r.identical ? "yes" : "NO"}`).join(", ")
+    }`,
+  );
+  for (const l of lines) console.log(l);
+  Deno.mkdirSync(new URL("./out/", import.meta.url), { recursive: true });
+  Deno.writeTextFileSync(
+    OUT_FILE,
+    JSON.stringify({ date: new Date().toISOString(), rows, lines }, null, 2) + "\n",
+  );
+}
+
+if (import.meta.main) await main();
