@@ -9,10 +9,16 @@
  *   - "model policy, writeBuffer uploads": the same with expert uploads through
  *     queue.writeBuffer instead of staging buffers kept mapped (expertStagingBuffers: 0).
  * Every configuration must decode the same tokens (exact mode). Prints one table, the ratio to
- * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json.
+ * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json
+ * (budget_real.json with --real).
+ *
+ * --real: two layers of Qwen3-30B-A3B shapes (32 of its 128 experts, its vocab of 151936: the
+ * lm_head is 622 of the 849 MB a token reads), written to a temporary directory, at 100/50/25%,
+ * with the model policy and the head gate (a step that missed skips its lm_head) on and off
+ * (`headGate: false`, the baseline).
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/budget.ts [--tokens N]
- *     [--reps N]
+ *     [--reps N] [--real]
  */
 import { parseArgs } from "node:util";
 import { openModel } from "../src/model_dir.ts";
@@ -21,6 +27,8 @@ import { openGpu } from "../src/gpu/device.ts";
 import { policyFactory } from "../src/experts/policy.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./memcpy.ts";
+import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
+import { openModelDir } from "../src/model_dir.ts";
 
 /** Prompt tokens fed before the decode. */
 const PROMPT_TOKENS = 32;
@@ -28,7 +36,11 @@ const PROMPT_TOKENS = 32;
 const DEFAULT_TOKENS = 48;
 const DEFAULT_REPS = 3;
 const BUDGETS = [1, 0.5, 0.25, 0.1];
-const OUT_FILE = new URL("./out/budget.json", import.meta.url).pathname;
+/** --real: fewer tokens (a step takes ~100 ms on llvmpipe) and budgets. */
+const REAL_TOKENS = 16;
+const REAL_REPS = 2;
+const REAL_BUDGETS = [1, 0.5, 0.25];
+const REAL = { ...QWEN3_30B_A3B, experts: 32 };
 
 interface Config {
   name: string;
@@ -45,18 +57,37 @@ const CONFIGS: Config[] = [
   },
 ];
 
+const REAL_CONFIGS: Config[] = [
+  { name: "model policy, head gate", opts: (g) => ({ policy: policyFactory("model")(g) }) },
+  {
+    name: "model policy, no head gate",
+    opts: (g) => ({ policy: policyFactory("model")(g), headGate: false }),
+  },
+];
+
 const { values } = parseArgs({
   options: {
-    tokens: { type: "string", default: String(DEFAULT_TOKENS) },
-    reps: { type: "string", default: String(DEFAULT_REPS) },
+    tokens: { type: "string" },
+    reps: { type: "string" },
+    real: { type: "boolean", default: false },
   },
 });
-const tokens = Number(values.tokens), reps = Number(values.reps);
+const real = values.real;
+const tokens = Number(values.tokens ?? (real ? REAL_TOKENS : DEFAULT_TOKENS));
+const reps = Number(values.reps ?? (real ? REAL_REPS : DEFAULT_REPS));
+const configs = real ? REAL_CONFIGS : CONFIGS;
+const budgets = real ? REAL_BUDGETS : BUDGETS;
+const OUT_FILE = new URL(`./out/${real ? "budget_real" : "budget"}.json`, import.meta.url).pathname;
 if (!(Number.isInteger(tokens) && tokens > 0 && Number.isInteger(reps) && reps > 0)) {
   throw new RangeError("--tokens and --reps take positive integers");
 }
 
-const opened = await openModel();
+const tmp = real ? await Deno.makeTempDir({ prefix: "moe-budget-real-" }) : null;
+if (tmp !== null) {
+  console.error("writing the real-shape fixture ...");
+  await writeFixtureInChild(`${tmp}/real`, REAL);
+}
+const opened = tmp !== null ? openModelDir(`${tmp}/real`) : await openModel();
 const gpu = await openGpu();
 const c = opened.weights.config;
 const total = c.numLayers * c.numExperts;
@@ -72,9 +103,9 @@ interface Row {
   tokens: number[];
 }
 const rows: Row[] = [];
-for (const fraction of BUDGETS) {
+for (const fraction of budgets) {
   const slots = Math.max(c.topK, Math.round(total * fraction));
-  for (const config of CONFIGS) {
+  for (const config of configs) {
     const model = await GpuModel.open(opened.weights, {
       gpu,
       maxContext: PROMPT_TOKENS + tokens + 8,
@@ -119,7 +150,8 @@ const same = rows.every((r) => r.tokens.join() === rows[0].tokens.join());
 const resident = (name: string) =>
   rows.find((r) => r.budget === 1 && r.config === name)!.tokensPerS;
 console.log(
-  `Exact decode by expert budget, default model (${total} experts), ${tokens} greedy tokens ` +
+  `Exact decode by expert budget, ${real ? "2 layers of Qwen3-30B-A3B shapes" : "default model"} ` +
+    `(${total} experts), ${tokens} greedy tokens ` +
     `after ${PROMPT_TOKENS} prompt tokens, median of ${reps}; tokens identical everywhere: ${same}`,
 );
 console.log(
@@ -133,8 +165,8 @@ for (const r of rows) {
       `${r.loadsPerToken.toFixed(2).padStart(9)}  ${r.readbacksPerToken.toFixed(2).padStart(13)}`,
   );
 }
-const monotone = CONFIGS.map((config) => {
-  const speeds = BUDGETS.map((b) =>
+const monotone = configs.map((config) => {
+  const speeds = budgets.map((b) =>
     rows.find((r) => r.budget === b && r.config === config.name)!.tokensPerS
   );
   // budgets descend: a larger budget must never be slower than the next smaller one
@@ -163,3 +195,4 @@ await Deno.writeTextFile(
 );
 gpu.device.destroy();
 opened.close();
+if (tmp !== null) Deno.removeSync(tmp, { recursive: true });

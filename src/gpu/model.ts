@@ -16,7 +16,13 @@ import type {
   ModelWeights,
   SessionOptions,
 } from "../types.ts";
-import { MAX_STEP_TOKENS, type Op, stepRecord, type WeightRef } from "./ops_api.ts";
+import {
+  type IndirectOp,
+  MAX_STEP_TOKENS,
+  type Op,
+  stepRecord,
+  type WeightRef,
+} from "./ops_api.ts";
 import { fittingSlabs, KvPool, kvSlabBytes } from "./kv_pool.ts";
 import type { SamplingParams } from "../sampling.ts";
 import { Ops, STEP_BYTES } from "./ops.ts";
@@ -99,6 +105,10 @@ export interface GpuModelOptions {
   alwaysPipeline?: boolean;
   /** Predict each next layers' experts in the pass (src/gpu/pregating.ts; measurements). */
   pregating?: boolean;
+  /** Under a budget, skip a decode step's lm_head on the GPU when the step (or an earlier step of
+   * its batch) missed an expert: its logits would be thrown away (default true; false: the
+   * baseline, every step computes its lm_head). */
+  headGate?: boolean;
   /** KV slabs: sequences that can run (and be batched) at once (default 4; fewer when the device
    * cannot allocate them, or kvCacheMib does not hold them). */
   maxSequences?: number;
@@ -294,8 +304,12 @@ export class GpuModel implements LanguageModel, SessionHost {
   private expertOps: Op[][];
   private combineOps: Op[];
   private finalNormOp: Op;
-  private headAll: Op[];
-  private headLast: Op[];
+  private headAll: IndirectOp[];
+  private headLast: IndirectOp[];
+  /** Under a budget (unless GpuModelOptions.headGate is false): the lm_head chunks' indirect
+   * dispatch arguments ([x, y, z] each) then a sticky word, and the op that zeroes them when the
+   * step or an earlier one of its batch missed (kernels/head_gate.wgsl). */
+  private headGate: { args: GPUBuffer; words: number; op: Op } | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
@@ -447,6 +461,17 @@ export class GpuModel implements LanguageModel, SessionHost {
     });
     this.headAll = this.prepareHead(this.act.xn, V);
     this.headLast = this.prepareHead(this.act.xLast, V);
+    if (!this.allResident && opts.headGate !== false) {
+      const words = 3 * this.headAll.length;
+      const args = device.createBuffer({
+        label: "head.dispatch_args",
+        size: (words + 1) * 4,
+        usage: GPUBufferUsage.STORAGE | GPUBufferUsage.INDIRECT | GPUBufferUsage.COPY_DST,
+      });
+      const flags = c.numLayers * c.numExperts;
+      const op = this.ops.headGate({ missed: this.pool.missed, flags, args, argWords: words });
+      this.headGate = { args, words, op };
+    }
   }
 
   static async open(weights: ModelWeights, opts: GpuModelOptions = {}): Promise<GpuModel> {
@@ -750,7 +775,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   }
 
   /** lm_head over the rows of x, chunk by chunk into logits [T, V]. */
-  private prepareHead(x: GPUBuffer, V: number): Op[] {
+  private prepareHead(x: GPUBuffer, V: number): IndirectOp[] {
     return this.vocab.lmHead.map((chunk) =>
       this.ops.matmul({
         x,
@@ -816,19 +841,44 @@ export class GpuModel implements LanguageModel, SessionHost {
   }
 
   /** Final norm and lm_head into logits: every row, or only the last (into row 0). */
-  private encodeLogits(enc: GPUCommandEncoder, T: number, lastOnly: boolean): void {
+  /**
+   * Final norm and lm_head into act.logits. `gate`: the step's lm_head dispatch arguments
+   * (headArgs()) at that offset of that buffer; they are copied into place and the head gate may
+   * zero them, so that a step that missed (its logits would be thrown away) skips the lm_head.
+   */
+  private encodeLogits(
+    enc: GPUCommandEncoder,
+    T: number,
+    lastOnly: boolean,
+    gate?: { from: GPUBuffer; offset: number },
+  ): void {
     const D = this.config.hiddenSize;
     let pass = enc.beginComputePass();
     this.finalNormOp.record(pass, T);
-    if (lastOnly && T > 1) {
+    const last = lastOnly && T > 1;
+    if (last) {
       pass.end();
       enc.copyBufferToBuffer(this.act.xn, (T - 1) * D * 4, this.act.xLast, 0, D * 4);
       pass = enc.beginComputePass();
-      for (const op of this.headLast) op.record(pass, 1);
+    }
+    const [ops, t] = last ? [this.headLast, 1] : [this.headAll, T];
+    const hg = this.headGate;
+    if (gate !== undefined && hg !== null) {
+      pass.end();
+      enc.copyBufferToBuffer(gate.from, gate.offset, hg.args, 0, hg.words * 4);
+      pass = enc.beginComputePass();
+      hg.op.record(pass, 1);
+      ops.forEach((op, i) => op.recordIndirect(pass, t, hg.args, i * 12));
     } else {
-      for (const op of this.headAll) op.record(pass, T);
+      for (const op of ops) op.record(pass, t);
     }
     pass.end();
+  }
+
+  /** The lm_head dispatch arguments of a step of T tokens (what encodeLogits' gate copies). */
+  private headArgs(T: number, lastOnly: boolean): number[] {
+    const [ops, t] = lastOnly && T > 1 ? [this.headLast, 1] : [this.headAll, T];
+    return ops.flatMap((op) => op.dispatchArgs(t));
   }
 
   /** Final norm and lm_head, then the logits rows copied for readback. */
@@ -1282,8 +1332,14 @@ export class GpuModel implements LanguageModel, SessionHost {
     const missAt = routeAt + alignUp(routeWords * 4, STAGING_ALIGN) / 4;
     const missRows = records.filter((r) => r.missRow >= 0).length;
     const samplesAt = records.length * STEP_BYTES;
-    const slot = this.acquireSlot(samplesAt + samples * 16, routeWords * 4, missAt * 4);
-    const table = new Uint32Array((samplesAt + samples * 16) / 4);
+    // then, under a budget, each record's lm_head dispatch arguments (for the head gate)
+    const argsAt = samplesAt + samples * 16;
+    const argBytes = (this.headGate?.words ?? 0) * 4;
+    const tableBytes = argsAt + records.length * argBytes;
+    const slot = this.acquireSlot(tableBytes, routeWords * 4, missAt * 4);
+    const table = new Uint32Array(tableBytes / 4);
+    const gated = (r: ForwardRecord) =>
+      this.headGate !== null && r.missRow >= 0 && r.samples.length > 0;
     let sampleIndex = 0;
     records.forEach((r, i) => {
       const [slab, pos] = r.tokens[0];
@@ -1291,11 +1347,14 @@ export class GpuModel implements LanguageModel, SessionHost {
       for (const s of r.samples) {
         table.set([1, s.pos - 1, s.pos, 0], (samplesAt + 16 * sampleIndex++) / 4);
       }
+      if (gated(r)) table.set(this.headArgs(r.T, r.lastOnly), (argsAt + i * argBytes) / 4);
     });
     device.queue.writeBuffer(slot.stepTable, 0, table);
     this.startPass(masked);
     const masking = this.res.masking;
     const enc = device.createCommandEncoder({ label: "batch" });
+    // the head gate's sticky word: no step of this batch has missed yet
+    if (this.headGate !== null) enc.clearBuffer(this.headGate.args, this.headGate.words * 4, 4);
     sampleIndex = 0;
     records.forEach((r, i) => {
       enc.copyBufferToBuffer(slot.stepTable, i * STEP_BYTES, this.ops.step, 0, STEP_BYTES);
@@ -1309,7 +1368,10 @@ export class GpuModel implements LanguageModel, SessionHost {
       if (r.missRow >= 0) enc.clearBuffer(this.pool.missed);
       const slabs = r.tokens.map(([slab]) => slab);
       this.encodeLayers(enc, slabs, r.from, L, r.T, r.snapRow);
-      if (r.samples.length > 0) this.encodeLogits(enc, r.T, r.lastOnly);
+      if (r.samples.length > 0) {
+        const gate = gated(r) ? { from: slot.stepTable, offset: argsAt + i * argBytes } : undefined;
+        this.encodeLogits(enc, r.T, r.lastOnly, gate);
+      }
       for (const s of r.samples) {
         const lane = lanes[s.lane];
         enc.copyBufferToBuffer(this.act.logits, s.row * V * 4, this.sampleRow, 0, V * 4);
@@ -1640,6 +1702,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   destroy(): void {
     this.pool.destroy();
     this.pregating?.destroy();
+    this.headGate?.args.destroy();
     const a = this.act;
     const lm = this.vocab.lmHead.map((c) => c.w.buffer);
     const embed = this.vocab.embed.map((c) => c.w.buffer).filter((b) => !lm.includes(b));

@@ -6,6 +6,7 @@
 import { type Gpu, scopedOn } from "./device.ts";
 import {
   type ExpertGroupBinding,
+  type IndirectOp,
   MAX_STEP_TOKENS,
   type Op,
   type OpsApi,
@@ -89,18 +90,21 @@ export class OpConfigError extends Error {
   }
 }
 
+/** `groups` workgroups as (x, y, 1): y > 1 only past what one dimension allows. */
+function linearGroups(groups: number): [number, number, number] {
+  if (groups <= 0) return [0, 0, 0];
+  if (groups <= MAX_GROUPS_PER_DIM) return [groups, 1, 1];
+  return [MAX_GROUPS_PER_DIM, Math.ceil(groups / MAX_GROUPS_PER_DIM), 1];
+}
+
 /** Dispatches `groups` workgroups, as (x, y) when more than one dimension allows. */
 function dispatchLinear(pass: GPUComputePassEncoder, groups: number): void {
-  if (groups <= 0) return;
-  if (groups <= MAX_GROUPS_PER_DIM) {
-    pass.dispatchWorkgroups(groups);
-  } else {
-    pass.dispatchWorkgroups(MAX_GROUPS_PER_DIM, Math.ceil(groups / MAX_GROUPS_PER_DIM));
-  }
+  const [x, y] = linearGroups(groups);
+  if (x > 0) pass.dispatchWorkgroups(x, y);
 }
 
 /** A prepared dispatch: pipeline chosen by token count, fixed bind group, groups by token count. */
-class PreparedOp implements Op {
+class PreparedOp implements IndirectOp {
   constructor(
     readonly name: string,
     private bindGroup: GPUBindGroup,
@@ -112,6 +116,21 @@ class PreparedOp implements Op {
     pass.setPipeline(this.pipelineFor(nTokens));
     pass.setBindGroup(0, this.bindGroup);
     dispatchLinear(pass, this.groupsFor(nTokens));
+  }
+
+  dispatchArgs(nTokens: number): [number, number, number] {
+    return linearGroups(this.groupsFor(nTokens));
+  }
+
+  recordIndirect(
+    pass: GPUComputePassEncoder,
+    nTokens: number,
+    args: GPUBuffer,
+    offset: number,
+  ): void {
+    pass.setPipeline(this.pipelineFor(nTokens));
+    pass.setBindGroup(0, this.bindGroup);
+    pass.dispatchWorkgroupsIndirect(args, offset);
   }
 }
 
@@ -353,7 +372,7 @@ export class Ops implements OpsApi {
     outStride: number;
     outOffset: number;
     accumulate: boolean;
-  }): Op {
+  }): IndirectOp {
     checkMultiple("matmul", "K", a.K, VEC);
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
@@ -388,6 +407,16 @@ export class Ops implements OpsApi {
         return n === 1 ? decode : n === MATMUL_WIDE_TOKENS ? wide! : prefill;
       },
       (t) => ceilDiv(rowSets * ceilDiv(t, tokensFor(t)), WG_MATMUL),
+    );
+  }
+
+  headGate(a: { missed: GPUBuffer; flags: number; args: GPUBuffer; argWords: number }): Op {
+    return this.simple(
+      "headGate",
+      { kernel: "head_gate", bindings: ["uniform", "uniform", "read", "rw"] },
+      [a.flags, a.argWords],
+      [a.missed, a.args],
+      () => 1,
     );
   }
 

@@ -63,6 +63,20 @@ export interface Op {
   record(pass: GPUComputePassEncoder, nTokens: number): void;
 }
 
+/** An op that can also take its workgroup counts from a GPU buffer (dispatchWorkgroupsIndirect),
+ * so that a kernel before it can cancel it (headGate). */
+export interface IndirectOp extends Op {
+  /** The indirect arguments [x, y, z] record() would dispatch for nTokens (x, y <= 65535). */
+  dispatchArgs(nTokens: number): [number, number, number];
+  /** As record(), with the counts read from args at offset (bytes) when the GPU runs it. */
+  recordIndirect(
+    pass: GPUComputePassEncoder,
+    nTokens: number,
+    args: GPUBuffer,
+    offset: number,
+  ): void;
+}
+
 export interface OpsApi {
   /** The StepUniform buffer (16 bytes) every op reads. */
   readonly step: GPUBuffer;
@@ -91,7 +105,13 @@ export interface OpsApi {
     outStride: number;
     outOffset: number;
     accumulate: boolean;
-  }): Op;
+  }): IndirectOp;
+
+  /** Under an expert budget, before a step's lm_head: when any of missed[0 .. flags) or the
+   * sticky word args[argWords] is set, sets the sticky word and zeroes args[0 .. argWords) (the
+   * lm_head's indirect dispatch arguments), so the lm_head of a step whose logits will be thrown
+   * away does no work. One dispatch. */
+  headGate(a: { missed: GPUBuffer; flags: number; args: GPUBuffer; argWords: number }): Op;
 
   /** In place rotate-half RoPE on x[t, h, :] for h < heads, at position pos0 + t.
    * table: f32 [maxPos, headDim] holding cos[pos, 0..headDim/2) then sin[pos, 0..headDim/2). */
