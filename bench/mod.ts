@@ -134,25 +134,17 @@ async function transfers(p: PackedModel, gpu: Gpu) {
     console.error("warm loads, writeBuffer ...");
     const writeBuffers = [], warmFirsts = [], warmAgains = [], baseFirsts = [], baseAgains = [];
     const firstRatios = [], againRatios = [], baseFirstRatios = [], baseAgainRatios = [];
+    // the runtime's path (staging, read-ahead) and the baseline's (writeBuffer, none)
+    const load = (keys: number[]) => ec.runtimeLoad(p.experts, pool, gpu.device, keys);
+    const baseLoad = (keys: number[]) =>
+      ec.runtimeLoad(p.experts, basePool, gpu.device, keys, false);
     for (let i = 0; i < WARM_REPS; i++) {
       const wb1 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
-      const first = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
-      const baseFirst = await ec.runtimeLoad(
-        p.experts,
-        basePool,
-        gpu.device,
-        sample(2 * i + 1),
-        false,
-      );
+      const first = await load(sample(2 * i));
+      const baseFirst = await baseLoad(sample(2 * i + 1));
       const wb2 = await ec.writeBufferBaseline(basePool, gpu.device, copies, LOAD_EXPERTS);
-      const again = await ec.runtimeLoad(p.experts, pool, gpu.device, sample(2 * i));
-      const baseAgain = await ec.runtimeLoad(
-        p.experts,
-        basePool,
-        gpu.device,
-        sample(2 * i + 1),
-        false,
-      );
+      const again = await load(sample(2 * i));
+      const baseAgain = await baseLoad(sample(2 * i + 1));
       writeBuffers.push(wb1, wb2);
       warmFirsts.push(first);
       warmAgains.push(again);
@@ -171,11 +163,9 @@ async function transfers(p: PackedModel, gpu: Gpu) {
       randomReads.push(random);
       coldDrops.push(random.drop);
       coldDrops.push(ec.dropPageCache(p.experts, c));
-      colds.push(await ec.runtimeLoad(p.experts, pool, gpu.device, coldSample(2 * i)));
+      colds.push(await load(coldSample(2 * i)));
       coldDrops.push(ec.dropPageCache(p.experts, c));
-      baseColds.push(
-        await ec.runtimeLoad(p.experts, basePool, gpu.device, coldSample(2 * i + 1), false),
-      );
+      baseColds.push(await baseLoad(coldSample(2 * i + 1)));
     }
     return {
       rawCold: best(rawColds),
