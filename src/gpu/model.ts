@@ -309,7 +309,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Under a budget (unless GpuModelOptions.headGate is false): the lm_head chunks' indirect
    * dispatch arguments ([x, y, z] each) then a sticky word, and the op that zeroes them when the
    * step or an earlier one of its batch missed (kernels/head_gate.wgsl). */
-  private headGate: { args: GPUBuffer; words: number; op: Op } | null = null;
+  private headGate: { args: GPUBuffer; src: GPUBuffer; words: number; op: Op } | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
@@ -468,9 +468,15 @@ export class GpuModel implements LanguageModel, SessionHost {
         size: (words + 1) * 4,
         usage: GPUBufferUsage.STORAGE | GPUBufferUsage.INDIRECT | GPUBufferUsage.COPY_DST,
       });
+      // forward()'s passes write their arguments here (batches keep theirs in the step table)
+      const src = device.createBuffer({
+        label: "head.dispatch_args_src",
+        size: Math.max(16, words * 4),
+        usage: GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+      });
       const flags = c.numLayers * c.numExperts;
       const op = this.ops.headGate({ missed: this.pool.missed, flags, args, argWords: words });
-      this.headGate = { args, words, op };
+      this.headGate = { args, src, words, op };
     }
   }
 
@@ -881,9 +887,15 @@ export class GpuModel implements LanguageModel, SessionHost {
     return ops.flatMap((op) => op.dispatchArgs(t));
   }
 
-  /** Final norm and lm_head, then the logits rows copied for readback. */
-  private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean): number {
-    this.encodeLogits(enc, T, lastOnly);
+  /** Final norm and lm_head, then the logits rows copied for readback. `gated`: a pass under a
+   * budget whose logits are thrown away if it missed (the head gate may skip the lm_head). */
+  private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean, gated = false): number {
+    const hg = gated ? this.headGate : null;
+    if (hg !== null) {
+      this.gpu.device.queue.writeBuffer(hg.src, 0, new Uint32Array(this.headArgs(T, lastOnly)));
+      enc.clearBuffer(hg.args, hg.words * 4, 4); // the sticky word: one pass, its own flags
+    }
+    this.encodeLogits(enc, T, lastOnly, hg !== null ? { from: hg.src, offset: 0 } : undefined);
     const rows = lastOnly ? 1 : T;
     enc.copyBufferToBuffer(
       this.act.logits,
@@ -1057,7 +1069,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       enc.clearBuffer(this.pool.missed);
       this.startPass(masked);
       this.encodeLayers(enc, [seq.slab], from, L, T, FORWARD_SNAP_ROW);
-      const rows = this.encodeHead(enc, T, lastOnly);
+      const rows = this.encodeHead(enc, T, lastOnly, true);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
       const l0 = this.res.firstMissedLayer(r.missed, from);
@@ -1703,6 +1715,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.pool.destroy();
     this.pregating?.destroy();
     this.headGate?.args.destroy();
+    this.headGate?.src.destroy();
     const a = this.act;
     const lm = this.vocab.lmHead.map((c) => c.w.buffer);
     const embed = this.vocab.embed.map((c) => c.w.buffer).filter((b) => !lm.includes(b));
