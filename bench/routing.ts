@@ -165,7 +165,7 @@ const GOAL_BUDGETS = [0.5, 0.25];
 /**
  * Table 2: hit rates on the routing trace at each budget of LRU, LRFU (the default lambda per
  * `now`, a layer visit, and lambda / L, the same decay per token, as the default's doc counts
- * it), the model-aware policy (on the token clock, as GpuModel's Residency runs it) without
+ * it), the model-aware policy (on the token clock, as GpuModel's ExpertScheduler runs it) without
  * predictions and fed by two idealised predictors read from the trace (the next layer's experts
  * before the current layer loads, as pre-gating would give them; the same layer's at the next
  * token), and the Belady optimum.

@@ -175,7 +175,7 @@ export function cacheTrace(
 }
 
 /**
- * The trace on the GPU model's clock: cacheTrace counts one `now` per layer visit, Residency
+ * The trace on the GPU model's clock: cacheTrace counts one `now` per layer visit, ExpertScheduler
  * counts tokens (tick() adds 1/L per layer visit, so visit i happens at (i + 1) / L). Policies
  * whose time constants are in tokens (ModelAwarePolicy) replay this one.
  */

@@ -16,7 +16,7 @@ import {
 } from "../src/gpu/expert_pool.ts";
 import { ExpertCache, type ExpertSource } from "../src/gpu/expert_cache.ts";
 import { LruPolicy } from "../src/experts/policy.ts";
-import { Residency } from "../src/gpu/residency.ts";
+import { ExpertScheduler } from "../src/gpu/expert_scheduler.ts";
 import { emptyStepStats } from "../src/gpu/host.ts";
 import { openGpu } from "../src/gpu/device.ts";
 import { expertConfig, readStorage } from "./_experts.ts";
@@ -379,7 +379,7 @@ Deno.test("ExpertCache: layers sharing a group evict each other, never another d
   }
 });
 
-Deno.test("Residency counts shares, kept experts and prefill groups in the layer's domain", async () => {
+Deno.test("ExpertScheduler counts shares, kept experts and prefill groups in the layer's domain", async () => {
   const gpu = await openGpu();
   try {
     // 3 layers of 4 slots, groups of up to 2 pools of 4: layers 0 and 1 share [0, 8), 2 has
@@ -390,7 +390,11 @@ Deno.test("Residency counts shares, kept experts and prefill groups in the layer
     assert.deepEqual(pool.domains.map((d) => d.layers), [[0, 1], [2]]);
     const cache = new ExpertCache(pool, new FakeExperts(pool), new LruPolicy<number>());
     const stats = emptyStepStats();
-    const res = new Residency(config, cache, stats, false, () => undefined);
+    const res = new ExpertScheduler(config, cache, stats, {
+      prefetch: false,
+      allResident: false,
+      perLayerRouting: false,
+    }, () => undefined);
     res.masking = true;
     assert.deepEqual([0, 1, 2].map((l) => res.layerQuota(l)), [4, 4, 4]);
     const none = new Set<number>();

@@ -142,7 +142,7 @@ Deno.test("simulate() calls onStep once after each step with its index and now",
 
 // ModelAwarePolicy. Unless said otherwise: no aging (halfLife Infinity) and no quota, so the
 // numbers below are plain counts. `now` counts tokens: with L layers, layer l of token t is
-// visited at t + (l + 1) / L (Residency's clock); half a layer step is 0.5 / L.
+// visited at t + (l + 1) / L (ExpertScheduler's clock); half a layer step is 0.5 / L.
 const ONE_LAYER = { numLayers: 1, numExperts: 4 };
 const PLAIN = { halfLife: Infinity, quotaWeight: 0 };
 

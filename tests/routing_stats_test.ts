@@ -121,7 +121,7 @@ Deno.test("splitRows() cuts a layer's concatenated routing into sequences", () =
   assert.throws(() => splitRows(u32(0, 1, 2), [1], 2), RoutingShapeError);
 });
 
-Deno.test("tokenClock() puts visit i at (i + 1) / L, as Residency.tick() does", () => {
+Deno.test("tokenClock() puts visit i at (i + 1) / L, as ExpertScheduler.tick() does", () => {
   const trace = [{ key: 5, now: 0 }, { key: 6, now: 0 }, { key: 1, now: 1 }, { key: 2, now: 3 }];
   assert.deepEqual(tokenClock(trace, 2).map((a) => [a.key, a.now]), [
     [5, 0.5],

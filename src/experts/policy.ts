@@ -180,7 +180,7 @@ export interface ModelAwareOptions {
 /**
  * An eviction policy that knows the MoE model: keys are layer * E + expert, a token visits the
  * layers in a fixed order, every visit of layer l uses a few of l's E experts, and the cache's
- * clock `now` counts tokens (a pass through all L layers advances it by 1; Residency ticks 1/L
+ * clock `now` counts tokens (a pass through all L layers advances it by 1; ExpertScheduler ticks 1/L
  * per layer visit). It evicts the candidate whose next use is expected farthest away: Belady's
  * rule with the future estimated from the past.
  *

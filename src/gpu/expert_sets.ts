@@ -102,9 +102,9 @@ export function chooseExpertSets(
   return routing.map((r, l) => chooseExpertSet(routingScores(r, numExperts), quotas[l]));
 }
 
-/** What ExpertSets needs from the model's residency (src/gpu/residency.ts). */
+/** What ExpertSets needs from the expert scheduler (src/gpu/expert_scheduler.ts). */
 export interface SetResidency {
-  /** Layer l's share of its domain's slots (Residency.layerQuota). */
+  /** Layer l's share of its domain's slots (ExpertScheduler.layerQuota). */
   layerQuota(l: number): number;
   /** Loads key (counted in the model's stats), never evicting a pinned or protected key; false
    * when no slot of its domain can be taken. */

@@ -37,8 +37,8 @@ import {
   modelExpertLayouts,
 } from "./expert_pool.ts";
 import { ropeTable } from "../rope.ts";
-import { Residency } from "./residency.ts";
-import { ExpertSets } from "./expert_sets.ts";
+import { ExpertScheduler } from "./expert_scheduler.ts";
+import type { ExpertSets } from "./expert_sets.ts";
 import {
   CheckpointExperts,
   ExpertBudgetError,
@@ -276,8 +276,6 @@ export class GpuModel implements LanguageModel, SessionHost {
   readonly ops: Ops;
   readonly pool: ExpertPool;
   readonly cache: ExpertCache;
-  /** Context expert sets of the sequences that asked for one, and the pinned set. */
-  readonly sets: ExpertSets;
   readonly sampler: GpuSampler;
   /** Every expert resident: no routing ever needs the CPU. */
   readonly allResident: boolean;
@@ -332,7 +330,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Whether open() made the device (then destroy() destroys it too). */
   private ownsGpu = false;
   /** What to load under a budget, and what the cache learns from each pass. */
-  private res: Residency;
+  /** Every decision about experts under a budget (src/gpu/expert_scheduler.ts). */
+  private sched: ExpertScheduler;
   private routingOffset: number;
   private missedOffset: number;
 
@@ -379,8 +378,11 @@ export class GpuModel implements LanguageModel, SessionHost {
       opts.policy ?? new LruPolicy<number>(),
     );
     this.allResident = slots === total;
-    this.res = new Residency(c, this.cache, this.stats, this.prefetch, () => this.onRouting);
-    this.sets = new ExpertSets(c, this.cache, this.res, !this.allResident);
+    this.sched = new ExpertScheduler(c, this.cache, this.stats, {
+      prefetch: this.prefetch,
+      allResident: this.allResident,
+      perLayerRouting: this.perLayerRouting,
+    }, () => this.onRouting);
 
     const f32 = (n: number, label: string) =>
       device.createBuffer({
@@ -711,7 +713,7 @@ export class GpuModel implements LanguageModel, SessionHost {
           slots: this.pool.slotTable,
           slotBase: l * E,
           numExperts: E,
-          minResident: this.res.layerQuota(l),
+          minResident: this.sched.layerQuota(l),
         })]
         : []),
       this.ops.topk({
@@ -798,19 +800,18 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   // ---- recording ----
 
-  /**
-   * Sets whether the pass being recorded routes among resident experts only: the session asked
-   * for router masking and the cache is full (free slots are filled by normal loads first, so the
-   * mask never leaves budget unused). A masked pass first makes the pinned context set resident
-   * again (exact passes may have taken its slots).
-   */
+  /** Context expert sets of the sequences that asked for one, and the pinned set (the
+   * scheduler's). */
+  get sets(): ExpertSets {
+    return this.sched.sets;
+  }
+
   private startPass(masked: boolean): void {
-    if (masked) this.sets.restore();
-    this.res.masking = masked && this.cache.isFull;
+    this.sched.startPass(masked);
   }
 
   private router(l: number): Op[] {
-    return this.res.masking ? this.maskedRouterOps[l] : this.routerOps[l];
+    return this.sched.masking ? this.maskedRouterOps[l] : this.routerOps[l];
   }
 
   /**
@@ -1036,7 +1037,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       const rows = this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      this.res.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
+      this.sched.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
       return r.logits;
     }
     return this.decodeOptimistic(seq, masked, T, lastOnly);
@@ -1056,7 +1057,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     let from = 0;
     /** Layers below this are final and counted. */
     let counted = 0;
-    this.res.guessed = new Set<number>();
+    this.sched.guessed = new Set<number>();
     for (;;) {
       const enc = device.createCommandEncoder({ label: "decode" });
       const snap = FORWARD_SNAP_ROW * c.hiddenSize * 4;
@@ -1072,27 +1073,23 @@ export class GpuModel implements LanguageModel, SessionHost {
       const rows = this.encodeHead(enc, T, lastOnly, true);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
-      const l0 = this.res.firstMissedLayer(r.missed, from);
-      if (l0 < 0) {
-        this.res.countHits(r.routing, stride, counted, L, T);
-        this.res.scoreGuesses(r.routing, stride, counted, L, T);
-        return r.logits;
-      }
-      this.res.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
+      const l0 = this.sched.passResult(r.routing, r.missed, stride, counted, from, T);
+      if (l0 < 0) return r.logits;
+      this.sched.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
       counted = l0 + 1;
       from = l0;
     }
   }
 
-  /** With router masking, layer l's share of the expert slots (see Residency). */
+  /** With router masking, layer l's share of the expert slots (see ExpertScheduler). */
   layerQuota(l: number): number {
-    return this.res.layerQuota(l);
+    return this.sched.layerQuota(l);
   }
 
   /** Whether a forward of T tokens goes layer by layer over the whole prompt (routing read
    * back per layer): prefill under a budget, and every step of the perLayerRouting baseline. */
   layerwise(T: number): boolean {
-    return this.perLayerRouting || (!this.allResident && T > 1);
+    return this.sched.layerwise(T);
   }
 
   /**
@@ -1141,10 +1138,10 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.stats.readbacks++;
       this.onRouting?.(l, idx);
       routing?.push(idx);
-      const now = this.res.tick();
+      const now = this.sched.tick();
       // 2. experts, group by group
-      for (const group of this.res.prefillGroups(l, idx)) {
-        this.res.loadGroup(l, group, now);
+      for (const group of this.sched.prefillGroups(l, idx)) {
+        this.sched.loadGroup(l, group, now);
         for (const ch of chunks) {
           run(ch, [[p.xn, a.xn, D], [p.idx, a.idx[l], K], [p.y, a.y, K * D]], this.expertOps[l], [
             [a.y, p.y, K * D],
@@ -1249,11 +1246,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   }
 
   get maxLanes(): number {
-    if (this.allResident) return this.maxBatch;
-    return Math.max(
-      1,
-      Math.min(this.maxBatch, Math.floor(this.cache.minCapacity() / this.config.topK)),
-    );
+    return this.sched.maxLanes(this.maxBatch);
   }
 
   /** Most decode steps of `lanes` sequences one batch may hold: under a budget, a batch's rows
@@ -1363,7 +1356,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     });
     device.queue.writeBuffer(slot.stepTable, 0, table);
     this.startPass(masked);
-    const masking = this.res.masking;
+    const masking = this.sched.masking;
     const enc = device.createCommandEncoder({ label: "batch" });
     // the head gate's sticky word: no step of this batch has missed yet
     if (this.headGate !== null) enc.clearBuffer(this.headGate.args, this.headGate.words * 4, 4);
@@ -1657,17 +1650,13 @@ export class GpuModel implements LanguageModel, SessionHost {
     }));
     const route = words.subarray(b.routeAt);
     const miss = words.subarray(b.missAt);
-    this.res.masking = b.masking;
+    this.sched.masking = b.masking;
     let invalidAt = -1;
     for (const [i, r] of b.records.entries()) {
       const routing = route.subarray(r.routeAt, r.routeAt + L * r.T * K);
-      const l0 = r.missRow < 0 ? -1 : this.res.firstMissedLayer(miss, r.from, r.missRow * L * E);
-      if (l0 < 0) {
-        this.res.countHits(routing, r.T, r.from, L, r.T);
-        this.res.scoreGuesses(routing, r.T, r.from, L, r.T);
-        this.res.guessed = new Set();
-        continue;
-      }
+      const flags = r.missRow < 0 ? null : miss;
+      const l0 = this.sched.passResult(routing, flags, r.T, r.from, r.from, r.T, r.missRow * L * E);
+      if (l0 < 0) continue;
       invalidAt = i;
       b.miss = {
         routing: routing.slice(),
@@ -1689,8 +1678,8 @@ export class GpuModel implements LanguageModel, SessionHost {
     b.miss = null;
     // the repair restarts from this batch's snapshot rows: it holds the region from now on
     b.regionFreed = true;
-    this.res.masking = b.masking;
-    this.res.loadForMiss(
+    this.sched.masking = b.masking;
+    this.sched.loadForMiss(
       m.routing,
       m.missed,
       m.record.T,

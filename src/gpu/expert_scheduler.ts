@@ -1,7 +1,16 @@
 /**
- * Which experts are loaded, and what the expert cache learns from each pass: the decisions of
- * running under an expert budget, apart from the forward pass that computes (src/gpu/model.ts).
+ * The expert scheduler: which experts are loaded, when, and what the expert cache learns from each
+ * pass: the decisions of running under an expert budget, apart from the forward pass that computes
+ * (src/gpu/model.ts only encodes passes and hands their read-back routing and miss flags here).
  *
+ * - How a step runs: every prompt under a budget goes layer by layer (layerwise: each layer's
+ *   routing read back, its experts loaded in groups that fit); a decode step runs optimistically
+ *   with the slots it has, and passResult() says from which layer it must run again.
+ * - How many sequences a batched step holds under a budget (maxLanes: as many as the smallest
+ *   slot domain holds one layer's routed experts for).
+ * - Whether a pass routes among resident experts only (startPass: router masking once the cache
+ *   is full; the pinned context set made resident again first, src/gpu/expert_sets.ts, owned
+ *   here as `sets`).
  * - A pass that routed to absent experts: its first missed layer saw its exact input, so exactly
  *   what that layer routed to is loaded; with prefetch, the experts later layers flagged on their
  *   approximate input are loaded along (guesses, scored when the final routing arrives).
@@ -23,24 +32,93 @@
  */
 import type { ModelConfig } from "../types.ts";
 import { ExpertBudgetError, type ExpertCache } from "./expert_cache.ts";
+import { ExpertSets } from "./expert_sets.ts";
 import type { StepStats } from "./host.ts";
 
-export class Residency {
+/** How the model runs (fixed at open). */
+export interface SchedulerOptions {
+  /** Load the experts later layers flagged at a miss along with it. */
+  prefetch: boolean;
+  /** Every expert fits the slots: nothing is ever loaded after open. */
+  allResident: boolean;
+  /** The baseline of reading each layer's routing back in every step (GpuModelOptions). */
+  perLayerRouting: boolean;
+}
+
+export class ExpertScheduler {
   /** Whether the pass being recorded or read routes among resident experts only. */
   masking = false;
   /** Experts loaded speculatively for the pass being repaired, not yet scored. */
   guessed = new Set<number>();
+  /** Context expert sets: pinned under router masking, the cache's starting set otherwise. */
+  readonly sets: ExpertSets;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
+  private prefetch: boolean;
 
   constructor(
     private config: ModelConfig,
     private cache: ExpertCache,
     private stats: StepStats,
-    private prefetch: boolean,
+    private opts: SchedulerOptions,
     /** The routing hook of the model (GpuModel.onRouting), read at each use. */
     private onRouting: () => ((layer: number, experts: Uint32Array) => void) | undefined,
-  ) {}
+  ) {
+    this.prefetch = opts.prefetch;
+    this.sets = new ExpertSets(config, cache, this, !opts.allResident);
+  }
+
+  /**
+   * Whether a forward of T tokens goes layer by layer over the whole prompt (routing read back
+   * per layer, each routed expert loaded once per layer per prompt): prefill under a budget, and
+   * every step of the perLayerRouting baseline.
+   */
+  layerwise(T: number): boolean {
+    return this.opts.perLayerRouting || (!this.opts.allResident && T > 1);
+  }
+
+  /** Most sequences one batched step holds: under a budget, as many as the smallest slot domain
+   * holds one layer's routed experts for (at least 1). */
+  maxLanes(maxBatch: number): number {
+    if (this.opts.allResident) return maxBatch;
+    return Math.max(1, Math.min(maxBatch, Math.floor(this.cache.minCapacity() / this.config.topK)));
+  }
+
+  /**
+   * Before a pass is recorded: whether it routes among resident experts only (the session asked
+   * for router masking and the cache is full; free slots are filled by normal loads first, so the
+   * mask never leaves budget unused). A masked pass first makes the pinned context set resident
+   * again (exact passes may have taken its slots).
+   */
+  startPass(masked: boolean): void {
+    if (masked) this.sets.restore();
+    this.masking = masked && this.cache.isFull;
+  }
+
+  /**
+   * What a pass that started at layer `from` read back: the first layer that routed to an absent
+   * expert (-1 when none did, or `missed` is null: no flags kept). When none missed, the layers
+   * [counted, L) are final: counted as hits, and the guesses loaded for this pass scored and
+   * settled. On a miss the caller hands the same to loadForMiss().
+   */
+  passResult(
+    routing: Uint32Array,
+    missed: Uint32Array | null,
+    stride: number,
+    counted: number,
+    from: number,
+    T: number,
+    missOffset = 0,
+  ): number {
+    const l0 = missed === null ? -1 : this.firstMissedLayer(missed, from, missOffset);
+    if (l0 < 0) {
+      const L = this.config.numLayers;
+      this.countHits(routing, stride, counted, L, T);
+      this.scoreGuesses(routing, stride, counted, L, T);
+      this.guessed = new Set();
+    }
+    return l0;
+  }
 
   /** The policy's clock now (without advancing it). */
   get now(): number {
