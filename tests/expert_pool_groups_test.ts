@@ -417,6 +417,29 @@ Deno.test("ExpertScheduler counts shares, kept experts and prefill groups in the
     assert.equal(res.firstMissedLayer(missed, 0), 2);
     res.masking = false;
     assert.equal(res.firstMissedLayer(missed, 0), 1);
+    // passResult: a miss is reported and counts nothing; a clean pass counts its layers' hits
+    // from `counted` on; no flags kept (null) is a clean pass
+    const routing = new Uint32Array(3 * 2); // [L][T*K], T = 1, K = 2: experts 0, 1 each layer
+    for (let l = 0; l < 3; l++) routing.set([0, 1], l * 2);
+    const hits = cache.metrics.hits;
+    assert.equal(res.passResult(routing, missed, 1, 0, 0, 1), 1);
+    assert.equal(cache.metrics.hits, hits);
+    assert.equal(res.passResult(routing, new Uint32Array(3 * E), 1, 1, 1, 1), -1);
+    const resident = (l: number) => [0, 1].filter((e) => cache.isResident(l * E + e)).length;
+    assert.equal(cache.metrics.hits, hits + resident(1) + resident(2));
+    assert.equal(res.passResult(routing, null, 1, 2, 2, 1), -1);
+    assert.equal(cache.metrics.hits, hits + resident(1) + 2 * resident(2));
+    // the plan: prompts layer by layer under a budget; lanes as the smallest domain allows
+    assert.equal(res.layerwise(1), false);
+    assert.equal(res.layerwise(2), true);
+    assert.equal(res.maxLanes(64), Math.floor(cache.minCapacity() / 2));
+    const resident2 = new ExpertScheduler(config, cache, stats, {
+      prefetch: false,
+      allResident: true,
+      perLayerRouting: false,
+    }, () => undefined);
+    assert.equal(resident2.layerwise(64), false);
+    assert.equal(resident2.maxLanes(64), 64);
     await cache.settle();
     pool.destroy();
   } finally {
