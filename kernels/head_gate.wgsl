@@ -6,7 +6,7 @@
 
 struct Params {
   n_flags: u32, // miss flags to scan: missed[0 .. n_flags)
-  n_args: u32, // u32 words of dispatch arguments: args[0 .. n_args); args[n_args] is the sticky word
+  n_args: u32, // words of dispatch arguments, args[0 .. n_args); args[n_args]: the sticky word
   _pad0: u32,
   _pad1: u32,
 }

@@ -180,8 +180,8 @@ export interface ModelAwareOptions {
 /**
  * An eviction policy that knows the MoE model: keys are layer * E + expert, a token visits the
  * layers in a fixed order, every visit of layer l uses a few of l's E experts, and the cache's
- * clock `now` counts tokens (a pass through all L layers advances it by 1; ExpertScheduler ticks 1/L
- * per layer visit). It evicts the candidate whose next use is expected farthest away: Belady's
+ * clock `now` counts tokens (a pass through all L layers advances it by 1; ExpertScheduler ticks
+ * 1/L per layer visit). It evicts the candidate whose next use is expected farthest away: Belady's
  * rule with the future estimated from the past.
  *
  * For each key it learns, over every visit of its layer (whether or not the key was resident,

@@ -273,10 +273,10 @@ export class ExpertStore {
 
   /**
    * Starts reading, each on a thread of its own, the first READ_AHEAD_PER_CALL records of `keys`
-   * (layer * E + expert) that are neither in the page cache nor being read ahead, with at most READ_AHEAD_IN_FLIGHT
-   * in flight (see READAHEAD_SYMBOLS): a burst of loads then finds its later records read while
-   * it checksums and uploads the earlier ones. Returns how many reads it started; 0 when it
-   * cannot (not mapped, or no FFI).
+   * (layer * E + expert) that are neither in the page cache nor being read ahead, with at most
+   * READ_AHEAD_IN_FLIGHT in flight (see READAHEAD_SYMBOLS): a burst of loads then finds its later
+   * records read while it checksums and uploads the earlier ones. Returns how many reads it
+   * started; 0 when it cannot (not mapped, or no FFI).
    */
   readAhead(keys: number[]): number {
     if (this.mapped?.mode !== "mmap") return 0;

@@ -847,9 +847,8 @@ export class GpuModel implements LanguageModel, SessionHost {
     pass?.end();
   }
 
-  /** Final norm and lm_head into logits: every row, or only the last (into row 0). */
   /**
-   * Final norm and lm_head into act.logits. `gate`: the step's lm_head dispatch arguments
+   * Final norm and lm_head into act.logits: every row, or only the last (into row 0). `gate`: the step's lm_head dispatch arguments
    * (headArgs()) at that offset of that buffer; they are copied into place and the head gate may
    * zero them, so that a step that missed (its logits would be thrown away) skips the lm_head.
    */
@@ -1070,7 +1069,9 @@ export class GpuModel implements LanguageModel, SessionHost {
       enc.clearBuffer(this.pool.missed);
       this.startPass(masked);
       this.encodeLayers(enc, [seq.slab], from, L, T, FORWARD_SNAP_ROW);
-      const rows = this.encodeHead(enc, T, lastOnly, true);
+      // a masked pass's flags may come from absent experts picked with weight 0 (no miss: see
+      // ExpertScheduler.firstMissedLayer), which the gate cannot tell: it keeps its lm_head
+      const rows = this.encodeHead(enc, T, lastOnly, !this.sched.masking);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
       const l0 = this.sched.passResult(r.routing, r.missed, stride, counted, from, T);
@@ -1343,8 +1344,11 @@ export class GpuModel implements LanguageModel, SessionHost {
     const tableBytes = argsAt + records.length * argBytes;
     const slot = this.acquireSlot(tableBytes, routeWords * 4, missAt * 4);
     const table = new Uint32Array(tableBytes / 4);
+    this.startPass(masked);
+    const masking = this.sched.masking;
+    // the head gate: not on masked passes (see decodeOptimistic)
     const gated = (r: ForwardRecord) =>
-      this.headGate !== null && r.missRow >= 0 && r.samples.length > 0;
+      this.headGate !== null && !masking && r.missRow >= 0 && r.samples.length > 0;
     let sampleIndex = 0;
     records.forEach((r, i) => {
       const [slab, pos] = r.tokens[0];
@@ -1355,8 +1359,6 @@ export class GpuModel implements LanguageModel, SessionHost {
       if (gated(r)) table.set(this.headArgs(r.T, r.lastOnly), (argsAt + i * argBytes) / 4);
     });
     device.queue.writeBuffer(slot.stepTable, 0, table);
-    this.startPass(masked);
-    const masking = this.sched.masking;
     const enc = device.createCommandEncoder({ label: "batch" });
     // the head gate's sticky word: no step of this batch has missed yet
     if (this.headGate !== null) enc.clearBuffer(this.headGate.args, this.headGate.words * 4, 4);
