@@ -3,8 +3,8 @@
  * while free. An upload copies the record into a free one, unmaps it, copies it into the pool slot
  * on the GPU (one small submit) and asks for it to be mapped again; it is free once that mapping
  * resolves. queue.writeBuffer instead copies into fresh staging memory for every call: on this
- * machine a warm expert load (checksum included) through the ring runs at 1.14-1.24x a plain
- * writeBuffer of the same bytes, 0.76-0.81x through writeBuffer (`bench/mod.ts --transfers-only`
+ * machine a warm expert load (checksum included) through the ring runs at 1.04-1.22x a plain
+ * writeBuffer of the same bytes, 0.72-0.81x through writeBuffer (`bench/mod.ts --transfers-only`
  * measures both). When every buffer is busy (a burst of more loads than buffers, or the last
  * mappings not back yet) `write` returns false and the caller falls back to writeBuffer: the ring
  * never waits. Deno's mapAsync may block in a device poll until submitted work is done; the ring
