@@ -7,7 +7,9 @@
  *   - "miss-aware, lru": the loop stops pipelining while most cycles repair a miss,
  *   - "miss-aware, model": the same with the model-aware eviction policy (`--policy model`),
  *   - "model policy, writeBuffer uploads": the same with expert uploads through
- *     queue.writeBuffer instead of staging buffers kept mapped (expertStagingBuffers: 0).
+ *     queue.writeBuffer instead of staging buffers kept mapped (expertStagingBuffers: 0),
+ *   - "model policy, no prefetch": loading only what a miss's layer routed to (`--no-prefetch`),
+ *     not the experts later layers flagged on their approximate input.
  * Every configuration must decode the same tokens (exact mode). Prints one table, the ratio to
  * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json
  * (budget_real.json with --real).
@@ -54,6 +56,10 @@ const CONFIGS: Config[] = [
   {
     name: "model policy, writeBuffer uploads",
     opts: (g) => ({ policy: policyFactory("model")(g), expertStagingBuffers: 0 }),
+  },
+  {
+    name: "model policy, no prefetch",
+    opts: (g) => ({ policy: policyFactory("model")(g), prefetch: false }),
   },
 ];
 
