@@ -101,10 +101,17 @@ async function time(
   return { wall, cpu: (c.user + c.system) / 1e6 / REPS, gpu: gpuS };
 }
 
-function matmulOp(dtype: WeightDType, N: number, K: number, T: number): Op {
+function matmulOp(
+  dtype: WeightDType,
+  N: number,
+  K: number,
+  T: number,
+  layout: "rows" | "rows8",
+): Op {
+  const buffer = storage(weightBytes(dtype, Math.ceil(N / 8) * 8 * K), WEIGHT_BITS);
   return ops.matmul({
     x: storage(T * K * 4),
-    w: { buffer: storage(weightBytes(dtype, N * K), WEIGHT_BITS), dtype, offsetElems: 0 },
+    w: { buffer, dtype, offsetElems: 0, layout },
     out: storage(T * N * 4),
     K,
     N,
@@ -198,17 +205,21 @@ console.log(
     (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
 );
 if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
+// row-major weights (the baseline) and rows8 (the runtime's layout for resident float
+// matrices), alternating
 for (const dtype of ["bf16", "f32"] as WeightDType[]) {
-  for (const [N, K] of [[2048, 2048], [768, 2048]]) {
+  for (const [N, K] of [[2048, 2048], [768, 2048], [16384, 2048]]) {
     for (const T of [1, 8]) {
-      row(
-        `matmul ${dtype} ${N}x${K}`,
-        T,
-        T,
-        weightBytes(dtype, N * K),
-        await time([matmulOp(dtype, N, K, T)], T),
-      );
-      release();
+      for (const layout of ["rows", "rows8"] as const) {
+        row(
+          `matmul ${dtype} ${N}x${K}${layout === "rows8" ? " r8" : ""}`,
+          T,
+          T,
+          weightBytes(dtype, N * K),
+          await time([matmulOp(dtype, N, K, T, layout)], T),
+        );
+        release();
+      }
     }
   }
 }

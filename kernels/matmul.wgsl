@@ -21,6 +21,11 @@ struct Params {
 
 // Tokens per invocation: 1 for decode, more for prefill (set per pipeline, <= MAX_TOKENS).
 override TOKENS: u32 = 1u;
+// Weight layout (set per pipeline): 0 rows (W row-major), 1 rows8: each block of 8 rows stored
+// column chunk by column chunk, the 8 rows' 8 elements of a chunk together (element of row n,
+// column k at ((n / 8) * K + k - k % 8) * 8 + (n % 8) * 8 + k % 8; K a multiple of 8, the last
+// block padded), so an invocation's 8 rows are one stream through memory instead of 8.
+override BLOCKED: u32 = 0u;
 const MAX_TOKENS: u32 = 16u;
 // Rows per invocation: two vec4 accumulators (lo: rows 0..3, hi: rows 4..7) per token.
 const ROWS: u32 = 8u;
@@ -32,9 +37,18 @@ fn dot8(w: W8, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
   return dot(w.lo, xa) + dot(w.hi, xb);
 }
 
-// Element offset of row n0 + r of W, rows past N clamped to N-1 (valid memory, never stored).
+// Element offset of column 0 of row n0 + r of W, rows past N clamped to N-1 (valid memory, never
+// stored); column c (a multiple of 8) of the row is at row_start + c * col_step().
 fn row_start(n0: u32, r: u32) -> u32 {
-  return p.w_offset + min(n0 + r, p.N - 1u) * p.K;
+  let n = min(n0 + r, p.N - 1u);
+  if (BLOCKED == 1u) {
+    return p.w_offset + (n / 8u) * 8u * p.K + (n % 8u) * 8u;
+  }
+  return p.w_offset + n * p.K;
+}
+
+fn col_step() -> u32 {
+  return select(1u, 8u, BLOCKED == 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -68,15 +82,16 @@ fn main(
     hi[j] = vec4<f32>(0.0);
   }
   let k8 = K & ~7u;
+  let cs = col_step();
   for (var c = 0u; c < k8; c += 8u) {
-    let w0 = load_w8(r0 + c);
-    let w1 = load_w8(r1 + c);
-    let w2 = load_w8(r2 + c);
-    let w3 = load_w8(r3 + c);
-    let w4 = load_w8(r4 + c);
-    let w5 = load_w8(r5 + c);
-    let w6 = load_w8(r6 + c);
-    let w7 = load_w8(r7 + c);
+    let w0 = load_w8(r0 + c * cs);
+    let w1 = load_w8(r1 + c * cs);
+    let w2 = load_w8(r2 + c * cs);
+    let w3 = load_w8(r3 + c * cs);
+    let w4 = load_w8(r4 + c * cs);
+    let w5 = load_w8(r5 + c * cs);
+    let w6 = load_w8(r6 + c * cs);
+    let w7 = load_w8(r7 + c * cs);
     for (var j = 0u; j < TOKENS; j++) {
       let xi = min(t0 + j, T - 1u) * k4 + c / 4u; // tokens past T: recomputed, never stored
       let xa = x[xi];
@@ -85,7 +100,7 @@ fn main(
       hi[j] += vec4<f32>(dot8(w4, xa, xb), dot8(w5, xa, xb), dot8(w6, xa, xb), dot8(w7, xa, xb));
     }
   }
-  if (k8 != K) { // K = 8m + 4: the last four columns
+  if (k8 != K) { // K = 8m + 4: the last four columns (rows layout only)
     let wl = mat4x4<f32>(load_w4(r0 + k8), load_w4(r1 + k8), load_w4(r2 + k8), load_w4(r3 + k8));
     let wh = mat4x4<f32>(load_w4(r4 + k8), load_w4(r5 + k8), load_w4(r6 + k8), load_w4(r7 + k8));
     for (var j = 0u; j < TOKENS; j++) {

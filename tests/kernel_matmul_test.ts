@@ -3,6 +3,7 @@ import { OpConfigError } from "../src/gpu/ops.ts";
 import { readF32 } from "../src/gpu/readback.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
+import { repackRows8 } from "../src/gpu/resident.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, pack, randomF32, run } from "./kernel_harness.ts";
 
 /** f32 accumulation (K <= 4096 measured <= 6.4e-7), relative to the largest output. */
@@ -52,6 +53,62 @@ for (const dtype of DTYPES) {
     },
   );
 }
+
+for (const dtype of DTYPES) {
+  gpuTest(
+    `matmul() over rows8 weights (${dtype}) gives exactly what it gives over the same rows`,
+    async () => {
+      const bytes = dtype === "f32" ? 4 : 2;
+      // N = 75: the last block of 8 rows is padded; T: decode, 8-token and 16-token tiles
+      for (const [K, T] of [[136, 1], [64, 9], [136, 40], [8, 3]]) {
+        const w = pack(randomF32(ROWS * K, 21 + K), dtype);
+        const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, bytes);
+        assert.strictEqual(rows8.byteLength, Math.ceil(ROWS / 8) * 8 * K * bytes);
+        const xs = randomF32(T * K, 200 + T);
+        const x = buffer(xs);
+        const outs = [buffer(T * ROWS * 4), buffer(T * ROWS * 4)];
+        const refs = [
+          { buffer: buffer(w.words), dtype, offsetElems: 0 },
+          { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" as const },
+        ];
+        const mm = refs.map((wr, i) =>
+          ops.matmul({
+            x,
+            w: wr,
+            out: outs[i],
+            K,
+            N: ROWS,
+            outStride: ROWS,
+            outOffset: 0,
+            accumulate: false,
+          })
+        );
+        run(mm, T);
+        const rows = await readF32(gpu, outs[0], 0, T * ROWS);
+        const blocked = await readF32(gpu, outs[1], 0, T * ROWS);
+        assert.deepStrictEqual(blocked, rows, `K=${K} T=${T}`);
+        assertClose(blocked, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
+      }
+    },
+  );
+}
+
+gpuTest(
+  "repackRows8() puts row n, column k at ((n / 8) * K + k - k % 8) * 8 + (n % 8) * 8 + k % 8",
+  () => {
+    const N = 11, K = 16;
+    const src = new Uint8Array(N * K).map((_, i) => i % 251);
+    const out = repackRows8(src, N, K, 1);
+    assert.strictEqual(out.length, 16 * K);
+    for (let n = 0; n < 16; n++) {
+      for (let k = 0; k < K; k++) {
+        const at = (Math.floor(n / 8) * K + k - (k % 8)) * 8 + (n % 8) * 8 + (k % 8);
+        assert.strictEqual(out[at], n < N ? src[n * K + k] : 0, `n=${n} k=${k}`);
+      }
+    }
+    return Promise.resolve();
+  },
+);
 
 gpuTest("matmul() honours outOffset, outStride and accumulate (bf16, T=5)", async () => {
   const K = 64, N = 10, T = 5, stride = 32, offset = 7;

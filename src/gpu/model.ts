@@ -134,6 +134,10 @@ export interface GpuModelOptions {
    * matmul tiles of 16 tokens in steps of 32 tokens or more, expert tiles of 8 pairs from 8 pairs
    * per expert on average. */
   wideTiles?: boolean;
+  /** Resident f16/bf16 matrices (projections, routers, an untied lm_head) in the rows8 layout
+   * (WeightRef.layout: an invocation's 8 rows read as one stream; default true; false: row-major,
+   * the kernels issue's baseline). */
+  rows8Weights?: boolean;
 }
 
 /** The expert pool's layout options for a model's options. */
@@ -356,10 +360,11 @@ export class GpuModel implements LanguageModel, SessionHost {
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
 
     // resident weights
-    this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l));
+    const rows8 = opts.rows8Weights ?? true;
+    this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8));
     const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
     this.finalNorm = finalNorm;
-    this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu);
+    this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu, rows8);
     this.rope = uploadF32(device, ropeTable(this.maxContext, Dh, c.ropeTheta), "rope_table");
 
     // experts: a pool of slots, filled up front when every expert fits, else lazily

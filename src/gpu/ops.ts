@@ -36,6 +36,9 @@ const WG_TOPK = 8;
 
 /** Output rows per matmul invocation and its workgroup size. */
 const MATMUL_ROWS = 8;
+/** Rows (and columns) of a block of "rows8" weights (WeightRef.layout; matmul.wgsl's BLOCKED). */
+export const ROWS8 = 8;
+if (MATMUL_ROWS !== ROWS8) throw new Error("a matmul invocation must own one block of rows8");
 const WG_MATMUL = 16;
 /** Tokens per matmul invocation in prefill (each weight load reused this often), and from how
  * many tokens in a step on: 8 from 2, 16 from MATMUL_WIDE_FROM (unless the Ops option
@@ -375,14 +378,17 @@ export class Ops implements OpsApi {
   }): IndirectOp {
     checkMultiple("matmul", "K", a.K, VEC);
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
+    const blocked = a.w.layout === "rows8";
+    if (blocked) checkMultiple("matmul", "K of rows8 weights", a.K, ROWS8);
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
-    const w = this.weightBinding("matmul", a.w, a.N, a.K);
+    // rows8 weights hold whole blocks of 8 rows (the last one padded)
+    const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
     const weights = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
     const spec = (tokens: number): KernelSpec => ({
       kernel: "matmul",
       bindings,
       weights,
-      constants: { TOKENS: tokens },
+      constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
       expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL, MAX_TOKENS: MATMUL_WIDE_TOKENS },
     });
     const decode = this.shaders.pipeline(spec(1));

@@ -55,6 +55,10 @@ export interface WeightRef {
   /** Offset of element [0,0] in elements of dtype (bf16/f16: must be even; quantized types: a
    * whole number of blocks, see src/gpu/weight_dtype.ts). */
   offsetElems: number;
+  /** "rows" (default): row-major. "rows8" (f32/f16/bf16, K a multiple of 8): each block of 8 rows
+   * stored column chunk by column chunk, the 8 rows' 8 elements of a chunk together, the last
+   * block padded (src/gpu/resident.ts repackRows8; matmul.wgsl). Only matmul reads it. */
+  layout?: "rows" | "rows8";
 }
 
 /** A prepared dispatch. record() encodes it into a pass for the current step's token count. */

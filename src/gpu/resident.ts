@@ -9,15 +9,57 @@ import type { WeightRef } from "./ops_api.ts";
 import { WEIGHT_DTYPES } from "./weight_dtype.ts";
 import { toFloat32 } from "../dtype.ts";
 
-/** Upload a checkpoint matrix as-is (packed in u32) for the matmul kernels. */
-export function uploadMatrix(device: GPUDevice, t: TensorView, label: string): WeightRef {
+/** Bytes of one element of the dtypes rows8 takes (others stay row-major). f32 is left out:
+ * `bench/kernels.ts` measured it no faster there (-12% to +6%), bf16 +5-10% for 768-2048 rows. */
+const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
+
+/** Whether a matrix is stored as rows8 when asked: f16/bf16 and rows of whole 8-element chunks. */
+export function rows8Eligible(t: TensorView): boolean {
+  return t.shape.length === 2 && ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
+}
+
+/**
+ * A row-major [N, K] matrix of `elemBytes` elements in the rows8 layout (WeightRef.layout): for
+ * each block of 8 rows, for each chunk of 8 columns, the chunk of each of the 8 rows in turn; rows
+ * past N (the last block's padding) are zero.
+ */
+export function repackRows8(src: Uint8Array, N: number, K: number, elemBytes: number): Uint8Array {
+  const chunk = 8 * elemBytes, chunks = K / 8, blocks = Math.ceil(N / 8);
+  const out = new Uint8Array(blocks * 8 * K * elemBytes);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    const row = src.subarray(n * K * elemBytes, (n + 1) * K * elemBytes);
+    for (let c = 0; c < chunks; c++) {
+      out.set(row.subarray(c * chunk, (c + 1) * chunk), ((b * chunks + c) * 8 + r) * chunk);
+    }
+  }
+  return out;
+}
+
+/** Upload a checkpoint matrix for the matmul kernels: as-is (packed in u32), or with `rows8` in
+ * the rows8 layout where the dtype and shape allow it (rows8Eligible). */
+export function uploadMatrix(
+  device: GPUDevice,
+  t: TensorView,
+  label: string,
+  rows8 = false,
+): WeightRef {
+  const blocked = rows8 && rows8Eligible(t);
+  const bytes = blocked
+    ? repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!)
+    : t.bytes;
   const buffer = device.createBuffer({
     label,
-    size: align4(t.bytes.byteLength),
+    size: align4(bytes.byteLength),
     usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
   });
-  device.queue.writeBuffer(buffer, 0, t.bytes as Uint8Array<ArrayBuffer>);
-  return { buffer, dtype: WEIGHT_DTYPES[t.dtype], offsetElems: 0 };
+  device.queue.writeBuffer(buffer, 0, bytes as Uint8Array<ArrayBuffer>);
+  return {
+    buffer,
+    dtype: WEIGHT_DTYPES[t.dtype],
+    offsetElems: 0,
+    layout: blocked ? "rows8" : "rows",
+  };
 }
 
 /** Upload a norm weight converted to f32 (norm kernels take f32 weights). */
@@ -51,18 +93,24 @@ export interface GpuLayer {
   router: WeightRef;
 }
 
-export function uploadLayer(device: GPUDevice, lw: LayerWeights, l: number): GpuLayer {
+/** A layer's resident weights; `rows8`: its matrices in the rows8 layout where they allow it. */
+export function uploadLayer(
+  device: GPUDevice,
+  lw: LayerWeights,
+  l: number,
+  rows8 = false,
+): GpuLayer {
   const p = `layers.${l}`;
   return {
     inputNorm: uploadF32(device, toFloat32(lw.inputNorm), `${p}.input_norm`),
-    q: uploadMatrix(device, lw.q, `${p}.q`),
-    k: uploadMatrix(device, lw.k, `${p}.k`),
-    v: uploadMatrix(device, lw.v, `${p}.v`),
-    o: uploadMatrix(device, lw.o, `${p}.o`),
+    q: uploadMatrix(device, lw.q, `${p}.q`, rows8),
+    k: uploadMatrix(device, lw.k, `${p}.k`, rows8),
+    v: uploadMatrix(device, lw.v, `${p}.v`, rows8),
+    o: uploadMatrix(device, lw.o, `${p}.o`, rows8),
     qNorm: uploadF32(device, toFloat32(lw.qNorm), `${p}.q_norm`),
     kNorm: uploadF32(device, toFloat32(lw.kNorm), `${p}.k_norm`),
     postNorm: uploadF32(device, toFloat32(lw.postAttentionNorm), `${p}.post_norm`),
-    router: uploadMatrix(device, lw.router, `${p}.router`),
+    router: uploadMatrix(device, lw.router, `${p}.router`, rows8),
   };
 }
 
@@ -79,12 +127,15 @@ export function uploadRowChunks(
   t: TensorView,
   gpu: Gpu,
   label: string,
+  rows8 = false,
 ): RowChunk[] {
   const [V, D] = t.shape;
   const rowBytes = t.bytes.byteLength / V;
   const limit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
-  // whole rows per chunk, an even count so bf16 chunks start on a u32
-  const perChunk = Math.max(2, Math.floor(limit / rowBytes / 2) * 2);
+  // whole rows per chunk, an even count so bf16 chunks start on a u32 (whole blocks of 8 rows
+  // for rows8, so that only the last chunk pads)
+  const unit = rows8 ? 8 : 2;
+  const perChunk = Math.max(unit, Math.floor(limit / rowBytes / unit) * unit);
   const chunks = [];
   for (let first = 0; first < V; first += perChunk) {
     const rows = Math.min(perChunk, V - first);
@@ -93,22 +144,31 @@ export function uploadRowChunks(
       shape: [rows, D],
       bytes: t.bytes.subarray(first * rowBytes, (first + rows) * rowBytes),
     };
-    chunks.push({ w: uploadMatrix(device, view, `${label}.${first}`), rows, first });
+    chunks.push({ w: uploadMatrix(device, view, `${label}.${first}`, rows8), rows, first });
   }
   return chunks;
 }
 
 /**
  * lm_head and the embedding table on the GPU, in row chunks. With tie_word_embeddings they are one
- * tensor, uploaded once and shared.
+ * tensor, uploaded once and shared (row-major then: the embedding gathers rows); `rows8`: an
+ * untied lm_head in the rows8 layout where it allows it.
  */
 export function uploadVocabMatrices(
   device: GPUDevice,
   embed: TensorView,
   lmHead: TensorView,
   gpu: Gpu,
+  rows8 = false,
 ): { embed: RowChunk[]; lmHead: RowChunk[] } {
-  const head = uploadRowChunks(device, lmHead, gpu, lmHead === embed ? "embed_tied" : "lm_head");
+  const tied = lmHead === embed;
+  const head = uploadRowChunks(
+    device,
+    lmHead,
+    gpu,
+    tied ? "embed_tied" : "lm_head",
+    rows8 && !tied,
+  );
   return {
     lmHead: head,
     embed: lmHead === embed ? head : uploadRowChunks(device, embed, gpu, "embed"),
