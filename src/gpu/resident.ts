@@ -10,7 +10,8 @@ import { WEIGHT_DTYPES } from "./weight_dtype.ts";
 import { toFloat32 } from "../dtype.ts";
 
 /** Bytes of one element of the dtypes rows8 takes (others stay row-major). f32 is left out:
- * `bench/kernels.ts` measured it no faster there (-12% to +6%), bf16 +5-10% for 768-2048 rows. */
+ * `bench/kernels.ts` measured it no faster there (-12% to +6%), bf16 +5% to +64% for 768-2048
+ * rows. */
 const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
 
 /** Whether a matrix is stored as rows8 when asked: f16/bf16 and rows of whole 8-element chunks. */
