@@ -10,9 +10,8 @@
  *     [--no-real]
  */
 import { parseArgs } from "node:util";
-import { DEFAULT_MODEL_DIR, openModel, openModelDir } from "../src/model_dir.ts";
-import { GpuModel } from "../src/gpu/model.ts";
-import { openGpu } from "../src/gpu/device.ts";
+import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
+import { openSideBySide } from "./side_by_side.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { median } from "./memcpy.ts";
@@ -21,20 +20,12 @@ const REAL = { ...QWEN3_30B_A3B, experts: 32 };
 const MODES = [{ name: "row-major", rows8: false }, { name: "rows8", rows8: true }];
 
 async function bench(name: string, dir: string, tokens: number, reps: number): Promise<string[]> {
-  const opened = dir === DEFAULT_MODEL_DIR ? await openModel(dir) : openModelDir(dir);
-  const c = opened.weights.config;
-  const gpu = await openGpu();
-  const models = [];
-  for (const m of MODES) {
-    models.push(
-      await GpuModel.open(opened.weights, {
-        gpu,
-        maxContext: 64 + tokens + 8,
-        expertSource: opened.experts,
-        rows8Weights: m.rows8,
-      }),
-    );
-  }
+  const side = await openSideBySide(
+    dir,
+    MODES.map((m) => ({ maxContext: 64 + tokens + 8, rows8Weights: m.rows8 })),
+  );
+  const models = side.models;
+  const c = side.opened.weights.config;
   const prompt = Array.from({ length: 64 }, (_, i) => (i * 7919 + 13) % c.vocabSize);
   const decode: number[][] = MODES.map(() => []), prefill: number[][] = MODES.map(() => []);
   const ids: string[] = [];
@@ -61,9 +52,7 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
       }
     }
   } finally {
-    for (const m of models) m.destroy();
-    gpu.device.destroy();
-    opened.close();
+    side.close();
   }
   const [d0, d1] = decode.map(median), [p0, p1] = prefill.map(median);
   return [

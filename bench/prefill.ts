@@ -13,9 +13,8 @@
  *     [--lengths 64,512,2048] [--no-real]
  */
 import { parseArgs } from "node:util";
-import { DEFAULT_MODEL_DIR, openModel, openModelDir } from "../src/model_dir.ts";
-import { GpuModel } from "../src/gpu/model.ts";
-import { openGpu } from "../src/gpu/device.ts";
+import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
+import { openSideBySide } from "./side_by_side.ts";
 import { mulberry32 } from "../weights/fixture.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { median } from "./memcpy.ts";
@@ -45,23 +44,13 @@ async function benchModel(
   lengths: number[],
   reps: number,
 ): Promise<{ rows: Row[]; identical: boolean }> {
-  // the fixture is a checkpoint: opened as it is (openModel would pack it into the user's cache)
-  const opened = dir === DEFAULT_MODEL_DIR ? await openModel(dir) : openModelDir(dir);
-  const c = opened.weights.config;
   const maxLen = Math.max(...lengths);
-  const gpu = await openGpu();
-  const models = [];
-  for (const m of MODES) {
-    models.push(
-      await GpuModel.open(opened.weights, {
-        gpu,
-        maxContext: maxLen,
-        maxBatch: 64,
-        expertSource: opened.experts,
-        wideTiles: m.wideTiles,
-      }),
-    );
-  }
+  const side = await openSideBySide(
+    dir,
+    MODES.map((m) => ({ maxContext: maxLen, maxBatch: 64, wideTiles: m.wideTiles })),
+  );
+  const models = side.models;
+  const c = side.opened.weights.config;
   const rows: Row[] = [];
   let identical = true;
   try {
@@ -96,9 +85,7 @@ async function benchModel(
       }
     }
   } finally {
-    for (const m of models) m.destroy();
-    gpu.device.destroy();
-    opened.close();
+    side.close();
   }
   return { rows, identical };
 }
