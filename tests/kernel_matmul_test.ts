@@ -106,6 +106,10 @@ gpuTest(
         assert.strictEqual(out[at], n < N ? src[n * K + k] : 0, `n=${n} k=${k}`);
       }
     }
+    // a source that does not start on a 4-byte boundary (a checkpoint view) gives the same
+    const shifted = new Uint8Array(src.length + 2);
+    shifted.set(src, 2);
+    assert.deepStrictEqual(repackRows8(shifted.subarray(2), N, K, 1), out);
     return Promise.resolve();
   },
 );
