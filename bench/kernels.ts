@@ -10,6 +10,7 @@ import { openGpu } from "../src/gpu/device.ts";
 import { Ops } from "../src/gpu/ops.ts";
 import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
 import { weightBytes } from "../src/gpu/weight_dtype.ts";
+import { stepRecord } from "../src/gpu/ops_api.ts";
 
 /** Dispatches per timed submit: enough to hide the ~11 ms submit+readback cost on llvmpipe. */
 const REPS = 20;
@@ -22,6 +23,10 @@ const MOE = { D: 2048, I: 768, K: 8, E: 128 };
 
 const gpu = await openGpu();
 const ops = new Ops(gpu);
+/** The tiled expert kernels' baseline workgroup order (tile-major), for the rows beside it. */
+const tileMajorOps = new Ops(gpu, { interleavedTiles: false });
+/** Attention without the three-pass kernels' scores scratch: always the one-pass kernel. */
+const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
 const device = gpu.device;
 const made: GPUBuffer[] = [];
 
@@ -61,8 +66,11 @@ const timestamps = gpu.features.includes("timestamp-query")
 async function time(
   list: Op[],
   T: number,
+  pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  device.queue.writeBuffer(ops.step, 0, new Uint32Array([T, 0, T, 0]));
+  for (const o of [ops, tileMajorOps, onePassOps]) {
+    device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
+  }
   const once = async () => {
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass(
@@ -122,9 +130,10 @@ function matmulOp(
 }
 
 /** Both expert stages for T tokens, each routed to K distinct experts of E (pseudo-random). Expert
- * e lives in slot e % slots of one pool buffer as large as a storage binding allows. */
-function expertOps(dtype: WeightDType, T: number): Op[] {
-  const { D, I, K, E } = MOE;
+ * e lives in slot e % slots of one pool buffer as large as a storage binding allows. The ops are
+ * told the model's expert count (what picks their tile size) and come from `from`. */
+function expertOps(dtype: WeightDType, T: number, E = MOE.E, from = ops): Op[] {
+  const { D, I, K } = MOE;
   const slotElems = 3 * I * D;
   const poolSlots = Math.floor(
     device.limits.maxStorageBufferBindingSize / weightBytes(dtype, slotElems),
@@ -156,8 +165,14 @@ function expertOps(dtype: WeightDType, T: number): Op[] {
   };
   const h = storage(T * K * I * 4);
   return [
-    ops.expertsGateUp({ ...common, x: storage(T * D * 4), missed: storage(E * 4), h }),
-    ops.expertsDown({ ...common, h, y: storage(T * K * D * 4) }),
+    from.expertsGateUp({
+      ...common,
+      x: storage(T * D * 4),
+      missed: storage(E * 4),
+      h,
+      numExperts: E,
+    }),
+    from.expertsDown({ ...common, h, y: storage(T * K * D * 4), numExperts: E }),
   ];
 }
 
@@ -228,4 +243,73 @@ for (const T of [1, 8, 64]) {
   const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
   row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));
   release();
+}
+// Prefill steps of 64 tokens through the tiled expert kernels, tile-major (the baseline) and
+// interleaved, alternating: GFLOP/s = 2 x pairs x 3 x I x D per second.
+console.log(
+  "\nexpert prefill, 64 tokens      order        ms/call  GFLOP/s  CPU-s/s" +
+    (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+);
+for (const E of [128, 32]) {
+  for (const [name, from] of [["tile-major", tileMajorOps], ["interleaved", ops]] as const) {
+    const { D, I, K } = MOE;
+    const T = 64;
+    const flop = 2 * T * K * 3 * I * D;
+    const s = await time(expertOps("bf16", T, E, from), T);
+    console.log(
+      `experts bf16 E${E} (${T * K / E} pairs/expert)`.padEnd(30) + ` ${name.padEnd(11)}  ` +
+        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
+          (flop / s.wall / 1e9).toFixed(2).padStart(7)
+        }  ` +
+        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
+        (s.gpu === null
+          ? ""
+          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
+            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
+          }`),
+    );
+    release();
+  }
+}
+
+// Attention of a 64-token prefill step of Qwen3-30B-A3B's shape (32 query heads, 4 kv heads, head
+// dim 128) at the end of a 512- and a 2048-token prompt: GFLOP/s = 4 x heads x head_dim x the
+// positions the step's tokens attend to, per second. The three-pass kernels (scores kept in a
+// scratch, the runtime's choice while they fit) and the one-pass kernel, alternating.
+console.log(
+  "\nattention prefill, 64 tokens   kernels      ms/call  GFLOP/s  CPU-s/s" +
+    (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+);
+for (const positions of [512, 2048]) {
+  const Hq = 32, Hkv = 4, Dh = 128, T = 64, pos0 = positions - T;
+  let attended = 0;
+  for (let t = 0; t < T; t++) attended += pos0 + t + 1;
+  const flop = 4 * Hq * Dh * attended;
+  for (const [name, from] of [["three-pass", ops], ["one-pass", onePassOps]] as const) {
+    const kv = () => storage(positions * Hkv * Dh * 4, 0x3c003c00);
+    const op = from.attention({
+      q: storage(T * Hq * Dh * 4, 0x3c003c00),
+      kCache: kv(),
+      vCache: kv(),
+      out: storage(T * Hq * Dh * 4),
+      numHeads: Hq,
+      numKvHeads: Hkv,
+      headDim: Dh,
+      scale: 1 / Math.sqrt(Dh),
+    });
+    const s = await time([op], T, pos0);
+    console.log(
+      `attention H32/4 D128 at ${positions}`.padEnd(30) + ` ${name.padEnd(11)}  ` +
+        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
+          (flop / s.wall / 1e9).toFixed(2).padStart(7)
+        }  ` +
+        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
+        (s.gpu === null
+          ? ""
+          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
+            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
+          }`),
+    );
+    release();
+  }
 }

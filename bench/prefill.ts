@@ -5,8 +5,10 @@
  * (32 of its 128 experts, vocab 32768: the vocab only matters for the last token's logits here),
  * all experts resident, with `wideTiles: false` (the baseline: matmul tiles of 8 tokens, the
  * expert kernels' large tile only from 1024 pairs) and `wideTiles: true` (matmul tiles of 16
- * tokens from 32 tokens a step; expert tiles of 8 pairs from 8 pairs per expert on average).
- * Both configurations must give the same last-token logits bit for bit. Modes alternate; medians.
+ * tokens from 32 tokens a step; expert tiles of 8 pairs from 8 pairs per expert on average), then
+ * wide tiles with the tiled expert kernels' workgroups interleaved (`interleavedTiles`: both of
+ * llvmpipe's threads get real tiles; without it, tile-major, they all fall to one thread).
+ * All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
  * Not a test: prints a table and writes bench/out/prefill.json.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
@@ -34,8 +36,9 @@ interface Row {
 }
 
 const MODES = [
-  { name: "before (8-token matmul tiles)", wideTiles: false },
-  { name: "wide tiles", wideTiles: true },
+  { name: "before (8-token matmul tiles)", wideTiles: false, interleavedTiles: false },
+  { name: "wide tiles", wideTiles: true, interleavedTiles: false },
+  { name: "wide tiles, interleaved", wideTiles: true, interleavedTiles: true },
 ];
 
 async function benchModel(
@@ -47,7 +50,12 @@ async function benchModel(
   const maxLen = Math.max(...lengths);
   const side = await openSideBySide(
     dir,
-    MODES.map((m) => ({ maxContext: maxLen, maxBatch: 64, wideTiles: m.wideTiles })),
+    MODES.map((m) => ({
+      maxContext: maxLen,
+      maxBatch: 64,
+      wideTiles: m.wideTiles,
+      interleavedTiles: m.interleavedTiles,
+    })),
   );
   const models = side.models;
   const c = side.opened.weights.config;
@@ -123,23 +131,23 @@ async function main(): Promise<void> {
     `prefill tok/s, ${reps} timed runs per cell after one untimed, modes alternating, medians; ` +
     `load avg ${Deno.loadavg()[0].toFixed(2)} at the end; ` +
     `${((performance.now() - t0) / 1000).toFixed(0)} s`,
-    "| model | prompt | before tok/s | wide tiles tok/s | ratio |",
-    "| --- | --- | --- | --- | --- |",
+    "| model | prompt | before tok/s | wide tiles tok/s | + interleaved tok/s | ratios to before |",
+    "| --- | --- | --- | --- | --- | --- |",
   ];
   for (const r of results) {
     for (const n of lengths) {
-      const [b, w] = MODES.map((m) =>
+      const [b, w, i] = MODES.map((m) =>
         r.rows.find((x) => x.tokens === n && x.mode === m.name)!.tokensPerS
       );
       lines.push(
-        `| ${r.rows[0].model} | ${n} | ${b.toFixed(1)} | ${w.toFixed(1)} | ${
+        `| ${r.rows[0].model} | ${n} | ${b.toFixed(1)} | ${w.toFixed(1)} | ${i.toFixed(1)} | ${
           (w / b).toFixed(2)
-        }x |`,
+        }x / ${(i / b).toFixed(2)}x |`,
       );
     }
   }
   lines.push(
-    `last-token logits identical in both modes: ${
+    `last-token logits identical in all modes: ${
       results.map((r) => `${r.rows[0].model} ${r.identical ? "yes" : "NO"}`).join(", ")
     }`,
   );

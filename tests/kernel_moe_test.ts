@@ -1,5 +1,6 @@
 import assert from "node:assert";
 import { readF32, readU32 } from "../src/gpu/readback.ts";
+import { Ops } from "../src/gpu/ops.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
 import {
@@ -50,11 +51,16 @@ const E = 6, K = 3;
 /** [D, I, slot padding]: 16-byte rows (vector weight loader) with D, I multiples of 8; then
  * D, I = 4 mod 8 (tail columns) and slots at odd offsets (scalar loader). */
 const GEOMETRIES: [number, number, number][] = [[40, 24, 8], [44, 20, 6]];
+/** A geometry whose tiled kernels take two workgroups per tile, the second partial (interleaved
+ * order): gate/up 18 row sets of 4, down 17 of 8, 16 a workgroup. */
+const WIDE: [number, number, number] = [136, 72, 8];
+/** The tiled expert kernels' baseline workgroup order, checked against the interleaved one. */
+const tileMajor = new Ops(gpu, { interleavedTiles: false });
 const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT]; // expert e of layer 1 -> slot
 const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];
 
 for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
-  for (const [D, I, pad] of GEOMETRIES) {
+  for (const [D, I, pad] of dtype === "bf16" ? [...GEOMETRIES, WIDE] : GEOMETRIES) {
     const SLOT_ELEMS = 3 * I * D + pad;
     gpuTest(
       `expertsGateUp()/expertsDown() match the reference over two pools bound together or apart (${dtype}, D=${D}, I=${I}), absent experts flagged`,
@@ -78,8 +84,13 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
         // T = 50, 350: 150, 1050 (token, expert) pairs: tiled kernels (grouped by expert), 4 and 8
         // pairs per tile (the larger case once, for time); T = 51 told the expert count: 153
         // pairs, over 8 per expert, so 8 pairs per tile.
-        const large = dtype === "bf16" && pad === 8 ? [350] : [];
-        for (const T of [1, 3, 7, 50, 51, ...large]) {
+        // Tiled steps run in both workgroup orders (bit-identical outputs).
+        const large = dtype === "bf16" && pad === 8 && D !== WIDE[0] ? [350] : [];
+        const runs = [1, 3, 7, 50, 51, ...large].flatMap((T) =>
+          T >= 50 ? [{ T, o: ops }, { T, o: tileMajor }] : [{ T, o: ops }]
+        );
+        let interleavedOut: [Float32Array, Float32Array] | null = null;
+        for (const { T, o } of runs) {
           const next = rng(T);
           const idxArr = new Uint32Array(T * K);
           for (let t = 0; t < T; t++) {
@@ -116,7 +127,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           }));
           const layout = T === 7 ? perPool : groups;
           const list = layout.map((group) =>
-            ops.expertsGateUp({
+            o.expertsGateUp({
               ...common,
               partOffset: 0,
               x: xBuf,
@@ -127,7 +138,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
               inter: I,
             })
           ).concat(layout.map((group) =>
-            ops.expertsDown({
+            o.expertsDown({
               ...common,
               partOffset: 2 * I * D, // after gate and up
               h,
@@ -137,9 +148,15 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
               inter: I,
             })
           ));
-          run(list, T);
+          run(list, T, 0, o.step);
           const gotH = await readF32(gpu, h, 0, T * K * I);
           const gotY = await readF32(gpu, y, 0, T * K * D);
+          if (o === tileMajor) {
+            assert.ok(interleavedOut, "the interleaved run comes first");
+            assert.deepStrictEqual(gotH, interleavedOut[0], `h T=${T}: orders differ`);
+            assert.deepStrictEqual(gotY, interleavedOut[1], `y T=${T}: orders differ`);
+          }
+          interleavedOut = [gotH, gotY];
           const wantMissed = new Uint32Array(2 * E);
           for (let pair = 0; pair < T * K; pair++) {
             const e = idxArr[pair], slot = LAYER1_SLOTS[e];

@@ -134,6 +134,9 @@ export interface GpuModelOptions {
    * matmul tiles of 16 tokens in steps of 32 tokens or more, expert tiles of 8 pairs from 8 pairs
    * per expert on average. */
   wideTiles?: boolean;
+  /** Tiled expert kernels' tiles interleaved through the grid (OpsOptions.interleavedTiles,
+   * default true; false: tile-major, the baseline, which llvmpipe runs on one thread). */
+  interleavedTiles?: boolean;
   /** Resident f16/bf16 matrices (projections, routers, an untied lm_head) in the rows8 layout
    * (WeightRef.layout: an invocation's 8 rows read as one stream; default true; false: row-major,
    * the kernels issue's baseline). */
@@ -348,7 +351,10 @@ export class GpuModel implements LanguageModel, SessionHost {
     const device = gpu.device;
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext, MAX_STEP_TOKENS);
-    this.ops = new Ops(gpu, { wideTiles: opts.wideTiles });
+    this.ops = new Ops(gpu, {
+      wideTiles: opts.wideTiles,
+      interleavedTiles: opts.interleavedTiles,
+    });
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
     this.expertSetDefault = opts.expertSet ?? "lru";

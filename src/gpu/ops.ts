@@ -210,6 +210,10 @@ export interface OpsOptions {
    * from 32 tokens a step (else 8), and the expert kernels' large tile chosen by pairs per
    * expert when the op is told the model's expert count (else from EXPERT_LARGE_TILE_PAIRS). */
   wideTiles?: boolean;
+  /** Workgroup order of the tiled expert kernels (default true; false: tile-major, the baseline):
+   * tiles interleaved through the grid so that llvmpipe's threads, each given one contiguous
+   * share of it, all get real tiles (tile-major puts them all in the first share). */
+  interleavedTiles?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -229,9 +233,13 @@ export class Ops implements OpsApi {
   /** Whether long prefill steps use matmul tiles of MATMUL_WIDE_TOKENS tokens. */
   private wideTiles: boolean;
 
+  /** Whether the tiled expert kernels interleave tiles through their grid. */
+  private interleavedTiles: boolean;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
+    this.interleavedTiles = opts.interleavedTiles ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -705,16 +713,24 @@ export class Ops implements OpsApi {
           expect: { ROWS, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
           weights,
           pools,
-          constants: { TILE: tile },
+          constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
         },
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
         [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
-        (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
+        (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
       ),
     ]);
     const one = [perPair];
     const experts = this.wideTiles ? a.numExperts : undefined;
     return new ChoiceOp("expertsGateUp", (t) => tiled[tiling(t * k, experts)] ?? one);
+  }
+
+  /** Workgroups of a tiled expert kernel over `tiles` tile places of `rowSets` row sets each:
+   * whole workgroups per tile when interleaved (a workgroup's row sets all of one tile). */
+  private tiledGroups(tiles: number, rowSets: number): number {
+    return this.interleavedTiles
+      ? tiles * ceilDiv(rowSets, WG_TILED)
+      : ceilDiv(tiles * rowSets, WG_TILED);
   }
 
   /** Ops grouping a step's pairs by expert (kernels/moe_tiles.wgsl) into a shared scratch, one
@@ -791,11 +807,11 @@ export class Ops implements OpsApi {
           expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
           weights,
           pools,
-          constants: { TILE: tile },
+          constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
         },
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
         [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
-        (t) => ceilDiv(maxTiles(t * k, tile) * rowSets, WG_TILED),
+        (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
       ),
     ]);
     const one = [perPair];
