@@ -27,6 +27,8 @@ const ops = new Ops(gpu);
 const tileMajorOps = new Ops(gpu, { interleavedTiles: false });
 /** Attention without the three-pass kernels' scores scratch: always the one-pass kernel. */
 const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
+/** The three-pass attention's baseline: one position / head-dim chunk per lane. */
+const unblockedOps = new Ops(gpu, { attentionBlocks: false });
 const device = gpu.device;
 const made: GPUBuffer[] = [];
 
@@ -68,7 +70,7 @@ async function time(
   T: number,
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  for (const o of [ops, tileMajorOps, onePassOps]) {
+  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps]) {
     device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   }
   const once = async () => {
@@ -274,8 +276,9 @@ for (const E of [128, 32]) {
 
 // Attention of a 64-token prefill step of Qwen3-30B-A3B's shape (32 query heads, 4 kv heads, head
 // dim 128) at the end of a 512- and a 2048-token prompt: GFLOP/s = 4 x heads x head_dim x the
-// positions the step's tokens attend to, per second. The three-pass kernels (scores kept in a
-// scratch, the runtime's choice while they fit) and the one-pass kernel, alternating.
+// positions the step's tokens attend to, per second. The one-pass kernel, the three-pass kernels
+// (scores kept in a scratch, the runtime's choice while they fit) with one position / head-dim
+// chunk per lane (the baseline) and blocked (several per lane, the default).
 console.log(
   "\nattention prefill, 64 tokens   kernels      ms/call  GFLOP/s  CPU-s/s" +
     (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
@@ -285,7 +288,12 @@ for (const positions of [512, 2048]) {
   let attended = 0;
   for (let t = 0; t < T; t++) attended += pos0 + t + 1;
   const flop = 4 * Hq * Dh * attended;
-  for (const [name, from] of [["three-pass", ops], ["one-pass", onePassOps]] as const) {
+  const variants = [
+    ["one-pass", onePassOps],
+    ["3-pass", unblockedOps],
+    ["3-pass blk", ops],
+  ] as const;
+  for (const [name, from] of variants) {
     const kv = () => storage(positions * Hkv * Dh * 4, 0x3c003c00);
     const op = from.attention({
       q: storage(T * Hq * Dh * 4, 0x3c003c00),

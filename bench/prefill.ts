@@ -7,8 +7,9 @@
  * expert kernels' large tile only from 1024 pairs) and `wideTiles: true` (matmul tiles of 16
  * tokens from 32 tokens a step; expert tiles of 8 pairs from 8 pairs per expert on average), then
  * wide tiles with the tiled expert kernels' workgroups interleaved (`interleavedTiles`: both of
- * llvmpipe's threads get real tiles; without it, tile-major, they all fall to one thread).
- * All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
+ * llvmpipe's threads get real tiles; without it, tile-major, they all fall to one thread), then
+ * also the attention passes with several positions / head-dim chunks per lane
+ * (`attentionBlocks`). All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
  * Not a test: prints a table and writes bench/out/prefill.json.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
@@ -36,9 +37,10 @@ interface Row {
 }
 
 const MODES = [
-  { name: "before (8-token matmul tiles)", wideTiles: false, interleavedTiles: false },
-  { name: "wide tiles", wideTiles: true, interleavedTiles: false },
-  { name: "wide tiles, interleaved", wideTiles: true, interleavedTiles: true },
+  { name: "before", wideTiles: false, interleavedTiles: false, attentionBlocks: false },
+  { name: "wide tiles", wideTiles: true, interleavedTiles: false, attentionBlocks: false },
+  { name: "+ interleaved", wideTiles: true, interleavedTiles: true, attentionBlocks: false },
+  { name: "+ attention blocks", wideTiles: true, interleavedTiles: true, attentionBlocks: true },
 ];
 
 async function benchModel(
@@ -55,6 +57,7 @@ async function benchModel(
       maxBatch: 64,
       wideTiles: m.wideTiles,
       interleavedTiles: m.interleavedTiles,
+      attentionBlocks: m.attentionBlocks,
     })),
   );
   const models = side.models;
@@ -131,18 +134,18 @@ async function main(): Promise<void> {
     `prefill tok/s, ${reps} timed runs per cell after one untimed, modes alternating, medians; ` +
     `load avg ${Deno.loadavg()[0].toFixed(2)} at the end; ` +
     `${((performance.now() - t0) / 1000).toFixed(0)} s`,
-    "| model | prompt | before tok/s | wide tiles tok/s | + interleaved tok/s | ratios to before |",
-    "| --- | --- | --- | --- | --- | --- |",
+    `| model | prompt | ${MODES.map((m) => `${m.name} tok/s`).join(" | ")} | ratios to before |`,
+    `| --- | --- | ${MODES.map(() => "---").join(" | ")} | --- |`,
   ];
   for (const r of results) {
     for (const n of lengths) {
-      const [b, w, i] = MODES.map((m) =>
+      const speeds = MODES.map((m) =>
         r.rows.find((x) => x.tokens === n && x.mode === m.name)!.tokensPerS
       );
       lines.push(
-        `| ${r.rows[0].model} | ${n} | ${b.toFixed(1)} | ${w.toFixed(1)} | ${i.toFixed(1)} | ${
-          (w / b).toFixed(2)
-        }x / ${(i / b).toFixed(2)}x |`,
+        `| ${r.rows[0].model} | ${n} | ${speeds.map((v) => v.toFixed(1)).join(" | ")} | ${
+          speeds.slice(1).map((v) => `${(v / speeds[0]).toFixed(2)}x`).join(" / ")
+        } |`,
       );
     }
   }

@@ -1,9 +1,12 @@
 // Attention, pass 1 of 3 (with attention_softmax.wgsl, attention_values.wgsl): scores
 // s[t, h, j] = q[t,h]·k[j, h/GROUP] * scale for j <= pos_t, over the KV slab of token t's sequence
 // (Step.tokens; other buffers' slabs are their ops' work). LANES invocations per (t, kv head),
-// lane l taking positions l, l + LANES, ...; each K row is read once for the GROUP query heads
-// that share it. No barriers and short loops (llvmpipe ends a shader after 65535 loop
-// iterations in total; the GROUP loops have a constant trip count and are unrolled).
+// lane l taking SPAN consecutive positions from l * SPAN, then LANES * SPAN further on: each K
+// vector loaded serves the GROUP query heads that share it and each q vector SPAN positions
+// (llvmpipe gathers every load per lane, so loads per multiply-add set the speed: GROUP + SPAN
+// per GROUP * SPAN, against GROUP + 1 per GROUP with one position a lane). No barriers and
+// short loops (llvmpipe ends a shader after 65535 loop iterations in total; the GROUP and SPAN
+// loops have constant trip counts and are unrolled).
 
 struct Params {
   num_heads: u32,
@@ -24,6 +27,10 @@ struct Params {
 // Query heads per kv head (Hq / Hkv), set per pipeline.
 override GROUP: u32 = 1u;
 const MAX_GROUP: u32 = 16u;
+// Positions per lane and pass of its loop, set per pipeline: GROUP * SPAN <= MAX_ACC.
+override SPAN: u32 = 1u;
+const MAX_SPAN: u32 = 8u;
+const MAX_ACC: u32 = 32u;
 // Invocations per (t, kv head); matches ATTENTION_LANES in src/gpu/ops.ts.
 const LANES: u32 = 64u;
 const WG: u32 = 64u;
@@ -51,21 +58,36 @@ fn main(
   let slab_base = (token.x - p.first_slab) * p.positions * kv_row;
   let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
   let n = token.y + 1u;
-  for (var j = lane; j < n; j += LANES) {
-    let kb = slab_base + j * kv_row + kvh * d4;
-    var dv: array<vec4<f32>, MAX_GROUP>;
-    for (var g = 0u; g < GROUP; g++) {
-      dv[g] = vec4<f32>(0.0);
+  for (var j0 = lane * SPAN; j0 < n; j0 += LANES * SPAN) {
+    var kb: array<u32, MAX_SPAN>; // positions past n re-read row n - 1 and are never stored
+    for (var i = 0u; i < SPAN; i++) {
+      kb[i] = slab_base + min(j0 + i, n - 1u) * kv_row + kvh * d4;
+    }
+    // acc[g * SPAN + i]: head th0 + g, position j0 + i, four partial sums (as the float64
+    // reference's tolerance needs over 128 products; one scalar sum loses a bit)
+    var acc: array<vec4<f32>, MAX_ACC>;
+    for (var a = 0u; a < GROUP * SPAN; a++) {
+      acc[a] = vec4<f32>(0.0);
     }
     for (var c = 0u; c < d4; c++) {
-      let kv = k_cache[kb + c];
+      var kv: array<vec4<f32>, MAX_SPAN>;
+      for (var i = 0u; i < SPAN; i++) {
+        kv[i] = k_cache[kb[i] + c];
+      }
       for (var g = 0u; g < GROUP; g++) {
-        dv[g] += q[(th0 + g) * d4 + c] * kv;
+        let qv = q[(th0 + g) * d4 + c];
+        for (var i = 0u; i < SPAN; i++) {
+          acc[g * SPAN + i] += qv * kv[i];
+        }
       }
     }
     for (var g = 0u; g < GROUP; g++) {
-      let d = dv[g];
-      scores[(th0 + g) * p.row_len + j] = ((d.x + d.y) + (d.z + d.w)) * p.scale;
+      for (var i = 0u; i < SPAN; i++) {
+        if (j0 + i < n) {
+          let d = acc[g * SPAN + i];
+          scores[(th0 + g) * p.row_len + j0 + i] = ((d.x + d.y) + (d.z + d.w)) * p.scale;
+        }
+      }
     }
   }
 }

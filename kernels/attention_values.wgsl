@@ -1,6 +1,8 @@
 // Attention, pass 3 of 3: out[t, h*Dh + 4c..4c+4] = sum_j e[t, h, j] * v[j, h/GROUP, 4c..4c+4]
-// / sum_j e[t, h, j] (e and its sum from pass 2). One invocation per (t, kv head, c < Dh/4): each
-// V chunk is read once for the GROUP query heads that share it.
+// / sum_j e[t, h, j] (e and its sum from pass 2). One invocation per (t, kv head, CHUNKS
+// consecutive c < Dh/4): each V chunk is read once for the GROUP query heads that share it, each
+// e value once for CHUNKS chunks (llvmpipe gathers every load per lane: GROUP + 4 * CHUNKS
+// loaded values per 4 * GROUP * CHUNKS multiply-adds).
 
 struct Params {
   num_heads: u32,
@@ -21,6 +23,11 @@ struct Params {
 // Query heads per kv head (Hq / Hkv), set per pipeline.
 override GROUP: u32 = 1u;
 const MAX_GROUP: u32 = 16u;
+// Head-dim chunks of 4 values per invocation, set per pipeline: GROUP * CHUNKS <= MAX_ACC, and
+// CHUNKS divides Dh/4.
+override CHUNKS: u32 = 1u;
+const MAX_CHUNKS: u32 = 4u;
+const MAX_ACC: u32 = 32u;
 const WG: u32 = 32u;
 
 @compute @workgroup_size(WG)
@@ -29,10 +36,11 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let id = group_index(wid, nwg) * WG + lid; // (t * Hkv + kv head) * Dh/4 + c
+  let id = group_index(wid, nwg) * WG + lid; // (t * Hkv + kv head) * lanes + lane
   let d4 = p.head_dim / 4u;
-  let tk = id / d4;
-  let c = id % d4;
+  let lanes = d4 / CHUNKS;
+  let tk = id / lanes;
+  let c0 = (id % lanes) * CHUNKS;
   if (tk >= step.n_tokens * p.num_kv_heads) {
     return;
   }
@@ -44,20 +52,29 @@ fn main(
   }
   let n = token.y + 1u;
   let kv_row = p.num_kv_heads * d4;
-  let col = (token.x - p.first_slab) * p.positions * kv_row + kvh * d4 + c;
+  let col = (token.x - p.first_slab) * p.positions * kv_row + kvh * d4 + c0;
   let th0 = t * p.num_heads + kvh * GROUP; // first query head of the group, as t * Hq + h
-  var acc: array<vec4<f32>, MAX_GROUP>;
-  for (var g = 0u; g < GROUP; g++) {
-    acc[g] = vec4<f32>(0.0);
+  var acc: array<vec4<f32>, MAX_ACC>; // acc[g * CHUNKS + k]: head th0 + g, chunk c0 + k
+  for (var a = 0u; a < GROUP * CHUNKS; a++) {
+    acc[a] = vec4<f32>(0.0);
   }
   for (var j = 0u; j < n; j++) {
-    let vv = v_cache[j * kv_row + col];
+    var vv: array<vec4<f32>, MAX_CHUNKS>;
+    for (var k = 0u; k < CHUNKS; k++) {
+      vv[k] = v_cache[j * kv_row + col + k];
+    }
     for (var g = 0u; g < GROUP; g++) {
-      acc[g] += probs[(th0 + g) * p.row_len + j] * vv;
+      let e = probs[(th0 + g) * p.row_len + j];
+      for (var k = 0u; k < CHUNKS; k++) {
+        acc[g * CHUNKS + k] += e * vv[k];
+      }
     }
   }
   for (var g = 0u; g < GROUP; g++) {
     let th = th0 + g;
-    out[th * d4 + c] = acc[g] / probs[th * p.row_len + p.row_len - 1u];
+    let sum = probs[th * p.row_len + p.row_len - 1u];
+    for (var k = 0u; k < CHUNKS; k++) {
+      out[th * d4 + c0 + k] = acc[g * CHUNKS + k] / sum;
+    }
   }
 }

@@ -1,16 +1,22 @@
+import assert from "node:assert";
 import { readF32 } from "../src/gpu/readback.ts";
 import * as ref from "../src/reference/ops.ts";
-import { Ops } from "../src/gpu/ops.ts";
+import { OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
-/** The three-pass attention (scores buffer) and the one-pass kernel used past its budget. */
-const VARIANTS: [string, Ops][] = [["3-pass", ops], [
-  "1-pass",
-  new Ops(gpu, { attentionScratchBytes: 0 }),
-]];
+/** The three-pass attention (scores buffer), its baseline with one position and one head-dim
+ * chunk per lane (must agree bit for bit: the same sums in the same order), and the one-pass
+ * kernel used past its budget. */
+const VARIANTS: [string, Ops][] = [
+  ["3-pass", ops],
+  ["3-pass, one position / chunk a lane", new Ops(gpu, { attentionBlocks: false })],
+  ["1-pass", new Ops(gpu, { attentionScratchBytes: 0 })],
+];
 
 /** f32 softmax and sums over up to ~1500 positions, relative to the largest output. */
 const TOL = 2e-6;
+/** The same over 25536 positions (5.5e-6 measured at 26000). */
+const LONG_TOL = 2e-5;
 
 interface Case {
   T: number;
@@ -20,11 +26,13 @@ interface Case {
   headDim: number;
 }
 
-async function check(c: Case): Promise<void> {
-  for (const [variant, o] of VARIANTS) await checkWith(o, variant, c);
+async function check(c: Case, tol = TOL): Promise<void> {
+  const outs: Float32Array[] = [];
+  for (const [variant, o] of VARIANTS) outs.push(await checkWith(o, variant, c, tol));
+  assert.deepStrictEqual(outs[0], outs[1], `3-pass blocked vs baseline ${JSON.stringify(c)}`);
 }
 
-async function checkWith(o: Ops, variant: string, c: Case): Promise<void> {
+async function checkWith(o: Ops, variant: string, c: Case, tol: number): Promise<Float32Array> {
   const { T, pos0, heads, kvHeads, headDim } = c;
   const maxCtx = pos0 + T + 2;
   const kvWidth = kvHeads * headDim;
@@ -53,7 +61,8 @@ async function checkWith(o: Ops, variant: string, c: Case): Promise<void> {
   );
   const got = await readF32(gpu, out, 0, q.length);
   const want = ref.attention(q, k, v, T, pos0, heads, kvHeads, headDim, scale);
-  assertClose(got, want, TOL, `${variant} ${JSON.stringify(c)}`);
+  assertClose(got, want, tol, `${variant} ${JSON.stringify(c)}`);
+  return got;
 }
 
 gpuTest(
@@ -70,6 +79,45 @@ gpuTest(
   async () => {
     await check({ T: 1, pos0: 300, heads: 8, kvHeads: 1, headDim: 128 });
     await check({ T: 3, pos0: 270, heads: 16, kvHeads: 2, headDim: 128 });
+  },
+);
+
+gpuTest(
+  "attention() matches the float64 reference for every score span and value chunking",
+  async () => {
+    // (group, Dh/4) -> positions per lane, chunks per lane: (16, 6) -> 2, 2; (2, 16) -> 8, 4
+    // (the default model's shape); (4, 5) -> 8, 1; a step of 64 tokens (spans cut at the
+    // causal limit) and a position count that no span divides.
+    await check({ T: 5, pos0: 37, heads: 16, kvHeads: 1, headDim: 24 });
+    await check({ T: 64, pos0: 131, heads: 4, kvHeads: 2, headDim: 64 });
+    await check({ T: 2, pos0: 299, heads: 8, kvHeads: 2, headDim: 20 });
+  },
+);
+
+gpuTest(
+  "attention() is exact at the longest cache llvmpipe's loop limit allows (25536, Dh 128)",
+  async () => {
+    // The one-pass kernel loops headDim/4 + 2 * 64 times per block of 64 positions, plus an exit
+    // test per loop that the limiter counts too: 399 blocks fit in 65535 iterations. Counting
+    // one instead of four allowed 26048 positions, and 26002 gave a relative error of 0.13. Sums
+    // of 25536 positions in f32 round further than the ~1500 of the other cases.
+    await check({ T: 2, pos0: 25536 - 4, heads: 16, kvHeads: 1, headDim: 128 }, LONG_TOL);
+    // One block more is refused (the old count let it through, into wrong numbers).
+    const positions = 25536 + 64;
+    assert.throws(
+      () =>
+        ops.attention({
+          q: buffer(2 * 16 * 128 * 4),
+          kCache: buffer(positions * 128 * 4),
+          vCache: buffer(positions * 128 * 4),
+          out: buffer(2 * 16 * 128 * 4),
+          numHeads: 16,
+          numKvHeads: 1,
+          headDim: 128,
+          scale: 1,
+        }),
+      OpConfigError,
+    );
   },
 );
 

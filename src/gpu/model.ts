@@ -137,6 +137,9 @@ export interface GpuModelOptions {
   /** Tiled expert kernels' tiles interleaved through the grid (OpsOptions.interleavedTiles,
    * default true; false: tile-major, the baseline, which llvmpipe runs on one thread). */
   interleavedTiles?: boolean;
+  /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.scoreSpans,
+   * default true; false: one each, the baseline). */
+  attentionBlocks?: boolean;
   /** Resident f16/bf16 matrices (projections, routers, an untied lm_head) in the rows8 layout
    * (WeightRef.layout: an invocation's 8 rows read as one stream; default true; false: row-major,
    * the kernels issue's baseline). */
@@ -354,6 +357,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.ops = new Ops(gpu, {
       wideTiles: opts.wideTiles,
       interleavedTiles: opts.interleavedTiles,
+      attentionBlocks: opts.attentionBlocks,
     });
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;

@@ -58,6 +58,28 @@ if (MAX_HEAD_DIM !== 4 * WG_ATTENTION) throw new Error("MAX_HEAD_DIM must be 4 *
 const ATTENTION_LANES = 64;
 /** Most query heads per kv head (MAX_GROUP of attention_scores/values.wgsl). */
 const MAX_GROUP = 16;
+/** attention_scores.wgsl: most positions per lane (MAX_SPAN) and accumulators, query heads x
+ * positions (MAX_ACC). */
+const ATTENTION_MAX_SPAN = 8;
+const ATTENTION_MAX_ACC = 32;
+
+/** Positions per lane of attention_scores.wgsl for `group` query heads per kv head: as many as
+ * its accumulators hold (group 8: 4, group 2: 8, group 16: 2). */
+function scoreSpan(group: number): number {
+  return Math.max(1, Math.min(ATTENTION_MAX_SPAN, Math.floor(ATTENTION_MAX_ACC / group)));
+}
+
+/** attention_values.wgsl: most head-dim chunks per lane (MAX_CHUNKS). */
+const ATTENTION_MAX_CHUNKS = 4;
+
+/** Head-dim chunks (of 4) per lane of attention_values.wgsl for `group` query heads per kv
+ * head and `d4` chunks a head: the most of 4, 2, 1 that divides d4 and fits the accumulators. */
+function valueChunks(group: number, d4: number): number {
+  for (let c = ATTENTION_MAX_CHUNKS; c > 1; c /= 2) {
+    if (d4 % c === 0 && group * c <= ATTENTION_MAX_ACC) return c;
+  }
+  return 1;
+}
 /** Workgroup sizes of attention_softmax.wgsl and attention_values.wgsl. */
 const WG_SOFTMAX = 8;
 const WG_VALUES = 32;
@@ -214,6 +236,11 @@ export interface OpsOptions {
    * tiles interleaved through the grid so that llvmpipe's threads, each given one contiguous
    * share of it, all get real tiles (tile-major puts them all in the first share). */
   interleavedTiles?: boolean;
+  /** Attention passes with more work per lane (default true; false: the baseline): scores over
+   * several positions per lane, values over several head-dim chunks per lane, so each K, V and
+   * probability load serves more multiply-adds (attention_scores.wgsl SPAN, attention_values.wgsl
+   * CHUNKS). */
+  attentionBlocks?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -236,10 +263,14 @@ export class Ops implements OpsApi {
   /** Whether the tiled expert kernels interleave tiles through their grid. */
   private interleavedTiles: boolean;
 
+  /** Whether the attention passes block several positions / head-dim chunks per lane. */
+  private attentionBlocks: boolean;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
     this.interleavedTiles = opts.interleavedTiles ?? true;
+    this.attentionBlocks = opts.attentionBlocks ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -532,8 +563,10 @@ export class Ops implements OpsApi {
     const maxTokens = Math.floor(a.q.size / (heads * a.headDim * 4));
     if (this.llvmpipe) {
       // Passes: the softmax loops twice over the positions. Blocks: per block of
-      // WG_ATTENTION positions a lane loops headDim/4 + 2 * WG_ATTENTION + 1 times.
-      const perBlock = a.headDim / VEC + 2 * WG_ATTENTION + 1;
+      // WG_ATTENTION positions a lane loops headDim/4 + 2 * WG_ATTENTION times in three loops
+      // inside the block loop, and the limiter counts each loop's exit test as one more (a cache
+      // of 26002 positions at headDim 128 gave wrong numbers with this count + 1, 24002 did not).
+      const perBlock = a.headDim / VEC + 2 * WG_ATTENTION + 4;
       const maxPositions = Math.min(
         Math.floor(LLVMPIPE_LOOP_LIMIT / 2),
         Math.floor(LLVMPIPE_LOOP_LIMIT / perBlock) * WG_ATTENTION,
@@ -568,6 +601,7 @@ export class Ops implements OpsApi {
     const scratchTokens = Math.min(maxTokens, Math.floor(budget / rowBytes));
     if (scratchTokens < 1) return blocks;
     const scores = this.sharedScratch(scratchTokens * rowBytes);
+    const chunks = this.attentionBlocks ? valueChunks(group, a.headDim / VEC) : 1;
     const params = [
       heads,
       a.numKvHeads,
@@ -583,9 +617,15 @@ export class Ops implements OpsApi {
         "attention.scores",
         {
           kernel: "attention_scores",
-          expect: { LANES: ATTENTION_LANES, MAX_GROUP, WG: WG_64 },
+          expect: {
+            LANES: ATTENTION_LANES,
+            MAX_GROUP,
+            WG: WG_64,
+            MAX_SPAN: ATTENTION_MAX_SPAN,
+            MAX_ACC: ATTENTION_MAX_ACC,
+          },
           bindings: ["uniform", "uniform", "read", "read", "rw"],
-          constants: { GROUP: group },
+          constants: { GROUP: group, SPAN: this.attentionBlocks ? scoreSpan(group) : 1 },
         },
         params,
         [a.q, a.kCache, scores],
@@ -606,13 +646,18 @@ export class Ops implements OpsApi {
         "attention.values",
         {
           kernel: "attention_values",
-          expect: { MAX_GROUP, WG: WG_VALUES },
+          expect: {
+            MAX_GROUP,
+            WG: WG_VALUES,
+            MAX_CHUNKS: ATTENTION_MAX_CHUNKS,
+            MAX_ACC: ATTENTION_MAX_ACC,
+          },
           bindings: ["uniform", "uniform", "read", "read", "rw"],
-          constants: { GROUP: group },
+          constants: { GROUP: group, CHUNKS: chunks },
         },
         params,
         [scores, a.vCache, a.out],
-        (t) => ceilDiv(t * kvHeads * (a.headDim / VEC), WG_VALUES),
+        (t) => ceilDiv(t * kvHeads * (a.headDim / VEC / chunks), WG_VALUES),
       ),
     ];
     const oneBlocks = [blocks];
