@@ -29,6 +29,9 @@ const tileMajorOps = new Ops(gpu, { interleavedTiles: false });
 const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
 /** The three-pass attention's baseline: one position / head-dim chunk per lane. */
 const unblockedOps = new Ops(gpu, { attentionBlocks: false });
+/** Prefill matmul tiles: 16 tokens from 32 a step (the default) and 8 (the baseline). */
+const wideTileOps = ops;
+const narrowTileOps = new Ops(gpu, { wideTiles: false });
 const device = gpu.device;
 const made: GPUBuffer[] = [];
 
@@ -70,7 +73,7 @@ async function time(
   T: number,
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps]) {
+  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps, narrowTileOps]) {
     device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   }
   const once = async () => {
@@ -246,6 +249,45 @@ for (const T of [1, 8, 64]) {
   row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));
   release();
 }
+// Prefill matmuls of a 64-token step (Qwen3-30B-A3B's q/o and k/v projections, bf16, rows8: the
+// runtime's layout for resident matrices), 8-token tiles (the baseline) and 16-token tiles (the
+// default from 32 tokens a step), alternating: GFLOP/s = 2 x T x N x K per second.
+console.log(
+  "\nmatmul prefill, 64 tokens      tiles        ms/call  GFLOP/s  CPU-s/s" +
+    (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+);
+for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
+  const T = 64;
+  const flop = 2 * T * N * K;
+  for (const [name, from] of [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps]] as const) {
+    const buffer = storage(weightBytes("bf16", Math.ceil(N / 8) * 8 * K), WEIGHT_BITS);
+    const op = from.matmul({
+      x: storage(T * K * 4),
+      w: { buffer, dtype: "bf16", offsetElems: 0, layout: "rows8" },
+      out: storage(T * N * 4),
+      K,
+      N,
+      outStride: N,
+      outOffset: 0,
+      accumulate: false,
+    });
+    const s = await time([op], T);
+    console.log(
+      `matmul bf16 ${N}x${K}`.padEnd(30) + ` ${name.padEnd(11)}  ` +
+        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
+          (flop / s.wall / 1e9).toFixed(2).padStart(7)
+        }  ` +
+        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
+        (s.gpu === null
+          ? ""
+          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
+            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
+          }`),
+    );
+    release();
+  }
+}
+
 // Prefill steps of 64 tokens through the tiled expert kernels, tile-major (the baseline) and
 // interleaved, alternating: GFLOP/s = 2 x pairs x 3 x I x D per second.
 console.log(
