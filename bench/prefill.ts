@@ -1,19 +1,23 @@
 /**
- * Prefill speed before and after the kernels issue's prefill tiles, side by side in one run:
- * tokens/s of one prompt of 64, 512 and 2048 tokens (steps of 64 tokens, the step limit; logits of
- * the last token only) on the embedded default model and on two layers of Qwen3-30B-A3B shapes
- * (32 of its 128 experts, vocab 32768: the vocab only matters for the last token's logits here),
- * all experts resident, with `wideTiles: false` (the baseline: matmul tiles of 8 tokens, the
- * expert kernels' large tile only from 1024 pairs) and `wideTiles: true` (matmul tiles of 16
- * tokens from 32 tokens a step; expert tiles of 8 pairs from 8 pairs per expert on average), then
- * wide tiles with the tiled expert kernels' workgroups interleaved (`interleavedTiles`: both of
- * llvmpipe's threads get real tiles; without it, tile-major, they all fall to one thread), then
- * also the attention passes with several positions / head-dim chunks per lane
- * (`attentionBlocks`). All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
- * Not a test: prints a table and writes bench/out/prefill.json.
+ * Prefill speed side by side in one run: tokens/s of one prompt of 64, 512 and 2048 tokens (logits
+ * of the last token only) on the embedded default model and on two layers of Qwen3-30B-A3B shapes
+ * (vocab 32768: the vocab only matters for the last token's logits here), all experts resident.
+ *
+ * `--compare kernels` (default; 32 of the 128 experts, steps of 64 tokens): the kernels issue's
+ * baseline (`wideTiles: false`: matmul tiles of 8 tokens, the expert kernels' large tile only
+ * from 1024 pairs), wide tiles (matmul tiles of 16 tokens from 32 tokens a step; expert tiles of
+ * 8 pairs from 8 pairs per expert on average), then the tiled expert kernels' workgroups
+ * interleaved (`interleavedTiles`: both of llvmpipe's threads get real tiles; tile-major put them
+ * all on one thread), then the attention passes with several positions / head-dim chunks per
+ * lane (`attentionBlocks`).
+ * `--compare steps` (all 128 experts, every kernel choice on): steps of 64 tokens (the old step
+ * limit) against 128 (the default `maxBatch`): a 64-token step gives each of 128 experts 4 pairs.
+ *
+ * All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
+ * Not a test: prints a table and writes bench/out/prefill.json (prefill_steps.json).
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
- *     [--lengths 64,512,2048] [--no-real]
+ *     [--lengths 64,512,2048] [--no-real] [--compare kernels|steps]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -25,7 +29,7 @@ import { median } from "./memcpy.ts";
 const DEFAULT_REPS = 3;
 const DEFAULT_LENGTHS = [64, 512, 2048];
 const REAL = { ...QWEN3_30B_A3B, experts: 32, vocab: 32768 };
-const OUT_FILE = new URL("./out/prefill.json", import.meta.url).pathname;
+const OUT_DIR = new URL("./out/", import.meta.url).pathname;
 
 interface Row {
   model: string;
@@ -36,12 +40,53 @@ interface Row {
   tokensPerS: number;
 }
 
-const MODES = [
-  { name: "before", wideTiles: false, interleavedTiles: false, attentionBlocks: false },
-  { name: "wide tiles", wideTiles: true, interleavedTiles: false, attentionBlocks: false },
-  { name: "+ interleaved", wideTiles: true, interleavedTiles: true, attentionBlocks: false },
-  { name: "+ attention blocks", wideTiles: true, interleavedTiles: true, attentionBlocks: true },
+interface Mode {
+  name: string;
+  wideTiles: boolean;
+  interleavedTiles: boolean;
+  attentionBlocks: boolean;
+  /** Tokens per forward step (GpuModelOptions.maxBatch). */
+  step: number;
+}
+
+/** The kernels' configurations, 64-token steps (the default comparison). */
+const KERNEL_MODES: Mode[] = [
+  { name: "before", wideTiles: false, interleavedTiles: false, attentionBlocks: false, step: 64 },
+  {
+    name: "wide tiles",
+    wideTiles: true,
+    interleavedTiles: false,
+    attentionBlocks: false,
+    step: 64,
+  },
+  {
+    name: "+ interleaved",
+    wideTiles: true,
+    interleavedTiles: true,
+    attentionBlocks: false,
+    step: 64,
+  },
+  {
+    name: "+ attention blocks",
+    wideTiles: true,
+    interleavedTiles: true,
+    attentionBlocks: true,
+    step: 64,
+  },
 ];
+
+/** `--compare steps`: every kernel choice on, steps of 64 tokens (the old step limit) and 128
+ * (the default), on a real-shape model with all 128 experts (where a 64-token step gives each
+ * expert only 4 pairs). */
+const STEP_MODES: Mode[] = [64, 128].map((step) => ({
+  name: `${step}-token steps`,
+  wideTiles: true,
+  interleavedTiles: true,
+  attentionBlocks: true,
+  step,
+}));
+
+let MODES = KERNEL_MODES;
 
 async function benchModel(
   name: string,
@@ -54,7 +99,7 @@ async function benchModel(
     dir,
     MODES.map((m) => ({
       maxContext: maxLen,
-      maxBatch: 64,
+      maxBatch: m.step,
       wideTiles: m.wideTiles,
       interleavedTiles: m.interleavedTiles,
       attentionBlocks: m.attentionBlocks,
@@ -108,6 +153,7 @@ async function main(): Promise<void> {
       reps: { type: "string", default: String(DEFAULT_REPS) },
       lengths: { type: "string", default: DEFAULT_LENGTHS.join(",") },
       "no-real": { type: "boolean", default: false },
+      compare: { type: "string", default: "kernels" },
     },
     strict: true,
   });
@@ -116,6 +162,12 @@ async function main(): Promise<void> {
   if (!Number.isInteger(reps) || reps < 1 || !lengths.every((n) => Number.isInteger(n) && n > 0)) {
     throw new RangeError("--reps: a positive integer; --lengths: positive integers, commas");
   }
+  if (values.compare !== "kernels" && values.compare !== "steps") {
+    throw new RangeError("--compare: kernels or steps");
+  }
+  const steps = values.compare === "steps";
+  if (steps) MODES = STEP_MODES;
+  const real = steps ? { ...REAL, experts: 128 } : REAL;
   const t0 = performance.now();
   const results = [await benchModel("default", DEFAULT_MODEL_DIR, lengths, reps)];
   let tmp: string | null = null;
@@ -123,8 +175,9 @@ async function main(): Promise<void> {
     tmp = await Deno.makeTempDir({ prefix: "moe-prefill-bench-" });
     try {
       console.error("writing the real-shape fixture ...");
-      await writeFixtureInChild(`${tmp}/real`, REAL);
-      results.push(await benchModel("30B-A3B x2 (E=32)", `${tmp}/real`, lengths, reps));
+      await writeFixtureInChild(`${tmp}/real`, real);
+      const name = `30B-A3B x2 (E=${real.experts})`;
+      results.push(await benchModel(name, `${tmp}/real`, lengths, reps));
     } finally {
       Deno.removeSync(tmp, { recursive: true });
     }
@@ -134,7 +187,9 @@ async function main(): Promise<void> {
     `prefill tok/s, ${reps} timed runs per cell after one untimed, modes alternating, medians; ` +
     `load avg ${Deno.loadavg()[0].toFixed(2)} at the end; ` +
     `${((performance.now() - t0) / 1000).toFixed(0)} s`,
-    `| model | prompt | ${MODES.map((m) => `${m.name} tok/s`).join(" | ")} | ratios to before |`,
+    `| model | prompt | ${MODES.map((m) => `${m.name} tok/s`).join(" | ")} | ratios to ${
+      MODES[0].name
+    } |`,
     `| --- | --- | ${MODES.map(() => "---").join(" | ")} | --- |`,
   ];
   for (const r of results) {
@@ -157,7 +212,7 @@ async function main(): Promise<void> {
   for (const l of lines) console.log(l);
   Deno.mkdirSync(new URL("./out/", import.meta.url), { recursive: true });
   Deno.writeTextFileSync(
-    OUT_FILE,
+    `${OUT_DIR}prefill${steps ? "_steps" : ""}.json`,
     JSON.stringify({ date: new Date().toISOString(), rows, lines }, null, 2) + "\n",
   );
 }

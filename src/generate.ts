@@ -36,7 +36,7 @@ export interface Piece {
 
 /**
  * Prompt rows per forward() when every row's logits are kept (echo): 128 rows of a 151936-token
- * vocab are 78 MB. A multiple of the GPU model's 64-token forward chunk, so the logits are those
+ * vocab are 78 MB. A multiple of the GPU model's forward chunk (64 or 128 tokens), so the logits are those
  * of one forward of the whole prompt.
  */
 const PROMPT_ROWS_PER_FORWARD = 128;

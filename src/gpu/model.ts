@@ -71,7 +71,9 @@ export { ContextOverflowError, GpuSession };
 export type { StepStats };
 
 /** Tokens per forward step; longer prompts are prefilled in chunks of this many. */
-export const DEFAULT_MAX_BATCH = 64;
+export const DEFAULT_MAX_BATCH = 128;
+/** Tokens per step the default never goes below for the attention's sake (the old default). */
+const MIN_DEFAULT_BATCH = 64;
 /** Default context when the caller does not ask for one (the config's maximum can be huge). */
 export const DEFAULT_MAX_CONTEXT = 4096;
 /** KV slabs when the caller does not say: a few sessions at once (the server sizes its own). */
@@ -353,12 +355,29 @@ export class GpuModel implements LanguageModel, SessionHost {
     const c = weights.config;
     const device = gpu.device;
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
-    this.maxBatch = Math.min(opts.maxBatch ?? DEFAULT_MAX_BATCH, this.maxContext, MAX_STEP_TOKENS);
     this.ops = new Ops(gpu, {
       wideTiles: opts.wideTiles,
       interleavedTiles: opts.interleavedTiles,
       attentionBlocks: opts.attentionBlocks,
     });
+    // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
+    // Without a maxBatch, no more than the three-pass attention takes at this context either
+    // (steps past it run the one-pass kernel, several times slower), unless that is below
+    // MIN_DEFAULT_BATCH.
+    const logitRows = Math.floor(device.limits.maxStorageBufferBindingSize / (c.vocabSize * 4));
+    const attentionRows = Math.max(
+      MIN_DEFAULT_BATCH,
+      this.ops.attentionPassTokens(c.numHeads, this.maxContext),
+    );
+    this.maxBatch = Math.max(
+      1,
+      Math.min(
+        opts.maxBatch ?? Math.min(DEFAULT_MAX_BATCH, attentionRows),
+        this.maxContext,
+        MAX_STEP_TOKENS,
+        logitRows,
+      ),
+    );
     this.prefetch = opts.prefetch ?? true;
     this.routerMaskingDefault = opts.routerMasking ?? false;
     this.expertSetDefault = opts.expertSet ?? "lru";

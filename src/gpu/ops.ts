@@ -84,8 +84,9 @@ function valueChunks(group: number, d4: number): number {
 const WG_SOFTMAX = 8;
 const WG_VALUES = 32;
 /** Most bytes of attention scores [T, Hq, positions + 1] kept for the three-pass attention;
- * steps with more tokens use the one-pass kernel (slower on llvmpipe, no scratch). */
-const ATTENTION_SCRATCH_BYTES = 64 << 20;
+ * steps with more tokens use the one-pass kernel (slower on llvmpipe, no scratch). 80 MiB: a
+ * 128-token step of Qwen3-30B-A3B's 32 heads at the default 4096 positions (67.1 MB). */
+const ATTENTION_SCRATCH_BYTES = 80 << 20;
 
 // ---- experts (kernels/experts_*.wgsl, moe_tiles.wgsl) ----
 
@@ -593,14 +594,9 @@ export class Ops implements OpsApi {
     );
     // Three passes through a scores buffer [T, Hq, positions + 1] for the token counts it holds.
     const rowLen = cachePositions + 1;
-    const rowBytes = heads * rowLen * 4;
-    const budget = Math.min(
-      this.attentionScratchBytes,
-      this.device.limits.maxStorageBufferBindingSize,
-    );
-    const scratchTokens = Math.min(maxTokens, Math.floor(budget / rowBytes));
+    const scratchTokens = Math.min(maxTokens, this.attentionPassTokens(heads, cachePositions));
     if (scratchTokens < 1) return blocks;
-    const scores = this.sharedScratch(scratchTokens * rowBytes);
+    const scores = this.sharedScratch(scratchTokens * heads * rowLen * 4);
     const chunks = this.attentionBlocks ? valueChunks(group, a.headDim / VEC) : 1;
     const params = [
       heads,
@@ -662,6 +658,16 @@ export class Ops implements OpsApi {
     ];
     const oneBlocks = [blocks];
     return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
+  }
+
+  /** Most tokens a step may have for attention() to take the three-pass kernels (their scores
+   * [T, heads, positions + 1] in the scratch); past it, the one-pass kernel. */
+  attentionPassTokens(heads: number, positions: number): number {
+    const budget = Math.min(
+      this.attentionScratchBytes,
+      this.device.limits.maxStorageBufferBindingSize,
+    );
+    return Math.floor(budget / (heads * (positions + 1) * 4));
   }
 
   /** A scratch buffer of at least `bytes`, shared by every op that asks: ops run one after the

@@ -19,7 +19,7 @@
  */
 
 /** Most tokens one forward step holds (the token table of the Step uniform). */
-export const MAX_STEP_TOKENS = 64;
+export const MAX_STEP_TOKENS = 128;
 
 /** A Step uniform record: n tokens of one sequence in slab `slab` at positions pos0.. (or, with
  * `tokens`, one entry (slab, position) per token). Only the first MAX_STEP_TOKENS get a table
