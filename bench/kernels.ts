@@ -217,6 +217,21 @@ function row(
   );
 }
 
+/** One row of a prefill table: ms per recording, GFLOP/s, cores busy, and the GPU's own figures. */
+function rateRow(
+  label: string,
+  variant: string,
+  flop: number,
+  s: { wall: number; cpu: number; gpu: number | null },
+): void {
+  const rate = (sec: number, width: number) =>
+    `${(sec * 1000).toFixed(3).padStart(width)}  ${(flop / sec / 1e9).toFixed(2).padStart(width)}`;
+  console.log(
+    `${label.padEnd(30)} ${variant.padEnd(11)}  ${rate(s.wall, 8)}  ` +
+      `${(s.cpu / s.wall).toFixed(2).padStart(7)}` + (s.gpu === null ? "" : `  ${rate(s.gpu, 11)}`),
+  );
+}
+
 console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);
 const copy = copyGBs();
 console.log(`ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`);
@@ -272,18 +287,7 @@ for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
       accumulate: false,
     });
     const s = await time([op], T);
-    console.log(
-      `matmul bf16 ${N}x${K}`.padEnd(30) + ` ${name.padEnd(11)}  ` +
-        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
-          (flop / s.wall / 1e9).toFixed(2).padStart(7)
-        }  ` +
-        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
-        (s.gpu === null
-          ? ""
-          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
-            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
-          }`),
-    );
+    rateRow(`matmul bf16 ${N}x${K}`, name, flop, s);
     release();
   }
 }
@@ -300,18 +304,7 @@ for (const E of [128, 32]) {
     const T = 64;
     const flop = 2 * T * K * 3 * I * D;
     const s = await time(expertOps("bf16", T, E, from), T);
-    console.log(
-      `experts bf16 E${E} (${T * K / E} pairs/expert)`.padEnd(30) + ` ${name.padEnd(11)}  ` +
-        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
-          (flop / s.wall / 1e9).toFixed(2).padStart(7)
-        }  ` +
-        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
-        (s.gpu === null
-          ? ""
-          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
-            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
-          }`),
-    );
+    rateRow(`experts bf16 E${E} (${T * K / E} pairs/expert)`, name, flop, s);
     release();
   }
 }
@@ -348,18 +341,7 @@ for (const positions of [512, 2048]) {
       scale: 1 / Math.sqrt(Dh),
     });
     const s = await time([op], T, pos0);
-    console.log(
-      `attention H32/4 D128 at ${positions}`.padEnd(30) + ` ${name.padEnd(11)}  ` +
-        `${(s.wall * 1000).toFixed(3).padStart(8)}  ${
-          (flop / s.wall / 1e9).toFixed(2).padStart(7)
-        }  ` +
-        `${(s.cpu / s.wall).toFixed(2).padStart(7)}` +
-        (s.gpu === null
-          ? ""
-          : `  ${(s.gpu * 1000).toFixed(3).padStart(11)}  ${
-            (flop / s.gpu / 1e9).toFixed(2).padStart(11)
-          }`),
-    );
+    rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
     release();
   }
 }

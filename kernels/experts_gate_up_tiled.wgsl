@@ -28,10 +28,8 @@ struct Params {
 // Pairs per tile, set per pipeline (<= MAX_TILE); matches the tiles moe_tiles.wgsl cut.
 override TILE: u32 = 8u;
 const MAX_TILE: u32 = 8u;
-// Workgroup order, set per pipeline: 1 (interleaved) gives workgroup g tile g % grid_tiles and
-// row sets WG * (g / grid_tiles) onwards, so the grid's empty tile places (it is sized for the most
-// tiles a step can have) spread over all of it; llvmpipe hands each of its threads one contiguous
-// share of a grid, and with 0 (tile-major, the baseline) the real tiles all fall in the first share.
+// Workgroup order, set per pipeline: 1 interleaved, 0 tile-major (the baseline): tile_work() in
+// common.wgsl.
 override INTERLEAVE: u32 = 1u;
 const ROWS: u32 = 4u;
 const WG: u32 = 16u;
@@ -50,22 +48,16 @@ fn main(
   @builtin(num_workgroups) nwg: vec3<u32>,
   @builtin(local_invocation_index) lid: u32,
 ) {
-  let g = group_index(wid, nwg);
   let row_sets = (p.inter + ROWS - 1u) / ROWS;
-  var tile = (g * WG + lid) / row_sets;
-  var rs = (g * WG + lid) % row_sets;
-  if (INTERLEAVE == 1u) {
-    let pairs = step.n_tokens * p.k;
-    let grid_tiles = (pairs + TILE - 1u) / TILE + min(p.num_experts, pairs); // maxTiles in ops.ts
-    tile = g % grid_tiles;
-    rs = (g / grid_tiles) * WG + lid;
-    if (rs >= row_sets) {
-      return;
-    }
+  let pairs = step.n_tokens * p.k;
+  let work = tile_work(group_index(wid, nwg), lid, WG, row_sets, TILE, pairs, INTERLEAVE == 1u);
+  let tile = work.x;
+  if (work.y >= row_sets) {
+    return;
   }
-  let i0 = rs * ROWS;
+  let i0 = work.y * ROWS;
   let order = p.num_experts; // ordered pair list
-  let n_tiles_at = order + step.n_tokens * p.k;
+  let n_tiles_at = order + pairs;
   if (tile >= tiles[n_tiles_at]) {
     return;
   }
