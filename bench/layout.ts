@@ -5,24 +5,38 @@
  * Qwen3-30B-A3B shapes (32 experts, vocab 151936: the untied lm_head is 622 of the 849 MB a token
  * reads). Greedy decode tokens/s (the adaptive loop) and a 64-token prefill; both layouts must
  * decode the same tokens. Modes alternate; medians. Not a test: prints a table.
+ * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
+ * over their stacked rows (the default) instead.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real]
+ *     [--no-real] [--compare rows8|qkv]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
 import { openSideBySide } from "./side_by_side.ts";
+import type { GpuModelOptions } from "../src/gpu/model.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { median } from "./memcpy.ts";
 
 const REAL = { ...QWEN3_30B_A3B, experts: 32 };
-const MODES = [{ name: "row-major", rows8: false }, { name: "rows8", rows8: true }];
+/** What `--compare` sets side by side: the baseline first. */
+const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
+  rows8: [
+    { name: "row-major", opts: { rows8Weights: false } },
+    { name: "rows8", opts: { rows8Weights: true } },
+  ],
+  qkv: [
+    { name: "3 q/k/v matmuls", opts: { fusedQkv: false } },
+    { name: "stacked q/k/v", opts: { fusedQkv: true } },
+  ],
+};
+let MODES = COMPARISONS.rows8;
 
 async function bench(name: string, dir: string, tokens: number, reps: number): Promise<string[]> {
   const side = await openSideBySide(
     dir,
-    MODES.map((m) => ({ maxContext: 64 + tokens + 8, rows8Weights: m.rows8 })),
+    MODES.map((m) => ({ maxContext: 64 + tokens + 8, ...m.opts })),
   );
   const models = side.models;
   const c = side.opened.weights.config;
@@ -66,13 +80,20 @@ const { values } = parseArgs({
   options: {
     reps: { type: "string", default: "3" },
     "no-real": { type: "boolean", default: false },
+    compare: { type: "string", default: "rows8" },
   },
 });
+if (!(values.compare in COMPARISONS)) {
+  throw new RangeError(`--compare: ${Object.keys(COMPARISONS).join(" or ")}`);
+}
+MODES = COMPARISONS[values.compare];
 const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) throw new RangeError("--reps: a positive integer");
 const t0 = performance.now();
 const lines = [
-  "| model | decode tok/s row-major | rows8 | ratio | prefill 64 tok/s row-major | rows8 | ratio | same tokens |",
+  `| model | decode tok/s ${MODES[0].name} | ${MODES[1].name} | ratio | prefill 64 tok/s ${
+    MODES[0].name
+  } | ${MODES[1].name} | ratio | same tokens |`,
   "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ...await bench("default", DEFAULT_MODEL_DIR, 128, reps),
 ];

@@ -10,14 +10,18 @@ struct Params {
   out_offset: u32,
   w_offset: u32, // element [0, 0] of W, in elements of its dtype
   accumulate: u32,
-  _pad0: u32,
-  _pad1: u32,
+  // Rows [split_k, split_v) go to out_k and [split_v, N) to out_v, each [T, its rows] (one matmul
+  // for q, k and v from their rows stacked); both N: every row to out.
+  split_k: u32,
+  split_v: u32,
 }
 
 @group(0) @binding(1) var<uniform> p: Params;
 @group(0) @binding(2) var<storage, read> x: array<vec4<f32>>; // [T, K/4]
 @group(0) @binding(3) var<storage, read> weights: array<WeightWord>; // W [N, K] packed by dtype
 @group(0) @binding(4) var<storage, read_write> out: array<f32>; // [T, out_stride]
+@group(0) @binding(5) var<storage, read_write> out_k: array<f32>; // [T, split_v - split_k]
+@group(0) @binding(6) var<storage, read_write> out_v: array<f32>; // [T, N - split_v]
 
 // Tokens per invocation: 1 for decode, more for prefill (set per pipeline, <= MAX_TOKENS).
 override TOKENS: u32 = 1u;
@@ -116,9 +120,14 @@ fn main(
     }
     let o = t * p.out_stride + p.out_offset + n0;
     for (var r = 0u; r < ROWS; r++) {
-      if (n0 + r < p.N) {
+      let n = n0 + r;
+      if (n < p.N) {
         let v = select(hi[j][r - 4u], lo[j][r], r < 4u);
-        if (p.accumulate != 0u) {
+        if (n >= p.split_v) {
+          out_v[t * (p.N - p.split_v) + n - p.split_v] = v;
+        } else if (n >= p.split_k) {
+          out_k[t * (p.split_v - p.split_k) + n - p.split_k] = v;
+        } else if (p.accumulate != 0u) {
           out[o + r] += v;
         } else {
           out[o + r] = v;

@@ -7,6 +7,7 @@ import assert from "node:assert/strict";
 import { type FixtureOptions, SMALL, TINY, writeFixture } from "../weights/fixture.ts";
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel } from "../src/gpu/model.ts";
+import { stackRows } from "../src/gpu/resident.ts";
 import { greedy, openReferenceModel } from "../src/reference/model.ts";
 import { greedyToken } from "../src/greedy.ts";
 import { GREEDY } from "../src/sampling.ts";
@@ -190,4 +191,47 @@ Deno.test("GpuModel reuses a freed session's KV cache without carrying its state
       opened.close();
     }
   });
+});
+
+Deno.test("GpuModel with q/k/v stacked into one matmul gives the logits of three, bit for bit", async () => {
+  for (const dtype of ["BF16", "F32"] as const) {
+    await withFixture({ ...TINY, dtype }, async (dir) => {
+      const opened = openModelDir(dir);
+      const stacked = await GpuModel.open(opened.weights, { maxContext: 64 });
+      const three = await GpuModel.open(opened.weights, { maxContext: 64, fusedQkv: false });
+      try {
+        const ids = prompt(9, TINY.vocab, 4);
+        const a = stacked.newSession(), b = three.newSession();
+        const rows = [await a.forward(ids), await b.forward(ids)];
+        rows.push(await a.forward([ids[0]]), await b.forward([ids[0]])); // a decode step each
+        assert.deepEqual(rows[0], rows[1], `${dtype} prefill`);
+        assert.deepEqual(rows[2], rows[3], `${dtype} decode`);
+      } finally {
+        stacked.destroy();
+        three.destroy();
+        opened.close();
+      }
+    });
+  }
+});
+
+Deno.test("stackRows() stacks matrices of one dtype and row length, and refuses others", () => {
+  const view = (dtype: "BF16" | "F32", rows: number, K: number, fill: number) => ({
+    name: "t",
+    dtype,
+    shape: [rows, K],
+    bytes: new Uint8Array(rows * K * (dtype === "F32" ? 4 : 2)).fill(fill),
+    file: "",
+    offset: 0,
+  });
+  const s = stackRows(
+    [view("BF16", 3, 8, 1), view("BF16", 1, 8, 2), view("BF16", 2, 8, 3)],
+    "qkv",
+  )!;
+  assert.deepEqual(s.shape, [6, 8]);
+  assert.deepEqual(Array.from(s.bytes.subarray(0, 48)), Array(48).fill(1));
+  assert.deepEqual(Array.from(s.bytes.subarray(48, 64)), Array(16).fill(2));
+  assert.deepEqual(Array.from(s.bytes.subarray(64)), Array(32).fill(3));
+  assert.equal(stackRows([view("BF16", 3, 8, 1), view("F32", 1, 8, 2)], "x"), null);
+  assert.equal(stackRows([view("BF16", 3, 8, 1), view("BF16", 1, 16, 2)], "x"), null);
 });

@@ -189,3 +189,77 @@ gpuTest("matmul() rejects a matrix that runs past its buffer with OpConfigError"
   );
   return Promise.resolve();
 });
+
+gpuTest(
+  "matmul() with a split writes rows [0,k) to out, [k,v) to kOut and [v,N) to vOut, bit for bit as three matmuls",
+  async () => {
+    // 75 stacked rows, cut at 37 and 59 (inside 8-row blocks), row-major and rows8, T = 1, 7, 40
+    const K = 136, N = ROWS, cut = [37, 59];
+    const widths = [cut[0], cut[1] - cut[0], N - cut[1]];
+    for (const layout of ["rows", "rows8"] as const) {
+      const w = pack(randomF32(N * K, 21), "bf16");
+      const words = layout === "rows8"
+        ? repackRows8(new Uint8Array(w.words.buffer), N, K, 2)
+        : new Uint8Array(w.words.buffer);
+      const weights = { buffer: buffer(new Uint32Array(words.buffer)), dtype: "bf16" as const };
+      for (const T of [1, 7, 40]) {
+        const x = buffer(randomF32(T * K, 200 + T));
+        const outs = widths.map((n) => buffer(T * n * 4));
+        run([ops.matmul({
+          x,
+          w: { ...weights, offsetElems: 0, layout },
+          out: outs[0],
+          K,
+          N,
+          outStride: cut[0],
+          outOffset: 0,
+          accumulate: false,
+          split: { k: cut[0], v: cut[1], kOut: outs[1], vOut: outs[2] },
+        })], T);
+        // each part alone: the same rows as their own matrix (row-major, from the same words)
+        const rowMajor = new Uint32Array(w.words.buffer);
+        let first = 0;
+        for (const [i, n] of widths.entries()) {
+          const part = buffer(rowMajor.slice((first * K) / 2, ((first + n) * K) / 2));
+          const alone = buffer(T * n * 4);
+          run([ops.matmul({
+            x,
+            w: { buffer: part, dtype: "bf16", offsetElems: 0 },
+            out: alone,
+            K,
+            N: n,
+            outStride: n,
+            outOffset: 0,
+            accumulate: false,
+          })], T);
+          const got = await readF32(gpu, outs[i], 0, T * n);
+          assert.deepStrictEqual(
+            got,
+            await readF32(gpu, alone, 0, T * n),
+            `${layout} T=${T} part ${i}`,
+          );
+          first += n;
+        }
+      }
+    }
+  },
+);
+
+gpuTest("matmul() refuses a split with accumulate or a wrong stride", () => {
+  const w = { buffer: buffer(64 * 8 * 4), dtype: "f32" as const, offsetElems: 0 };
+  const base = { x: buffer(64 * 4), w, out: buffer(64 * 4), K: 8, N: 64, outOffset: 0 };
+  const split = { k: 32, v: 48, kOut: buffer(64), vOut: buffer(64) };
+  assert.throws(
+    () => ops.matmul({ ...base, outStride: 32, accumulate: true, split }),
+    OpConfigError,
+  );
+  assert.throws(
+    () => ops.matmul({ ...base, outStride: 64, accumulate: false, split }),
+    OpConfigError,
+  );
+  assert.throws(
+    () => ops.matmul({ ...base, outStride: 32, accumulate: false, split: { ...split, v: 80 } }),
+    OpConfigError,
+  );
+  return Promise.resolve();
+});

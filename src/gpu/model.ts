@@ -142,6 +142,9 @@ export interface GpuModelOptions {
   /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.scoreSpans,
    * default true; false: one each, the baseline). */
   attentionBlocks?: boolean;
+  /** q, k and v projections as one matmul over their stacked rows, where their dtypes agree
+   * (default true; false: three matmuls, the baseline): two dispatches fewer a layer. */
+  fusedQkv?: boolean;
   /** Resident f16/bf16 matrices (projections, routers, an untied lm_head) in the rows8 layout
    * (WeightRef.layout: an invocation's 8 rows read as one stream; default true; false: row-major,
    * the kernels issue's baseline). */
@@ -390,7 +393,8 @@ export class GpuModel implements LanguageModel, SessionHost {
 
     // resident weights
     const rows8 = opts.rows8Weights ?? true;
-    this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8));
+    const stackQkv = opts.fusedQkv ?? true;
+    this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8, stackQkv));
     const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
     this.finalNorm = finalNorm;
     this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu, rows8);
@@ -655,11 +659,23 @@ export class GpuModel implements LanguageModel, SessionHost {
         outOffset: 0,
         accumulate: false,
       });
+    const [Nq, Nkv] = [Hq * Dh, Hkv * Dh];
+    const projections = "qkv" in L.attnIn
+      ? [this.ops.matmul({
+        x: a.xn,
+        w: L.attnIn.qkv,
+        out: a.q,
+        K: D,
+        N: Nq + 2 * Nkv,
+        outStride: Nq,
+        outOffset: 0,
+        accumulate: false,
+        split: { k: Nq, v: Nq + Nkv, kOut: a.k, vOut: a.v },
+      })]
+      : [mm(L.attnIn.q, a.q, Nq), mm(L.attnIn.k, a.k, Nkv), mm(L.attnIn.v, a.v, Nkv)];
     return [
       this.ops.rmsnorm({ x: a.x, weight: L.inputNorm, out: a.xn, dim: D, groups: 1, eps }),
-      mm(L.q, a.q, Hq * Dh),
-      mm(L.k, a.k, Hkv * Dh),
-      mm(L.v, a.v, Hkv * Dh),
+      ...projections,
       this.ops.headNormRope({
         q: a.q,
         k: a.k,
@@ -1751,9 +1767,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       ...embed,
       ...this.layers.flatMap((l) => [
         l.inputNorm,
-        l.q.buffer,
-        l.k.buffer,
-        l.v.buffer,
+        ...Object.values(l.attnIn).map((w: WeightRef) => w.buffer),
         l.o.buffer,
         l.qNorm,
         l.kNorm,

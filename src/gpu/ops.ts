@@ -252,7 +252,9 @@ export class Ops implements OpsApi {
   private llvmpipe: boolean;
   /** Scratch buffers (attention scores, expert tiles), shared by the ops that ask for one. */
   private scratch: GPUBuffer[] = [];
-  /** Uniform buffers of the ops' static sizes, kept to be freed by destroy(). */
+  /** The unsplit matmuls' k and v bindings (noSplitOutputs). */
+  private unsplit: [GPUBuffer, GPUBuffer] | null = null;
+  /** Uniform buffers of the ops' static sizes (and the unsplit outputs), freed by destroy(). */
   private paramBuffers: GPUBuffer[] = [];
 
   /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
@@ -415,12 +417,24 @@ export class Ops implements OpsApi {
     outStride: number;
     outOffset: number;
     accumulate: boolean;
+    /** Rows stacked as q | k | v: rows [k, v) of W go to `kOut` and [v, N) to `vOut`, each
+     * [T, its rows] (out gets rows [0, k) with outStride k); not with accumulate. */
+    split?: { k: number; v: number; kOut: GPUBuffer; vOut: GPUBuffer };
   }): IndirectOp {
     checkMultiple("matmul", "K", a.K, VEC);
+    const split = a.split;
+    if (
+      split && (a.accumulate || a.outStride !== split.k || !(split.k <= split.v && split.v <= a.N))
+    ) {
+      throw new OpConfigError(
+        "matmul",
+        "a split needs 0 <= k <= v <= N, outStride k, no accumulate",
+      );
+    }
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
     const blocked = a.w.layout === "rows8";
     if (blocked) checkMultiple("matmul", "K of rows8 weights", a.K, ROWS8);
-    const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw"];
+    const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw", "rw", "rw"];
     // rows8 weights hold whole blocks of 8 rows (the last one padded)
     const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
     const weights = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
@@ -440,10 +454,20 @@ export class Ops implements OpsApi {
         : wide !== null && t >= MATMUL_WIDE_FROM
         ? MATMUL_WIDE_TOKENS
         : MATMUL_PREFILL_TOKENS;
-    const fields = [a.K, a.N, a.outStride, a.outOffset, w.offsetElems, a.accumulate ? 1 : 0];
+    const fields = [
+      a.K,
+      a.N,
+      a.outStride,
+      a.outOffset,
+      w.offsetElems,
+      a.accumulate ? 1 : 0,
+      split?.k ?? a.N,
+      split?.v ?? a.N,
+    ];
     this.shaders.checkParams(spec(1), fields.length);
     const params = this.params("matmul", fields);
-    const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out]);
+    const [kOut, vOut] = split ? [split.kOut, split.vOut] : this.noSplitOutputs();
+    const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out, kOut, vOut]);
     const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     return new PreparedOp(
       "matmul",
@@ -668,6 +692,17 @@ export class Ops implements OpsApi {
       this.device.limits.maxStorageBufferBindingSize,
     );
     return Math.floor(budget / (heads * (positions + 1) * 4));
+  }
+
+  /** The k and v outputs a matmul without a split binds (never written). */
+  private noSplitOutputs(): [GPUBuffer, GPUBuffer] {
+    if (!this.unsplit) {
+      const make = (label: string) =>
+        this.device.createBuffer({ label, size: 16, usage: GPUBufferUsage.STORAGE });
+      this.unsplit = [make("matmul.no_k"), make("matmul.no_v")];
+      this.paramBuffers.push(...this.unsplit);
+    }
+    return this.unsplit;
   }
 
   /** A scratch buffer of at least `bytes`, shared by every op that asks: ops run one after the

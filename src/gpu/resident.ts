@@ -90,9 +90,9 @@ export function align4(n: number): number {
 
 export interface GpuLayer {
   inputNorm: GPUBuffer;
-  q: WeightRef;
-  k: WeightRef;
-  v: WeightRef;
+  /** q, k and v: stacked rows of one matrix (one matmul), or three matrices (when their dtypes
+   * differ, as in some quantized files, or when not asked to stack). */
+  attnIn: { qkv: WeightRef } | { q: WeightRef; k: WeightRef; v: WeightRef };
   o: WeightRef;
   qNorm: GPUBuffer;
   kNorm: GPUBuffer;
@@ -100,19 +100,42 @@ export interface GpuLayer {
   router: WeightRef;
 }
 
-/** A layer's resident weights; `rows8`: its matrices in the rows8 layout where they allow it. */
+/** Matrices of one dtype and row length as one [sum of rows, K] matrix (rows in order), or null
+ * when they differ in either. */
+export function stackRows(ts: TensorView[], name: string): TensorView | null {
+  const [first] = ts;
+  const K = first.shape[1];
+  if (!ts.every((t) => t.shape.length === 2 && t.dtype === first.dtype && t.shape[1] === K)) {
+    return null;
+  }
+  const bytes = new Uint8Array(ts.reduce((n, t) => n + t.bytes.byteLength, 0));
+  let at = 0;
+  for (const t of ts) {
+    bytes.set(t.bytes, at);
+    at += t.bytes.byteLength;
+  }
+  const rows = ts.reduce((n, t) => n + t.shape[0], 0);
+  return { name, dtype: first.dtype, shape: [rows, K], bytes, file: "", offset: 0 };
+}
+
+/** A layer's resident weights; `rows8`: its matrices in the rows8 layout where they allow it;
+ * `stackQkv`: q, k and v as one matrix where their dtypes agree (GpuLayer.attnIn). */
 export function uploadLayer(
   device: GPUDevice,
   lw: LayerWeights,
   l: number,
   rows8 = false,
+  stackQkv = false,
 ): GpuLayer {
   const p = `layers.${l}`;
+  const qkv = stackQkv ? stackRows([lw.q, lw.k, lw.v], `${p}.qkv`) : null;
   return {
     inputNorm: uploadF32(device, toFloat32(lw.inputNorm), `${p}.input_norm`),
-    q: uploadMatrix(device, lw.q, `${p}.q`, rows8),
-    k: uploadMatrix(device, lw.k, `${p}.k`, rows8),
-    v: uploadMatrix(device, lw.v, `${p}.v`, rows8),
+    attnIn: qkv ? { qkv: uploadMatrix(device, qkv, qkv.name, rows8) } : {
+      q: uploadMatrix(device, lw.q, `${p}.q`, rows8),
+      k: uploadMatrix(device, lw.k, `${p}.k`, rows8),
+      v: uploadMatrix(device, lw.v, `${p}.v`, rows8),
+    },
     o: uploadMatrix(device, lw.o, `${p}.o`, rows8),
     qNorm: uploadF32(device, toFloat32(lw.qNorm), `${p}.q_norm`),
     kNorm: uploadF32(device, toFloat32(lw.kNorm), `${p}.k_norm`),
