@@ -139,7 +139,7 @@ export interface GpuModelOptions {
   /** Tiled expert kernels' tiles interleaved through the grid (OpsOptions.interleavedTiles,
    * default true; false: tile-major, the baseline, which llvmpipe runs on one thread). */
   interleavedTiles?: boolean;
-  /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.scoreSpans,
+  /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.attentionBlocks,
    * default true; false: one each, the baseline). */
   attentionBlocks?: boolean;
   /** q, k and v projections as one matmul over their stacked rows, where their dtypes agree
