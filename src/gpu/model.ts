@@ -322,7 +322,9 @@ export class GpuModel implements LanguageModel, SessionHost {
   /** Under a budget (unless GpuModelOptions.headGate is false): the lm_head chunks' indirect
    * dispatch arguments ([x, y, z] each) then a sticky word, and the op that zeroes them when the
    * step or an earlier one of its batch missed (kernels/head_gate.wgsl). */
-  private headGate: { args: GPUBuffer; src: GPUBuffer; words: number; op: Op } | null = null;
+  private headGate:
+    | { args: GPUBuffer; src: GPUBuffer; words: number; op: Op; srcFor: string }
+    | null = null;
   private queue: Promise<unknown> = Promise.resolve();
   private prefetch: boolean;
   private routerMaskingDefault: boolean;
@@ -516,7 +518,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       });
       const flags = c.numLayers * c.numExperts;
       const op = this.ops.headGate({ missed: this.pool.missed, flags, args, argWords: words });
-      this.headGate = { args, src, words, op };
+      this.headGate = { args, src, words, op, srcFor: "" };
     }
   }
 
@@ -942,7 +944,12 @@ export class GpuModel implements LanguageModel, SessionHost {
   private encodeHead(enc: GPUCommandEncoder, T: number, lastOnly: boolean, gated = false): number {
     const hg = gated ? this.headGate : null;
     if (hg !== null) {
-      this.gpu.device.queue.writeBuffer(hg.src, 0, new Uint32Array(this.headArgs(T, lastOnly)));
+      // the arguments depend on the step's shape only: uploaded when it changes
+      const shape = `${T}:${lastOnly && T > 1}`;
+      if (hg.srcFor !== shape) {
+        this.gpu.device.queue.writeBuffer(hg.src, 0, new Uint32Array(this.headArgs(T, lastOnly)));
+        hg.srcFor = shape;
+      }
       enc.clearBuffer(hg.args, hg.words * 4, 4); // the sticky word: one pass, its own flags
     }
     this.encodeLogits(enc, T, lastOnly, hg !== null ? { from: hg.src, offset: 0 } : undefined);
