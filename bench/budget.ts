@@ -9,7 +9,14 @@
  *   - "model policy, writeBuffer uploads": the same with expert uploads through
  *     queue.writeBuffer instead of staging buffers kept mapped (expertStagingBuffers: 0),
  *   - "model policy, no prefetch": loading only what a miss's layer routed to (`--no-prefetch`),
- *     not the experts later layers flagged on their approximate input.
+ *     not the experts later layers flagged on their approximate input,
+ *   - "model policy, uncapped guesses": every flagged expert loaded at a miss (`loadCap: false`,
+ *     the baseline), where the default loads a guess only while the step's hits exceed its wrong
+ *     and unscored guesses, so that no step loads more experts than it routes.
+ * Also counted: decode steps that loaded more experts than they routed, decode loads per routed
+ * (layer, expert) pair (loads/tok also counts the prompt's), and decode loads per token against
+ * Belady's: the misses per decoded token of the optimal offline replacement replaying the same
+ * routing (the prompt's, then each token's layer by layer) with the same slots.
  * Every configuration must decode the same tokens (exact mode). Prints one table, the ratio to
  * resident speed, and whether tokens/s ever drops at a larger budget; writes bench/out/budget.json
  * (budget_real.json with --real).
@@ -26,7 +33,7 @@ import { parseArgs } from "node:util";
 import { openModel } from "../src/model_dir.ts";
 import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
 import { openGpu } from "../src/gpu/device.ts";
-import { policyFactory } from "../src/experts/policy.ts";
+import { type Access, policyFactory, simulateOptimal } from "../src/experts/policy.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./memcpy.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
@@ -60,6 +67,10 @@ const CONFIGS: Config[] = [
   {
     name: "model policy, no prefetch",
     opts: (g) => ({ policy: policyFactory("model")(g), prefetch: false }),
+  },
+  {
+    name: "model policy, uncapped guesses",
+    opts: (g) => ({ policy: policyFactory("model")(g), loadCap: false }),
   },
 ];
 
@@ -106,7 +117,27 @@ interface Row {
   tokensPerS: number;
   loadsPerToken: number;
   readbacksPerToken: number;
+  /** Over the timed decodes: steps that loaded more than they routed, and the decode steps'
+   * loads over the pairs they routed. */
+  stepsOverRouted: number;
+  loadsPerRouted: number;
+  /** Decode loads per decoded token, and Belady's misses per token on the same routing. */
+  decodeLoadsPerToken: number;
+  beladyPerToken: number;
   tokens: number[];
+}
+
+/** The routing a decode emitted (GpuModel.onRouting) as an access trace: each layer visit one
+ * `now`, the prompt's layer visits first; `decodeFrom`: the first decode access. */
+function recordRouting(model: GpuModel, E: number, K: number) {
+  const trace: Access<number>[] = [];
+  let decodeFrom = -1, visits = 0;
+  model.onRouting = (l, experts) => {
+    if (experts.length === K && decodeFrom < 0) decodeFrom = trace.length;
+    const now = visits++;
+    for (const e of new Set(experts)) trace.push({ key: l * E + e, now });
+  };
+  return { trace, decodeFrom: () => decodeFrom };
 }
 const rows: Row[] = [];
 for (const fraction of budgets) {
@@ -121,7 +152,10 @@ for (const fraction of budgets) {
     });
     const speeds: number[] = [], loads: number[] = [], readbacks: number[] = [];
     let ids: number[] = [];
+    let over = 0, routed = 0, loaded = 0, belady = 0, decoded = 0;
     for (let r = 0; r <= reps; r++) {
+      const s0 = { ...model.stats };
+      const rec = recordRouting(model, c.numExperts, c.topK);
       const s = model.newSession();
       const res = await s.decode(
         { feed: prompt, maxTokens: tokens, sampling: GREEDY, eosIds: [] },
@@ -129,7 +163,14 @@ for (const fraction of budgets) {
       );
       s.free();
       if (r === 0) continue; // warm-up: pipelines compile, the cache fills
+      over += model.stats.stepsOverRouted - s0.stepsOverRouted;
+      routed += model.stats.stepRouted - s0.stepRouted;
+      // decode steps' loads only (the prompt's layer-by-layer loads are not a step's)
+      loaded += model.stats.expertLoads - s0.expertLoads -
+        (model.stats.prefillLoads - s0.prefillLoads);
       const n = res.stats.tokens;
+      decoded += n;
+      if (slots < total) belady += simulateOptimal(rec.trace, slots, rec.decodeFrom()).misses;
       speeds.push(n / (res.stats.ms / 1000));
       loads.push(res.stats.expertLoads / n);
       readbacks.push(res.stats.readbacks / n);
@@ -143,6 +184,10 @@ for (const fraction of budgets) {
       tokensPerS: median(speeds),
       loadsPerToken: median(loads),
       readbacksPerToken: median(readbacks),
+      stepsOverRouted: over,
+      loadsPerRouted: routed > 0 ? loaded / routed : 0,
+      decodeLoadsPerToken: loaded / decoded,
+      beladyPerToken: belady / decoded,
       tokens: ids,
     });
     const row = rows.at(-1)!;
@@ -161,14 +206,20 @@ console.log(
     `after ${PROMPT_TOKENS} prompt tokens, median of ${reps}; tokens identical everywhere: ${same}`,
 );
 console.log(
-  "budget  slots  config                            tok/s   of resident  loads/tok  readbacks/tok",
+  "budget  slots  config                            tok/s   of resident  loads/tok  readbacks/tok" +
+    "  steps over routed  loads/routed  decode loads/tok  Belady/tok  ratio",
 );
 for (const r of rows) {
   console.log(
     `${`${(r.budget * 100).toFixed(0)}%`.padEnd(6)}  ${String(r.slots).padStart(5)}  ` +
       `${r.config.padEnd(32)}  ${r.tokensPerS.toFixed(1).padStart(6)}  ` +
       `${(r.tokensPerS / resident(r.config)).toFixed(2).padStart(11)}  ` +
-      `${r.loadsPerToken.toFixed(2).padStart(9)}  ${r.readbacksPerToken.toFixed(2).padStart(13)}`,
+      `${r.loadsPerToken.toFixed(2).padStart(9)}  ${r.readbacksPerToken.toFixed(2).padStart(13)}` +
+      `  ${String(r.stepsOverRouted).padStart(17)}  ${r.loadsPerRouted.toFixed(3).padStart(12)}` +
+      `  ${r.decodeLoadsPerToken.toFixed(2).padStart(16)}  ${
+        r.beladyPerToken.toFixed(2).padStart(10)
+      }` +
+      `  ${r.beladyPerToken > 0 ? (r.decodeLoadsPerToken / r.beladyPerToken).toFixed(2) : "-"}`,
   );
 }
 const monotone = configs.map((config) => {

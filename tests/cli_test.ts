@@ -301,3 +301,12 @@ Deno.test("--policy defaults to the model-aware policy and builds each named pol
   assert.match(runtimeOptions({ policy: "lrfu:0.05" }, 64).policy(grid).name, /^lrfu/);
   assert.throws(() => runtimeOptions({ policy: "belady" }, 64), /--policy/);
 });
+
+Deno.test("the load cap is on unless --no-load-cap; --no-prefetch is separate", async () => {
+  const { runtimeOptions, RUNTIME_BOOLEAN_FLAGS } = await import("../src/cli/runtime.ts");
+  assert.ok(RUNTIME_BOOLEAN_FLAGS.includes("no-load-cap"));
+  assert.equal(runtimeOptions({}, 64).loadCap, true);
+  assert.equal(runtimeOptions({ "no-load-cap": true }, 64).loadCap, false);
+  assert.equal(runtimeOptions({ "no-load-cap": true }, 64).prefetch, true);
+  assert.equal(runtimeOptions({ "no-prefetch": true }, 64).loadCap, true);
+});

@@ -154,6 +154,58 @@ gpuTest(
   },
 );
 
+gpuTest(
+  "decode: under a 10% budget no step loads more experts than it routes (loadCap), with the same tokens and reported routing as all resident; the uncapped baseline loads more",
+  async () => {
+    const reference = JSON.parse(
+      await Deno.readTextFile(new URL("../tools/train/reference_outputs.json", import.meta.url)),
+    ) as { greedy: { cases: { prompt_ids: number[]; greedy_ids: number[] }[] } };
+    const c = reference.greedy.cases[0];
+    const opened = await openModel(DEFAULT_MODEL_DIR);
+    const { numLayers: L, numExperts: E } = opened.weights.config;
+    try {
+      const over: number[] = [];
+      const routings: string[][] = [];
+      for (const loadCap of [true, false, undefined]) {
+        const model = await GpuModel.open(opened.weights, {
+          gpu,
+          maxContext: 128,
+          expertSource: opened.experts,
+          expertSlots: loadCap === undefined ? undefined : Math.round(L * E * 0.1),
+          loadCap,
+        });
+        const routing: string[] = [];
+        model.onRouting = (l, experts) => routing.push(`${l}:${experts.join()}`);
+        routings.push(routing);
+        try {
+          const s = model.newSession();
+          const { result } = await decodeAll(s, {
+            feed: c.prompt_ids,
+            maxTokens: c.greedy_ids.length,
+            sampling: GREEDY,
+            eosIds: [],
+          });
+          s.free();
+          assert.deepEqual(result.tokens, c.greedy_ids, `loadCap ${loadCap}`);
+          if (loadCap === undefined) break; // all resident: the routing reference
+          // every decode step was accounted: L layers' distinct experts each
+          assert.ok(model.stats.stepRouted >= (c.greedy_ids.length - 1) * L, "steps counted");
+          over.push(model.stats.stepsOverRouted);
+        } finally {
+          model.destroy();
+        }
+      }
+      assert.equal(over[0], 0, "capped");
+      assert.ok(over[1] > 0, `the uncapped baseline loads more than some steps route: ${over[1]}`);
+      // each layer's final routing of each step is reported once, as with every expert resident
+      assert.deepEqual(routings[0], routings[2]);
+      assert.deepEqual(routings[1], routings[2]);
+    } finally {
+      opened.close();
+    }
+  },
+);
+
 const SAMPLED: SamplingParams = {
   ...GREEDY,
   temperature: 0.9,

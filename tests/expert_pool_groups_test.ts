@@ -394,6 +394,7 @@ Deno.test("ExpertScheduler counts shares, kept experts and prefill groups in the
       prefetch: false,
       allResident: false,
       perLayerRouting: false,
+      loadCap: true,
     }, () => undefined);
     res.masking = true;
     assert.deepEqual([0, 1, 2].map((l) => res.layerQuota(l)), [4, 4, 4]);
@@ -437,6 +438,7 @@ Deno.test("ExpertScheduler counts shares, kept experts and prefill groups in the
       prefetch: false,
       allResident: true,
       perLayerRouting: false,
+      loadCap: true,
     }, () => undefined);
     assert.equal(resident2.layerwise(64), false);
     assert.equal(resident2.maxLanes(64), 64);

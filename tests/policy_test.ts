@@ -43,6 +43,11 @@ Deno.test("simulateOptimal() on A B A C B A, capacity 2: 2 hits (Belady bound)",
   assert.deepEqual(simulateOptimal(ABACBA, 2), { hits: 2, misses: 4, evictions: 2 });
 });
 
+Deno.test("simulateOptimal() counting from access 3 of A B A C B A: C misses, B hits, A misses", () => {
+  // the cache ran through A B A (holding A, B); C evicts A (used last), so A misses again
+  assert.deepEqual(simulateOptimal(ABACBA, 2, 3), { hits: 1, misses: 2, evictions: 2 });
+});
+
 Deno.test("LrfuPolicy.score() is log2 of the decayed access sum", () => {
   const p = new LrfuPolicy<string>(0.5);
   p.insert("A", 0);

@@ -1,6 +1,6 @@
 /**
  * The flags every inference command shares (--model, --expert-slots, --expert-cache-mib,
- * --policy, --no-prefetch, --router-masking, --expert-set, --max-context, --steps-per-readback),
+ * --policy, --no-prefetch, --no-load-cap, --router-masking, --expert-set, --max-context, --steps-per-readback),
  * checked before anything loads, and the one place that turns them into a GpuModel.
  */
 import { type Flags, type FlagSpec, info, intFlag, numberFlag, UsageError } from "./args.ts";
@@ -40,6 +40,11 @@ export const RUNTIME_FLAGS: FlagSpec[] = [
   },
   { name: "kv-cache-mib", arg: "M", help: "GPU budget for KV caches in MiB (caps --max-batch)" },
   { name: "no-prefetch", help: "load only the experts a miss needs, no speculative prefetch" },
+  {
+    name: "no-load-cap",
+    help: "prefetch every expert a miss's later layers flagged, even when a step then loads more " +
+      "experts than it routes (default: guesses only within the step's hits)",
+  },
   { name: "router-masking", help: "route among resident experts only (approximate, no loads)" },
   {
     name: "expert-set",
@@ -65,6 +70,8 @@ export interface RuntimeOptions {
   /** The eviction policy, made once the model's layers and experts are known. */
   policy: (grid: ExpertGrid) => EvictionPolicy<number>;
   prefetch: boolean;
+  /** A decode step loads at most as many experts as it routes (GpuModelOptions.loadCap). */
+  loadCap: boolean;
   routerMasking: boolean;
   /** How sessions that do not ask choose their experts (requests may override it). */
   expertSet: ExpertSetMode;
@@ -108,6 +115,7 @@ export function runtimeOptions(flags: Flags, defaultContext: number): RuntimeOpt
       : numberFlag(flags, "kv-cache-mib", 0, (n) => n > 0 && n < Infinity),
     policy,
     prefetch: !flags["no-prefetch"],
+    loadCap: !flags["no-load-cap"],
     routerMasking: !!flags["router-masking"],
     expertSet,
   };
@@ -139,6 +147,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
       expertSource: opened.experts,
       policy: o.policy(c),
       prefetch: o.prefetch,
+      loadCap: o.loadCap,
       routerMasking: o.routerMasking,
       expertSet: o.expertSet,
       stepsPerReadback: o.stepsPerReadback,

@@ -67,6 +67,8 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     gpuSteps: rt.model.stats.steps,
     gpuReadbacks: rt.model.stats.readbacks,
     gpuReruns: rt.model.stats.reruns,
+    gpuStepRouted: rt.model.stats.stepRouted,
+    gpuStepsOverRouted: rt.model.stats.stepsOverRouted,
     gpuDecodeSteps: rt.model.stats.decodeSteps,
     gpuSequenceSteps: rt.model.stats.laneSteps,
     kvSequences: rt.model.maxSequences,

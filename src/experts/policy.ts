@@ -573,11 +573,13 @@ export function simulate<K>(
 /**
  * Belady's optimal replacement on trace: on a miss with a full cache, evicts the resident key
  * whose next use is farthest away (never used again first; ties to the earliest inserted).
- * No online policy can have fewer misses.
+ * No online policy can have fewer misses. Hits and misses are counted from access `countFrom` on
+ * (the cache still runs through the earlier ones: a warm start).
  */
 export function simulateOptimal<K>(
   trace: readonly Access<K>[],
   capacity: number,
+  countFrom = 0,
 ): SimulationResult {
   checkCapacity(capacity);
   // nextUse[i]: index of the next access of trace[i].key after i, or Infinity.
@@ -591,10 +593,11 @@ export function simulateOptimal<K>(
   const out = { hits: 0, misses: 0, evictions: 0 };
   for (let i = 0; i < trace.length; i++) {
     const key = trace[i].key;
+    const counts = i >= countFrom;
     if (resident.has(key)) {
-      out.hits++;
+      if (counts) out.hits++;
     } else {
-      out.misses++;
+      if (counts) out.misses++;
       if (resident.size >= capacity) {
         let victim: K | undefined;
         let far = -1;
@@ -605,7 +608,7 @@ export function simulateOptimal<K>(
           }
         }
         resident.delete(victim!);
-        out.evictions++;
+        if (counts) out.evictions++;
       }
     }
     resident.set(key, nextUse[i]);

@@ -14,6 +14,10 @@
  * - A pass that routed to absent experts: its first missed layer saw its exact input, so exactly
  *   what that layer routed to is loaded; with prefetch, the experts later layers flagged on their
  *   approximate input are loaded along (guesses, scored when the final routing arrives).
+ * - A step never loads more experts than it routes (with loadCap): its loads are the routed
+ *   experts that were absent plus the guesses that proved wrong, so a guess is loaded only while
+ *   the step's hits (routed experts resident before it, not loaded by it) exceed its wrong and
+ *   still unscored guesses.
  * - A pass whose layers all found their experts: each layer's distinct routed experts are hits
  *   that the eviction policy hears about (its clock advances 1/L per layer visit).
  * - Router masking: each layer's share of the slots (layerQuota); a layer below it routes exactly
@@ -43,6 +47,22 @@ export interface SchedulerOptions {
   allResident: boolean;
   /** The baseline of reading each layer's routing back in every step (GpuModelOptions). */
   perLayerRouting: boolean;
+  /** Guesses only within the step's hits, so a step loads at most what it routes (false: the
+   * baseline, every flagged expert loaded at a miss). */
+  loadCap: boolean;
+}
+
+/** What one decode step (a token, or a batched step's tokens) has routed and loaded so far. */
+class StepLoads {
+  /** Keys loaded by the step (demand and guesses). */
+  readonly loaded = new Set<number>();
+  /** Keys the step's final routing used. */
+  readonly routed = new Set<number>();
+  /** Routed keys that were resident and not loaded by the step. */
+  readonly hits = new Set<number>();
+  /** Guesses whose layer routed without them. */
+  wrong = 0;
+  loads = 0;
 }
 
 export class ExpertScheduler {
@@ -55,6 +75,7 @@ export class ExpertScheduler {
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
   private prefetch: boolean;
+  private step = new StepLoads();
 
   constructor(
     private config: ModelConfig,
@@ -115,9 +136,43 @@ export class ExpertScheduler {
       const L = this.config.numLayers;
       this.countHits(routing, stride, counted, L, T);
       this.scoreGuesses(routing, stride, counted, L, T);
-      this.guessed = new Set();
+      this.endStep();
     }
     return l0;
+  }
+
+  /** A step ended (every layer final) or was dropped: checks its loads against its routing. */
+  endStep(): void {
+    const s = this.step;
+    s.wrong += this.guessed.size; // (none left once every layer was scored)
+    if (s.loads > 0 || s.routed.size > 0) {
+      this.stats.stepRouted += s.routed.size;
+      if (s.loads > s.routed.size) this.stats.stepsOverRouted++;
+    }
+    this.guessed = new Set();
+    this.step = new StepLoads();
+  }
+
+  /** Guesses the step may still load: its hits less its wrong and unscored guesses (unbounded
+   * without loadCap). */
+  private guessAllowance(): number {
+    if (!this.opts.loadCap) return Infinity;
+    return this.step.hits.size - this.step.wrong - this.guessed.size;
+  }
+
+  /** A step starts: what an abandoned one routed and loaded is forgotten. */
+  startStep(): void {
+    this.guessed = new Set();
+    this.step = new StepLoads();
+  }
+
+  /** Layer l's final routing (keys) for the step's accounting. */
+  private finalKeys(keys: number[]): void {
+    if (this.opts.allResident) return;
+    for (const k of keys) {
+      this.step.routed.add(k);
+      if (this.cache.isResident(k) && !this.step.loaded.has(k)) this.step.hits.add(k);
+    }
   }
 
   /** The policy's clock now (without advancing it). */
@@ -160,6 +215,7 @@ export class ExpertScheduler {
       this.emitRouting(routing, stride, l, T);
       // (with router masking, absent experts picked with weight 0 are not uses)
       const keys = this.routedKeys(routing, stride, l, T).filter((k) => this.cache.isResident(k));
+      this.finalKeys(keys);
       this.cache.metrics.hits += keys.length;
       this.cache.touch(keys, this.tick());
     }
@@ -175,7 +231,12 @@ export class ExpertScheduler {
   ): boolean {
     const before = this.cache.loads;
     const ok = this.cache.load(key, now, protect, speculative, evictPinned);
-    this.stats.expertLoads += this.cache.loads - before;
+    const n = this.cache.loads - before;
+    this.stats.expertLoads += n;
+    if (n > 0) {
+      this.step.loads += n;
+      this.step.loaded.add(key);
+    }
     return ok;
   }
 
@@ -199,26 +260,26 @@ export class ExpertScheduler {
     // layer l0 saw its true input: load exactly what it routed to
     this.emitRouting(routing, stride, l0, T);
     const routed = this.routedKeys(routing, stride, l0, T);
+    this.finalKeys(routed);
+    this.scoreLayerGuesses(l0, new Set(routed));
     const protect = this.protectedKeys(routed, l0);
     const now = this.tick();
     this.cache.readAhead(routed);
     for (const key of routed) {
       if (this.cache.isResident(key)) {
         this.cache.metrics.hits++;
-        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
         continue;
       }
       this.cache.metrics.misses++;
-      if (this.guessed.has(key)) this.stats.prefetchUseful++;
-      else if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
+      if (l0 > 0 || from > 0) this.stats.prefetchMissed++;
       if (!this.load(key, now, protect, false, true)) {
         throw new ExpertBudgetError(`no slot free for layer ${l0}'s experts`);
       }
     }
     this.cache.touch(routed, now);
     // later layers ran on an approximate input: their flagged experts are good guesses, loaded
-    // with prefetch, and read ahead (into the page cache only) either way
-    this.guessed = new Set();
+    // with prefetch (nearest layers first, within the step's allowance), and read ahead (into
+    // the page cache only) either way; guesses of earlier repairs stay until their layer is final
     const flagged: number[] = [];
     for (let key = (l0 + 1) * E; key < L * E; key++) if (missed[key]) flagged.push(key);
     this.cache.readAhead(flagged);
@@ -229,7 +290,7 @@ export class ExpertScheduler {
         }
       }
       for (const key of flagged) {
-        if (!this.load(key, now, protect, true)) break;
+        if (this.guessAllowance() <= 0 || !this.load(key, now, protect, true)) break;
         protect.add(key);
         this.guessed.add(key);
       }
@@ -282,7 +343,8 @@ export class ExpertScheduler {
     return new Set([...routed, ...this.lastOfOtherLayers(l, routed.length)]);
   }
 
-  /** Prefetch accounting: which guessed keys the final routing of layers [from, to) used. */
+  /** Prefetch accounting: the guesses of layers [from, to) scored against their final routing
+   * (used ones are useful, the others wrong). */
   scoreGuesses(
     routing: Uint32Array,
     stride: number,
@@ -292,9 +354,18 @@ export class ExpertScheduler {
   ): void {
     if (this.guessed.size === 0) return;
     for (let l = from; l < to; l++) {
-      for (const key of this.routedKeys(routing, stride, l, T)) {
-        if (this.guessed.delete(key)) this.stats.prefetchUseful++;
-      }
+      this.scoreLayerGuesses(l, new Set(this.routedKeys(routing, stride, l, T)));
+    }
+  }
+
+  /** The guesses of layer l against its final routed keys. */
+  private scoreLayerGuesses(l: number, routed: Set<number>): void {
+    const E = this.config.numExperts;
+    for (const key of this.guessed) {
+      if (Math.floor(key / E) !== l) continue;
+      this.guessed.delete(key);
+      if (routed.has(key)) this.stats.prefetchUseful++;
+      else this.step.wrong++;
     }
   }
 

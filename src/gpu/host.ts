@@ -43,6 +43,10 @@ export interface StepStats {
   prefetchMissed: number;
   /** Expert records uploaded (all causes). */
   expertLoads: number;
+  /** Under a budget: distinct (layer, expert) pairs the decode steps routed, and the steps that
+   * loaded more experts than they routed (0 with loadCap). */
+  stepRouted: number;
+  stepsOverRouted: number;
 }
 
 /** Step statistics before any step. */
@@ -59,6 +63,8 @@ export function emptyStepStats(): StepStats {
     prefetchUseful: 0,
     prefetchMissed: 0,
     expertLoads: 0,
+    stepRouted: 0,
+    stepsOverRouted: 0,
   };
 }
 

@@ -91,6 +91,10 @@ export interface GpuModelOptions {
   policy?: EvictionPolicy<number>;
   /** Load the experts that the optimistic pass flagged in later layers along with a miss. */
   prefetch?: boolean;
+  /** Under a budget a decode step loads at most as many experts as it routes: guesses only while
+   * its hits exceed its wrong and unscored guesses (default true; false: the baseline, every
+   * flagged expert loaded at a miss). */
+  loadCap?: boolean;
   /** Sessions route among resident experts only unless they ask otherwise (approximate). */
   routerMasking?: boolean;
   /** How sessions that do not ask choose their experts (default "lru"; src/gpu/expert_sets.ts). */
@@ -234,6 +238,8 @@ interface ForwardRecord {
   routeAt: number;
   /** Row of the miss log [N, L*E] (decode steps under a budget), else -1. */
   missRow: number;
+  /** Repairs a step that missed (its scheduler accounting goes on). */
+  rerun?: boolean;
 }
 
 /** A sequence's part of a batch. */
@@ -422,6 +428,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       prefetch: this.prefetch,
       allResident: this.allResident,
       perLayerRouting: this.perLayerRouting,
+      loadCap: opts.loadCap ?? true,
     }, () => this.onRouting);
 
     const f32 = (n: number, label: string) =>
@@ -1113,7 +1120,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     let from = 0;
     /** Layers below this are final and counted. */
     let counted = 0;
-    this.sched.guessed = new Set<number>();
+    this.sched.startStep();
     for (;;) {
       const enc = device.createCommandEncoder({ label: "decode" });
       const snap = FORWARD_SNAP_ROW * c.hiddenSize * 4;
@@ -1714,7 +1721,18 @@ export class GpuModel implements LanguageModel, SessionHost {
     for (const [i, r] of b.records.entries()) {
       const routing = route.subarray(r.routeAt, r.routeAt + L * r.T * K);
       const flags = r.missRow < 0 ? null : miss;
-      const l0 = this.sched.passResult(routing, flags, r.T, r.from, r.from, r.T, r.missRow * L * E);
+      if (!r.rerun) this.sched.startStep();
+      // a repair's first layer was final and counted when its miss was loaded
+      const counted = r.rerun ? r.from + 1 : r.from;
+      const l0 = this.sched.passResult(
+        routing,
+        flags,
+        r.T,
+        counted,
+        r.from,
+        r.T,
+        r.missRow * L * E,
+      );
       if (l0 < 0) continue;
       invalidAt = i;
       b.miss = {
@@ -1742,12 +1760,12 @@ export class GpuModel implements LanguageModel, SessionHost {
       m.routing,
       m.missed,
       m.record.T,
-      m.record.from,
+      m.record.rerun ? m.record.from + 1 : m.record.from, // (see parse())
       m.l0,
       m.record.from,
       m.record.T,
     );
-    const rerun: ForwardRecord = { ...m.record, from: m.l0, routeAt: 0, missRow: 0 };
+    const rerun: ForwardRecord = { ...m.record, from: m.l0, routeAt: 0, missRow: 0, rerun: true };
     // the dropped steps ran on invalid tokens and may have set the end flags
     for (const lane of b.lanes) {
       this.gpu.device.queue.writeBuffer(lane.seq.sampler.state, 0, Uint32Array.of(NO_END));

@@ -127,6 +127,14 @@ const ENGINE_FIGURES: Record<string, FigureSpec> = {
   gpuSteps: counter("gpu_steps_total", "Forward steps run on the GPU."),
   gpuReadbacks: counter("gpu_readbacks_total", "GPU to CPU readbacks."),
   gpuReruns: counter("gpu_reruns_total", "Steps rerun after an expert miss."),
+  gpuStepRouted: counter(
+    "gpu_step_routed_experts_total",
+    "Distinct (layer, expert) pairs routed by decode steps under an expert budget.",
+  ),
+  gpuStepsOverRouted: counter(
+    "gpu_steps_over_routed_total",
+    "Decode steps that loaded more experts than they routed (0 with the load cap).",
+  ),
 };
 for (const source of ["cold", "warm", "unknown"]) {
   const labels = { source };
