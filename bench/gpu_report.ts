@@ -1,0 +1,201 @@
+/**
+ * The figures a real GPU gives, in one run (tools/gpu/run.sh runs it on a lent GPU machine; it runs
+ * wherever WebGPU does, so it is tried here on llvmpipe with --small):
+ *   - the adapter, its limits and the optional features the runtime takes (subgroups,
+ *     shader-f16, timestamp-query);
+ *   - the GPU's own copy bandwidth: copyBufferToBuffer of a large buffer, timed by timestamp
+ *     queries when offered (else by wall time around onSubmittedWorkDone), counting bytes read
+ *     plus bytes written, the ceiling a decode matvec is measured against;
+ *   - a synthetic model written to DIR (default: 2 layers of Qwen3-30B-A3B shapes, 32 of its 128
+ *     experts, its vocab of 151936; --small: the SMALL fixture shape in BF16), all experts
+ *     resident: greedy decode tokens/s of the adaptive decode loop (median of 3 after an untimed
+ *     run) and the weight bytes a token reads, prefill tokens/s of 64/512/2048-token prompts (one
+ *     forward each after an untimed one), and the last-token logits of a fixed 16-token prompt
+ *     (DIR/runtime_logits.json) that tools/gpu/transformers_run.py compares with transformers'.
+ * Prints one JSON object (also written to --out FILE).
+ *
+ *   ./bin/deno run -A --unstable-webgpu bench/gpu_report.ts --dir DIR [--small] [--out FILE]
+ */
+import { parseArgs } from "node:util";
+import { SMALL } from "../weights/fixture.ts";
+import { bytesPerToken, QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
+import { openModelDir } from "../src/model_dir.ts";
+import { GpuModel } from "../src/gpu/model.ts";
+import { type Gpu, openGpu } from "../src/gpu/device.ts";
+import { GREEDY } from "../src/sampling.ts";
+import { median } from "./memcpy.ts";
+
+const { values } = parseArgs({
+  options: {
+    dir: { type: "string" },
+    small: { type: "boolean", default: false },
+    out: { type: "string" },
+  },
+});
+if (values.dir === undefined) throw new RangeError("--dir DIR: where the model is written");
+const dir = values.dir;
+// (32 of the 128 experts, as every real-shape bench here: a token still reads 8 experts of the
+// real size; writing all 128 would take minutes of a short GPU lease)
+const shape = values.small
+  ? { ...SMALL, dtype: "BF16" as const }
+  : { ...QWEN3_30B_A3B, experts: 32 };
+/** The prompt whose last-token logits are compared with transformers' (ids below every vocab). */
+const REPORT_PROMPT = Array.from({ length: 16 }, (_, i) => (i * 37 + 11) % 500);
+const DECODE_TOKENS = values.small ? 32 : 128;
+const PREFILL_LENGTHS = [64, 512, 2048];
+
+/** GB/s of copyBufferToBuffer (bytes read + written), by timestamps when offered. */
+async function copyBandwidth(gpu: Gpu): Promise<{ gbPerS: number; bytes: number; by: string }> {
+  const device = gpu.device;
+  const bytes =
+    Math.min(1 << 30, gpu.limits.maxBufferSize, gpu.limits.maxStorageBufferBindingSize) &
+    ~0xffff;
+  const usage = GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST;
+  const a = device.createBuffer({ size: bytes, usage }),
+    b = device.createBuffer({ size: bytes, usage });
+  const stamps = gpu.features.includes("timestamp-query");
+  const REPS = 8;
+  const seconds: number[] = [];
+  for (let round = 0; round < 4; round++) {
+    const enc = device.createCommandEncoder();
+    let set: GPUQuerySet | null = null,
+      resolve: GPUBuffer | null = null,
+      read: GPUBuffer | null = null;
+    if (stamps) {
+      set = device.createQuerySet({ type: "timestamp", count: 2 });
+      resolve = device.createBuffer({
+        size: 16,
+        usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
+      });
+      read = device.createBuffer({
+        size: 16,
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
+      // an empty pass writes the first stamp, another the second (copies have no timestampWrites)
+      enc.beginComputePass({ timestampWrites: { querySet: set, beginningOfPassWriteIndex: 0 } })
+        .end();
+    }
+    for (let i = 0; i < REPS; i++) {
+      enc.copyBufferToBuffer(i % 2 ? b : a, 0, i % 2 ? a : b, 0, bytes);
+    }
+    if (set && resolve && read) {
+      enc.beginComputePass({ timestampWrites: { querySet: set, endOfPassWriteIndex: 1 } }).end();
+      enc.resolveQuerySet(set, 0, 2, resolve, 0);
+      enc.copyBufferToBuffer(resolve, 0, read, 0, 16);
+    }
+    const t0 = performance.now();
+    device.queue.submit([enc.finish()]);
+    await device.queue.onSubmittedWorkDone();
+    const wall = (performance.now() - t0) / 1000;
+    let s = wall;
+    if (read) {
+      await read.mapAsync(GPUMapMode.READ);
+      const [t1, t2] = new BigUint64Array(read.getMappedRange().slice(0));
+      read.unmap();
+      if (t2 > t1) s = Number(t2 - t1) / 1e9;
+    }
+    if (round > 0) seconds.push(s / REPS); // round 0 warms up
+  }
+  a.destroy();
+  b.destroy();
+  return { gbPerS: (2 * bytes) / median(seconds) / 1e9, bytes, by: stamps ? "timestamps" : "wall" };
+}
+
+const t0 = performance.now();
+const gpu = await openGpu();
+const report: Record<string, unknown> = {
+  date: new Date().toISOString(),
+  adapter: {
+    vendor: gpu.adapterInfo.vendor,
+    architecture: gpu.adapterInfo.architecture,
+    device: gpu.adapterInfo.device,
+    description: gpu.adapterInfo.description,
+  },
+  features: gpu.features,
+  limits: {
+    maxStorageBufferBindingSize: gpu.limits.maxStorageBufferBindingSize,
+    maxBufferSize: gpu.limits.maxBufferSize,
+    maxComputeWorkgroupSizeX: gpu.limits.maxComputeWorkgroupSizeX,
+    maxComputeInvocationsPerWorkgroup: gpu.limits.maxComputeInvocationsPerWorkgroup,
+    maxComputeWorkgroupStorageSize: gpu.limits.maxComputeWorkgroupStorageSize,
+  },
+  copy: await copyBandwidth(gpu),
+  shape,
+};
+console.error("copy bandwidth:", JSON.stringify(report.copy));
+
+try {
+  Deno.statSync(`${dir}/config.json`);
+  console.error(`model: ${dir} (already written)`);
+} catch {
+  console.error(`writing the model to ${dir} ...`);
+  const w0 = performance.now();
+  await writeFixtureInChild(dir, shape);
+  report.writeS = (performance.now() - w0) / 1000;
+}
+const opened = openModelDir(dir);
+const c = opened.weights.config;
+const maxPrompt = Math.max(...PREFILL_LENGTHS);
+const model = await GpuModel.open(opened.weights, {
+  gpu,
+  maxContext: maxPrompt + 8,
+  expertSource: opened.experts,
+});
+try {
+  // the fixed prompt's last-token logits, for transformers_run.py
+  {
+    const s = model.newSession();
+    const [logits] = await s.forward(REPORT_PROMPT, { lastOnly: true });
+    s.free();
+    await Deno.writeTextFile(
+      `${dir}/runtime_logits.json`,
+      JSON.stringify({ prompt: REPORT_PROMPT, logits: Array.from(logits) }),
+    );
+  }
+  const speeds: number[] = [];
+  let readbacks = 0;
+  for (let r = 0; r <= 3; r++) {
+    const s = model.newSession();
+    const res = await s.decode(
+      { feed: REPORT_PROMPT, maxTokens: DECODE_TOKENS, sampling: GREEDY, eosIds: [] },
+      () => undefined,
+    );
+    s.free();
+    if (r === 0) continue; // pipelines compile
+    speeds.push(res.stats.tokens / (res.stats.ms / 1000));
+    readbacks = res.stats.readbacks / res.stats.tokens;
+  }
+  const perToken = bytesPerToken(c, 2);
+  const tokPerS = median(speeds);
+  report.decode = {
+    tokens: DECODE_TOKENS,
+    tokPerS,
+    readbacksPerToken: readbacks,
+    mbPerToken: perToken.total / 1e6,
+    weightGbPerS: (perToken.total * tokPerS) / 1e9,
+  };
+  console.error("decode:", JSON.stringify(report.decode));
+  const prefill: Record<string, number> = {};
+  for (const n of PREFILL_LENGTHS) {
+    const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % c.vocabSize);
+    const ms: number[] = [];
+    for (let r = 0; r < 2; r++) {
+      const s = model.newSession();
+      const p0 = performance.now();
+      await s.forward(prompt, { lastOnly: true });
+      ms.push(performance.now() - p0);
+      s.free();
+    }
+    prefill[n] = n / (ms[1] / 1000);
+  }
+  report.prefillTokPerS = prefill;
+  console.error("prefill:", JSON.stringify(prefill));
+} finally {
+  model.destroy();
+  opened.close();
+}
+report.seconds = (performance.now() - t0) / 1000;
+const json = JSON.stringify(report, null, 2);
+console.log(json);
+if (values.out) await Deno.writeTextFile(values.out, json);
+gpu.device.destroy();

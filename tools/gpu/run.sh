@@ -1,0 +1,48 @@
+#!/bin/sh
+# The GPU machine's run (tools/gpu/prepare.sh first, here): from the repository root there,
+#   run(command="sh tools/gpu/run.sh", carry=[".device"], timeout_s=540)
+# unpacks the Vulkan loader, Deno and its npm cache from .device/, then writes to $OUT:
+#   report.json     bench/gpu_report.ts: adapter, copy bandwidth, the real-shape model's decode and
+#                   prefill tokens/s and its logits of a fixed prompt (the model is written first)
+#   transformers.json  tools/gpu/transformers_run.py: transformers' logits against the runtime's,
+#                   its bf16 eager prefill and decode tokens/s on the same checkpoint
+#   kernels.txt     bench/kernels.ts: per-kernel GB/s and GFLOP/s (timestamp queries)
+#   *.log           what each printed
+# LOCAL=1 skips the .debs (a machine with its own Vulkan loader); SMALL=1 writes the SMALL model.
+set -u
+OUT=${OUT:-/tmp/gpu-out}
+mkdir -p "$OUT"
+dev=.device
+if [ -z "${LOCAL:-}" ]; then
+  for f in "$dev"/gl/*.deb; do dpkg -x "$f" /; done
+  ldconfig
+  icd=/usr/local/nvidia/share/vulkan/icd.d/nvidia_icd.json
+  if [ -f "$icd" ]; then export VK_DRIVER_FILES="$icd"; fi
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv >"$OUT/nvidia-smi.txt" 2>&1
+fi
+work=$(mktemp -d)
+xz -dc "$dev/deno.xz" >"$work/deno" && chmod +x "$work/deno"
+mkdir -p "$work/deno_dir" && tar -xJf "$dev/deno_dir.tar.xz" -C "$work/deno_dir"
+export DENO_DIR="$work/deno_dir" DENO_NO_UPDATE_CHECK=1
+deno="$work/deno"
+model="$work/model"
+small=""
+if [ -n "${SMALL:-}" ]; then small=--small; fi
+"$deno" --version | head -1
+timeout 300 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
+  $small --out "$OUT/report.json" >"$OUT/report.log" 2>&1
+echo "gpu_report: exit $?"
+tail -3 "$OUT/report.log"
+if python3 -c "import transformers, torch; assert torch.cuda.is_available()" 2>/dev/null; then
+  decode_tokens=128
+  if [ -n "${SMALL:-}" ]; then decode_tokens=32; fi
+  timeout 240 python3 tools/gpu/transformers_run.py "$model" --decode-tokens "$decode_tokens" \
+    --out "$OUT/transformers.json" >"$OUT/transformers.log" 2>&1
+  echo "transformers_run: exit $?"
+  tail -3 "$OUT/transformers.log"
+else
+  echo "transformers_run: skipped (no transformers, or no CUDA device for torch)"
+fi
+timeout 150 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
+echo "kernels: exit $?"
+rm -rf "$work"
