@@ -14,10 +14,12 @@ import type { ModelConfig } from "../src/types.ts";
 const L = 3, E = 4, K = 2;
 const CONFIG = { numLayers: L, numExperts: E, topK: K } as ModelConfig;
 
-/** The parts of ExpertCache the scheduler uses: every slot free (no eviction), loads in order. */
+/** The parts of ExpertCache the scheduler uses: `capacity` slots (default every expert), loads
+ * in order; a full cache evicts its newest unprotected key. */
 class KeyCache {
   readonly resident = new Set<number>();
   readonly loaded: number[] = [];
+  readonly evicted: number[] = [];
   metrics = { hits: 0, misses: 0 };
   get loads(): number {
     return this.loaded.length;
@@ -25,17 +27,22 @@ class KeyCache {
   get isFull(): boolean {
     return false;
   }
-  constructor(resident: number[]) {
+  constructor(resident: number[], readonly capacity = L * E) {
     for (const k of resident) this.resident.add(k);
   }
   isResident(key: number): boolean {
     return this.resident.has(key);
   }
-  load(key: number): boolean {
-    if (!this.resident.has(key)) {
-      this.resident.add(key);
-      this.loaded.push(key);
+  load(key: number, _now: number, protect: Set<number>): boolean {
+    if (this.resident.has(key)) return true;
+    if (this.resident.size >= this.capacity) {
+      const victim = [...this.resident].reverse().find((k) => !protect.has(k));
+      if (victim === undefined) return false;
+      this.resident.delete(victim);
+      this.evicted.push(victim);
     }
+    this.resident.add(key);
+    this.loaded.push(key);
     return true;
   }
   touch(): void {}
@@ -54,8 +61,8 @@ class KeyCache {
   }
 }
 
-function scheduler(resident: number[], loadCap: boolean) {
-  const cache = new KeyCache(resident);
+function scheduler(resident: number[], loadCap: boolean, capacity?: number) {
+  const cache = new KeyCache(resident, capacity);
   const stats = emptyStepStats();
   const sched = new ExpertScheduler(
     CONFIG,
@@ -82,17 +89,19 @@ function pass(cache: KeyCache, routing: number[][]) {
  * Runs one decode step through passes whose routing is `final` at layers that ran on their exact
  * input and `approx` at the later layers of a pass (what they routed to on an approximate input),
  * as the model's decode loop does: rerun from the first missed layer until no layer misses.
- * Returns the passes' start layers.
+ * `approxOf` may give each pass (0, 1, ...) its own approximate routing. Returns the passes' start
+ * layers.
  */
 function step(
   s: ReturnType<typeof scheduler>,
   final: number[][],
-  approx: number[][],
+  approxOf: number[][] | ((pass: number) => number[][]),
 ): number[] {
   const starts: number[] = [];
   s.sched.startStep();
   let from = 0, counted = 0;
   for (;;) {
+    const approx = typeof approxOf === "function" ? approxOf(starts.length) : approxOf;
     starts.push(from);
     // layers before the first miss of this pass (from `from` on) saw their exact input
     let exactTo = from;
@@ -152,4 +161,23 @@ Deno.test("with loadCap a guess proved right frees room for the next; wrong and 
   assert.equal(s.stats.prefetchUseful, 2);
   assert.equal(s.stats.stepsOverRouted, 0);
   assert.ok(s.cache.loads <= s.stats.stepRouted);
+});
+
+Deno.test("a guess evicted before its layer used it counts as wrong, and the step still loads no more than it routes", () => {
+  // 5 slots holding 0 (layer 0) and 4, 5 (layer 1): layer 0 hits 0 and misses 1; the first pass's
+  // layer 1 is all resident and its layer 2 flags 10, 11: one hit allows one guess, 10. The
+  // rerun's layer 1 misses 6, 7, whose loads evict 10 (the newest key not protected); the final
+  // layer 2 routes 10 and 8, so 10 is loaded again.
+  const s = scheduler([0, 4, 5], true, 5);
+  const starts = step(
+    s,
+    [[0, 1], [2, 3], [2, 0]],
+    (pass) => pass === 0 ? [[0, 1], [0, 1], [2, 3]] : [[0, 1], [2, 3], [0, 1]],
+  );
+  assert.deepEqual(starts, [0, 0, 1, 2]);
+  assert.deepEqual(s.cache.loaded, [1, 10, 6, 7, 10, 8]);
+  assert.ok(s.cache.evicted.includes(10));
+  assert.equal(s.stats.prefetchUseful, 0, "the evicted guess served no use");
+  assert.equal(s.stats.stepRouted, 6);
+  assert.equal(s.stats.stepsOverRouted, 0);
 });

@@ -358,13 +358,14 @@ export class ExpertScheduler {
     }
   }
 
-  /** The guesses of layer l against its final routed keys. */
+  /** The guesses of layer l against its final routed keys: a guess evicted before its layer
+   * used it is wrong too (its load served no use; the use loads it again). */
   private scoreLayerGuesses(l: number, routed: Set<number>): void {
     const E = this.config.numExperts;
     for (const key of this.guessed) {
       if (Math.floor(key / E) !== l) continue;
       this.guessed.delete(key);
-      if (routed.has(key)) this.stats.prefetchUseful++;
+      if (routed.has(key) && this.cache.isResident(key)) this.stats.prefetchUseful++;
       else this.step.wrong++;
     }
   }
