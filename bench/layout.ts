@@ -6,10 +6,12 @@
  * reads). Greedy decode tokens/s (the adaptive loop) and a 64-token prefill; both layouts must
  * decode the same tokens. Modes alternate; medians. Not a test: prints a table.
  * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
- * over their stacked rows (the default) instead.
+ * over their stacked rows (the default) instead. `--quant q8_0` runs either comparison on both
+ * models packed with q8_0 experts and base (q/k/v/o, lm_head: `pack --quant q8_0 --quant-base
+ * q8_0`), whose resident q8_0 matrices rows8 repacks with their scales (repackQ8Rows8).
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv]
+ *     [--no-real] [--compare rows8|qkv] [--quant q8_0]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -18,6 +20,7 @@ import type { GpuModelOptions } from "../src/gpu/model.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { median } from "./memcpy.ts";
+import { pack } from "../src/pack/pack.ts";
 
 const REAL = { ...QWEN3_30B_A3B, experts: 32 };
 /** What `--compare` sets side by side: the baseline first. */
@@ -81,8 +84,19 @@ const { values } = parseArgs({
     reps: { type: "string", default: "3" },
     "no-real": { type: "boolean", default: false },
     compare: { type: "string", default: "rows8" },
+    quant: { type: "string" },
   },
 });
+if (values.quant !== undefined && values.quant !== "q8_0") throw new RangeError("--quant: q8_0");
+const quantTmp = values.quant ? await Deno.makeTempDir({ prefix: "moe-layout-q8-" }) : null;
+/** The model directory benched: as it is, or packed with q8_0 experts and base (--quant). */
+async function variant(dir: string, name: string): Promise<string> {
+  if (quantTmp === null) return dir;
+  const out = `${quantTmp}/${name}`;
+  console.error(`packing ${name} with q8_0 experts and base ...`);
+  await pack(dir, out, { quant: { experts: "Q8_0", base: "Q8_0" } });
+  return out;
+}
 if (!(values.compare in COMPARISONS)) {
   throw new RangeError(`--compare: ${Object.keys(COMPARISONS).join(" or ")}`);
 }
@@ -95,18 +109,31 @@ const lines = [
     MODES[0].name
   } | ${MODES[1].name} | ratio | same tokens |`,
   "| --- | --- | --- | --- | --- | --- | --- | --- |",
-  ...await bench("default", DEFAULT_MODEL_DIR, 128, reps),
+  ...await bench(
+    `default${quantTmp ? " q8_0" : ""}`,
+    await variant(DEFAULT_MODEL_DIR, "default"),
+    128,
+    reps,
+  ),
 ];
 if (!values["no-real"]) {
   const tmp = await Deno.makeTempDir({ prefix: "moe-layout-bench-" });
   try {
     console.error("writing the real-shape fixture ...");
     await writeFixtureInChild(`${tmp}/real`, REAL);
-    lines.push(...await bench("30B-A3B x2 (E=32, V=151936)", `${tmp}/real`, 16, reps));
+    lines.push(
+      ...await bench(
+        `30B-A3B x2 (E=32, V=151936)${quantTmp ? " q8_0" : ""}`,
+        await variant(`${tmp}/real`, "real"),
+        16,
+        reps,
+      ),
+    );
   } finally {
     Deno.removeSync(tmp, { recursive: true });
   }
 }
+if (quantTmp !== null) Deno.removeSync(quantTmp, { recursive: true });
 for (const l of lines) console.log(l);
 console.log(
   `medians of ${reps} after an untimed round, modes alternating; load avg ${

@@ -1,5 +1,6 @@
 /** Opening one model several ways on one device, for benches that compare configurations. */
 import { DEFAULT_MODEL_DIR, type OpenedModel, openModel, openModelDir } from "../src/model_dir.ts";
+import { looksPacked } from "../src/packed_weights.ts";
 import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 
@@ -20,7 +21,10 @@ export async function openSideBySide(
   dir: string,
   optionSets: GpuModelOptions[],
 ): Promise<SideBySide> {
-  const opened = dir === DEFAULT_MODEL_DIR ? await openModel(dir) : openModelDir(dir);
+  // (packed directories open as they are; a fixture checkpoint too, unpacked)
+  const opened = dir === DEFAULT_MODEL_DIR || looksPacked(dir)
+    ? await openModel(dir)
+    : openModelDir(dir);
   const gpu = await openGpu();
   const models: GpuModel[] = [];
   for (const o of optionSets) {

@@ -42,17 +42,14 @@ fn dot8(w: W8, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
 }
 
 // Element offset of column 0 of row n0 + r of W, rows past N clamped to N-1 (valid memory, never
-// stored); column c (a multiple of 8) of the row is at row_start + c * col_step().
+// stored); in the rows layout column c of the row is at row_start + c, in rows8 the chunk of
+// columns c..c+7 of the block's 8 rows starts at row_start(n0, 0) + 8 c.
 fn row_start(n0: u32, r: u32) -> u32 {
   let n = min(n0 + r, p.N - 1u);
   if (BLOCKED == 1u) {
     return p.w_offset + (n / 8u) * 8u * p.K + (n % 8u) * 8u;
   }
   return p.w_offset + n * p.K;
-}
-
-fn col_step() -> u32 {
-  return select(1u, 8u, BLOCKED == 1u);
 }
 
 @compute @workgroup_size(WG)
@@ -86,16 +83,35 @@ fn main(
     hi[j] = vec4<f32>(0.0);
   }
   let k8 = K & ~7u;
-  let cs = col_step();
   for (var c = 0u; c < k8; c += 8u) {
-    let w0 = load_w8(r0 + c * cs);
-    let w1 = load_w8(r1 + c * cs);
-    let w2 = load_w8(r2 + c * cs);
-    let w3 = load_w8(r3 + c * cs);
-    let w4 = load_w8(r4 + c * cs);
-    let w5 = load_w8(r5 + c * cs);
-    let w6 = load_w8(r6 + c * cs);
-    let w7 = load_w8(r7 + c * cs);
+    var w0: W8;
+    var w1: W8;
+    var w2: W8;
+    var w3: W8;
+    var w4: W8;
+    var w5: W8;
+    var w6: W8;
+    var w7: W8;
+    if (BLOCKED == 1u) { // the chunk's 8 rows together (weights_block8.wgsl, or the loader's own)
+      let b = load_block8(r0 + c * 8u);
+      w0 = b.r0;
+      w1 = b.r1;
+      w2 = b.r2;
+      w3 = b.r3;
+      w4 = b.r4;
+      w5 = b.r5;
+      w6 = b.r6;
+      w7 = b.r7;
+    } else {
+      w0 = load_w8(r0 + c);
+      w1 = load_w8(r1 + c);
+      w2 = load_w8(r2 + c);
+      w3 = load_w8(r3 + c);
+      w4 = load_w8(r4 + c);
+      w5 = load_w8(r5 + c);
+      w6 = load_w8(r6 + c);
+      w7 = load_w8(r7 + c);
+    }
     for (var j = 0u; j < TOKENS; j++) {
       let xi = min(t0 + j, T - 1u) * k4 + c / 4u; // tokens past T: recomputed, never stored
       let xa = x[xi];

@@ -437,7 +437,12 @@ export class Ops implements OpsApi {
     const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw", "rw", "rw"];
     // rows8 weights hold whole blocks of 8 rows (the last one padded)
     const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
-    const weights = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
+    const loader = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
+    // q8_0 in 8-row blocks: groups of 32 columns of a block (256 elements) from the binding's start
+    if (blocked && loader === "q8_0") {
+      checkMultiple("matmul", "rows8 q8_0 offset", w.offsetElems, 256);
+    }
+    const weights = blocked && loader === "q8_0" ? "q8_0_rows8" : loader;
     const spec = (tokens: number): KernelSpec => ({
       kernel: "matmul",
       bindings,

@@ -57,7 +57,9 @@ export interface WeightRef {
   offsetElems: number;
   /** "rows" (default): row-major. "rows8" (f32/f16/bf16, K a multiple of 8): each block of 8 rows
    * stored column chunk by column chunk, the 8 rows' 8 elements of a chunk together, the last
-   * block padded (src/gpu/resident.ts repackRows8; matmul.wgsl). Only matmul reads it. */
+   * block padded (src/gpu/resident.ts repackRows8; matmul.wgsl); for q8_0 (K a multiple of 32)
+   * the same order in int8 with each group of 32 columns led by its 8 rows' scales
+   * (repackQ8Rows8, kernels/weights_q8_0_rows8.wgsl). Only matmul reads it. */
   layout?: "rows" | "rows8";
 }
 

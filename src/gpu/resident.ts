@@ -14,9 +14,45 @@ import { toFloat32 } from "../dtype.ts";
  * rows. */
 const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
 
-/** Whether a matrix is stored as rows8 when asked: f16/bf16 and rows of whole 8-element chunks. */
+/** Whether a matrix is stored as rows8 when asked: f16/bf16 with rows of whole 8-element chunks,
+ * q8_0 with rows of whole 32-element groups (repackQ8Rows8). */
 export function rows8Eligible(t: TensorView): boolean {
-  return t.shape.length === 2 && ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
+  if (t.shape.length !== 2) return false;
+  if (t.dtype === "Q8_0") return t.shape[1] % Q8_GROUP === 0;
+  return ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
+}
+
+/** Columns of a q8_0 block (GGML's QK8_0), the group repackQ8Rows8 keeps together. */
+const Q8_GROUP = 32;
+/** Bytes of a q8_0 block: f16 d, then 32 int8. */
+const Q8_BLOCK_BYTES = 34;
+
+/**
+ * A row-major [N, K] q8_0 matrix (GGML blocks of 32) in the rows8 layout of
+ * kernels/weights_q8_0_rows8.wgsl: for each block of 8 rows (the last padded with zero rows), for
+ * each group of 32 columns, 272 bytes: the 8 rows' f16 scales (16 bytes), then for each chunk of 8
+ * columns the rows' int8 in row order (64 bytes). The same values, 16-byte aligned, so that one
+ * vector load reads two rows' chunk.
+ */
+export function repackQ8Rows8(src: Uint8Array, N: number, K: number): Uint8Array {
+  const groups = K / Q8_GROUP, blocks = Math.ceil(N / 8);
+  const GROUP_BYTES = 8 * (2 + Q8_GROUP); // 272
+  const out = new Uint8Array(blocks * groups * GROUP_BYTES);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    for (let g = 0; g < groups; g++) {
+      const s = (n * groups + g) * Q8_BLOCK_BYTES;
+      const d = (b * groups + g) * GROUP_BYTES;
+      out[d + 2 * r] = src[s];
+      out[d + 2 * r + 1] = src[s + 1];
+      // chunk j's 8 int8 of row r, byte by byte (a subarray per chunk would allocate)
+      for (let j = 0; j < 4; j++) {
+        let from = s + 2 + 8 * j, to = d + 16 + 64 * j + 8 * r;
+        for (let i = 0; i < 8; i++) out[to++] = src[from++];
+      }
+    }
+  }
+  return out;
 }
 
 /**
@@ -52,9 +88,11 @@ export function uploadMatrix(
   rows8 = false,
 ): WeightRef {
   const blocked = rows8 && rows8Eligible(t);
-  const bytes = blocked
-    ? repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!)
-    : t.bytes;
+  const bytes = !blocked
+    ? t.bytes
+    : t.dtype === "Q8_0"
+    ? repackQ8Rows8(t.bytes, t.shape[0], t.shape[1])
+    : repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!);
   const buffer = device.createBuffer({
     label,
     size: align4(bytes.byteLength),

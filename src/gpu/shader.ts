@@ -2,7 +2,9 @@
  * WGSL sources and compute pipelines. A kernel's source is kernels/common.wgsl (the Step uniform
  * and index helpers), then its spec's prelude files (declarations a family of kernels shares, e.g.
  * kernels/sample_common.wgsl), then, for kernels that read weights, the loader of the weights'
- * dtype (kernels/weights_<dtype>.wgsl, defining `load_w4`), then kernels/<name>.wgsl. Sources are
+ * dtype (kernels/weights_<dtype>.wgsl, defining `load_w4` and `load_w8`; kernels/weights_block8.wgsl
+ * after it when the kernel reads rows8 chunks with `load_block8` and the loader has no faster one of
+ * its own), then kernels/<name>.wgsl. Sources are
  * read relative to this module, which also works inside a `deno compile --include kernels` binary.
  * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
  * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
@@ -31,8 +33,8 @@ export type BindingKind = "uniform" | "read" | "rw";
 
 /** Weight loaders, kernels/weights_<loader>.wgsl: for floats, vector loads where rows start on 16
  * bytes and scalar loads at any (even) offset; for quantized types, one loader (rows start on
- * whole blocks). */
-export type WeightLoader = WeightDType | `${FloatWeightDType}_scalar`;
+ * whole blocks); q8_0 weights repacked in 8-row blocks (matmul only) have their own. */
+export type WeightLoader = WeightDType | `${FloatWeightDType}_scalar` | "q8_0_rows8";
 
 /** One pipeline: which kernel, which preludes and weight loader, which override constants. */
 export interface KernelSpec {
@@ -135,8 +137,16 @@ export function composeSource(
     parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), kernelSource(kernel), pools));
     return parts.join("\n");
   }
-  if (weights) parts.push(kernelSource(`weights_${weights}`));
-  parts.push(kernelSource(kernel));
+  const source = kernelSource(kernel);
+  if (weights) {
+    const loader = kernelSource(`weights_${weights}`);
+    parts.push(loader);
+    // a kernel reading whole rows8 chunks gets the generic chunk loader unless the dtype has one
+    if (/\bload_block8\b/.test(stripComments(source)) && !/\bfn load_block8\b/.test(loader)) {
+      parts.push(kernelSource("weights_block8"));
+    }
+  }
+  parts.push(source);
   return parts.join("\n");
 }
 
