@@ -37,6 +37,19 @@ const ROWS: u32 = 8u;
 // rows has only 256 invocations.
 const WG: u32 = 16u;
 
+// The 8 rows' values of a rows8 chunk, as load_block8 returns them (the loader's, or
+// weights_block8.wgsl's generic one).
+struct Block8 {
+  r0: W8,
+  r1: W8,
+  r2: W8,
+  r3: W8,
+  r4: W8,
+  r5: W8,
+  r6: W8,
+  r7: W8,
+}
+
 fn dot8(w: W8, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
   return dot(w.lo, xa) + dot(w.hi, xb);
 }

@@ -1,17 +1,6 @@
 // load_block8 for weight loaders that have no faster one (composed after them by src/gpu/shader.ts
 // when the kernel calls it): the 8 rows of a rows8 chunk, row r's 8 elements at e + 8 r, each read
-// by load_w8.
-
-struct Block8 {
-  r0: W8,
-  r1: W8,
-  r2: W8,
-  r3: W8,
-  r4: W8,
-  r5: W8,
-  r6: W8,
-  r7: W8,
-}
+// by load_w8 (Block8 is declared by the kernel, matmul.wgsl).
 
 fn load_block8(e: u32) -> Block8 {
   return Block8(

@@ -6,24 +6,13 @@
 // 2i, .zw those of row 2i + 1. Element (row r, column k) is d_r * qs, as GGML's Q8_0 (and
 // weights_q8_0.wgsl) computes it, so both layouts give the same values. load_block8(e), at the
 // first element of a chunk's row 0, reads the chunk's 8 rows with 5 vector loads (8 of bf16
-// rows8); load_w8 / load_w4 read one row's elements.
+// rows8; Block8 is matmul.wgsl's); load_w8 / load_w4 read one row's elements.
 
 alias WeightWord = vec4<u32>;
 
 struct W8 {
   lo: vec4<f32>,
   hi: vec4<f32>,
-}
-
-struct Block8 {
-  r0: W8,
-  r1: W8,
-  r2: W8,
-  r3: W8,
-  r4: W8,
-  r5: W8,
-  r6: W8,
-  r7: W8,
 }
 
 // The four int8 of a little-endian word, as f32.

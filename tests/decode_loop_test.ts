@@ -114,12 +114,18 @@ for (const [name, opts] of FIXTURES) {
   );
 }
 
+/** The default model's greedy continuations as torch computed them (tools/train/). */
+async function torchGreedyCases(): Promise<{ prompt_ids: number[]; greedy_ids: number[] }[]> {
+  const reference = JSON.parse(
+    await Deno.readTextFile(new URL("../tools/train/reference_outputs.json", import.meta.url)),
+  ) as { greedy: { cases: { prompt_ids: number[]; greedy_ids: number[] }[] } };
+  return reference.greedy.cases;
+}
+
 gpuTest(
   "decode: the default model's greedy ids equal torch's for 1/2/7/adaptive steps per readback, all resident and at the smallest budget",
   async () => {
-    const reference = JSON.parse(
-      await Deno.readTextFile(new URL("../tools/train/reference_outputs.json", import.meta.url)),
-    ) as { greedy: { cases: { prompt_ids: number[]; greedy_ids: number[] }[] } };
+    const reference = await torchGreedyCases();
     const opened = await openModel(DEFAULT_MODEL_DIR);
     try {
       for (const slots of [undefined, opened.weights.config.topK]) {
@@ -130,7 +136,7 @@ gpuTest(
           expertSlots: slots,
         });
         try {
-          for (const c of reference.greedy.cases.slice(0, 2)) {
+          for (const c of reference.slice(0, 2)) {
             for (const spr of SPR) {
               const s = model.newSession();
               const { result } = await decodeAll(s, {
@@ -157,10 +163,8 @@ gpuTest(
 gpuTest(
   "decode: under a 10% budget no step loads more experts than it routes (loadCap), with the same tokens and reported routing as all resident; the uncapped baseline loads more",
   async () => {
-    const reference = JSON.parse(
-      await Deno.readTextFile(new URL("../tools/train/reference_outputs.json", import.meta.url)),
-    ) as { greedy: { cases: { prompt_ids: number[]; greedy_ids: number[] }[] } };
-    const c = reference.greedy.cases[0];
+    const reference = await torchGreedyCases();
+    const c = reference[0];
     const opened = await openModel(DEFAULT_MODEL_DIR);
     const { numLayers: L, numExperts: E } = opened.weights.config;
     try {
