@@ -114,6 +114,24 @@ for (const [name, opts] of FIXTURES) {
   );
 }
 
+/** A greedy decode of a torch case's prompt, as long as torch's continuation (no EOS). */
+async function decodeCase(
+  model: GpuModel,
+  c: { prompt_ids: number[]; greedy_ids: number[] },
+  stepsPerReadback?: number,
+): Promise<DecodeResult> {
+  const s = model.newSession();
+  const { result } = await decodeAll(s, {
+    feed: c.prompt_ids,
+    maxTokens: c.greedy_ids.length,
+    sampling: GREEDY,
+    eosIds: [],
+    stepsPerReadback,
+  });
+  s.free();
+  return result;
+}
+
 /** The default model's greedy continuations as torch computed them (tools/train/). */
 async function torchGreedyCases(): Promise<{ prompt_ids: number[]; greedy_ids: number[] }[]> {
   const reference = JSON.parse(
@@ -138,15 +156,7 @@ gpuTest(
         try {
           for (const c of reference.slice(0, 2)) {
             for (const spr of SPR) {
-              const s = model.newSession();
-              const { result } = await decodeAll(s, {
-                feed: c.prompt_ids,
-                maxTokens: c.greedy_ids.length,
-                sampling: GREEDY,
-                eosIds: [],
-                stepsPerReadback: spr,
-              });
-              s.free();
+              const result = await decodeCase(model, c, spr);
               assert.deepEqual(result.tokens, c.greedy_ids, `slots ${slots ?? "all"}, spr ${spr}`);
             }
           }
@@ -182,14 +192,7 @@ gpuTest(
         model.onRouting = (l, experts) => routing.push(`${l}:${experts.join()}`);
         routings.push(routing);
         try {
-          const s = model.newSession();
-          const { result } = await decodeAll(s, {
-            feed: c.prompt_ids,
-            maxTokens: c.greedy_ids.length,
-            sampling: GREEDY,
-            eosIds: [],
-          });
-          s.free();
+          const result = await decodeCase(model, c);
           assert.deepEqual(result.tokens, c.greedy_ids, `loadCap ${loadCap}`);
           if (loadCap === undefined) break; // all resident: the routing reference
           // every decode step was accounted: L layers' distinct experts each
