@@ -63,19 +63,28 @@ class StepLoads {
   /** Guesses whose layer routed without them. */
   wrong = 0;
   loads = 0;
+
+  /** Empties it for the next step (reused: no allocation a step). */
+  clear(): void {
+    this.loaded.clear();
+    this.routed.clear();
+    this.hits.clear();
+    this.wrong = 0;
+    this.loads = 0;
+  }
 }
 
 export class ExpertScheduler {
   /** Whether the pass being recorded or read routes among resident experts only. */
   masking = false;
   /** Experts loaded speculatively for the pass being repaired, not yet scored. */
-  guessed = new Set<number>();
+  readonly guessed = new Set<number>();
   /** Context expert sets: pinned under router masking, the cache's starting set otherwise. */
   readonly sets: ExpertSets;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
   private prefetch: boolean;
-  private step = new StepLoads();
+  private readonly step = new StepLoads();
 
   constructor(
     private config: ModelConfig,
@@ -144,13 +153,11 @@ export class ExpertScheduler {
   /** A step ended (every layer final) or was dropped: checks its loads against its routing. */
   endStep(): void {
     const s = this.step;
-    s.wrong += this.guessed.size; // (none left once every layer was scored)
     if (s.loads > 0 || s.routed.size > 0) {
       this.stats.stepRouted += s.routed.size;
       if (s.loads > s.routed.size) this.stats.stepsOverRouted++;
     }
-    this.guessed = new Set();
-    this.step = new StepLoads();
+    this.startStep();
   }
 
   /** Guesses the step may still load: its hits less its wrong and unscored guesses (unbounded
@@ -162,8 +169,8 @@ export class ExpertScheduler {
 
   /** A step starts: what an abandoned one routed and loaded is forgotten. */
   startStep(): void {
-    this.guessed = new Set();
-    this.step = new StepLoads();
+    this.guessed.clear();
+    this.step.clear();
   }
 
   /** Layer l's final routing (keys) for the step's accounting. */
