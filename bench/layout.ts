@@ -8,10 +8,12 @@
  * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
  * over their stacked rows (the default) instead. `--quant q8_0` runs either comparison on both
  * models packed with q8_0 experts and base (q/k/v/o, lm_head: `pack --quant q8_0 --quant-base
- * q8_0`), whose resident q8_0 matrices rows8 repacks with their scales (repackQ8Rows8).
+ * q8_0`), whose resident q8_0 matrices rows8 repacks with their scales (repackQ8Rows8); `--quant
+ * q6_k` with the base only in q6_k (`--quant-base q6_k`; the experts stay as they are: quantizing
+ * them to a K-quant in TypeScript would take minutes), repacked by repackQ6KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv] [--quant q8_0]
+ *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q6_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -21,6 +23,7 @@ import { GREEDY } from "../src/sampling.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { median } from "./memcpy.ts";
 import { pack } from "../src/pack/pack.ts";
+import type { QuantOptions } from "../src/pack/quantize.ts";
 
 const REAL = { ...QWEN3_30B_A3B, experts: 32 };
 /** What `--compare` sets side by side: the baseline first. */
@@ -87,14 +90,22 @@ const { values } = parseArgs({
     quant: { type: "string" },
   },
 });
-if (values.quant !== undefined && values.quant !== "q8_0") throw new RangeError("--quant: q8_0");
-const quantTmp = values.quant ? await Deno.makeTempDir({ prefix: "moe-layout-q8-" }) : null;
-/** The model directory benched: as it is, or packed with q8_0 experts and base (--quant). */
+/** What --quant packs: q8_0 experts and base, or a q6_k base. */
+const QUANTS: Record<string, QuantOptions> = {
+  q8_0: { experts: "Q8_0", base: "Q8_0" },
+  q6_k: { base: "Q6_K" },
+};
+if (values.quant !== undefined && !(values.quant in QUANTS)) {
+  throw new RangeError(`--quant: ${Object.keys(QUANTS).join(" or ")}`);
+}
+const quantTmp = values.quant ? await Deno.makeTempDir({ prefix: "moe-layout-quant-" }) : null;
+const quantTag = values.quant ? ` ${values.quant}${values.quant === "q6_k" ? " base" : ""}` : "";
+/** The model directory benched: as it is, or packed as --quant says. */
 async function variant(dir: string, name: string): Promise<string> {
   if (quantTmp === null) return dir;
   const out = `${quantTmp}/${name}`;
-  console.error(`packing ${name} with q8_0 experts and base ...`);
-  await pack(dir, out, { quant: { experts: "Q8_0", base: "Q8_0" } });
+  console.error(`packing ${name} (${quantTag.trim()}) ...`);
+  await pack(dir, out, { quant: QUANTS[values.quant!] });
   return out;
 }
 if (!(values.compare in COMPARISONS)) {
@@ -110,7 +121,7 @@ const lines = [
   } | ${MODES[1].name} | ratio | same tokens |`,
   "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ...await bench(
-    `default${quantTmp ? " q8_0" : ""}`,
+    `default${quantTag}`,
     await variant(DEFAULT_MODEL_DIR, "default"),
     128,
     reps,
@@ -123,7 +134,7 @@ if (!values["no-real"]) {
     await writeFixtureInChild(`${tmp}/real`, REAL);
     lines.push(
       ...await bench(
-        `30B-A3B x2 (E=32, V=151936)${quantTmp ? " q8_0" : ""}`,
+        `30B-A3B x2 (E=32, V=151936)${quantTag}`,
         await variant(`${tmp}/real`, "real"),
         16,
         reps,

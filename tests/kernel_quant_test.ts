@@ -10,7 +10,7 @@ import { commonSource, kernelSource } from "../src/gpu/shader.ts";
 import { readF32, readU32 } from "../src/gpu/readback.ts";
 import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
 import { dequantizeRows } from "../src/quant/dequantize.ts";
-import { repackQ8Rows8 } from "../src/gpu/resident.ts";
+import { repackQ6KRows8, repackQ8Rows8 } from "../src/gpu/resident.ts";
 import type { QuantType } from "../src/quant/formats.ts";
 import * as ref from "../src/reference/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, rng, run } from "./kernel_harness.ts";
@@ -446,62 +446,81 @@ for (const type of QUANTS) {
   );
 }
 
-gpuTest(
-  "matmul() over q8_0 weights repacked in 8-row blocks gives exactly what it gives over the GGML rows (T 1, 7, 9, 40; stacked q/k/v splits)",
-  async () => {
-    const N = MATMUL_ROWS; // the last block of 8 rows is padded
-    for (const [K, T] of [[256, 1], [512, 7], [96, 9], [256, 40]]) {
-      const w = quantMatrix("q8_0", N, K, 3 * K + T);
-      const rows8 = repackQ8Rows8(w.bytes, N, K);
-      assert.strictEqual(rows8.byteLength, (Math.ceil(N / 8) * 8 * K * 34) / 32);
-      const xs = randomF32(T * K, 300 + T);
-      const x = buffer(xs);
-      for (const split of [false, true]) {
-        // a split at rows 37 and 59 (inside blocks of 8), as a stacked q/k/v matmul does
-        const cut = split ? { k: 37, v: 59 } : null;
-        const outs = [0, 1].map(() => ({
-          out: buffer(T * N * 4),
-          kOut: buffer(T * N * 4),
-          vOut: buffer(T * N * 4),
-        }));
-        const mm = [
-          { buffer: buffer(words(w.bytes)), dtype: "q8_0" as const, offsetElems: 0 },
-          {
-            buffer: buffer(rows8),
-            dtype: "q8_0" as const,
-            offsetElems: 0,
-            layout: "rows8" as const,
-          },
-        ].map((wr, i) =>
-          ops.matmul({
-            x,
-            w: wr,
-            out: outs[i].out,
-            K,
-            N,
-            outStride: cut ? cut.k : N,
-            outOffset: 0,
-            accumulate: false,
-            ...(cut ? { split: { ...cut, kOut: outs[i].kOut, vOut: outs[i].vOut } } : {}),
-          })
-        );
-        run(mm, T);
-        for (const b of ["out", "kOut", "vOut"] as const) {
-          const n = T * N;
-          assertSameBits(
-            await readF32(gpu, outs[1][b], 0, n),
-            await readF32(gpu, outs[0][b], 0, n),
-            `K=${K} T=${T} split=${split} ${b}`,
+/** The quantized types matmul reads repacked in 8-row blocks: repack, bytes per 256 values, and
+ * the [K, T] cases (K whole blocks). */
+const ROWS8_QUANTS = [
+  {
+    type: "q8_0",
+    repack: repackQ8Rows8,
+    bytes256: 272,
+    cases: [[256, 1], [512, 7], [96, 9], [256, 40]],
+  },
+  {
+    type: "q6_k",
+    repack: repackQ6KRows8,
+    bytes256: 210,
+    cases: [[256, 1], [512, 7], [256, 9], [512, 40]],
+  },
+] as const;
+
+for (const { type, repack, bytes256, cases } of ROWS8_QUANTS) {
+  gpuTest(
+    `matmul() over ${type} weights repacked in 8-row blocks gives exactly what it gives over the GGML rows (T 1, 7, 9, 40; stacked q/k/v splits)`,
+    async () => {
+      const N = MATMUL_ROWS; // the last block of 8 rows is padded
+      for (const [K, T] of cases) {
+        const w = quantMatrix(type, N, K, 3 * K + T);
+        const rows8 = repack(w.bytes, N, K);
+        assert.strictEqual(rows8.byteLength, (Math.ceil(N / 8) * 8 * K * bytes256) / 256);
+        const xs = randomF32(T * K, 300 + T);
+        const x = buffer(xs);
+        for (const split of [false, true]) {
+          // a split at rows 37 and 59 (inside blocks of 8), as a stacked q/k/v matmul does
+          const cut = split ? { k: 37, v: 59 } : null;
+          const outs = [0, 1].map(() => ({
+            out: buffer(T * N * 4),
+            kOut: buffer(T * N * 4),
+            vOut: buffer(T * N * 4),
+          }));
+          const mm = [
+            { buffer: buffer(words(w.bytes)), dtype: type, offsetElems: 0 },
+            {
+              buffer: buffer(rows8),
+              dtype: type,
+              offsetElems: 0,
+              layout: "rows8" as const,
+            },
+          ].map((wr, i) =>
+            ops.matmul({
+              x,
+              w: wr,
+              out: outs[i].out,
+              K,
+              N,
+              outStride: cut ? cut.k : N,
+              outOffset: 0,
+              accumulate: false,
+              ...(cut ? { split: { ...cut, kOut: outs[i].kOut, vOut: outs[i].vOut } } : {}),
+            })
           );
-        }
-        if (!cut) {
-          const got = await readF32(gpu, outs[1].out, 0, T * N);
-          assertClose(got, ref.matmul(xs, w.values, T, K, N), TOL, `K=${K} T=${T} vs reference`);
+          run(mm, T);
+          for (const b of ["out", "kOut", "vOut"] as const) {
+            const n = T * N;
+            assertSameBits(
+              await readF32(gpu, outs[1][b], 0, n),
+              await readF32(gpu, outs[0][b], 0, n),
+              `K=${K} T=${T} split=${split} ${b}`,
+            );
+          }
+          if (!cut) {
+            const got = await readF32(gpu, outs[1].out, 0, T * N);
+            assertClose(got, ref.matmul(xs, w.values, T, K, N), TOL, `K=${K} T=${T} vs reference`);
+          }
         }
       }
-    }
-  },
-);
+    },
+  );
+}
 
 gpuTest("repackQ8Rows8() keeps each value: row n's block g at its group, scale first", () => {
   const N = 11, K = 64;

@@ -108,44 +108,52 @@ for (const [name, quant] of CASES) {
   });
 }
 
-Deno.test("q8_0 base: resident matrices repacked in 8-row blocks (the default) give the logits of GGML's row-major blocks bit for bit, an untied lm_head too", async () => {
-  await withPacked(
-    { ...QFIX, tieEmbeddings: false },
-    { experts: "Q8_0", base: "Q8_0" },
-    async (packed) => {
-      const opened = await openModel(packed);
-      const [rows, rows8] = [false, true].map((rows8Weights) =>
-        GpuModel.open(opened.weights, { maxContext: 64, rows8Weights })
-      );
-      const models = [await rows, await rows8];
-      try {
-        // (what each model holds: the q/k/v matrix and the lm_head's chunks, q8_0 in both)
-        const held = (m: GpuModel) => {
-          const g = m as unknown as {
-            layers: { attnIn: { qkv: WeightRef } }[];
-            vocab: { lmHead: { w: WeightRef }[] };
+/** Base types matmul reads repacked in 8-row blocks, with what the experts are packed in. */
+const ROWS8_BASES: [string, QuantOptions][] = [
+  ["q8_0", { experts: "Q8_0", base: "Q8_0" }],
+  ["q6_k", { experts: "Q8_0", base: "Q6_K" }],
+];
+
+for (const [type, quant] of ROWS8_BASES) {
+  Deno.test(`${type} base: resident matrices repacked in 8-row blocks (the default) give the logits of GGML's row-major blocks bit for bit, an untied lm_head too`, async () => {
+    await withPacked(
+      { ...QFIX, tieEmbeddings: false },
+      quant,
+      async (packed) => {
+        const opened = await openModel(packed);
+        const [rows, rows8] = [false, true].map((rows8Weights) =>
+          GpuModel.open(opened.weights, { maxContext: 64, rows8Weights })
+        );
+        const models = [await rows, await rows8];
+        try {
+          // (what each model holds: the q/k/v matrix and the lm_head's chunks, of the type in both)
+          const held = (m: GpuModel) => {
+            const g = m as unknown as {
+              layers: { attnIn: { qkv: WeightRef } }[];
+              vocab: { lmHead: { w: WeightRef }[] };
+            };
+            return [g.layers[0].attnIn.qkv, ...g.vocab.lmHead.map((c) => c.w)].map((w) =>
+              `${w.dtype} ${w.layout}`
+            );
           };
-          return [g.layers[0].attnIn.qkv, ...g.vocab.lmHead.map((c) => c.w)].map((w) =>
-            `${w.dtype} ${w.layout}`
-          );
-        };
-        assert.deepEqual(held(models[0]), ["q8_0 rows", "q8_0 rows"]);
-        assert.deepEqual(held(models[1]), ["q8_0 rows8", "q8_0 rows8"]);
-        for (const n of [1, 9, 40]) {
-          const ids = prompt(n, QFIX.vocab);
-          const [a, b] = [
-            await models[0].newSession().forward(ids),
-            await models[1].newSession().forward(ids),
-          ];
-          for (let t = 0; t < n; t++) assert.deepEqual(b[t], a[t], `${n} tokens, position ${t}`);
+          assert.deepEqual(held(models[0]), [`${type} rows`, `${type} rows`]);
+          assert.deepEqual(held(models[1]), [`${type} rows8`, `${type} rows8`]);
+          for (const n of [1, 9, 40]) {
+            const ids = prompt(n, QFIX.vocab);
+            const [a, b] = [
+              await models[0].newSession().forward(ids),
+              await models[1].newSession().forward(ids),
+            ];
+            for (let t = 0; t < n; t++) assert.deepEqual(b[t], a[t], `${n} tokens, position ${t}`);
+          }
+        } finally {
+          for (const m of models) m.destroy();
+          opened.close();
         }
-      } finally {
-        for (const m of models) m.destroy();
-        opened.close();
-      }
-    },
-  );
-});
+      },
+    );
+  });
+}
 
 Deno.test("pack --quant q4_k records each tensor's type and every fallback (o_proj: q5_0)", async () => {
   await withPacked(QFIX, { experts: "Q4_K", base: "Q4_K" }, async (packed) => {

@@ -13,7 +13,13 @@ import {
   type WeightDType,
   type WeightRef,
 } from "./ops_api.ts";
-import { type BindingKind, type KernelSpec, Shaders, weightLoader } from "./shader.ts";
+import {
+  type BindingKind,
+  type KernelSpec,
+  Shaders,
+  type WeightLoader,
+  weightLoader,
+} from "./shader.ts";
 import { lcm, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 import { MAX_EXPERTS, MAX_HEAD_DIM } from "./kernel_interface.ts";
 
@@ -36,6 +42,13 @@ const WG_TOPK = 8;
 
 /** Output rows per matmul invocation and its workgroup size. */
 const MATMUL_ROWS = 8;
+/** The quantized types matmul reads in rows8 (src/gpu/resident.ts repacks them): their loader and
+ * the elements of one 8-row group of blocks. */
+const QUANT_ROWS8: Partial<Record<string, { loader: WeightLoader; groupElems: number }>> = {
+  q8_0: { loader: "q8_0_rows8", groupElems: 8 * 32 },
+  q6_k: { loader: "q6_k_rows8", groupElems: 8 * 256 },
+};
+
 /** Rows (and columns) of a block of "rows8" weights (WeightRef.layout; matmul.wgsl's BLOCKED). */
 export const ROWS8 = 8;
 if (MATMUL_ROWS !== ROWS8) throw new Error("a matmul invocation must own one block of rows8");
@@ -438,11 +451,13 @@ export class Ops implements OpsApi {
     // rows8 weights hold whole blocks of 8 rows (the last one padded)
     const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
     const loader = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
-    // q8_0 in 8-row blocks: groups of 32 columns of a block (256 elements) from the binding's start
-    if (blocked && loader === "q8_0") {
-      checkMultiple("matmul", "rows8 q8_0 offset", w.offsetElems, 256);
+    // quantized rows8 (their own loaders) address whole 8-row groups of blocks from the binding's
+    // start: 8 x 32 elements for q8_0, 8 x 256 for q6_k
+    const quantRows8 = QUANT_ROWS8[loader];
+    if (blocked && quantRows8) {
+      checkMultiple("matmul", `rows8 ${loader} offset`, w.offsetElems, quantRows8.groupElems);
     }
-    const weights = blocked && loader === "q8_0" ? "q8_0_rows8" : loader;
+    const weights = blocked && quantRows8 ? quantRows8.loader : loader;
     const spec = (tokens: number): KernelSpec => ({
       kernel: "matmul",
       bindings,

@@ -15,10 +15,12 @@ import { toFloat32 } from "../dtype.ts";
 const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
 
 /** Whether a matrix is stored as rows8 when asked: f16/bf16 with rows of whole 8-element chunks,
- * q8_0 with rows of whole 32-element groups (repackQ8Rows8). */
+ * q8_0 with rows of whole 32-element groups (repackQ8Rows8), q6_k (rows of whole super-blocks,
+ * repackQ6KRows8). */
 export function rows8Eligible(t: TensorView): boolean {
   if (t.shape.length !== 2) return false;
   if (t.dtype === "Q8_0") return t.shape[1] % Q8_GROUP === 0;
+  if (t.dtype === "Q6_K") return t.shape[1] % Q6_SUPER === 0;
   return ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
 }
 
@@ -49,6 +51,46 @@ export function repackQ8Rows8(src: Uint8Array, N: number, K: number): Uint8Array
       for (let j = 0; j < 4; j++) {
         let from = s + 2 + 8 * j, to = d + 16 + 64 * j + 8 * r;
         for (let i = 0; i < 8; i++) out[to++] = src[from++];
+      }
+    }
+  }
+  return out;
+}
+
+/** Columns and bytes of a Q6_K super-block (GGML's QK_K): ql[128], qh[64], int8 scales[16], f16 d. */
+const Q6_SUPER = 256;
+const Q6_BLOCK_BYTES = 210;
+
+/**
+ * A row-major [N, K] q6_k matrix (GGML super-blocks of 256) in the rows8 layout of
+ * kernels/weights_q6_k_rows8.wgsl: for each block of 8 rows (the last padded with zero rows) and
+ * super-block, the same 1680 bytes as its 8 blocks: the rows' d (16 bytes), their scales by pairs
+ * of 16-column sub-blocks (8 x 16 bytes), then per chunk of 8 columns the rows' low nibbles (a
+ * 32-bit word a row) and high bits (16 bits a row), 48 bytes. Values unchanged: q, sc and d are
+ * moved, not recomputed.
+ */
+export function repackQ6KRows8(src: Uint8Array, N: number, K: number): Uint8Array {
+  const S = K / Q6_SUPER, blocks = Math.ceil(N / 8);
+  const SUPER_BYTES = 8 * Q6_BLOCK_BYTES; // 1680
+  const out = new Uint8Array(blocks * S * SUPER_BYTES);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    for (let g = 0; g < S; g++) {
+      const s = (n * S + g) * Q6_BLOCK_BYTES;
+      const o = (b * S + g) * SUPER_BYTES;
+      out[o + 2 * r] = src[s + 208];
+      out[o + 2 * r + 1] = src[s + 209];
+      for (let sub = 0; sub < 16; sub++) {
+        out[o + 16 + (sub >> 1) * 16 + (sub & 1) * 8 + r] = src[s + 192 + sub];
+      }
+      for (let m = 0; m < Q6_SUPER; m++) {
+        const half = m >> 7, grp = (m >> 5) & 3, l = m & 31;
+        const qlByte = src[s + 64 * half + 32 * (grp & 1) + l];
+        const low = grp < 2 ? qlByte & 15 : qlByte >> 4;
+        const high = (src[s + 128 + 32 * half + l] >> (2 * grp)) & 3;
+        const j = m >> 3, i = m & 7, chunk = o + 144 + 48 * j;
+        out[chunk + 4 * r + (i >> 1)] |= low << (4 * (i & 1));
+        out[chunk + 32 + 2 * r + (i >> 2)] |= high << (2 * (i & 3));
       }
     }
   }
@@ -92,6 +134,8 @@ export function uploadMatrix(
     ? t.bytes
     : t.dtype === "Q8_0"
     ? repackQ8Rows8(t.bytes, t.shape[0], t.shape[1])
+    : t.dtype === "Q6_K"
+    ? repackQ6KRows8(t.bytes, t.shape[0], t.shape[1])
     : repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!);
   const buffer = device.createBuffer({
     label,
