@@ -240,9 +240,9 @@ console.log(
     (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
 );
 if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
-// row-major weights (the baseline; GGML's blocks for q8_0 and q6_k) and rows8 (the runtime's
-// layout for resident f16/bf16, q8_0 and q6_k matrices), alternating
-for (const dtype of ["bf16", "q8_0", "q6_k", "f32"] as WeightDType[]) {
+// row-major weights (the baseline; GGML's blocks for the quantized types) and rows8 (the runtime's
+// layout for resident f16/bf16, q8_0, q6_k and q4_k matrices), alternating
+for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
   for (const [N, K] of [[2048, 2048], [768, 2048], [16384, 2048]]) {
     for (const T of [1, 8]) {
       for (const layout of ["rows", "rows8"] as const) {

@@ -9,11 +9,12 @@
  * over their stacked rows (the default) instead. `--quant q8_0` runs either comparison on both
  * models packed with q8_0 experts and base (q/k/v/o, lm_head: `pack --quant q8_0 --quant-base
  * q8_0`), whose resident q8_0 matrices rows8 repacks with their scales (repackQ8Rows8); `--quant
- * q6_k` with the base only in q6_k (`--quant-base q6_k`; the experts stay as they are: quantizing
- * them to a K-quant in TypeScript would take minutes), repacked by repackQ6KRows8.
+ * q6_k` / `q4_k` with the base only in that type (`--quant-base`; the experts stay as they are:
+ * quantizing them to a K-quant in TypeScript would take minutes), repacked by repackQ6KRows8 /
+ * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q6_k]
+ *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -94,12 +95,13 @@ const { values } = parseArgs({
 const QUANTS: Record<string, QuantOptions> = {
   q8_0: { experts: "Q8_0", base: "Q8_0" },
   q6_k: { base: "Q6_K" },
+  q4_k: { base: "Q4_K" },
 };
 if (values.quant !== undefined && !(values.quant in QUANTS)) {
   throw new RangeError(`--quant: ${Object.keys(QUANTS).join(" or ")}`);
 }
 const quantTmp = values.quant ? await Deno.makeTempDir({ prefix: "moe-layout-quant-" }) : null;
-const quantTag = values.quant ? ` ${values.quant}${values.quant === "q6_k" ? " base" : ""}` : "";
+const quantTag = values.quant ? ` ${values.quant}${values.quant === "q8_0" ? "" : " base"}` : "";
 /** The model directory benched: as it is, or packed as --quant says. */
 async function variant(dir: string, name: string): Promise<string> {
   if (quantTmp === null) return dir;

@@ -10,7 +10,7 @@ import { commonSource, kernelSource } from "../src/gpu/shader.ts";
 import { readF32, readU32 } from "../src/gpu/readback.ts";
 import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
 import { dequantizeRows } from "../src/quant/dequantize.ts";
-import { repackQ6KRows8, repackQ8Rows8 } from "../src/gpu/resident.ts";
+import { repackQ4KRows8, repackQ6KRows8, repackQ8Rows8 } from "../src/gpu/resident.ts";
 import type { QuantType } from "../src/quant/formats.ts";
 import * as ref from "../src/reference/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, rng, run } from "./kernel_harness.ts";
@@ -459,6 +459,12 @@ const ROWS8_QUANTS = [
     type: "q6_k",
     repack: repackQ6KRows8,
     bytes256: 210,
+    cases: [[256, 1], [512, 7], [256, 9], [512, 40]],
+  },
+  {
+    type: "q4_k",
+    repack: repackQ4KRows8,
+    bytes256: 144,
     cases: [[256, 1], [512, 7], [256, 9], [512, 40]],
   },
 ] as const;

@@ -112,6 +112,7 @@ for (const [name, quant] of CASES) {
 const ROWS8_BASES: [string, QuantOptions][] = [
   ["q8_0", { experts: "Q8_0", base: "Q8_0" }],
   ["q6_k", { experts: "Q8_0", base: "Q6_K" }],
+  ["q4_k", { experts: "Q8_0", base: "Q4_K" }],
 ];
 
 for (const [type, quant] of ROWS8_BASES) {

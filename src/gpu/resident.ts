@@ -15,12 +15,12 @@ import { toFloat32 } from "../dtype.ts";
 const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
 
 /** Whether a matrix is stored as rows8 when asked: f16/bf16 with rows of whole 8-element chunks,
- * q8_0 with rows of whole 32-element groups (repackQ8Rows8), q6_k (rows of whole super-blocks,
- * repackQ6KRows8). */
+ * q8_0 with rows of whole 32-element groups (repackQ8Rows8), q6_k and q4_k (rows of whole
+ * super-blocks, repackQ6KRows8, repackQ4KRows8). */
 export function rows8Eligible(t: TensorView): boolean {
   if (t.shape.length !== 2) return false;
   if (t.dtype === "Q8_0") return t.shape[1] % Q8_GROUP === 0;
-  if (t.dtype === "Q6_K") return t.shape[1] % Q6_SUPER === 0;
+  if (t.dtype === "Q6_K" || t.dtype === "Q4_K") return t.shape[1] % Q6_SUPER === 0;
   return ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
 }
 
@@ -97,6 +97,43 @@ export function repackQ6KRows8(src: Uint8Array, N: number, K: number): Uint8Arra
   return out;
 }
 
+/** Bytes of a Q4_K super-block: (d, dmin) f16, scales[12], qs[128]. */
+const Q4K_BLOCK_BYTES = 144;
+
+/**
+ * A row-major [N, K] q4_k matrix (GGML super-blocks of 256) in the rows8 layout of
+ * kernels/weights_q4_k_rows8.wgsl: for each block of 8 rows (the last padded with zero rows) and
+ * super-block, the same 1152 bytes as its 8 blocks: the rows' (d, dmin) words, their scale bytes
+ * transposed (byte k of the three scale words, the 8 rows together), then per chunk of 8 columns
+ * the rows' nibbles (a word a row). Values unchanged: the bytes are moved, not recomputed.
+ */
+export function repackQ4KRows8(src: Uint8Array, N: number, K: number): Uint8Array {
+  const S = K / Q6_SUPER, blocks = Math.ceil(N / 8);
+  const SUPER_BYTES = 8 * Q4K_BLOCK_BYTES; // 1152
+  const out = new Uint8Array(blocks * S * SUPER_BYTES);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    for (let g = 0; g < S; g++) {
+      const s = (n * S + g) * Q4K_BLOCK_BYTES;
+      const o = (b * S + g) * SUPER_BYTES;
+      for (let i = 0; i < 4; i++) out[o + 4 * r + i] = src[s + i];
+      for (let k = 0; k < 4; k++) {
+        const a = o + 32 + 16 * (3 * (k >> 1) + (k & 1)), bv = o + 32 + 16 * (3 * (k >> 1) + 2);
+        out[a + r] = src[s + 4 + k]; // scales[k]
+        out[a + 8 + r] = src[s + 8 + k]; // scales[4 + k]
+        out[bv + 8 * (k & 1) + r] = src[s + 12 + k]; // scales[8 + k]
+      }
+      for (let m = 0; m < Q6_SUPER; m++) {
+        const q = src[s + 16 + 32 * (m >> 6) + (m & 31)];
+        const nib = (m >> 5) & 1 ? q >> 4 : q & 15;
+        const i = m & 7;
+        out[o + 128 + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
+      }
+    }
+  }
+  return out;
+}
+
 /**
  * A row-major [N, K] matrix of `elemBytes` elements in the rows8 layout (WeightRef.layout): for
  * each block of 8 rows, for each chunk of 8 columns, the chunk of each of the 8 rows in turn; rows
@@ -136,6 +173,8 @@ export function uploadMatrix(
     ? repackQ8Rows8(t.bytes, t.shape[0], t.shape[1])
     : t.dtype === "Q6_K"
     ? repackQ6KRows8(t.bytes, t.shape[0], t.shape[1])
+    : t.dtype === "Q4_K"
+    ? repackQ4KRows8(t.bytes, t.shape[0], t.shape[1])
     : repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!);
   const buffer = device.createBuffer({
     label,
