@@ -6,15 +6,16 @@
  * reads). Greedy decode tokens/s (the adaptive loop) and a 64-token prefill; both layouts must
  * decode the same tokens. Modes alternate; medians. Not a test: prints a table.
  * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
- * over their stacked rows (the default) instead. `--quant q8_0` runs either comparison on both
- * models packed with q8_0 experts and base (q/k/v/o, lm_head: `pack --quant q8_0 --quant-base
- * q8_0`), whose resident q8_0 matrices rows8 repacks with their scales (repackQ8Rows8); `--quant
+ * over their stacked rows (the default) instead. `--quant q8_0` (or `q4_0`) runs either comparison
+ * on both models packed with q8_0 (q4_0) experts and base (q/k/v/o, lm_head: `pack --quant q8_0
+ * --quant-base q8_0`), whose resident matrices rows8 repacks with their scales (repackQ8Rows8,
+ * repackQ4Rows8); `--quant
  * q6_k` / `q4_k` with the base only in that type (`--quant-base`; the experts stay as they are:
  * quantizing them to a K-quant in TypeScript would take minutes), repacked by repackQ6KRows8 /
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -94,6 +95,7 @@ const { values } = parseArgs({
 /** What --quant packs: q8_0 experts and base, or a q6_k base. */
 const QUANTS: Record<string, QuantOptions> = {
   q8_0: { experts: "Q8_0", base: "Q8_0" },
+  q4_0: { experts: "Q4_0", base: "Q4_0" },
   q6_k: { base: "Q6_K" },
   q4_k: { base: "Q4_K" },
 };
@@ -101,7 +103,9 @@ if (values.quant !== undefined && !(values.quant in QUANTS)) {
   throw new RangeError(`--quant: ${Object.keys(QUANTS).join(" or ")}`);
 }
 const quantTmp = values.quant ? await Deno.makeTempDir({ prefix: "moe-layout-quant-" }) : null;
-const quantTag = values.quant ? ` ${values.quant}${values.quant === "q8_0" ? "" : " base"}` : "";
+const quantTag = values.quant
+  ? ` ${values.quant}${values.quant.endsWith("_k") ? " base" : ""}`
+  : "";
 /** The model directory benched: as it is, or packed as --quant says. */
 async function variant(dir: string, name: string): Promise<string> {
   if (quantTmp === null) return dir;

@@ -10,7 +10,12 @@ import { commonSource, kernelSource } from "../src/gpu/shader.ts";
 import { readF32, readU32 } from "../src/gpu/readback.ts";
 import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
 import { dequantizeRows } from "../src/quant/dequantize.ts";
-import { repackQ4KRows8, repackQ6KRows8, repackQ8Rows8 } from "../src/gpu/resident.ts";
+import {
+  repackQ4KRows8,
+  repackQ4Rows8,
+  repackQ6KRows8,
+  repackQ8Rows8,
+} from "../src/gpu/resident.ts";
 import type { QuantType } from "../src/quant/formats.ts";
 import * as ref from "../src/reference/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, rng, run } from "./kernel_harness.ts";
@@ -466,6 +471,18 @@ const ROWS8_QUANTS = [
     repack: repackQ4KRows8,
     bytes256: 144,
     cases: [[256, 1], [512, 7], [256, 9], [512, 40]],
+  },
+  {
+    type: "q4_0",
+    repack: (b: Uint8Array, n: number, k: number) => repackQ4Rows8(b, n, k, false),
+    bytes256: 144,
+    cases: [[256, 1], [512, 7], [96, 9], [256, 40]],
+  },
+  {
+    type: "q5_0",
+    repack: (b: Uint8Array, n: number, k: number) => repackQ4Rows8(b, n, k, true),
+    bytes256: 176,
+    cases: [[256, 1], [512, 7], [96, 9], [256, 40]],
   },
 ] as const;
 

@@ -113,6 +113,7 @@ const ROWS8_BASES: [string, QuantOptions][] = [
   ["q8_0", { experts: "Q8_0", base: "Q8_0" }],
   ["q6_k", { experts: "Q8_0", base: "Q6_K" }],
   ["q4_k", { experts: "Q8_0", base: "Q4_K" }],
+  ["q4_0", { experts: "Q8_0", base: "Q4_0" }],
 ];
 
 for (const [type, quant] of ROWS8_BASES) {

@@ -46,6 +46,8 @@ const MATMUL_ROWS = 8;
  * the elements of one 8-row group of blocks. */
 const QUANT_ROWS8: Partial<Record<string, { loader: WeightLoader; groupElems: number }>> = {
   q8_0: { loader: "q8_0_rows8", groupElems: 8 * 32 },
+  q4_0: { loader: "q4_0_rows8", groupElems: 8 * 32 },
+  q5_0: { loader: "q5_0_rows8", groupElems: 8 * 32 },
   q6_k: { loader: "q6_k_rows8", groupElems: 8 * 256 },
   q4_k: { loader: "q4_k_rows8", groupElems: 8 * 256 },
 };
@@ -453,7 +455,7 @@ export class Ops implements OpsApi {
     const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
     const loader = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
     // quantized rows8 (their own loaders) address whole 8-row groups of blocks from the binding's
-    // start: 8 x 32 elements for q8_0, 8 x 256 for q6_k and q4_k
+    // start: 8 x 32 elements for q8_0, q4_0 and q5_0, 8 x 256 for q6_k and q4_k
     const quantRows8 = QUANT_ROWS8[loader];
     if (blocked && quantRows8) {
       checkMultiple("matmul", `rows8 ${loader} offset`, w.offsetElems, quantRows8.groupElems);

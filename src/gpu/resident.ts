@@ -15,11 +15,13 @@ import { toFloat32 } from "../dtype.ts";
 const ROWS8_ELEM_BYTES: Partial<Record<string, number>> = { F16: 2, BF16: 2 };
 
 /** Whether a matrix is stored as rows8 when asked: f16/bf16 with rows of whole 8-element chunks,
- * q8_0 with rows of whole 32-element groups (repackQ8Rows8), q6_k and q4_k (rows of whole
- * super-blocks, repackQ6KRows8, repackQ4KRows8). */
+ * q8_0, q4_0 and q5_0 with rows of whole 32-element groups (repackQ8Rows8, repackQ4Rows8), q6_k
+ * and q4_k (rows of whole super-blocks, repackQ6KRows8, repackQ4KRows8). */
 export function rows8Eligible(t: TensorView): boolean {
   if (t.shape.length !== 2) return false;
-  if (t.dtype === "Q8_0") return t.shape[1] % Q8_GROUP === 0;
+  if (t.dtype === "Q8_0" || t.dtype === "Q4_0" || t.dtype === "Q5_0") {
+    return t.shape[1] % Q8_GROUP === 0;
+  }
   if (t.dtype === "Q6_K" || t.dtype === "Q4_K") return t.shape[1] % Q6_SUPER === 0;
   return ROWS8_ELEM_BYTES[t.dtype] !== undefined && t.shape[1] % 8 === 0;
 }
@@ -51,6 +53,38 @@ export function repackQ8Rows8(src: Uint8Array, N: number, K: number): Uint8Array
       for (let j = 0; j < 4; j++) {
         let from = s + 2 + 8 * j, to = d + 16 + 64 * j + 8 * r;
         for (let i = 0; i < 8; i++) out[to++] = src[from++];
+      }
+    }
+  }
+  return out;
+}
+
+/**
+ * A row-major [N, K] q4_0 or q5_0 matrix (GGML blocks of 32: f16 d, for q5_0 a u32 of fifth bits,
+ * 16 bytes of nibbles, element i < 16 in the low nibble of byte i, i + 16 in its high one) in the
+ * rows8 layout of kernels/weights_q4_0_rows8.wgsl / weights_q5_0_rows8.wgsl: for each block of 8
+ * rows (the last padded with zero rows) and group of 32 columns, the same bytes as its 8 blocks:
+ * the rows' d, (q5_0) their fifth-bit words, then per chunk of 8 columns the rows' nibbles in
+ * column order (a word a row). Values unchanged: the bytes are moved, not recomputed.
+ */
+export function repackQ4Rows8(src: Uint8Array, N: number, K: number, fifth: boolean): Uint8Array {
+  const groups = K / Q8_GROUP, blocks = Math.ceil(N / 8);
+  const blockBytes = fifth ? 22 : 18, head = fifth ? 48 : 16, qs = fifth ? 6 : 2;
+  const groupBytes = 8 * blockBytes;
+  const out = new Uint8Array(blocks * groups * groupBytes);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    for (let g = 0; g < groups; g++) {
+      const s = (n * groups + g) * blockBytes;
+      const o = (b * groups + g) * groupBytes;
+      out[o + 2 * r] = src[s];
+      out[o + 2 * r + 1] = src[s + 1];
+      if (fifth) { for (let i = 0; i < 4; i++) out[o + 16 + 4 * r + i] = src[s + 2 + i]; }
+      for (let m = 0; m < Q8_GROUP; m++) {
+        const q = src[s + qs + (m & 15)];
+        const nib = m < 16 ? q & 15 : q >> 4;
+        const i = m & 7;
+        out[o + head + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
       }
     }
   }
@@ -171,6 +205,8 @@ export function uploadMatrix(
     ? t.bytes
     : t.dtype === "Q8_0"
     ? repackQ8Rows8(t.bytes, t.shape[0], t.shape[1])
+    : t.dtype === "Q4_0" || t.dtype === "Q5_0"
+    ? repackQ4Rows8(t.bytes, t.shape[0], t.shape[1], t.dtype === "Q5_0")
     : t.dtype === "Q6_K"
     ? repackQ6KRows8(t.bytes, t.shape[0], t.shape[1])
     : t.dtype === "Q4_K"

@@ -33,12 +33,13 @@ export type BindingKind = "uniform" | "read" | "rw";
 
 /** Weight loaders, kernels/weights_<loader>.wgsl: for floats, vector loads where rows start on 16
  * bytes and scalar loads at any (even) offset; for quantized types, one loader (rows start on
- * whole blocks); q8_0, q6_k and q4_k weights repacked in 8-row blocks (matmul only) have their
- * own. */
+ * whole blocks); quantized weights repacked in 8-row blocks (matmul only) have their own. */
 export type WeightLoader =
   | WeightDType
   | `${FloatWeightDType}_scalar`
   | "q8_0_rows8"
+  | "q4_0_rows8"
+  | "q5_0_rows8"
   | "q6_k_rows8"
   | "q4_k_rows8";
 
