@@ -32,6 +32,29 @@ const Q8_GROUP = 32;
 const Q8_BLOCK_BYTES = 34;
 
 /**
+ * The frame of the quantized rows8 repacks: for each row n of a row-major [N, K] matrix of GGML
+ * blocks (`groups` of `blockBytes` bytes a row), `move(out, s, o, r)` places the block at byte s
+ * into its group of 8 rows at out[o] (8 x blockBytes bytes: the rows' blocks, rearranged) as row
+ * r = n % 8. Rows past N (the last group's padding) stay zero.
+ */
+function repackBlockRows8(
+  N: number,
+  groups: number,
+  blockBytes: number,
+  move: (out: Uint8Array, s: number, o: number, r: number) => void,
+): Uint8Array {
+  const groupBytes = 8 * blockBytes;
+  const out = new Uint8Array(Math.ceil(N / 8) * groups * groupBytes);
+  for (let n = 0; n < N; n++) {
+    const b = n >> 3, r = n & 7;
+    for (let g = 0; g < groups; g++) {
+      move(out, (n * groups + g) * blockBytes, (b * groups + g) * groupBytes, r);
+    }
+  }
+  return out;
+}
+
+/**
  * A row-major [N, K] q8_0 matrix (GGML blocks of 32) in the rows8 layout of
  * kernels/weights_q8_0_rows8.wgsl: for each block of 8 rows (the last padded with zero rows), for
  * each group of 32 columns, 272 bytes: the 8 rows' f16 scales (16 bytes), then for each chunk of 8
@@ -39,24 +62,15 @@ const Q8_BLOCK_BYTES = 34;
  * vector load reads two rows' chunk.
  */
 export function repackQ8Rows8(src: Uint8Array, N: number, K: number): Uint8Array {
-  const groups = K / Q8_GROUP, blocks = Math.ceil(N / 8);
-  const GROUP_BYTES = 8 * (2 + Q8_GROUP); // 272
-  const out = new Uint8Array(blocks * groups * GROUP_BYTES);
-  for (let n = 0; n < N; n++) {
-    const b = n >> 3, r = n & 7;
-    for (let g = 0; g < groups; g++) {
-      const s = (n * groups + g) * Q8_BLOCK_BYTES;
-      const d = (b * groups + g) * GROUP_BYTES;
-      out[d + 2 * r] = src[s];
-      out[d + 2 * r + 1] = src[s + 1];
-      // chunk j's 8 int8 of row r, byte by byte (a subarray per chunk would allocate)
-      for (let j = 0; j < 4; j++) {
-        let from = s + 2 + 8 * j, to = d + 16 + 64 * j + 8 * r;
-        for (let i = 0; i < 8; i++) out[to++] = src[from++];
-      }
+  return repackBlockRows8(N, K / Q8_GROUP, Q8_BLOCK_BYTES, (out, s, d, r) => {
+    out[d + 2 * r] = src[s];
+    out[d + 2 * r + 1] = src[s + 1];
+    // chunk j's 8 int8 of row r, byte by byte (a subarray per chunk would allocate)
+    for (let j = 0; j < 4; j++) {
+      let from = s + 2 + 8 * j, to = d + 16 + 64 * j + 8 * r;
+      for (let i = 0; i < 8; i++) out[to++] = src[from++];
     }
-  }
-  return out;
+  });
 }
 
 /**
@@ -68,27 +82,18 @@ export function repackQ8Rows8(src: Uint8Array, N: number, K: number): Uint8Array
  * column order (a word a row). Values unchanged: the bytes are moved, not recomputed.
  */
 export function repackQ4Rows8(src: Uint8Array, N: number, K: number, fifth: boolean): Uint8Array {
-  const groups = K / Q8_GROUP, blocks = Math.ceil(N / 8);
   const blockBytes = fifth ? 22 : 18, head = fifth ? 48 : 16, qs = fifth ? 6 : 2;
-  const groupBytes = 8 * blockBytes;
-  const out = new Uint8Array(blocks * groups * groupBytes);
-  for (let n = 0; n < N; n++) {
-    const b = n >> 3, r = n & 7;
-    for (let g = 0; g < groups; g++) {
-      const s = (n * groups + g) * blockBytes;
-      const o = (b * groups + g) * groupBytes;
-      out[o + 2 * r] = src[s];
-      out[o + 2 * r + 1] = src[s + 1];
-      if (fifth) { for (let i = 0; i < 4; i++) out[o + 16 + 4 * r + i] = src[s + 2 + i]; }
-      for (let m = 0; m < Q8_GROUP; m++) {
-        const q = src[s + qs + (m & 15)];
-        const nib = m < 16 ? q & 15 : q >> 4;
-        const i = m & 7;
-        out[o + head + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
-      }
+  return repackBlockRows8(N, K / Q8_GROUP, blockBytes, (out, s, o, r) => {
+    out[o + 2 * r] = src[s];
+    out[o + 2 * r + 1] = src[s + 1];
+    if (fifth) { for (let i = 0; i < 4; i++) out[o + 16 + 4 * r + i] = src[s + 2 + i]; }
+    for (let m = 0; m < Q8_GROUP; m++) {
+      const q = src[s + qs + (m & 15)];
+      const nib = m < 16 ? q & 15 : q >> 4;
+      const i = m & 7;
+      out[o + head + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
     }
-  }
-  return out;
+  });
 }
 
 /** Columns and bytes of a Q6_K super-block (GGML's QK_K): ql[128], qh[64], int8 scales[16], f16 d. */
@@ -104,31 +109,22 @@ const Q6_BLOCK_BYTES = 210;
  * moved, not recomputed.
  */
 export function repackQ6KRows8(src: Uint8Array, N: number, K: number): Uint8Array {
-  const S = K / Q6_SUPER, blocks = Math.ceil(N / 8);
-  const SUPER_BYTES = 8 * Q6_BLOCK_BYTES; // 1680
-  const out = new Uint8Array(blocks * S * SUPER_BYTES);
-  for (let n = 0; n < N; n++) {
-    const b = n >> 3, r = n & 7;
-    for (let g = 0; g < S; g++) {
-      const s = (n * S + g) * Q6_BLOCK_BYTES;
-      const o = (b * S + g) * SUPER_BYTES;
-      out[o + 2 * r] = src[s + 208];
-      out[o + 2 * r + 1] = src[s + 209];
-      for (let sub = 0; sub < 16; sub++) {
-        out[o + 16 + (sub >> 1) * 16 + (sub & 1) * 8 + r] = src[s + 192 + sub];
-      }
-      for (let m = 0; m < Q6_SUPER; m++) {
-        const half = m >> 7, grp = (m >> 5) & 3, l = m & 31;
-        const qlByte = src[s + 64 * half + 32 * (grp & 1) + l];
-        const low = grp < 2 ? qlByte & 15 : qlByte >> 4;
-        const high = (src[s + 128 + 32 * half + l] >> (2 * grp)) & 3;
-        const j = m >> 3, i = m & 7, chunk = o + 144 + 48 * j;
-        out[chunk + 4 * r + (i >> 1)] |= low << (4 * (i & 1));
-        out[chunk + 32 + 2 * r + (i >> 2)] |= high << (2 * (i & 3));
-      }
+  return repackBlockRows8(N, K / Q6_SUPER, Q6_BLOCK_BYTES, (out, s, o, r) => {
+    out[o + 2 * r] = src[s + 208];
+    out[o + 2 * r + 1] = src[s + 209];
+    for (let sub = 0; sub < 16; sub++) {
+      out[o + 16 + (sub >> 1) * 16 + (sub & 1) * 8 + r] = src[s + 192 + sub];
     }
-  }
-  return out;
+    for (let m = 0; m < Q6_SUPER; m++) {
+      const half = m >> 7, grp = (m >> 5) & 3, l = m & 31;
+      const qlByte = src[s + 64 * half + 32 * (grp & 1) + l];
+      const low = grp < 2 ? qlByte & 15 : qlByte >> 4;
+      const high = (src[s + 128 + 32 * half + l] >> (2 * grp)) & 3;
+      const j = m >> 3, i = m & 7, chunk = o + 144 + 48 * j;
+      out[chunk + 4 * r + (i >> 1)] |= low << (4 * (i & 1));
+      out[chunk + 32 + 2 * r + (i >> 2)] |= high << (2 * (i & 3));
+    }
+  });
 }
 
 /** Bytes of a Q4_K super-block: (d, dmin) f16, scales[12], qs[128]. */
@@ -142,30 +138,21 @@ const Q4K_BLOCK_BYTES = 144;
  * the rows' nibbles (a word a row). Values unchanged: the bytes are moved, not recomputed.
  */
 export function repackQ4KRows8(src: Uint8Array, N: number, K: number): Uint8Array {
-  const S = K / Q6_SUPER, blocks = Math.ceil(N / 8);
-  const SUPER_BYTES = 8 * Q4K_BLOCK_BYTES; // 1152
-  const out = new Uint8Array(blocks * S * SUPER_BYTES);
-  for (let n = 0; n < N; n++) {
-    const b = n >> 3, r = n & 7;
-    for (let g = 0; g < S; g++) {
-      const s = (n * S + g) * Q4K_BLOCK_BYTES;
-      const o = (b * S + g) * SUPER_BYTES;
-      for (let i = 0; i < 4; i++) out[o + 4 * r + i] = src[s + i];
-      for (let k = 0; k < 4; k++) {
-        const a = o + 32 + 16 * (3 * (k >> 1) + (k & 1)), bv = o + 32 + 16 * (3 * (k >> 1) + 2);
-        out[a + r] = src[s + 4 + k]; // scales[k]
-        out[a + 8 + r] = src[s + 8 + k]; // scales[4 + k]
-        out[bv + 8 * (k & 1) + r] = src[s + 12 + k]; // scales[8 + k]
-      }
-      for (let m = 0; m < Q6_SUPER; m++) {
-        const q = src[s + 16 + 32 * (m >> 6) + (m & 31)];
-        const nib = (m >> 5) & 1 ? q >> 4 : q & 15;
-        const i = m & 7;
-        out[o + 128 + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
-      }
+  return repackBlockRows8(N, K / Q6_SUPER, Q4K_BLOCK_BYTES, (out, s, o, r) => {
+    for (let i = 0; i < 4; i++) out[o + 4 * r + i] = src[s + i];
+    for (let k = 0; k < 4; k++) {
+      const a = o + 32 + 16 * (3 * (k >> 1) + (k & 1)), bv = o + 32 + 16 * (3 * (k >> 1) + 2);
+      out[a + r] = src[s + 4 + k]; // scales[k]
+      out[a + 8 + r] = src[s + 8 + k]; // scales[4 + k]
+      out[bv + 8 * (k & 1) + r] = src[s + 12 + k]; // scales[8 + k]
     }
-  }
-  return out;
+    for (let m = 0; m < Q6_SUPER; m++) {
+      const q = src[s + 16 + 32 * (m >> 6) + (m & 31)];
+      const nib = (m >> 5) & 1 ? q >> 4 : q & 15;
+      const i = m & 7;
+      out[o + 128 + 32 * (m >> 3) + 4 * r + (i >> 1)] |= nib << (4 * (i & 1));
+    }
+  });
 }
 
 /**
