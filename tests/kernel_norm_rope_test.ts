@@ -1,5 +1,6 @@
 import assert from "node:assert";
 import { readF32 } from "../src/gpu/readback.ts";
+import { Ops } from "../src/gpu/ops.ts";
 import * as ref from "../src/reference/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
@@ -66,16 +67,22 @@ gpuTest("kvStore() covers a dispatch of more than 65535 workgroups (2-D dispatch
   assert.deepStrictEqual(await readF32(gpu, vCache, width * 4, width), v);
 });
 
+/** The baseline's q/k norm kernel (a workgroup per row), for the bit-identity check. */
+const rowOps = new Ops(gpu, { laneNorms: false });
+
 gpuTest(
-  "headNormRope() equals rmsnorm then rope on q and k, bit for bit, and the reference",
+  "headNormRope() equals rmsnorm then rope on q and k, bit for bit, in both kernels (a lane or " +
+    "a workgroup per row), and the reference",
   async () => {
-    for (const [Hq, Hkv, Dh] of [[4, 2, 16], [8, 2, 128], [2, 1, 256]]) {
-      const T = 3, pos0 = 2, maxPos = 8, eps = 1e-6;
+    for (
+      const [Hq, Hkv, Dh, T] of [[4, 2, 16, 3], [8, 2, 128, 3], [2, 1, 256, 3], [32, 4, 128, 5]]
+    ) {
+      const pos0 = 2, maxPos = 8, eps = 1e-6;
       const q = randomF32(T * Hq * Dh, 11 + Dh), k = randomF32(T * Hkv * Dh, 12 + Dh);
       const qNorm = randomF32(Dh, 13), kNorm = randomF32(Dh, 14);
       const table = ref.ropeTable(maxPos, Dh, 1e6);
       const tBuf = buffer(Float32Array.from(table)), qnBuf = buffer(qNorm), knBuf = buffer(kNorm);
-      const q1 = buffer(q), k1 = buffer(k), q2 = buffer(q), k2 = buffer(k);
+      const q1 = buffer(q), k1 = buffer(k);
       run(
         [
           ops.rmsnorm({ x: q1, weight: qnBuf, out: q1, dim: Dh, groups: Hq, eps }),
@@ -86,26 +93,20 @@ gpuTest(
         T,
         pos0,
       );
-      run(
-        [ops.headNormRope({
-          q: q2,
-          k: k2,
-          qNorm: qnBuf,
-          kNorm: knBuf,
-          table: tBuf,
-          numHeads: Hq,
-          numKvHeads: Hkv,
-          headDim: Dh,
-          eps,
-        })],
-        T,
-        pos0,
-      );
-      const gotQ = await readF32(gpu, q2, 0, q.length), gotK = await readF32(gpu, k2, 0, k.length);
-      assert.deepStrictEqual(gotQ, await readF32(gpu, q1, 0, q.length), `q, ${Hq}x${Dh}`);
-      assert.deepStrictEqual(gotK, await readF32(gpu, k1, 0, k.length), `k, ${Hkv}x${Dh}`);
-      const wantQ = ref.rope(ref.rmsnorm(q, qNorm, T, Dh, Hq, eps), table, T, Hq, Dh, pos0);
-      assertClose(gotQ, wantQ, TOL, `q vs reference, ${Hq}x${Dh}`);
+      const wantQ = await readF32(gpu, q1, 0, q.length),
+        wantK = await readF32(gpu, k1, 0, k.length);
+      for (const [name, o] of [["lanes", ops], ["workgroups", rowOps]] as const) {
+        const q2 = buffer(q), k2 = buffer(k);
+        const args = { q: q2, k: k2, qNorm: qnBuf, kNorm: knBuf, table: tBuf };
+        const sizes = { numHeads: Hq, numKvHeads: Hkv, headDim: Dh, eps };
+        run([o.headNormRope({ ...args, ...sizes })], T, pos0, o.step);
+        const gotQ = await readF32(gpu, q2, 0, q.length);
+        const gotK = await readF32(gpu, k2, 0, k.length);
+        assert.deepStrictEqual(gotQ, wantQ, `${name}: q, ${Hq}x${Dh}`);
+        assert.deepStrictEqual(gotK, wantK, `${name}: k, ${Hkv}x${Dh}`);
+        const refQ = ref.rope(ref.rmsnorm(q, qNorm, T, Dh, Hq, eps), table, T, Hq, Dh, pos0);
+        assertClose(gotQ, refQ, TOL, `${name}: q vs reference, ${Hq}x${Dh}`);
+      }
     }
   },
 );

@@ -258,6 +258,10 @@ export interface OpsOptions {
    * probability load serves more multiply-adds (attention_scores.wgsl SPAN, attention_values.wgsl
    * CHUNKS). */
   attentionBlocks?: boolean;
+  /** The q/k heads' norm and RoPE with one lane per (token, head) row (default true; false: a
+   * workgroup of 64 per row, the baseline, whose barriers cost llvmpipe more than the row's
+   * arithmetic). Bit-identical either way. */
+  laneNorms?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -285,11 +289,15 @@ export class Ops implements OpsApi {
   /** Whether the attention passes block several positions / head-dim chunks per lane. */
   private attentionBlocks: boolean;
 
+  /** Whether the q/k heads' norm and RoPE take one lane per row (head_norm_rope_lanes.wgsl). */
+  private laneNorms: boolean;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
     this.interleavedTiles = opts.interleavedTiles ?? true;
     this.attentionBlocks = opts.attentionBlocks ?? true;
+    this.laneNorms = opts.laneNorms ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -570,17 +578,18 @@ export class Ops implements OpsApi {
       throw new OpConfigError("headNormRope", `headDim ${a.headDim} > ${MAX_HEAD_DIM}`);
     }
     const heads = a.numHeads + a.numKvHeads;
+    const lanes = this.laneNorms;
     return this.simple(
       "headNormRope",
       {
-        kernel: "head_norm_rope",
-        prelude: ["workgroup_sum"],
+        kernel: lanes ? "head_norm_rope_lanes" : "head_norm_rope",
+        prelude: lanes ? [] : ["workgroup_sum"],
         expect: { WG: WG_64 },
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
       },
       [a.numHeads, a.numKvHeads, a.headDim, { f32: a.eps }],
       [a.qNorm, a.kNorm, a.table, a.q, a.k],
-      (t) => t * heads,
+      (t) => lanes ? ceilDiv(t * heads, WG_64) : t * heads,
     );
   }
 
