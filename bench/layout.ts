@@ -6,7 +6,8 @@
  * reads). Greedy decode tokens/s (the adaptive loop) and a 64-token prefill; both layouts must
  * decode the same tokens. Modes alternate; medians. Not a test: prints a table.
  * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
- * over their stacked rows (the default) instead. `--quant q8_0` (or `q4_0`) runs either comparison
+ * over their stacked rows (the default) instead; `--compare norms` the q/k heads' norm and RoPE
+ * with a workgroup per row (`laneNorms: false`, the baseline) beside a lane per row. `--quant q8_0` (or `q4_0`) runs either comparison
  * on both models packed with q8_0 (q4_0) experts and base (q/k/v/o, lm_head: `pack --quant q8_0
  * --quant-base q8_0`), whose resident matrices rows8 repacks with their scales (repackQ8Rows8,
  * repackQ4Rows8); `--quant
@@ -15,7 +16,7 @@
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv] [--quant q8_0|q4_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv|norms] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -37,6 +38,10 @@ const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
   qkv: [
     { name: "3 q/k/v matmuls", opts: { fusedQkv: false } },
     { name: "stacked q/k/v", opts: { fusedQkv: true } },
+  ],
+  norms: [
+    { name: "q/k norms, a workgroup a row", opts: { laneNorms: false } },
+    { name: "a lane a row", opts: { laneNorms: true } },
   ],
 };
 let MODES = COMPARISONS.rows8;

@@ -1,7 +1,8 @@
 /**
  * Prefill speed side by side in one run: tokens/s of one prompt of 64, 512 and 2048 tokens (logits
  * of the last token only) on the embedded default model and on two layers of Qwen3-30B-A3B shapes
- * (vocab 32768: the vocab only matters for the last token's logits here), all experts resident.
+ * (vocab 32768: with headless chunks the vocab only matters for the last token's logits; see
+ * `--compare chunks` for the real vocab), all experts resident.
  *
  * `--compare kernels` (default; 32 of the 128 experts, steps of 64 tokens): the kernels issue's
  * baseline (`wideTiles: false`: matmul tiles of 8 tokens, the expert kernels' large tile only
@@ -12,12 +13,15 @@
  * lane (`attentionBlocks`).
  * `--compare steps` (all 128 experts, every kernel choice on): steps of 64 tokens (the old step
  * limit) against 128 (the default `maxBatch`): a 64-token step gives each of 128 experts 4 pairs.
+ * `--compare chunks` (32 experts, the real vocab 151936, 128-token steps): the q/k heads' norm
+ * and RoPE a workgroup per row or a lane per row (`laneNorms`), then a prompt's chunks before the
+ * last without the lm_head (`headlessChunks`).
  *
  * All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
  * Not a test: prints a table and writes bench/out/prefill.json (prefill_steps.json).
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
- *     [--lengths 64,512,2048] [--no-real] [--compare kernels|steps]
+ *     [--lengths 64,512,2048] [--no-real] [--compare kernels|steps|chunks]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -47,6 +51,9 @@ interface Mode {
   attentionBlocks: boolean;
   /** Tokens per forward step (GpuModelOptions.maxBatch). */
   step: number;
+  /** GpuModelOptions.laneNorms and headlessChunks (default true). */
+  laneNorms?: boolean;
+  headlessChunks?: boolean;
 }
 
 /** The kernels' configurations, 64-token steps (the default comparison). */
@@ -86,6 +93,15 @@ const STEP_MODES: Mode[] = [64, 128].map((step) => ({
   step,
 }));
 
+/** `--compare chunks`: every kernel choice above on, 128-token steps; the q/k heads' norm and
+ * RoPE a workgroup per row (the baseline) or a lane per row, then the chunks before a prompt's
+ * last without the lm_head (the baseline ran it over their every row). */
+const CHUNK_MODES: Mode[] = [
+  { laneNorms: false, headlessChunks: false, name: "before" },
+  { laneNorms: true, headlessChunks: false, name: "lane norms" },
+  { laneNorms: true, headlessChunks: true, name: "+ headless chunks" },
+].map((m) => ({ ...m, wideTiles: true, interleavedTiles: true, attentionBlocks: true, step: 128 }));
+
 let MODES = KERNEL_MODES;
 
 async function benchModel(
@@ -103,6 +119,8 @@ async function benchModel(
       wideTiles: m.wideTiles,
       interleavedTiles: m.interleavedTiles,
       attentionBlocks: m.attentionBlocks,
+      laneNorms: m.laneNorms,
+      headlessChunks: m.headlessChunks,
     })),
   );
   const models = side.models;
@@ -162,12 +180,18 @@ async function main(): Promise<void> {
   if (!Number.isInteger(reps) || reps < 1 || !lengths.every((n) => Number.isInteger(n) && n > 0)) {
     throw new RangeError("--reps: a positive integer; --lengths: positive integers, commas");
   }
-  if (values.compare !== "kernels" && values.compare !== "steps") {
-    throw new RangeError("--compare: kernels or steps");
+  const compare = values.compare;
+  if (compare !== "kernels" && compare !== "steps" && compare !== "chunks") {
+    throw new RangeError("--compare: kernels, steps or chunks");
   }
-  const steps = values.compare === "steps";
-  if (steps) MODES = STEP_MODES;
-  const real = steps ? { ...REAL, experts: 128 } : REAL;
+  const steps = compare === "steps";
+  MODES = steps ? STEP_MODES : compare === "chunks" ? CHUNK_MODES : KERNEL_MODES;
+  // chunks: the real vocab, since the baseline runs the lm_head over the early chunks' rows
+  const real = steps
+    ? { ...REAL, experts: 128 }
+    : compare === "chunks"
+    ? { ...REAL, vocab: QWEN3_30B_A3B.vocab }
+    : REAL;
   const t0 = performance.now();
   const results = [await benchModel("default", DEFAULT_MODEL_DIR, lengths, reps)];
   let tmp: string | null = null;
@@ -176,7 +200,7 @@ async function main(): Promise<void> {
     try {
       console.error("writing the real-shape fixture ...");
       await writeFixtureInChild(`${tmp}/real`, real);
-      const name = `30B-A3B x2 (E=${real.experts})`;
+      const name = `30B-A3B x2 (E=${real.experts}, V=${real.vocab})`;
       results.push(await benchModel(name, `${tmp}/real`, lengths, reps));
     } finally {
       Deno.removeSync(tmp, { recursive: true });
@@ -212,7 +236,7 @@ async function main(): Promise<void> {
   for (const l of lines) console.log(l);
   Deno.mkdirSync(new URL("./out/", import.meta.url), { recursive: true });
   Deno.writeTextFileSync(
-    `${OUT_DIR}prefill${steps ? "_steps" : ""}.json`,
+    `${OUT_DIR}prefill${compare === "kernels" ? "" : `_${compare}`}.json`,
     JSON.stringify({ date: new Date().toISOString(), rows, lines }, null, 2) + "\n",
   );
 }

@@ -120,26 +120,48 @@ Deno.test("GpuModel prefill in one pass equals token-by-token decode", async () 
   });
 });
 
-Deno.test("GpuModel prefill longer than one batch is chunked and still matches", async () => {
-  await withFixture({ ...TINY, dtype: "F32" }, async (dir) => {
-    const opened = openModelDir(dir);
-    const ref = await openReferenceModel(dir);
-    const model = await GpuModel.open(opened.weights, { maxContext: 64, maxBatch: 8 });
-    try {
-      const ids = prompt(21, TINY.vocab, 5);
-      const gpu = await model.newSession().forward(ids);
-      const want = ref.newSession().forward64(ids);
-      const worst = Math.max(...gpu.map((r, t) => maxAbsDiff(r, want[t])));
-      assert.ok(worst <= LOGIT_TOLERANCE.f32, `max abs diff ${worst}`);
-      const [last] = await model.newSession().forward(ids, { lastOnly: true });
-      assert.ok(maxAbsDiff(last, want[20]) <= LOGIT_TOLERANCE.f32);
-    } finally {
-      model.destroy();
-      ref.close();
-      opened.close();
-    }
-  });
-});
+Deno.test(
+  "GpuModel prefill longer than one batch is chunked and still matches; a lastOnly prompt runs " +
+    "the lm_head on its last row only (the baseline: every row of the chunks before the last)",
+  async () => {
+    await withFixture({ ...TINY, dtype: "F32" }, async (dir) => {
+      const opened = openModelDir(dir);
+      const ref = await openReferenceModel(dir);
+      const model = await GpuModel.open(opened.weights, { maxContext: 64, maxBatch: 8 });
+      const baseline = await GpuModel.open(opened.weights, {
+        maxContext: 64,
+        maxBatch: 8,
+        headlessChunks: false,
+      });
+      try {
+        const ids = prompt(21, TINY.vocab, 5);
+        const gpu = await model.newSession().forward(ids);
+        const want = ref.newSession().forward64(ids);
+        const worst = Math.max(...gpu.map((r, t) => maxAbsDiff(r, want[t])));
+        assert.ok(worst <= LOGIT_TOLERANCE.f32, `max abs diff ${worst}`);
+        const rows = [model, baseline].map((m) => m.stats.headRows);
+        const routed: string[][] = [[], []];
+        [model, baseline].forEach((m, i) => {
+          m.onRouting = (l, experts) => routed[i].push(`${l}:${experts.join(",")}`);
+        });
+        const [last] = await model.newSession().forward(ids, { lastOnly: true });
+        const [baseLast] = await baseline.newSession().forward(ids, { lastOnly: true });
+        assert.ok(maxAbsDiff(last, want[20]) <= LOGIT_TOLERANCE.f32);
+        assert.deepEqual(last, baseLast); // same logits, bit for bit
+        // every chunk's routing reported, in order (the early chunks' come back without a wait)
+        assert.equal(routed[0].length, 3 * TINY.layers);
+        assert.deepEqual(routed[0], routed[1]);
+        assert.equal(model.stats.headRows - rows[0], 1); // 21 tokens in chunks of 8, 8, 5
+        assert.equal(baseline.stats.headRows - rows[1], 8 + 8 + 1);
+      } finally {
+        model.destroy();
+        baseline.destroy();
+        ref.close();
+        opened.close();
+      }
+    });
+  },
+);
 
 Deno.test("GpuModel greedy 32 tokens equal the reference's (SMALL BF16)", async () => {
   await withFixture({ ...SMALL, dtype: "BF16" }, async (dir) => {

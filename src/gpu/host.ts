@@ -47,6 +47,9 @@ export interface StepStats {
    * loaded more experts than they routed (0 with loadCap). */
   stepRouted: number;
   stepsOverRouted: number;
+  /** Logits rows the lm_head was recorded for (a head gate may still skip them on the GPU): a
+   * prompt's last row when only that is asked for, every row otherwise. */
+  headRows: number;
 }
 
 /** Step statistics before any step. */
@@ -65,6 +68,7 @@ export function emptyStepStats(): StepStats {
     expertLoads: 0,
     stepRouted: 0,
     stepsOverRouted: 0,
+    headRows: 0,
   };
 }
 

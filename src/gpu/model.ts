@@ -146,6 +146,9 @@ export interface GpuModelOptions {
   /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.attentionBlocks,
    * default true; false: one each, the baseline). */
   attentionBlocks?: boolean;
+  /** The q/k heads' norm and RoPE with one lane per row (OpsOptions.laneNorms, default true;
+   * false: a workgroup per row, the baseline). Bit-identical either way. */
+  laneNorms?: boolean;
   /** q, k and v projections as one matmul over their stacked rows, where their dtypes agree
    * (default true; false: three matmuls, the baseline): two dispatches fewer a layer. */
   fusedQkv?: boolean;
@@ -153,6 +156,11 @@ export interface GpuModelOptions {
    * (WeightRef.layout: an invocation's 8 rows read as one stream; default true; false: row-major,
    * the kernels issue's baseline). */
   rows8Weights?: boolean;
+  /** A lastOnly prompt longer than maxBatch runs its chunks before the last without the head and,
+   * all experts resident, submits them without waiting for their readbacks (default true; false:
+   * the baseline, which ran the lm_head over every row of those chunks, read the logits back only
+   * to drop them, and waited for each chunk's readback before the next). */
+  headlessChunks?: boolean;
 }
 
 /** The expert pool's layout options for a model's options. */
@@ -294,6 +302,10 @@ export class GpuModel implements LanguageModel, SessionHost {
   readonly loop: DecodeLoop = new DecodeLoop(this);
   readonly maxContext: number;
   readonly maxBatch: number;
+  /** Whether a lastOnly prompt's chunks before the last skip the head (GpuModelOptions). */
+  private headlessChunks: boolean;
+  /** Routing staging of a prompt's early chunks (submitEarlyChunk), made as prompts need them. */
+  private chunkStaging: GPUBuffer[] = [];
   readonly ops: Ops;
   readonly pool: ExpertPool;
   readonly cache: ExpertCache;
@@ -370,6 +382,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       wideTiles: opts.wideTiles,
       interleavedTiles: opts.interleavedTiles,
       attentionBlocks: opts.attentionBlocks,
+      laneNorms: opts.laneNorms,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, no more than the three-pass attention takes at this context either
@@ -400,6 +413,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     const { numExperts: E, topK: K, moeIntermediateSize: I, vocabSize: V } = c;
 
     // resident weights
+    this.headlessChunks = opts.headlessChunks ?? true;
     const rows8 = opts.rows8Weights ?? true;
     const stackQkv = opts.fusedQkv ?? true;
     this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8, stackQkv));
@@ -927,6 +941,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       pass = enc.beginComputePass();
     }
     const [ops, t] = last ? [this.headLast, 1] : [this.headAll, T];
+    this.stats.headRows += t;
     const hg = this.headGate;
     if (gate !== undefined && hg !== null) {
       pass.end();
@@ -1066,11 +1081,24 @@ export class GpuModel implements LanguageModel, SessionHost {
     }
     const rows: Float32Array[] = [];
     const B = this.maxBatch;
-    for (let i = 0; i < ids.length; i += B) {
-      const n = Math.min(B, ids.length - i);
-      const last = i + B >= ids.length;
-      const r = await this.step(seq, masked, n, pos0 + i, lastOnly && last);
-      if (!lastOnly || last) rows.push(...r);
+    // Chunks before the last of a lastOnly prompt need no logits: no head, and (all resident)
+    // their routing comes back through staging of their own, mapped without waiting, so every
+    // chunk is submitted at once and the prompt waits for one readback instead of one a chunk.
+    const early: Promise<Uint32Array>[] = [];
+    try {
+      for (let i = 0; i < ids.length; i += B) {
+        const n = Math.min(B, ids.length - i);
+        const last = i + B >= ids.length;
+        if (lastOnly && !last && this.headlessChunks && this.allResident) {
+          early.push(this.submitEarlyChunk(seq, masked, n, pos0 + i, early.length));
+          continue;
+        }
+        const head = !lastOnly ? "all" : last ? "last" : this.headlessChunks ? "none" : "all";
+        const r = await this.step(seq, masked, n, pos0 + i, head, early);
+        if (!lastOnly || last) rows.push(...r);
+      }
+    } finally {
+      await Promise.allSettled(early); // (a failed step leaves no mapping pending)
     }
     return rows;
   }
@@ -1086,8 +1114,10 @@ export class GpuModel implements LanguageModel, SessionHost {
     masked: boolean,
     T: number,
     pos0: number,
-    lastOnly: boolean,
+    head: "all" | "last" | "none",
+    early: Promise<Uint32Array>[] = [],
   ): Promise<Float32Array[]> {
+    const lastOnly = head !== "all";
     const c = this.config;
     const device = this.gpu.device;
     this.stats.steps++;
@@ -1097,13 +1127,59 @@ export class GpuModel implements LanguageModel, SessionHost {
       const enc = device.createCommandEncoder({ label: "forward" });
       this.encodeEmbed(enc, T);
       this.encodeLayers(enc, [seq.slab], 0, c.numLayers, T);
-      const rows = this.encodeHead(enc, T, lastOnly);
+      const rows = head === "none" ? 0 : this.encodeHead(enc, T, lastOnly);
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
+      // the earlier chunks' routing first (each a full chunk of maxBatch tokens)
+      for (const routing of await Promise.all(early)) {
+        this.sched.countHits(routing, this.maxBatch, 0, c.numLayers, this.maxBatch);
+      }
       this.sched.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
       return r.logits;
     }
     return this.decodeOptimistic(seq, masked, T, lastOnly);
+  }
+
+  /**
+   * A chunk before the last of a lastOnly prompt, every expert resident: embedding and layers, no
+   * head; its routing [L, maxBatch, K] copied into routing staging of its own (the i-th of the
+   * prompt's early chunks) and mapped without waiting. Resolves to that routing.
+   */
+  private submitEarlyChunk(
+    seq: Sequence,
+    masked: boolean,
+    T: number,
+    pos0: number,
+    i: number,
+  ): Promise<Uint32Array> {
+    const { numLayers: L, topK: K } = this.config;
+    const device = this.gpu.device;
+    const perLayer = this.maxBatch * K * 4;
+    const staging = this.chunkStaging[i] ??= device.createBuffer({
+      label: `chunk routing ${i}`,
+      size: L * perLayer,
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    this.stats.steps++;
+    this.writeStep(T, pos0, seq.slab);
+    this.startPass(masked);
+    const enc = device.createCommandEncoder({ label: "prompt chunk" });
+    this.encodeEmbed(enc, T);
+    this.encodeLayers(enc, [seq.slab], 0, L, T);
+    for (let l = 0; l < L; l++) {
+      enc.copyBufferToBuffer(this.act.idx[l], 0, staging, l * perLayer, T * K * 4);
+    }
+    device.queue.submit([enc.finish()]);
+    this.stats.submits++;
+    return staging.mapAsync(GPUMapMode.READ).then(() => {
+      this.gpu.check();
+      this.stats.readbacks++;
+      try {
+        return new Uint32Array(staging.getMappedRange()).slice();
+      } finally {
+        staging.unmap();
+      }
+    });
   }
 
   /** The optimistic decode of forward(): reruns from the first missed layer until none misses. */
@@ -1778,6 +1854,7 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   /** Frees every GPU buffer the model made. */
   destroy(): void {
+    for (const b of this.chunkStaging) b.destroy();
     this.pool.destroy();
     this.pregating?.destroy();
     this.headGate?.args.destroy();
