@@ -32,6 +32,8 @@ const unblockedOps = new Ops(gpu, { attentionBlocks: false });
 /** Prefill matmul tiles: 16 tokens from 32 a step (the default) and 8 (the baseline). */
 const wideTileOps = ops;
 const narrowTileOps = new Ops(gpu, { wideTiles: false });
+/** Private arrays at each kernel's declared maximum (the baseline of exactArrays). */
+const maxArrayOps = new Ops(gpu, { exactArrays: false });
 const device = gpu.device;
 const made: GPUBuffer[] = [];
 
@@ -73,7 +75,7 @@ async function time(
   T: number,
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps, narrowTileOps]) {
+  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps, narrowTileOps, maxArrayOps]) {
     device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   }
   const once = async () => {
@@ -230,6 +232,66 @@ function rateRow(
     `${label.padEnd(30)} ${variant.padEnd(11)}  ${rate(s.wall, 8)}  ` +
       `${(s.cpu / s.wall).toFixed(2).padStart(7)}` + (s.gpu === null ? "" : `  ${rate(s.gpu, 11)}`),
   );
+}
+
+/** Private arrays at their declared maximum (the baseline) and sized to each pipeline, alternating:
+ * the 8-token matmul (a step of 8-31 tokens: batched decode, short prompts), the tiled expert
+ * kernels with 4-pair tiles (Qwen3-30B-A3B's 128 experts at a 64-token step), attention with 2
+ * query heads per kv head (the default model's). */
+async function arrayRows(): Promise<void> {
+  console.log(
+    "\nprivate arrays                 arrays       ms/call  GFLOP/s  CPU-s/s" +
+      (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+  );
+  const variants = [["declared", maxArrayOps], ["exact", ops]] as const;
+  for (const T of [16, 64]) {
+    const [N, K] = [4096, 2048];
+    for (const [name, from] of variants) {
+      const buffer = storage(weightBytes("bf16", N * K), WEIGHT_BITS);
+      const op = from.matmul({
+        x: storage(T * K * 4),
+        w: { buffer, dtype: "bf16", offsetElems: 0, layout: "rows8" },
+        out: storage(T * N * 4),
+        K,
+        N,
+        outStride: N,
+        outOffset: 0,
+        accumulate: false,
+      });
+      rateRow(`matmul bf16 ${N}x${K} T${T}`, name, 2 * T * N * K, await time([op], T));
+      release();
+    }
+  }
+  for (const [name, from] of variants) {
+    const { D, I, K } = MOE;
+    const T = 64;
+    const s = await time(expertOps("bf16", T, 128, from), T);
+    rateRow(`experts bf16 E128 (4 pairs/expert)`, name, 2 * T * K * 3 * I * D, s);
+    release();
+  }
+  for (const [name, from] of variants) {
+    const Hq = 16, Hkv = 8, Dh = 64, T = 64, positions = 512, pos0 = positions - T;
+    let attended = 0;
+    for (let t = 0; t < T; t++) attended += pos0 + t + 1;
+    const kv = () => storage(positions * Hkv * Dh * 4, 0x3c003c00);
+    const op = from.attention({
+      q: storage(T * Hq * Dh * 4, 0x3c003c00),
+      kCache: kv(),
+      vCache: kv(),
+      out: storage(T * Hq * Dh * 4),
+      numHeads: Hq,
+      numKvHeads: Hkv,
+      headDim: Dh,
+      scale: 1 / Math.sqrt(Dh),
+    });
+    rateRow(`attention H16/8 D64 at 512`, name, 4 * Hq * Dh * attended, await time([op], T, pos0));
+    release();
+  }
+}
+
+if (Deno.args.includes("--arrays")) {
+  await arrayRows();
+  Deno.exit(0);
 }
 
 console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);

@@ -7,7 +7,10 @@
  * decode the same tokens. Modes alternate; medians. Not a test: prints a table.
  * `--compare qkv` sets three q/k/v matmuls (`fusedQkv: false`, the baseline) beside one matmul
  * over their stacked rows (the default) instead; `--compare norms` the q/k heads' norm and RoPE
- * with a workgroup per row (`laneNorms: false`, the baseline) beside a lane per row. `--quant q8_0` (or `q4_0`) runs either comparison
+ * with a workgroup per row (`laneNorms: false`, the baseline) beside a lane per row; `--compare
+ * arrays` private arrays at the kernels' declared maxima (`exactArrays: false`) beside sized per
+ * pipeline. `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop; a
+ * step of 8-31 sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison
  * on both models packed with q8_0 (q4_0) experts and base (q/k/v/o, lm_head: `pack --quant q8_0
  * --quant-base q8_0`), whose resident matrices rows8 repacks with their scales (repackQ8Rows8,
  * repackQ4Rows8); `--quant
@@ -16,7 +19,7 @@
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv|norms] [--quant q8_0|q4_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv|norms|arrays] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -43,13 +46,21 @@ const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
     { name: "q/k norms, a workgroup a row", opts: { laneNorms: false } },
     { name: "a lane a row", opts: { laneNorms: true } },
   ],
+  arrays: [
+    { name: "arrays at declared maxima", opts: { exactArrays: false } },
+    { name: "exact arrays", opts: { exactArrays: true } },
+  ],
 };
 let MODES = COMPARISONS.rows8;
 
 async function bench(name: string, dir: string, tokens: number, reps: number): Promise<string[]> {
   const side = await openSideBySide(
     dir,
-    MODES.map((m) => ({ maxContext: 64 + tokens + 8, ...m.opts })),
+    MODES.map((m) => ({
+      maxContext: 64 + tokens + 8,
+      ...(BATCH > 1 ? { maxSequences: BATCH } : {}),
+      ...m.opts,
+    })),
   );
   const models = side.models;
   const c = side.opened.weights.config;
@@ -64,18 +75,33 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
         await s.forward(prompt, { lastOnly: true });
         const prefillMs = performance.now() - t0;
         s.free();
-        s = model.newSession();
-        const r = await s.decode(
-          { feed: prompt.slice(0, 8), maxTokens: tokens, sampling: GREEDY, eosIds: [] },
-          () => undefined,
-        );
-        s.free();
+        // BATCH sequences at once (distinct prompts), batched by the decode loop
+        const sessions = Array.from({ length: BATCH }, () => model.newSession());
+        const t1 = performance.now();
+        const results = await Promise.all(sessions.map((s, b) =>
+          s.decode(
+            {
+              feed: prompt.slice(b % 56, b % 56 + 8),
+              maxTokens: tokens,
+              sampling: GREEDY,
+              eosIds: [],
+            },
+            () => undefined,
+          )
+        ));
+        const decodeMs = performance.now() - t1;
+        for (const s of sessions) s.free();
         if (rep === 0) { // pipelines compile
-          ids[i] = r.tokens.join();
+          ids[i] = results.map((r) => r.tokens.join()).join("|");
           continue;
         }
         prefill[i].push(64 / (prefillMs / 1000));
-        decode[i].push(r.stats.tokens / (r.stats.ms / 1000));
+        const r = results[0];
+        decode[i].push(
+          BATCH === 1
+            ? r.stats.tokens / (r.stats.ms / 1000)
+            : results.reduce((n, x) => n + x.stats.tokens, 0) / (decodeMs / 1000),
+        );
       }
     }
   } finally {
@@ -95,8 +121,12 @@ const { values } = parseArgs({
     "no-real": { type: "boolean", default: false },
     compare: { type: "string", default: "rows8" },
     quant: { type: "string" },
+    batch: { type: "string", default: "1" },
   },
 });
+/** Sequences decoding at once (--batch): aggregate tokens/s of the batched decode loop. */
+const BATCH = Number(values.batch);
+if (!Number.isInteger(BATCH) || BATCH < 1) throw new RangeError("--batch: a positive integer");
 /** What --quant packs: q8_0 experts and base, or a q6_k base. */
 const QUANTS: Record<string, QuantOptions> = {
   q8_0: { experts: "Q8_0", base: "Q8_0" },
@@ -127,9 +157,9 @@ const reps = Number(values.reps);
 if (!Number.isInteger(reps) || reps < 1) throw new RangeError("--reps: a positive integer");
 const t0 = performance.now();
 const lines = [
-  `| model | decode tok/s ${MODES[0].name} | ${MODES[1].name} | ratio | prefill 64 tok/s ${
-    MODES[0].name
-  } | ${MODES[1].name} | ratio | same tokens |`,
+  `| model | decode tok/s${BATCH > 1 ? ` (${BATCH} sequences)` : ""} ${MODES[0].name} | ${
+    MODES[1].name
+  } | ratio | prefill 64 tok/s ${MODES[0].name} | ${MODES[1].name} | ratio | same tokens |`,
   "| --- | --- | --- | --- | --- | --- | --- | --- |",
   ...await bench(
     `default${quantTag}`,

@@ -5,12 +5,14 @@ import { OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
 /** The three-pass attention (scores buffer), its baseline with one position and one head-dim
- * chunk per lane (must agree bit for bit: the same sums in the same order), and the one-pass
- * kernel used past its budget. */
+ * chunk per lane (must agree bit for bit: the same sums in the same order), the one-pass kernel
+ * used past its budget, and the three-pass kernels with their private arrays at the declared
+ * maxima (exactArrays: false; bit for bit too). */
 const VARIANTS: [string, Ops][] = [
   ["3-pass", ops],
   ["3-pass, one position / chunk a lane", new Ops(gpu, { attentionBlocks: false })],
   ["1-pass", new Ops(gpu, { attentionScratchBytes: 0 })],
+  ["3-pass, arrays at their declared maxima", new Ops(gpu, { exactArrays: false })],
 ];
 
 /** f32 softmax and sums over up to ~1500 positions, relative to the largest output. */
@@ -30,6 +32,7 @@ async function check(c: Case, tol = TOL): Promise<void> {
   const outs: Float32Array[] = [];
   for (const [variant, o] of VARIANTS) outs.push(await checkWith(o, variant, c, tol));
   assert.deepStrictEqual(outs[0], outs[1], `3-pass blocked vs baseline ${JSON.stringify(c)}`);
+  assert.deepStrictEqual(outs[0], outs[3], `exact vs declared arrays ${JSON.stringify(c)}`);
 }
 
 async function checkWith(o: Ops, variant: string, c: Case, tol: number): Promise<Float32Array> {

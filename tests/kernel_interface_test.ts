@@ -13,7 +13,14 @@ import {
   paramsFields,
   SHARED_CONSTANTS,
 } from "../src/gpu/kernel_interface.ts";
-import { composeSource, kernelSource, type KernelSpec, Shaders } from "../src/gpu/shader.ts";
+import {
+  composeSource,
+  KernelComposeError,
+  kernelSource,
+  type KernelSpec,
+  Shaders,
+  withSizes,
+} from "../src/gpu/shader.ts";
 import { MAX_STEP_TOKENS } from "../src/gpu/ops_api.ts";
 import { ABSENT } from "../src/gpu/expert_pool.ts";
 import { gpu, gpuTest } from "./kernel_harness.ts";
@@ -33,6 +40,16 @@ Deno.test("shared constants are defined once, in TypeScript, and reach every ker
     const code = composeSource("topk");
     assert.strictEqual(declaredConstants(code).get(name), SHARED_CONSTANTS[name] >>> 0, name);
   }
+});
+
+Deno.test("withSizes() sets a kernel's own u32 consts per pipeline and refuses what it lacks", () => {
+  const code = composeSource("matmul", "bf16", [], undefined, { MAX_TOKENS: 8 });
+  assert.strictEqual(declaredConstants(code).get("MAX_TOKENS"), 8);
+  assert.strictEqual(declaredConstants(composeSource("matmul", "bf16")).get("MAX_TOKENS"), 16);
+  const src = "const A: u32 = 4u;\nconst B: u32 = 2u;\n";
+  assert.strictEqual(withSizes("k", src, { B: 7 }), "const A: u32 = 4u;\nconst B: u32 = 7u;\n");
+  assert.throws(() => withSizes("k", src, { C: 1 }), KernelComposeError);
+  assert.throws(() => withSizes("k", src, { A: 0 }), KernelComposeError);
 });
 
 Deno.test("declaredBindings() and paramsFields() read a kernel's interface", () => {

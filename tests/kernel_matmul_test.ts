@@ -1,5 +1,5 @@
 import assert from "node:assert";
-import { OpConfigError } from "../src/gpu/ops.ts";
+import { OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { readF32 } from "../src/gpu/readback.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
@@ -92,6 +92,46 @@ for (const dtype of DTYPES) {
     },
   );
 }
+
+gpuTest(
+  "matmul() with each pipeline's arrays sized to its tokens equals the declared maxima, bit for bit",
+  async () => {
+    const declared = new Ops(gpu, { exactArrays: false });
+    const K = 136;
+    for (const layout of ["rows", "rows8"] as const) {
+      const w = pack(randomF32(ROWS * K, 31), "bf16");
+      const words = layout === "rows8"
+        ? repackRows8(new Uint8Array(w.words.buffer), ROWS, K, 2)
+        : w.words;
+      const wBuf = buffer(words);
+      // decode, 8-token and 16-token pipelines
+      for (const T of [1, 9, 40]) {
+        const x = buffer(randomF32(T * K, 300 + T));
+        const outs = [ops, declared].map((o) => {
+          const out = buffer(T * ROWS * 4);
+          run(
+            [o.matmul({
+              x,
+              w: { buffer: wBuf, dtype: "bf16", offsetElems: 0, layout },
+              out,
+              K,
+              N: ROWS,
+              outStride: ROWS,
+              outOffset: 0,
+              accumulate: false,
+            })],
+            T,
+            0,
+            o.step,
+          );
+          return out;
+        });
+        const [a, b] = await Promise.all(outs.map((o) => readF32(gpu, o, 0, T * ROWS)));
+        assert.deepStrictEqual(a, b, `${layout} T=${T}`);
+      }
+    }
+  },
+);
 
 gpuTest(
   "repackRows8() puts row n, column k at ((n / 8) * K + k - k % 8) * 8 + (n % 8) * 8 + k % 8",

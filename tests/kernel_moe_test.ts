@@ -56,6 +56,8 @@ const GEOMETRIES: [number, number, number][] = [[40, 24, 8], [44, 20, 6]];
 const WIDE: [number, number, number] = [136, 72, 8];
 /** The tiled expert kernels' baseline workgroup order, checked against the interleaved one. */
 const tileMajor = new Ops(gpu, { interleavedTiles: false });
+/** Their private arrays at the declared maxima (exactArrays' baseline), checked the same way. */
+const declaredArrays = new Ops(gpu, { exactArrays: false });
 const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT]; // expert e of layer 1 -> slot
 const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];
 
@@ -84,19 +86,31 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
         // T = 50, 350: 150, 1050 (token, expert) pairs: tiled kernels (grouped by expert), 4 and 8
         // pairs per tile (the larger case once, for time); T = 51 told the expert count: 153
         // pairs, over 8 per expert, so 8 pairs per tile.
-        // Tiled steps run in both workgroup orders (bit-identical outputs).
+        // Tiled steps run in both workgroup orders and with the arrays at their declared maxima
+        // (bit-identical outputs).
         const large = dtype === "bf16" && pad === 8 && D !== WIDE[0] ? [350] : [];
         const runs = [1, 3, 7, 50, 51, ...large].flatMap((T) =>
-          T >= 50 ? [{ T, o: ops }, { T, o: tileMajor }] : [{ T, o: ops }]
+          T >= 50 ? [{ T, o: ops }, { T, o: tileMajor }, { T, o: declaredArrays }] : [{ T, o: ops }]
         );
         let interleavedOut: [Float32Array, Float32Array] | null = null;
-        for (const { T, o } of runs) {
-          const next = rng(T);
-          const idxArr = new Uint32Array(T * K);
-          for (let t = 0; t < T; t++) {
-            const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
-            idxArr.set(order.slice(0, K), t * K);
+        // Each token's K distinct experts, drawn once per T: the runs compared bit for bit must
+        // route alike (a sort by a random comparator is not guaranteed to repeat itself).
+        const drawn = new Map<number, Uint32Array>();
+        const routing = (T: number) => {
+          let idx = drawn.get(T);
+          if (idx === undefined) {
+            const next = rng(T);
+            idx = new Uint32Array(T * K);
+            for (let t = 0; t < T; t++) {
+              const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
+              idx.set(order.slice(0, K), t * K);
+            }
+            drawn.set(T, idx);
           }
+          return idx;
+        };
+        for (const { T, o } of runs) {
+          const idxArr = routing(T);
           const x = randomF32(T * D, 7 + T);
           const idx = buffer(idxArr), missed = buffer(table.byteLength);
           const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
@@ -151,12 +165,14 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           run(list, T, 0, o.step);
           const gotH = await readF32(gpu, h, 0, T * K * I);
           const gotY = await readF32(gpu, y, 0, T * K * D);
-          if (o === tileMajor) {
-            assert.ok(interleavedOut, "the interleaved run comes first");
-            assert.deepStrictEqual(gotH, interleavedOut[0], `h T=${T}: orders differ`);
-            assert.deepStrictEqual(gotY, interleavedOut[1], `y T=${T}: orders differ`);
+          if (o !== ops) {
+            assert.ok(interleavedOut, "the default run comes first");
+            const what = o === tileMajor ? "orders" : "array sizes";
+            assert.deepStrictEqual(gotH, interleavedOut[0], `h T=${T}: ${what} differ`);
+            assert.deepStrictEqual(gotY, interleavedOut[1], `y T=${T}: ${what} differ`);
+          } else {
+            interleavedOut = [gotH, gotY];
           }
-          interleavedOut = [gotH, gotY];
           const wantMissed = new Uint32Array(2 * E);
           for (let pair = 0; pair < T * K; pair++) {
             const e = idxArr[pair], slot = LAYER1_SLOTS[e];

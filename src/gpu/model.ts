@@ -149,6 +149,9 @@ export interface GpuModelOptions {
   /** The q/k heads' norm and RoPE with one lane per row (OpsOptions.laneNorms, default true;
    * false: a workgroup per row, the baseline). Bit-identical either way. */
   laneNorms?: boolean;
+  /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
+   * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
+  exactArrays?: boolean;
   /** q, k and v projections as one matmul over their stacked rows, where their dtypes agree
    * (default true; false: three matmuls, the baseline): two dispatches fewer a layer. */
   fusedQkv?: boolean;
@@ -383,6 +386,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       interleavedTiles: opts.interleavedTiles,
       attentionBlocks: opts.attentionBlocks,
       laneNorms: opts.laneNorms,
+      exactArrays: opts.exactArrays,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, no more than the three-pass attention takes at this context either

@@ -262,6 +262,12 @@ export interface OpsOptions {
    * workgroup of 64 per row, the baseline, whose barriers cost llvmpipe more than the row's
    * arithmetic). Bit-identical either way. */
   laneNorms?: boolean;
+  /** Each pipeline's private arrays sized to what it uses (default true; false: the baseline,
+   * every array at the kernel's declared maximum): matmul's accumulators to its tokens, the tiled
+   * expert kernels' to their tile, attention's to its heads x positions or chunks. llvmpipe keeps
+   * an array the pipeline fills whole in registers and one it fills in part in memory (the
+   * 8-token matmul 1.55x slower). Bit-identical either way (KernelSpec.sizes). */
+  exactArrays?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -292,12 +298,16 @@ export class Ops implements OpsApi {
   /** Whether the q/k heads' norm and RoPE take one lane per row (head_norm_rope_lanes.wgsl). */
   private laneNorms: boolean;
 
+  /** Whether pipelines size their private arrays to what they use (OpsOptions.exactArrays). */
+  private exactArrays: boolean;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
     this.interleavedTiles = opts.interleavedTiles ?? true;
     this.attentionBlocks = opts.attentionBlocks ?? true;
     this.laneNorms = opts.laneNorms ?? true;
+    this.exactArrays = opts.exactArrays ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -393,6 +403,18 @@ export class Ops implements OpsApi {
     };
   }
 
+  /** `spec` with its private arrays sized to `exact` (KernelSpec.sizes) under exactArrays; else
+   * as declared, checked against `declared` (the kernel's maxima). */
+  private sized(
+    spec: KernelSpec,
+    exact: Record<string, number>,
+    declared: Record<string, number>,
+  ): KernelSpec {
+    return this.exactArrays
+      ? { ...spec, sizes: exact }
+      : { ...spec, expect: { ...spec.expect, ...declared } };
+  }
+
   /** Prepares a kernel with one pipeline for every token count. */
   private simple(
     name: string,
@@ -469,13 +491,18 @@ export class Ops implements OpsApi {
       checkMultiple("matmul", `rows8 ${loader} offset`, w.offsetElems, quantRows8.groupElems);
     }
     const weights = blocked && quantRows8 ? quantRows8.loader : loader;
-    const spec = (tokens: number): KernelSpec => ({
-      kernel: "matmul",
-      bindings,
-      weights,
-      constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
-      expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL, MAX_TOKENS: MATMUL_WIDE_TOKENS },
-    });
+    const spec = (tokens: number): KernelSpec =>
+      this.sized(
+        {
+          kernel: "matmul",
+          bindings,
+          weights,
+          constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
+          expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL },
+        },
+        { MAX_TOKENS: tokens },
+        { MAX_TOKENS: MATMUL_WIDE_TOKENS },
+      );
     const decode = this.shaders.pipeline(spec(1));
     const prefill = this.shaders.pipeline(spec(MATMUL_PREFILL_TOKENS));
     const wide = this.wideTiles ? this.shaders.pipeline(spec(MATMUL_WIDE_TOKENS)) : null;
@@ -654,6 +681,7 @@ export class Ops implements OpsApi {
     if (scratchTokens < 1) return blocks;
     const scores = this.sharedScratch(scratchTokens * heads * rowLen * 4);
     const chunks = this.attentionBlocks ? valueChunks(group, a.headDim / VEC) : 1;
+    const span = this.attentionBlocks ? scoreSpan(group) : 1;
     const params = [
       heads,
       a.numKvHeads,
@@ -667,18 +695,16 @@ export class Ops implements OpsApi {
     const passes = [
       this.simple(
         "attention.scores",
-        {
-          kernel: "attention_scores",
-          expect: {
-            LANES: ATTENTION_LANES,
-            MAX_GROUP,
-            WG: WG_64,
-            MAX_SPAN: ATTENTION_MAX_SPAN,
-            MAX_ACC: ATTENTION_MAX_ACC,
+        this.sized(
+          {
+            kernel: "attention_scores",
+            expect: { LANES: ATTENTION_LANES, MAX_GROUP, WG: WG_64 },
+            bindings: ["uniform", "uniform", "read", "read", "rw"],
+            constants: { GROUP: group, SPAN: span },
           },
-          bindings: ["uniform", "uniform", "read", "read", "rw"],
-          constants: { GROUP: group, SPAN: this.attentionBlocks ? scoreSpan(group) : 1 },
-        },
+          { MAX_SPAN: span, MAX_ACC: group * span },
+          { MAX_SPAN: ATTENTION_MAX_SPAN, MAX_ACC: ATTENTION_MAX_ACC },
+        ),
         params,
         [a.q, a.kCache, scores],
         (t) => ceilDiv(t * kvHeads * ATTENTION_LANES, WG_64),
@@ -696,17 +722,16 @@ export class Ops implements OpsApi {
       ),
       this.simple(
         "attention.values",
-        {
-          kernel: "attention_values",
-          expect: {
-            MAX_GROUP,
-            WG: WG_VALUES,
-            MAX_CHUNKS: ATTENTION_MAX_CHUNKS,
-            MAX_ACC: ATTENTION_MAX_ACC,
+        this.sized(
+          {
+            kernel: "attention_values",
+            expect: { MAX_GROUP, WG: WG_VALUES },
+            bindings: ["uniform", "uniform", "read", "read", "rw"],
+            constants: { GROUP: group, CHUNKS: chunks },
           },
-          bindings: ["uniform", "uniform", "read", "read", "rw"],
-          constants: { GROUP: group, CHUNKS: chunks },
-        },
+          { MAX_CHUNKS: chunks, MAX_ACC: group * chunks },
+          { MAX_CHUNKS: ATTENTION_MAX_CHUNKS, MAX_ACC: ATTENTION_MAX_ACC },
+        ),
         params,
         [scores, a.vCache, a.out],
         (t) => ceilDiv(t * kvHeads * (a.headDim / VEC / chunks), WG_VALUES),
@@ -825,14 +850,18 @@ export class Ops implements OpsApi {
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
       this.simple(
         "expertsGateUp.tiled",
-        {
-          kernel: "experts_gate_up_tiled",
-          bindings,
-          expect: { ROWS, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
-          weights,
-          pools,
-          constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-        },
+        this.sized(
+          {
+            kernel: "experts_gate_up_tiled",
+            bindings,
+            expect: { ROWS, WG: WG_TILED },
+            weights,
+            pools,
+            constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
+          },
+          { MAX_TILE: tile },
+          { MAX_TILE: Math.max(...EXPERT_TILES) },
+        ),
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
         [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
         (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
@@ -919,14 +948,18 @@ export class Ops implements OpsApi {
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
       this.simple(
         "expertsDown.tiled",
-        {
-          kernel: "experts_down_tiled",
-          bindings,
-          expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED, MAX_TILE: Math.max(...EXPERT_TILES) },
-          weights,
-          pools,
-          constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-        },
+        this.sized(
+          {
+            kernel: "experts_down_tiled",
+            bindings,
+            expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED },
+            weights,
+            pools,
+            constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
+          },
+          { MAX_TILE: tile },
+          { MAX_TILE: Math.max(...EXPERT_TILES) },
+        ),
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
         [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
         (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),

@@ -52,6 +52,11 @@ export interface KernelSpec {
   prelude?: string[];
   weights?: WeightLoader;
   constants?: Record<string, number>;
+  /** Values of the kernel's own module-scope u32 `const`s for this pipeline: the lengths of its
+   * private arrays, which WGSL cannot take from an override (composeSource rewrites each
+   * declaration; see withSizes). llvmpipe keeps an array that the pipeline fills whole in
+   * registers, and one it fills in part in memory. */
+  sizes?: Record<string, number>;
   /** Pool buffers bound at bindings first.. first + count - 1 (expert kernels; see above). */
   pools?: PoolBindings;
   /** Constants of the kernel the dispatching code relies on (workgroup size, rows per
@@ -137,14 +142,15 @@ export function composeSource(
   weights?: WeightLoader,
   prelude: string[] = [],
   pools?: PoolBindings,
+  sizes: Readonly<Record<string, number>> = {},
 ): string {
   const parts = [commonSource(), ...prelude.map(kernelSource)];
+  const source = withSizes(kernel, kernelSource(kernel), sizes);
   if (pools) {
     if (!weights) throw new KernelComposeError(kernel, "a kernel with pools needs a weight loader");
-    parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), kernelSource(kernel), pools));
+    parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), source, pools));
     return parts.join("\n");
   }
-  const source = kernelSource(kernel);
   if (weights) {
     const loader = kernelSource(`weights_${weights}`);
     parts.push(loader);
@@ -163,6 +169,27 @@ export class KernelComposeError extends Error {
   constructor(kernel: string, detail: string) {
     super(`kernels/${kernel}.wgsl: ${detail}`);
   }
+}
+
+/** A kernel's source with each `const NAME: u32 = <n>u;` of `sizes` set to the given value
+ * (KernelSpec.sizes); a name the kernel does not declare that way is a KernelComposeError. */
+export function withSizes(
+  kernel: string,
+  source: string,
+  sizes: Readonly<Record<string, number>>,
+): string {
+  let out = source;
+  for (const [name, value] of Object.entries(sizes)) {
+    if (!Number.isInteger(value) || value < 1) {
+      throw new KernelComposeError(kernel, `size ${name} = ${value} is not a positive integer`);
+    }
+    const decl = new RegExp(`^const ${name}: u32 = \\d+u;`, "m");
+    if (!decl.test(out)) {
+      throw new KernelComposeError(kernel, `no "const ${name}: u32 = <n>u;" to size`);
+    }
+    out = out.replace(decl, `const ${name}: u32 = ${value}u;`);
+  }
+  return out;
 }
 
 const POOL_BEGIN = "// @pool-begin";
@@ -293,10 +320,13 @@ export class Shaders {
     // Preludes and kernel, then the weight loader: "sample_common+sample_draw|", "matmul|bf16".
     const pools = spec.pools ? `|pools${spec.pools.count}@${spec.pools.first}` : "";
     const prelude = spec.prelude ?? [];
-    const moduleKey = `${[...prelude, spec.kernel].join("+")}|${spec.weights ?? ""}${pools}`;
+    const sizes = Object.entries(spec.sizes ?? {}).map(([k, v]) => `#${k}=${v}`).join("");
+    const moduleKey = `${[...prelude, spec.kernel].join("+")}|${
+      spec.weights ?? ""
+    }${pools}${sizes}`;
     let code = this.codes.get(moduleKey);
     if (code === undefined) {
-      code = composeSource(spec.kernel, spec.weights, prelude, spec.pools);
+      code = composeSource(spec.kernel, spec.weights, prelude, spec.pools, spec.sizes);
       this.codes.set(moduleKey, code);
     }
     return { moduleKey, code };
