@@ -9,8 +9,11 @@
  * over their stacked rows (the default) instead; `--compare norms` the q/k heads' norm and RoPE
  * with a workgroup per row (`laneNorms: false`, the baseline) beside a lane per row; `--compare
  * arrays` private arrays at the kernels' declared maxima (`exactArrays: false`) beside sized per
- * pipeline. `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop; a
- * step of 8-31 sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison
+ * pipeline; `--compare heads` the prompts prefilled together with the lm_head over every row of
+ * their chunk (`compactHead: false`) beside over the sampled rows only (use with --batch).
+ * `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop, including their
+ * prompts' prefill together, and the ms until every one had its first token; a step of 8-31
+ * sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison
  * on both models packed with q8_0 (q4_0) experts and base (q/k/v/o, lm_head: `pack --quant q8_0
  * --quant-base q8_0`), whose resident matrices rows8 repacks with their scales (repackQ8Rows8,
  * repackQ4Rows8); `--quant
@@ -19,7 +22,7 @@
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv|norms|arrays] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv|norms|arrays|heads] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -50,6 +53,10 @@ const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
     { name: "arrays at declared maxima", opts: { exactArrays: false } },
     { name: "exact arrays", opts: { exactArrays: true } },
   ],
+  heads: [
+    { name: "head on every prompt row", opts: { compactHead: false } },
+    { name: "on the sampled rows", opts: { compactHead: true } },
+  ],
 };
 let MODES = COMPARISONS.rows8;
 
@@ -66,6 +73,8 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
   const c = side.opened.weights.config;
   const prompt = Array.from({ length: 64 }, (_, i) => (i * 7919 + 13) % c.vocabSize);
   const decode: number[][] = MODES.map(() => []), prefill: number[][] = MODES.map(() => []);
+  /** Batch mode: ms until every sequence had its first token (their prompts prefilled together). */
+  const firsts: number[][] = MODES.map(() => []);
   const ids: string[] = [];
   try {
     for (let rep = 0; rep <= reps; rep++) {
@@ -78,17 +87,23 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
         // BATCH sequences at once (distinct prompts), batched by the decode loop
         const sessions = Array.from({ length: BATCH }, () => model.newSession());
         const t1 = performance.now();
-        const results = await Promise.all(sessions.map((s, b) =>
-          s.decode(
+        let started = 0, allFirst = 0;
+        const results = await Promise.all(sessions.map((s, b) => {
+          let first = true;
+          return s.decode(
             {
               feed: prompt.slice(b % 56, b % 56 + 8),
               maxTokens: tokens,
               sampling: GREEDY,
               eosIds: [],
             },
-            () => undefined,
-          )
-        ));
+            () => {
+              if (first && ++started === BATCH) allFirst = performance.now() - t1;
+              first = false;
+              return undefined;
+            },
+          );
+        }));
         const decodeMs = performance.now() - t1;
         for (const s of sessions) s.free();
         if (rep === 0) { // pipelines compile
@@ -96,6 +111,7 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
           continue;
         }
         prefill[i].push(64 / (prefillMs / 1000));
+        firsts[i].push(allFirst);
         const r = results[0];
         decode[i].push(
           BATCH === 1
@@ -108,6 +124,14 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
     side.close();
   }
   const [d0, d1] = decode.map(median), [p0, p1] = prefill.map(median);
+  if (BATCH > 1) {
+    const [f0, f1] = firsts.map(median);
+    console.log(
+      `${name}: ms until all ${BATCH} sequences had a first token: ${MODES[0].name} ${
+        f0.toFixed(0)
+      }, ${MODES[1].name} ${f1.toFixed(0)} (${(f0 / f1).toFixed(2)}x faster)`,
+    );
+  }
   return [
     `| ${name} | ${d0.toFixed(1)} | ${d1.toFixed(1)} | ${(d1 / d0).toFixed(2)}x | ${
       p0.toFixed(1)

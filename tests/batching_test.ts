@@ -127,6 +127,42 @@ for (const slots of [undefined, SMALL.topK, 3 * SMALL.topK]) {
   );
 }
 
+gpuTest(
+  "batching: prompts prefilled together run the lm_head on their last rows only (compactHead; " +
+    "the baseline on every row of the chunk), with the same tokens",
+  async () => {
+    await withSmall(async (dir) => {
+      const opened = openModelDir(dir);
+      const open = (compactHead: boolean) =>
+        GpuModel.open(opened.weights, { gpu, maxContext: 64, maxSequences: 3, compactHead });
+      const models = [await open(true), await open(false)];
+      try {
+        const reqs = REQUESTS.slice(0, 3).map((r) => ({ ...r, maxTokens: 4 }));
+        const want = await Promise.all(reqs.map((r) => alone(models[0], r)));
+        const prefillRows: number[] = [];
+        for (const model of models) {
+          const before = { ...model.stats };
+          const sessions = reqs.map(() => model.newSession());
+          const results = await Promise.all(
+            sessions.map((s, i) => s.decode(reqs[i], () => undefined)),
+          );
+          for (const s of sessions) s.free();
+          results.forEach((r, i) => assert.deepEqual(r.tokens, want[i], `request ${i}`));
+          // decode steps run the head on every lane: what is left is the prompts' head rows
+          const head = model.stats.headRows - before.headRows;
+          prefillRows.push(head - (model.stats.laneSteps - before.laneSteps));
+        }
+        console.error(`  prefill head rows: compact ${prefillRows[0]}, baseline ${prefillRows[1]}`);
+        assert.equal(prefillRows[0], reqs.length); // one row per prompt, however they were grouped
+        assert.ok(prefillRows[1] > reqs.length, `baseline ${prefillRows[1]}`);
+      } finally {
+        for (const m of models) m.destroy();
+        opened.close();
+      }
+    });
+  },
+);
+
 gpuTest("batching: aborting one sequence leaves the others exact", async () => {
   await withSmall(async (dir) => {
     const opened = openModelDir(dir);

@@ -164,6 +164,10 @@ export interface GpuModelOptions {
    * the baseline, which ran the lm_head over every row of those chunks, read the logits back only
    * to drop them, and waited for each chunk's readback before the next). */
   headlessChunks?: boolean;
+  /** A batched prefill (prefillTogether) chunk that ends several prompts runs the lm_head on those
+   * prompts' last rows only (default true; false: the baseline, the head over every row of the
+   * chunk). Same logits rows either way. */
+  compactHead?: boolean;
 }
 
 /** The expert pool's layout options for a model's options. */
@@ -209,7 +213,7 @@ interface Activations {
   y: GPUBuffer; // [T*K, D]
   snap: GPUBuffer[]; // per layer: [2 halves of batches' rows | forward()'s T, D] residual at the
   // layer's start (budgeted runs)
-  xLast: GPUBuffer; // [1, D] last row of xn
+  xRows: GPUBuffer; // [T, D] the rows of xn the head runs on when not all (the last, or sampled)
   logits: GPUBuffer; // [T, V]
   staging: GPUBuffer; // MAP_READ: logits | routing [L, T, K] | missed [L, E]
 }
@@ -245,6 +249,9 @@ interface ForwardRecord {
   samples: { row: number; lane: number; pos: number }[];
   /** The head runs on the last row only (a prompt chunk: its logits go to row 0). */
   lastOnly: boolean;
+  /** The head runs on these rows only, row i's logits into row i (a chunk ending several prompts;
+   * its samples' rows are then 0..); not with lastOnly. */
+  headRows?: number[];
   /** Where its routing [L, T*K] goes in the routing log (u32 index). */
   routeAt: number;
   /** Row of the miss log [N, L*E] (decode steps under a budget), else -1. */
@@ -307,6 +314,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   readonly maxBatch: number;
   /** Whether a lastOnly prompt's chunks before the last skip the head (GpuModelOptions). */
   private headlessChunks: boolean;
+  /** Whether a batched prefill's chunk runs the head on its sampled rows only (GpuModelOptions). */
+  private compactHead: boolean;
   /** Routing staging of a prompt's early chunks (submitEarlyChunk), made as prompts need them. */
   private chunkStaging: GPUBuffer[] = [];
   readonly ops: Ops;
@@ -339,7 +348,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   private combineOps: Op[];
   private finalNormOp: Op;
   private headAll: IndirectOp[];
-  private headLast: IndirectOp[];
+  /** The lm_head over act.xRows: the rows of a step picked for it (the last, or those sampled). */
+  private headPicked: IndirectOp[];
   /** Under a budget (unless GpuModelOptions.headGate is false): the lm_head chunks' indirect
    * dispatch arguments ([x, y, z] each) then a sticky word, and the op that zeroes them when the
    * step or an earlier one of its batch missed (kernels/head_gate.wgsl). */
@@ -418,6 +428,7 @@ export class GpuModel implements LanguageModel, SessionHost {
 
     // resident weights
     this.headlessChunks = opts.headlessChunks ?? true;
+    this.compactHead = opts.compactHead ?? true;
     const rows8 = opts.rows8Weights ?? true;
     const stackQkv = opts.fusedQkv ?? true;
     this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8, stackQkv));
@@ -471,7 +482,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       h: f32(T * K * I, "experts_h"),
       y: f32(T * K * D, "experts_y"),
       snap: this.allResident ? [] : this.layers.map((_, l) => f32(snapRows * D, `snapshot.${l}`)),
-      xLast: f32(D, "x_last"),
+      xRows: f32(T * D, "x_rows"),
       logits: f32(T * V, "logits"),
       staging: device.createBuffer({
         label: "readback",
@@ -527,7 +538,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       eps: c.rmsNormEps,
     });
     this.headAll = this.prepareHead(this.act.xn, V);
-    this.headLast = this.prepareHead(this.act.xLast, V);
+    this.headPicked = this.prepareHead(this.act.xRows, V);
     if (!this.allResident && opts.headGate !== false) {
       const words = 3 * this.headAll.length;
       const args = device.createBuffer({
@@ -925,7 +936,8 @@ export class GpuModel implements LanguageModel, SessionHost {
   }
 
   /**
-   * Final norm and lm_head into act.logits: every row, or only the last (into row 0). `gate`: the step's lm_head dispatch arguments
+   * Final norm and lm_head into act.logits: every row, only the last (into row 0), or the rows
+   * `picked` (row i's logits into row i). `gate`: the step's lm_head dispatch arguments
    * (headArgs()) at that offset of that buffer; they are copied into place and the head gate may
    * zero them, so that a step that missed (its logits would be thrown away) skips the lm_head.
    */
@@ -934,17 +946,20 @@ export class GpuModel implements LanguageModel, SessionHost {
     T: number,
     lastOnly: boolean,
     gate?: { from: GPUBuffer; offset: number },
+    picked?: readonly number[],
   ): void {
     const D = this.config.hiddenSize;
     let pass = enc.beginComputePass();
     this.finalNormOp.record(pass, T);
-    const last = lastOnly && T > 1;
-    if (last) {
+    const rows = picked ?? (lastOnly && T > 1 ? [T - 1] : null);
+    if (rows !== null) {
       pass.end();
-      enc.copyBufferToBuffer(this.act.xn, (T - 1) * D * 4, this.act.xLast, 0, D * 4);
+      rows.forEach((r, i) => {
+        enc.copyBufferToBuffer(this.act.xn, r * D * 4, this.act.xRows, i * D * 4, D * 4);
+      });
       pass = enc.beginComputePass();
     }
-    const [ops, t] = last ? [this.headLast, 1] : [this.headAll, T];
+    const [ops, t] = rows !== null ? [this.headPicked, rows.length] : [this.headAll, T];
     this.stats.headRows += t;
     const hg = this.headGate;
     if (gate !== undefined && hg !== null) {
@@ -961,7 +976,7 @@ export class GpuModel implements LanguageModel, SessionHost {
 
   /** The lm_head dispatch arguments of a step of T tokens (what encodeLogits' gate copies). */
   private headArgs(T: number, lastOnly: boolean): number[] {
-    const [ops, t] = lastOnly && T > 1 ? [this.headLast, 1] : [this.headAll, T];
+    const [ops, t] = lastOnly && T > 1 ? [this.headPicked, 1] : [this.headAll, T];
     return ops.flatMap((op) => op.dispatchArgs(t));
   }
 
@@ -1521,7 +1536,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.encodeLayers(enc, slabs, r.from, L, r.T, r.snapRow);
       if (r.samples.length > 0) {
         const gate = gated(r) ? { from: slot.stepTable, offset: argsAt + i * argBytes } : undefined;
-        this.encodeLogits(enc, r.T, r.lastOnly, gate);
+        this.encodeLogits(enc, r.T, r.lastOnly, gate, r.headRows);
       }
       for (const s of r.samples) {
         const lane = lanes[s.lane];
@@ -1672,15 +1687,19 @@ export class GpuModel implements LanguageModel, SessionHost {
       const samples = part.flatMap((tk, row) =>
         tk.last ? [{ row, lane: tk.lane, pos: tk.pos + 1 }] : []
       );
-      // the head on the last row only when that is the one row sampled
+      // the head on the last row only when that is the one row sampled; else (compactHead) on
+      // the sampled rows only, when they are not all
       const lastOnly = samples.length === 1 && samples[0].row === part.length - 1;
+      const compact = !lastOnly && this.compactHead && samples.length > 0 &&
+        samples.length < part.length;
       records.push({
         T: part.length,
         tokens: part.map((tk) => [tk.slab, tk.pos]),
         from: 0,
         snapRow: 0,
-        samples: lastOnly ? [{ ...samples[0], row: 0 }] : samples,
+        samples: lastOnly || compact ? samples.map((sm, i) => ({ ...sm, row: i })) : samples,
         lastOnly,
+        headRows: compact ? samples.map((sm) => sm.row) : undefined,
         routeAt,
         missRow: -1,
       });
@@ -1892,7 +1911,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       a.h,
       a.y,
       ...a.snap,
-      a.xLast,
+      a.xRows,
       a.logits,
       a.staging,
       this.sampleRow,
