@@ -9,18 +9,22 @@
  * the passes' own cost is in the wall time, not in the kernels' sums). Not a test.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/profile.ts
- *     [--model default|real] [--tokens 512] [--decode 0] [--reps 2] [--dir D]
+ *     [--model default|real] [--tokens 512] [--decode 0] [--reps 2] [--dir D] [--batch N]
  *
  * `--model real`: two layers of Qwen3-30B-A3B shapes (32 experts; vocab 151936), written to a
- * temporary directory first (about a minute). `--dir D`: a model directory instead.
+ * temporary directory first (about a minute). `--dir D`: a model directory instead. `--batch N`:
+ * then N sequences (8-token prompts) decode `--decode` tokens each at once, batched.
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
 import { openSideBySide } from "./side_by_side.ts";
 import { mulberry32 } from "../weights/fixture.ts";
 import { QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
+import { GREEDY } from "../src/sampling.ts";
 
-const MAX_QUERIES = 4096;
+/** Queries per query set (WebGPU's limit) and sets: 16 x 2048 timed dispatches between collects. */
+const SET_QUERIES = 4096;
+const MAX_QUERIES = 16 * SET_QUERIES;
 
 /** The op being recorded (its name, set by the patched PreparedOp.record), for the labels. */
 let currentOp = "";
@@ -65,7 +69,9 @@ function shortLabel(label: string): string {
 
 /** Installs the stand-in passes on GPUCommandEncoder; returns what reads the timestamps. */
 function installProfiler(device: GPUDevice) {
-  const set = device.createQuerySet({ type: "timestamp", count: MAX_QUERIES });
+  const sets: GPUQuerySet[] = [];
+  const setOf = (i: number) =>
+    sets[i] ??= device.createQuerySet({ type: "timestamp", count: SET_QUERIES });
   const resolve = device.createBuffer({
     size: MAX_QUERIES * 8,
     usage: GPUBufferUsage.QUERY_RESOLVE | GPUBufferUsage.COPY_SRC,
@@ -77,7 +83,8 @@ function installProfiler(device: GPUDevice) {
   let next = 0;
   /** What each query pair timed, by its first query's index / 2. */
   const timed = new Map<number, Timed>();
-  const pending = new WeakMap<GPUCommandEncoder, { first: number; count: number }>();
+  /** Each encoder's query ranges (global indices, within one set each), resolved at finish. */
+  const pending = new WeakMap<GPUCommandEncoder, { first: number; count: number }[]>();
   const begin = GPUCommandEncoder.prototype.beginComputePass;
   const finish = GPUCommandEncoder.prototype.finish;
 
@@ -112,19 +119,29 @@ function installProfiler(device: GPUDevice) {
           if (c.kind === "pipeline") pipeline = c.pipeline;
           else if (c.kind === "bind") groups.set(c.index, c);
           else {
-            // each encoder resolves its own range, from a 256-byte boundary (32 queries)
-            if (!pending.has(enc)) next = Math.ceil(next / 32) * 32;
+            // an encoder resolves its own ranges, each from a 256-byte boundary (32 queries) and
+            // within one query set
+            const ranges = pending.get(enc) ?? [];
+            pending.set(enc, ranges);
+            let range = ranges[ranges.length - 1];
+            const setIndex = (q: number) => Math.floor(q / SET_QUERIES);
+            if (
+              range === undefined || range.first + range.count !== next ||
+              setIndex(next) !== setIndex(range.first)
+            ) {
+              next = Math.ceil(next / 32) * 32;
+              range = { first: next, count: 0 };
+              ranges.push(range);
+            }
             if (next + 2 > MAX_QUERIES) throw new Error("profile: more dispatches than queries");
             const q = next;
             next += 2;
-            const range = pending.get(enc) ?? { first: q, count: 0 };
             range.count += 2;
-            pending.set(enc, range);
             const pass = begin.call(enc, {
               timestampWrites: {
-                querySet: set,
-                beginningOfPassWriteIndex: q,
-                endOfPassWriteIndex: q + 1,
+                querySet: setOf(Math.floor(q / SET_QUERIES)),
+                beginningOfPassWriteIndex: q % SET_QUERIES,
+                endOfPassWriteIndex: q % SET_QUERIES + 1,
               },
             });
             pass.setPipeline(pipeline!);
@@ -144,8 +161,10 @@ function installProfiler(device: GPUDevice) {
     this: GPUCommandEncoder,
     desc?: GPUCommandBufferDescriptor,
   ): GPUCommandBuffer {
-    const range = pending.get(this);
-    if (range) this.resolveQuerySet(set, range.first, range.count, resolve, range.first * 8);
+    for (const r of pending.get(this) ?? []) {
+      const set = setOf(Math.floor(r.first / SET_QUERIES));
+      this.resolveQuerySet(set, r.first % SET_QUERIES, r.count, resolve, r.first * 8);
+    }
     return finish.call(this, desc);
   };
 
@@ -184,12 +203,14 @@ async function main(): Promise<void> {
       decode: { type: "string", default: "0" },
       reps: { type: "string", default: "2" },
       dir: { type: "string" },
+      batch: { type: "string", default: "0" },
     },
     strict: true,
   });
   const tokens = Number(values.tokens);
   const decode = Number(values.decode);
   const reps = Number(values.reps);
+  const batch = Number(values.batch);
   if (values.model !== "default" && values.model !== "real") {
     throw new RangeError("--model: default or real");
   }
@@ -202,7 +223,10 @@ async function main(): Promise<void> {
     await writeFixtureInChild(dir, { ...QWEN3_30B_A3B, experts: 32 });
   }
   try {
-    const side = await openSideBySide(dir, [{ maxContext: tokens + decode + 1 }]);
+    const side = await openSideBySide(dir, [{
+      maxContext: tokens + decode + 1,
+      ...(batch > 1 ? { maxSequences: batch } : {}),
+    }]);
     try {
       const gpu = side.gpu;
       if (!gpu.features.includes("timestamp-query")) {
@@ -235,6 +259,29 @@ async function main(): Promise<void> {
           report(`${decode} decode steps`, performance.now() - t1, await prof.collect());
         }
         s.free();
+        if (batch > 0) {
+          // `batch` sequences of 8-token prompts decoding at once through the batched loop
+          const sessions = Array.from({ length: batch }, () => model.newSession());
+          const t2 = performance.now();
+          const results = await Promise.all(sessions.map((b, i) =>
+            b.decode(
+              {
+                feed: prompt.slice(i * 8, i * 8 + 8),
+                maxTokens: Math.max(decode, 1),
+                sampling: GREEDY,
+                eosIds: [],
+              },
+              () => undefined,
+            )
+          ));
+          for (const b of sessions) b.free();
+          const n = results.reduce((a, r) => a + r.stats.tokens, 0);
+          report(
+            `${batch} sequences decoding together (prompts prefilled together), ${n} tokens`,
+            performance.now() - t2,
+            await prof.collect(),
+          );
+        }
       }
     } finally {
       side.close();
