@@ -10,7 +10,9 @@
  * with a workgroup per row (`laneNorms: false`, the baseline) beside a lane per row; `--compare
  * arrays` private arrays at the kernels' declared maxima (`exactArrays: false`) beside sized per
  * pipeline; `--compare heads` the prompts prefilled together with the lm_head over every row of
- * their chunk (`compactHead: false`) beside over the sampled rows only (use with --batch).
+ * their chunk (`compactHead: false`) beside over the sampled rows only (use with --batch);
+ * `--compare tiles` 16-token matmul tiles from 32 tokens a step (`paddedTiles: false`) beside the
+ * tile that pads fewer tokens (use with --batch 16: steps of 16 sequences).
  * `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop, including their
  * prompts' prefill together, and the ms until every one had its first token; a step of 8-31
  * sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison
@@ -22,7 +24,7 @@
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv|norms|arrays|heads] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv|norms|arrays|tiles|heads] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -52,6 +54,10 @@ const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
   arrays: [
     { name: "arrays at declared maxima", opts: { exactArrays: false } },
     { name: "exact arrays", opts: { exactArrays: true } },
+  ],
+  tiles: [
+    { name: "16-token tiles from 32 tokens", opts: { paddedTiles: false } },
+    { name: "tiles by padding", opts: { paddedTiles: true } },
   ],
   heads: [
     { name: "head on every prompt row", opts: { compactHead: false } },

@@ -1,5 +1,5 @@
 import assert from "node:assert";
-import { OpConfigError, Ops } from "../src/gpu/ops.ts";
+import { matmulTokens, OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { readF32 } from "../src/gpu/readback.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
@@ -130,6 +130,22 @@ gpuTest(
         assert.deepStrictEqual(a, b, `${layout} T=${T}`);
       }
     }
+  },
+);
+
+Deno.test(
+  "matmulTokens() takes the tile that pads fewer tokens (16 when it pads under 8), keeping 8 " +
+    "workgroups below 32 tokens",
+  () => {
+    const steps = [1, 2, 8, 9, 16, 17, 24, 25, 32, 33, 40, 41, 128];
+    const tiles = (rowSets: number, padded: boolean) =>
+      steps.map((t) => matmulTokens(t, rowSets, true, padded));
+    assert.deepStrictEqual(tiles(512, true), [1, 8, 8, 16, 16, 8, 8, 16, 16, 8, 8, 16, 16]);
+    // 32 row sets: one 16-token tile is 2 workgroups, too few below 32 tokens
+    assert.deepStrictEqual(tiles(32, true), [1, 8, 8, 8, 8, 8, 8, 8, 16, 8, 8, 16, 16]);
+    // the baseline: 16-token tiles from 32 tokens a step; without wide tiles, 8 from 2 tokens
+    assert.deepStrictEqual(tiles(512, false), [1, 8, 8, 8, 8, 8, 8, 8, 16, 16, 16, 16, 16]);
+    assert.deepStrictEqual([1, 9, 128].map((t) => matmulTokens(t, 512, false, true)), [1, 8, 8]);
   },
 );
 

@@ -152,6 +152,9 @@ export interface GpuModelOptions {
   /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
    * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
   exactArrays?: boolean;
+  /** The matmul tile that pads fewer tokens a step (OpsOptions.paddedTiles, default true; false:
+   * 16-token tiles from 32 tokens a step, the baseline). Bit-identical either way. */
+  paddedTiles?: boolean;
   /** q, k and v projections as one matmul over their stacked rows, where their dtypes agree
    * (default true; false: three matmuls, the baseline): two dispatches fewer a layer. */
   fusedQkv?: boolean;
@@ -397,6 +400,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       attentionBlocks: opts.attentionBlocks,
       laneNorms: opts.laneNorms,
       exactArrays: opts.exactArrays,
+      paddedTiles: opts.paddedTiles,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, no more than the three-pass attention takes at this context either

@@ -64,6 +64,27 @@ const MATMUL_PREFILL_FROM = 2;
 const MATMUL_WIDE_TOKENS = 16;
 const MATMUL_WIDE_FROM = 32;
 
+/** Workgroups a matmul keeps at least when padding picks its tiles (4 per llvmpipe thread). */
+const MATMUL_MIN_GROUPS = 8;
+
+/** Tokens per matmul invocation for a step of t tokens over `rowSets` sets of 8 rows, with
+ * 16-token tiles on (wideTiles): `padded` (the default), the tile that computes fewer tokens past
+ * the step's (16 when its last tile would pad fewer than 8: steps of 9-16, 25-32, 41-48 ...
+ * tokens; a 16-token tile costs ~1.8 of an 8-token one on llvmpipe, so this is also the cheaper)
+ * unless 16-token tiles would leave fewer than MATMUL_MIN_GROUPS workgroups; else 16 from
+ * MATMUL_WIDE_FROM (the baseline, `paddedTiles: false`). */
+export function matmulTokens(t: number, rowSets: number, wide: boolean, padded: boolean): number {
+  if (t < MATMUL_PREFILL_FROM) return 1;
+  if (!wide) return MATMUL_PREFILL_TOKENS;
+  if (!padded) return t >= MATMUL_WIDE_FROM ? MATMUL_WIDE_TOKENS : MATMUL_PREFILL_TOKENS;
+  const tiles = Math.ceil(t / MATMUL_WIDE_TOKENS);
+  const pad = tiles * MATMUL_WIDE_TOKENS - t;
+  const groups = Math.ceil(rowSets * tiles / WG_MATMUL);
+  return pad < MATMUL_PREFILL_TOKENS && (groups >= MATMUL_MIN_GROUPS || t >= MATMUL_WIDE_FROM)
+    ? MATMUL_WIDE_TOKENS
+    : MATMUL_PREFILL_TOKENS;
+}
+
 // ---- attention (kernels/attention*.wgsl) ----
 
 /** Lanes of a one-pass attention workgroup = positions per block (WG of attention.wgsl). */
@@ -268,6 +289,10 @@ export interface OpsOptions {
    * an array the pipeline fills whole in registers and one it fills in part in memory (the
    * 8-token matmul 1.55x slower). Bit-identical either way (KernelSpec.sizes). */
   exactArrays?: boolean;
+  /** With wideTiles, a step's matmul tile is the one that pads fewer tokens (default true: 16
+   * tokens for steps of 9-16, 25-32, 41-48 ... tokens, 8 otherwise; false: the baseline, 16 from
+   * 32 tokens a step). Bit-identical either way. */
+  paddedTiles?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -301,6 +326,9 @@ export class Ops implements OpsApi {
   /** Whether pipelines size their private arrays to what they use (OpsOptions.exactArrays). */
   private exactArrays: boolean;
 
+  /** Whether the matmul tile is chosen by padding (OpsOptions.paddedTiles). */
+  private paddedTiles: boolean;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
@@ -308,6 +336,7 @@ export class Ops implements OpsApi {
     this.attentionBlocks = opts.attentionBlocks ?? true;
     this.laneNorms = opts.laneNorms ?? true;
     this.exactArrays = opts.exactArrays ?? true;
+    this.paddedTiles = opts.paddedTiles ?? true;
     this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
     this.shaders = new Shaders(this.device);
@@ -506,12 +535,8 @@ export class Ops implements OpsApi {
     const decode = this.shaders.pipeline(spec(1));
     const prefill = this.shaders.pipeline(spec(MATMUL_PREFILL_TOKENS));
     const wide = this.wideTiles ? this.shaders.pipeline(spec(MATMUL_WIDE_TOKENS)) : null;
-    const tokensFor = (t: number) =>
-      t < MATMUL_PREFILL_FROM
-        ? 1
-        : wide !== null && t >= MATMUL_WIDE_FROM
-        ? MATMUL_WIDE_TOKENS
-        : MATMUL_PREFILL_TOKENS;
+    const rowSets = ceilDiv(a.N, MATMUL_ROWS);
+    const tokensFor = (t: number) => matmulTokens(t, rowSets, wide !== null, this.paddedTiles);
     const fields = [
       a.K,
       a.N,
@@ -526,7 +551,6 @@ export class Ops implements OpsApi {
     const params = this.params("matmul", fields);
     const [kOut, vOut] = split ? [split.kOut, split.vOut] : this.noSplitOutputs();
     const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out, kOut, vOut]);
-    const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     return new PreparedOp(
       "matmul",
       bindGroup,
