@@ -8,6 +8,32 @@ import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel
 const TOL = 1e-6;
 const EPS = 1e-6;
 
+/** The baseline's norm kernels (a workgroup per row), for the bit-identity checks. */
+const rowOps = new Ops(gpu, { laneNorms: false });
+
+gpuTest(
+  "rmsnorm() a lane per row (steps of 8 rows or more) equals a workgroup per row, bit for bit",
+  async () => {
+    for (const [dim, groups] of [[24, 5], [128, 4], [200, 1], [2048, 1]]) {
+      for (const T of [1, 3, 7, 9]) {
+        const x = randomF32(T * groups * dim, dim + T + 1, 3);
+        const wBuf = buffer(randomF32(dim, 9 + dim));
+        const [a, b] = await Promise.all([ops, rowOps].map(async (o) => {
+          const out = buffer(x.byteLength);
+          run(
+            [o.rmsnorm({ x: buffer(x), weight: wBuf, out, dim, groups, eps: EPS })],
+            T,
+            0,
+            o.step,
+          );
+          return await readF32(gpu, out, 0, x.length);
+        }));
+        assert.deepStrictEqual(a, b, `dim=${dim} groups=${groups} T=${T}`);
+      }
+    }
+  },
+);
+
 gpuTest("rmsnorm() matches the float64 reference out of place and in place", async () => {
   for (const [dim, groups] of [[24, 5], [128, 4], [200, 1]]) {
     for (const T of [1, 3, 7]) {
@@ -66,9 +92,6 @@ gpuTest("kvStore() covers a dispatch of more than 65535 workgroups (2-D dispatch
   assert.deepStrictEqual(await readF32(gpu, kCache, width * 4, width), k);
   assert.deepStrictEqual(await readF32(gpu, vCache, width * 4, width), v);
 });
-
-/** The baseline's q/k norm kernel (a workgroup per row), for the bit-identity check. */
-const rowOps = new Ops(gpu, { laneNorms: false });
 
 gpuTest(
   "headNormRope() equals rmsnorm then rope on q and k, bit for bit, in both kernels (a lane or " +

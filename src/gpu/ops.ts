@@ -63,6 +63,8 @@ const MATMUL_PREFILL_TOKENS = 8;
 const MATMUL_PREFILL_FROM = 2;
 const MATMUL_WIDE_TOKENS = 16;
 const MATMUL_WIDE_FROM = 32;
+/** Rows of a step from which rmsnorm takes a lane per row (rmsnorm_lanes.wgsl, with laneNorms). */
+const LANE_NORM_ROWS = 8;
 
 /** Workgroups a matmul keeps at least when padding picks its tiles (4 per llvmpipe thread). */
 const MATMUL_MIN_GROUPS = 8;
@@ -279,9 +281,9 @@ export interface OpsOptions {
    * probability load serves more multiply-adds (attention_scores.wgsl SPAN, attention_values.wgsl
    * CHUNKS). */
   attentionBlocks?: boolean;
-  /** The q/k heads' norm and RoPE with one lane per (token, head) row (default true; false: a
-   * workgroup of 64 per row, the baseline, whose barriers cost llvmpipe more than the row's
-   * arithmetic). Bit-identical either way. */
+  /** The q/k heads' norm and RoPE with one lane per (token, head) row, and rmsnorm too for steps
+   * of LANE_NORM_ROWS rows or more (default true; false: a workgroup of 64 per row, the baseline,
+   * whose barriers cost llvmpipe more than the row's arithmetic). Bit-identical either way. */
   laneNorms?: boolean;
   /** Each pipeline's private arrays sized to what it uses (default true; false: the baseline,
    * every array at the kernel's declared maximum): matmul's accumulators to its tokens, the tiled
@@ -469,17 +471,31 @@ export class Ops implements OpsApi {
     },
   ): Op {
     const rows = a.groups;
-    return this.simple(
+    const bindings: BindingKind[] = ["uniform", "uniform", "read", "rw", "rw"];
+    const spec: KernelSpec = {
+      kernel: "rmsnorm",
+      bindings,
+      prelude: ["workgroup_sum"],
+      expect: { WG: WG_64 },
+    };
+    const lanesSpec: KernelSpec = { kernel: "rmsnorm_lanes", bindings, expect: { WG: WG_64 } };
+    const params = [a.dim, a.groups, { f32: a.eps }];
+    for (const sp of [spec, lanesSpec]) this.shaders.checkParams(sp, params.length);
+    const perRow = this.shaders.pipeline(spec);
+    const lanes = this.laneNorms ? this.shaders.pipeline(lanesSpec) : null;
+    const bindGroup = this.bind("rmsnorm", bindings, [
+      this.params("rmsnorm", params),
+      a.weight,
+      a.x,
+      a.out,
+    ]);
+    // a lane per row once a step has enough rows to fill lanes (LANE_NORM_ROWS)
+    const byLane = (t: number) => lanes !== null && t * rows >= LANE_NORM_ROWS;
+    return new PreparedOp(
       "rmsnorm",
-      {
-        kernel: "rmsnorm",
-        bindings: ["uniform", "uniform", "read", "rw", "rw"],
-        prelude: ["workgroup_sum"],
-        expect: { WG: WG_64 },
-      },
-      [a.dim, a.groups, { f32: a.eps }],
-      [a.weight, a.x, a.out],
-      (t) => t * rows,
+      bindGroup,
+      (t) => byLane(t) ? lanes! : perRow,
+      (t) => byLane(t) ? ceilDiv(t * rows, WG_64) : t * rows,
     );
   }
 
