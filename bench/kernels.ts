@@ -122,9 +122,10 @@ function matmulOp(
   K: number,
   T: number,
   layout: "rows" | "rows8",
+  from = ops,
 ): Op {
   const buffer = storage(weightBytes(dtype, Math.ceil(N / 8) * 8 * K), WEIGHT_BITS);
-  return ops.matmul({
+  return from.matmul({
     x: storage(T * K * 4),
     w: { buffer, dtype, offsetElems: 0, layout },
     out: storage(T * N * 4),
@@ -134,6 +135,32 @@ function matmulOp(
     outOffset: 0,
     accumulate: false,
   });
+}
+
+/** Attention of a T-token prefill step ending at `positions`: the op and its FLOP (4 x heads x
+ * head_dim x the positions the step's tokens attend to). */
+function attentionOp(
+  from: Ops,
+  heads: number,
+  kvHeads: number,
+  headDim: number,
+  T: number,
+  positions: number,
+): { op: Op; flop: number } {
+  let attended = 0;
+  for (let t = 0; t < T; t++) attended += positions - T + t + 1;
+  const kv = () => storage(positions * kvHeads * headDim * 4, 0x3c003c00);
+  const op = from.attention({
+    q: storage(T * heads * headDim * 4, 0x3c003c00),
+    kCache: kv(),
+    vCache: kv(),
+    out: storage(T * heads * headDim * 4),
+    numHeads: heads,
+    numKvHeads: kvHeads,
+    headDim,
+    scale: 1 / Math.sqrt(headDim),
+  });
+  return { op, flop: 4 * heads * headDim * attended };
 }
 
 /** Both expert stages for T tokens, each routed to K distinct experts of E (pseudo-random). Expert
@@ -235,7 +262,8 @@ function rateRow(
 }
 
 /** Private arrays at their declared maximum (the baseline) and sized to each pipeline, alternating:
- * the 8-token matmul (a step of 8-31 tokens: batched decode, short prompts), the tiled expert
+ * the 8-token matmul (steps of 2-8 or 17-24 tokens: batched decode, short prompts) and the 16-token
+ * one at 64 tokens (its arrays full either way), the tiled expert
  * kernels with 4-pair tiles (Qwen3-30B-A3B's 128 experts at a 64-token step), attention with 2
  * query heads per kv head (the default model's). */
 async function arrayRows(): Promise<void> {
@@ -244,20 +272,10 @@ async function arrayRows(): Promise<void> {
       (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
   );
   const variants = [["declared", maxArrayOps], ["exact", ops]] as const;
-  for (const T of [16, 64]) {
+  for (const T of [8, 64]) {
     const [N, K] = [4096, 2048];
     for (const [name, from] of variants) {
-      const buffer = storage(weightBytes("bf16", N * K), WEIGHT_BITS);
-      const op = from.matmul({
-        x: storage(T * K * 4),
-        w: { buffer, dtype: "bf16", offsetElems: 0, layout: "rows8" },
-        out: storage(T * N * 4),
-        K,
-        N,
-        outStride: N,
-        outOffset: 0,
-        accumulate: false,
-      });
+      const op = matmulOp("bf16", N, K, T, "rows8", from);
       rateRow(`matmul bf16 ${N}x${K} T${T}`, name, 2 * T * N * K, await time([op], T));
       release();
     }
@@ -270,21 +288,8 @@ async function arrayRows(): Promise<void> {
     release();
   }
   for (const [name, from] of variants) {
-    const Hq = 16, Hkv = 8, Dh = 64, T = 64, positions = 512, pos0 = positions - T;
-    let attended = 0;
-    for (let t = 0; t < T; t++) attended += pos0 + t + 1;
-    const kv = () => storage(positions * Hkv * Dh * 4, 0x3c003c00);
-    const op = from.attention({
-      q: storage(T * Hq * Dh * 4, 0x3c003c00),
-      kCache: kv(),
-      vCache: kv(),
-      out: storage(T * Hq * Dh * 4),
-      numHeads: Hq,
-      numKvHeads: Hkv,
-      headDim: Dh,
-      scale: 1 / Math.sqrt(Dh),
-    });
-    rateRow(`attention H16/8 D64 at 512`, name, 4 * Hq * Dh * attended, await time([op], T, pos0));
+    const { op, flop } = attentionOp(from, 16, 8, 64, 64, 512);
+    rateRow(`attention H16/8 D64 at 512`, name, flop, await time([op], 64, 512 - 64));
     release();
   }
 }
@@ -337,18 +342,7 @@ for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
   const T = 64;
   const flop = 2 * T * N * K;
   for (const [name, from] of [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps]] as const) {
-    const buffer = storage(weightBytes("bf16", Math.ceil(N / 8) * 8 * K), WEIGHT_BITS);
-    const op = from.matmul({
-      x: storage(T * K * 4),
-      w: { buffer, dtype: "bf16", offsetElems: 0, layout: "rows8" },
-      out: storage(T * N * 4),
-      K,
-      N,
-      outStride: N,
-      outOffset: 0,
-      accumulate: false,
-    });
-    const s = await time([op], T);
+    const s = await time([matmulOp("bf16", N, K, T, "rows8", from)], T);
     rateRow(`matmul bf16 ${N}x${K}`, name, flop, s);
     release();
   }
@@ -381,28 +375,15 @@ console.log(
     (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
 );
 for (const positions of [512, 2048]) {
-  const Hq = 32, Hkv = 4, Dh = 128, T = 64, pos0 = positions - T;
-  let attended = 0;
-  for (let t = 0; t < T; t++) attended += pos0 + t + 1;
-  const flop = 4 * Hq * Dh * attended;
+  const T = 64;
   const variants = [
     ["one-pass", onePassOps],
     ["3-pass", unblockedOps],
     ["3-pass blk", ops],
   ] as const;
   for (const [name, from] of variants) {
-    const kv = () => storage(positions * Hkv * Dh * 4, 0x3c003c00);
-    const op = from.attention({
-      q: storage(T * Hq * Dh * 4, 0x3c003c00),
-      kCache: kv(),
-      vCache: kv(),
-      out: storage(T * Hq * Dh * 4),
-      numHeads: Hq,
-      numKvHeads: Hkv,
-      headDim: Dh,
-      scale: 1 / Math.sqrt(Dh),
-    });
-    const s = await time([op], T, pos0);
+    const { op, flop } = attentionOp(from, 32, 4, 128, T, positions);
+    const s = await time([op], T, positions - T);
     rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
     release();
   }
