@@ -1,9 +1,8 @@
 // Per-head RMSNorm then rotate-half RoPE of this step's queries and keys, in place, one lane per
 // (token, head) row (head_norm_rope.wgsl spends a workgroup of 64 on each: on llvmpipe its eight
 // barriers a row cost more than the row's arithmetic). The row's sum of squares is added in
-// workgroup_sum.wgsl's order (64 partial sums, element i into partial i % 64 in increasing i, then
-// the same halving tree), so the results equal head_norm_rope.wgsl's, and rmsnorm then rope, bit
-// for bit. Rows: the q heads of a token first, then its k heads.
+// workgroup_sum.wgsl's order (lane_sum.wgsl), so the results equal head_norm_rope.wgsl's, and
+// rmsnorm then rope, bit for bit. Rows: the q heads of a token first, then its k heads.
 
 struct Params {
   q_heads: u32,
@@ -20,8 +19,6 @@ struct Params {
 @group(0) @binding(6) var<storage, read_write> k: array<f32>; // [T, k_heads*head_dim]
 
 const WG: u32 = 64u;
-/** The partial sums of workgroup_sum.wgsl's 64 lanes. */
-const PARTS: u32 = 64u;
 
 fn load(is_q: bool, i: u32) -> f32 {
   if (is_q) {
@@ -54,17 +51,12 @@ fn main(
   let is_q = h < p.q_heads;
   let D = p.head_dim;
   let base = select((t * p.k_heads + h - p.q_heads) * D, (t * p.q_heads + h) * D, is_q);
-  var part: array<f32, PARTS>;
+  var part: array<f32, LANE_PARTS>;
   for (var i = 0u; i < D; i++) {
     let v = load(is_q, base + i);
-    part[i % PARTS] += v * v;
+    part[i % LANE_PARTS] += v * v;
   }
-  for (var stride = PARTS / 2u; stride > 0u; stride >>= 1u) {
-    for (var j = 0u; j < stride; j++) {
-      part[j] += part[j + stride];
-    }
-  }
-  let inv = 1.0 / sqrt(part[0] / f32(D) + p.eps);
+  let inv = 1.0 / sqrt(lane_sum_total(part) / f32(D) + p.eps);
   let half = D / 2u;
   let pos = step.tokens[t].y * D;
   for (var i = 0u; i < half; i++) {

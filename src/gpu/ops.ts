@@ -478,7 +478,12 @@ export class Ops implements OpsApi {
       prelude: ["workgroup_sum"],
       expect: { WG: WG_64 },
     };
-    const lanesSpec: KernelSpec = { kernel: "rmsnorm_lanes", bindings, expect: { WG: WG_64 } };
+    const lanesSpec: KernelSpec = {
+      kernel: "rmsnorm_lanes",
+      bindings,
+      prelude: ["lane_sum"],
+      expect: { WG: WG_64 },
+    };
     const params = [a.dim, a.groups, { f32: a.eps }];
     for (const sp of [spec, lanesSpec]) this.shaders.checkParams(sp, params.length);
     const perRow = this.shaders.pipeline(spec);
@@ -650,7 +655,7 @@ export class Ops implements OpsApi {
       "headNormRope",
       {
         kernel: lanes ? "head_norm_rope_lanes" : "head_norm_rope",
-        prelude: lanes ? [] : ["workgroup_sum"],
+        prelude: [lanes ? "lane_sum" : "workgroup_sum"],
         expect: { WG: WG_64 },
         bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
       },
