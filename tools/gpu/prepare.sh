@@ -24,7 +24,8 @@ if ! ls "$dev"/gl/libvulkan1_*.deb >/dev/null 2>&1; then
     libgles2 >/dev/null)
 fi
 tmp=$(mktemp -d)
-DENO_DIR="$tmp" ./bin/deno cache bench/gpu_report.ts bench/kernels.ts bench/decode.ts >/dev/null
+DENO_DIR="$tmp" ./bin/deno cache bench/gpu_report.ts bench/kernels.ts bench/decode.ts \
+  bench/profile.ts >/dev/null
 tar -cJf "$dev/deno_dir.tar.xz" -C "$tmp" npm
 rm -rf "$tmp"
 du -sh "$dev"/deno.xz "$dev"/gl "$dev"/deno_dir.tar.xz

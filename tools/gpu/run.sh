@@ -6,6 +6,8 @@
 #                   prefill tokens/s and its logits of a fixed prompt (the model is written first)
 #   transformers.json  tools/gpu/transformers_run.py: transformers' logits against the runtime's,
 #                   its bf16 eager prefill and decode tokens/s on the same checkpoint
+#   profile.txt     bench/profile.ts: that model's 512-token prefill (SMALL: 32) and 8 decode steps, each op's
+#                   GPU time by timestamp queries
 #   kernels.txt     bench/kernels.ts: per-kernel GB/s and GFLOP/s (timestamp queries)
 #   *.log           what each printed
 # LOCAL=1 skips the .debs (a machine with its own Vulkan loader); SMALL=1 writes the SMALL model.
@@ -43,6 +45,11 @@ if python3 -c "import transformers, torch; assert torch.cuda.is_available()" 2>/
 else
   echo "transformers_run: skipped (no transformers, or no CUDA device for torch)"
 fi
+ptokens=512
+if [ -n "${SMALL:-}" ]; then ptokens=32; fi
+timeout 90 "$deno" run --cached-only -A --unstable-webgpu bench/profile.ts --dir "$model" \
+  --tokens "$ptokens" --decode 8 --reps 1 >"$OUT/profile.txt" 2>&1
+echo "profile: exit $?"
 timeout 150 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
 echo "kernels: exit $?"
 rm -rf "$work"
