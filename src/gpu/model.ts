@@ -955,15 +955,17 @@ export class GpuModel implements LanguageModel, SessionHost {
     const D = this.config.hiddenSize;
     let pass = enc.beginComputePass();
     this.finalNormOp.record(pass, T);
-    const rows = picked ?? (lastOnly && T > 1 ? [T - 1] : null);
-    if (rows !== null) {
+    // rows the head runs on alone, copied to act.xRows: the picked ones, or the last
+    const n = picked ? picked.length : lastOnly && T > 1 ? 1 : 0;
+    if (n > 0) {
       pass.end();
-      rows.forEach((r, i) => {
+      for (let i = 0; i < n; i++) {
+        const r = picked ? picked[i] : T - 1;
         enc.copyBufferToBuffer(this.act.xn, r * D * 4, this.act.xRows, i * D * 4, D * 4);
-      });
+      }
       pass = enc.beginComputePass();
     }
-    const [ops, t] = rows !== null ? [this.headPicked, rows.length] : [this.headAll, T];
+    const [ops, t] = n > 0 ? [this.headPicked, n] : [this.headAll, T];
     this.stats.headRows += t;
     const hg = this.headGate;
     if (gate !== undefined && hg !== null) {
@@ -1154,8 +1156,8 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
       // the earlier chunks' routing first (each a full chunk of maxBatch tokens)
-      for (const routing of await Promise.all(early)) {
-        this.sched.countHits(routing, this.maxBatch, 0, c.numLayers, this.maxBatch);
+      for (const chunk of early) {
+        this.sched.countHits(await chunk, this.maxBatch, 0, c.numLayers, this.maxBatch);
       }
       this.sched.countHits(r.routing, this.maxBatch, 0, c.numLayers, T);
       return r.logits;

@@ -322,7 +322,8 @@ export class Ops implements OpsApi {
   /** Whether the attention passes block several positions / head-dim chunks per lane. */
   private attentionBlocks: boolean;
 
-  /** Whether the q/k heads' norm and RoPE take one lane per row (head_norm_rope_lanes.wgsl). */
+  /** Whether the q/k heads' norm and RoPE take one lane per row (head_norm_rope_lanes.wgsl), and
+   * rmsnorm from LANE_NORM_ROWS rows (rmsnorm_lanes.wgsl). */
   private laneNorms: boolean;
 
   /** Whether pipelines size their private arrays to what they use (OpsOptions.exactArrays). */

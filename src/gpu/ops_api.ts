@@ -57,9 +57,10 @@ export interface WeightRef {
   offsetElems: number;
   /** "rows" (default): row-major. "rows8" (f32/f16/bf16, K a multiple of 8): each block of 8 rows
    * stored column chunk by column chunk, the 8 rows' 8 elements of a chunk together, the last
-   * block padded (src/gpu/resident.ts repackRows8; matmul.wgsl); for q8_0 (K a multiple of 32)
-   * the same order in int8 with each group of 32 columns led by its 8 rows' scales
-   * (repackQ8Rows8, kernels/weights_q8_0_rows8.wgsl). Only matmul reads it. */
+   * block padded (src/gpu/resident.ts repackRows8; matmul.wgsl); for q8_0, q4_0, q5_0 (K a
+   * multiple of 32) and q6_k, q4_k (of 256) each group of 8 rows' blocks rearranged, the same
+   * bytes, so that a chunk's 8 rows load as a few vectors (repackQ8Rows8, repackQ4Rows8,
+   * repackQ6KRows8, repackQ4KRows8; kernels/weights_<type>_rows8.wgsl). Only matmul reads it. */
   layout?: "rows" | "rows8";
 }
 
