@@ -85,7 +85,7 @@ async function bench(name: string, dir: string, tokens: number, reps: number): P
   try {
     for (let rep = 0; rep <= reps; rep++) {
       for (const [i, model] of models.entries()) {
-        let s = model.newSession();
+        const s = model.newSession();
         const t0 = performance.now();
         await s.forward(prompt, { lastOnly: true });
         const prefillMs = performance.now() - t0;

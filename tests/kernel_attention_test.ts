@@ -8,12 +8,16 @@ import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel
  * chunk per lane (must agree bit for bit: the same sums in the same order), the one-pass kernel
  * used past its budget, and the three-pass kernels with their private arrays at the declared
  * maxima (exactArrays: false; bit for bit too). */
+const SCRATCH = { attentionScratchBytes: 80 << 20 }; // three passes on any adapter
 const VARIANTS: [string, Ops][] = [
-  ["3-pass", ops],
-  ["3-pass, one position / chunk a lane", new Ops(gpu, { attentionBlocks: false })],
+  ["3-pass", new Ops(gpu, SCRATCH)],
+  ["3-pass, one position / chunk a lane", new Ops(gpu, { ...SCRATCH, attentionBlocks: false })],
   ["1-pass", new Ops(gpu, { attentionScratchBytes: 0 })],
-  ["3-pass, arrays at their declared maxima", new Ops(gpu, { exactArrays: false })],
+  ["3-pass, arrays at their declared maxima", new Ops(gpu, { ...SCRATCH, exactArrays: false })],
 ];
+/** llvmpipe ends a shader invocation after 65535 loop iterations: the one-pass kernel refuses
+ * caches longer than it can finish there (other adapters have no such limit). */
+const LLVMPIPE = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
 
 /** f32 softmax and sums over up to ~1500 positions, relative to the largest output. */
 const TOL = 2e-6;
@@ -105,7 +109,8 @@ gpuTest(
     // one instead of four allowed 26048 positions, and 26002 gave a relative error of 0.13. Sums
     // of 25536 positions in f32 round further than the ~1500 of the other cases.
     await check({ T: 2, pos0: 25536 - 4, heads: 16, kvHeads: 1, headDim: 128 }, LONG_TOL);
-    // One block more is refused (the old count let it through, into wrong numbers).
+    // One block more is refused on llvmpipe (the old count let it through, into wrong numbers).
+    if (!LLVMPIPE) return;
     const positions = 25536 + 64;
     assert.throws(
       () =>

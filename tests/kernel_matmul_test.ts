@@ -11,7 +11,7 @@ const TOL = 2e-6;
 const DTYPES: WeightDType[] = ["f32", "bf16", "f16"];
 /** [K, offsetElems, T]: K % 8 = 0 or 4 (tail columns); offset 8 takes the vector weight loader
  * (16-byte rows) where K allows, offset 6 the scalar one; T = 1 decode, 2-31 tiles of 8 tokens,
- * 32+ tiles of 16 (40, 33: a partial last tile). */
+ * 32+ tiles of 16 (40, 33: a partial last tile) in matmul.wgsl. */
 const CASES: [number, number, number][] = [
   [136, 8, 1],
   [136, 8, 3],
@@ -23,74 +23,91 @@ const CASES: [number, number, number][] = [
   [136, 6, 1],
   [140, 6, 7],
   [136, 6, 33],
+  // K a multiple of 32 (matmul_tiled.wgsl past 8 tokens): one tile of tokens, two (the second
+  // partial), the scalar loader
+  [128, 8, 9],
+  [160, 8, 70],
+  [96, 6, 33],
 ];
 /** Neither a multiple of the workgroup size (64) nor of the rows per invocation (4). */
 const ROWS = 75;
+/** The kernels steps can take: matmul.wgsl (8 rows a lane, its tiles of tokens in a lane:
+ * llvmpipe's default), and matvec.wgsl (T <= 8: a workgroup per 8 rows) with matmul_tiled.wgsl
+ * (longer steps, K a multiple of 32: 64 x 64 tiles staged in workgroup memory; other adapters'
+ * default). */
+const KERNELS: [string, Ops][] = [
+  ["matmul.wgsl", new Ops(gpu, { coalescedMatvec: false, workgroupTiles: false })],
+  ["matvec.wgsl, matmul_tiled.wgsl", new Ops(gpu, { coalescedMatvec: true, workgroupTiles: true })],
+];
 
-for (const dtype of DTYPES) {
-  gpuTest(
-    `matmul() matches the float64 reference for ${dtype} weights, any K/offset/T`,
-    async () => {
-      for (const [K, offsetElems, T] of CASES) {
-        const w = pack(randomF32(offsetElems + ROWS * K, 11), dtype);
-        const x = randomF32(T * K, 100 + T);
-        const out = buffer(T * ROWS * 4);
-        const op = ops.matmul({
-          x: buffer(x),
-          w: { buffer: buffer(w.words), dtype, offsetElems },
-          out,
-          K,
-          N: ROWS,
-          outStride: ROWS,
-          outOffset: 0,
-          accumulate: false,
-        });
-        run([op], T);
-        const got = await readF32(gpu, out, 0, T * ROWS);
-        const want = ref.matmul(x, w.values.subarray(offsetElems), T, K, ROWS);
-        assertClose(got, want, TOL, `K=${K} offset=${offsetElems} T=${T}`);
-      }
-    },
-  );
-}
-
-for (const dtype of DTYPES) {
-  gpuTest(
-    `matmul() over rows8 weights (${dtype}) gives exactly what it gives over the same rows`,
-    async () => {
-      const bytes = dtype === "f32" ? 4 : 2;
-      // N = 75: the last block of 8 rows is padded; T: decode, 8-token and 16-token tiles
-      for (const [K, T] of [[136, 1], [64, 9], [136, 40], [8, 3]]) {
-        const w = pack(randomF32(ROWS * K, 21 + K), dtype);
-        const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, bytes);
-        assert.strictEqual(rows8.byteLength, Math.ceil(ROWS / 8) * 8 * K * bytes);
-        const xs = randomF32(T * K, 200 + T);
-        const x = buffer(xs);
-        const outs = [buffer(T * ROWS * 4), buffer(T * ROWS * 4)];
-        const refs = [
-          { buffer: buffer(w.words), dtype, offsetElems: 0 },
-          { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" as const },
-        ];
-        const mm = refs.map((wr, i) =>
-          ops.matmul({
-            x,
-            w: wr,
-            out: outs[i],
+for (const [kernel, o] of KERNELS) {
+  for (const dtype of DTYPES) {
+    gpuTest(
+      `matmul() (${kernel}) matches the float64 reference for ${dtype} weights, any K/offset/T`,
+      async () => {
+        for (const [K, offsetElems, T] of CASES) {
+          const w = pack(randomF32(offsetElems + ROWS * K, 11), dtype);
+          const x = randomF32(T * K, 100 + T);
+          const out = buffer(T * ROWS * 4);
+          const op = o.matmul({
+            x: buffer(x),
+            w: { buffer: buffer(w.words), dtype, offsetElems },
+            out,
             K,
             N: ROWS,
             outStride: ROWS,
             outOffset: 0,
             accumulate: false,
-          })
-        );
-        run(mm, T);
-        const rows = await readF32(gpu, outs[0], 0, T * ROWS);
-        const blocked = await readF32(gpu, outs[1], 0, T * ROWS);
-        assert.deepStrictEqual(blocked, rows, `K=${K} T=${T}`);
-        assertClose(blocked, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
-      }
-    },
-  );
+          });
+          run([op], T, 0, o.step);
+          const got = await readF32(gpu, out, 0, T * ROWS);
+          const want = ref.matmul(x, w.values.subarray(offsetElems), T, K, ROWS);
+          assertClose(got, want, TOL, `${kernel} K=${K} offset=${offsetElems} T=${T}`);
+        }
+      },
+    );
+  }
+}
+
+for (const [kernel, o] of KERNELS) {
+  for (const dtype of DTYPES) {
+    gpuTest(
+      `matmul() (${kernel}) over rows8 weights (${dtype}) gives exactly what it gives over the same rows`,
+      async () => {
+        const bytes = dtype === "f32" ? 4 : 2;
+        // N = 75: the last block of 8 rows is padded; T: decode, 8-token and 16-token tiles
+        for (const [K, T] of [[136, 1], [64, 9], [136, 40], [8, 3], [128, 70]]) {
+          const w = pack(randomF32(ROWS * K, 21 + K), dtype);
+          const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, bytes);
+          assert.strictEqual(rows8.byteLength, Math.ceil(ROWS / 8) * 8 * K * bytes);
+          const xs = randomF32(T * K, 200 + T);
+          const x = buffer(xs);
+          const outs = [buffer(T * ROWS * 4), buffer(T * ROWS * 4)];
+          const refs = [
+            { buffer: buffer(w.words), dtype, offsetElems: 0 },
+            { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" as const },
+          ];
+          const mm = refs.map((wr, i) =>
+            o.matmul({
+              x,
+              w: wr,
+              out: outs[i],
+              K,
+              N: ROWS,
+              outStride: ROWS,
+              outOffset: 0,
+              accumulate: false,
+            })
+          );
+          run(mm, T, 0, o.step);
+          const rows = await readF32(gpu, outs[0], 0, T * ROWS);
+          const blocked = await readF32(gpu, outs[1], 0, T * ROWS);
+          assert.deepStrictEqual(blocked, rows, `${kernel} K=${K} T=${T}`);
+          assertClose(blocked, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
+        }
+      },
+    );
+  }
 }
 
 gpuTest(
@@ -170,37 +187,44 @@ gpuTest(
   },
 );
 
-gpuTest("matmul() honours outOffset, outStride and accumulate (bf16, T=5)", async () => {
-  const K = 64, N = 10, T = 5, stride = 32, offset = 7;
-  const w = pack(randomF32(N * K, 3), "bf16");
-  const x = randomF32(T * K, 4);
-  const initial = randomF32(T * stride, 5);
-  const out = buffer(initial);
-  const op = ops.matmul({
-    x: buffer(x),
-    w: { buffer: buffer(w.words), dtype: "bf16", offsetElems: 0 },
-    out,
-    K,
-    N,
-    outStride: stride,
-    outOffset: offset,
-    accumulate: true,
-  });
-  run([op], T);
-  const got = await readF32(gpu, out, 0, T * stride);
-  const prod = ref.matmul(x, w.values, T, K, N);
-  const want = Float64Array.from(initial);
-  for (let t = 0; t < T; t++) {
-    for (let n = 0; n < N; n++) want[t * stride + offset + n] += prod[t * N + n];
-  }
-  assertClose(got, want, TOL, "accumulate");
-  // Elements outside [offset, offset + N) of each row are untouched, bit for bit.
-  for (let t = 0; t < T; t++) {
-    for (const i of [0, offset - 1, offset + N, stride - 1]) {
-      assert.strictEqual(got[t * stride + i], initial[t * stride + i], `t=${t} i=${i}`);
-    }
-  }
-});
+for (const [kernel, o] of KERNELS) {
+  gpuTest(
+    `matmul() (${kernel}) honours outOffset, outStride and accumulate (bf16, T=5 and 40)`,
+    async () => {
+      for (const T of [5, 40]) {
+        const K = 64, N = 10, stride = 32, offset = 7;
+        const w = pack(randomF32(N * K, 3), "bf16");
+        const x = randomF32(T * K, 4);
+        const initial = randomF32(T * stride, 5);
+        const out = buffer(initial);
+        const op = o.matmul({
+          x: buffer(x),
+          w: { buffer: buffer(w.words), dtype: "bf16", offsetElems: 0 },
+          out,
+          K,
+          N,
+          outStride: stride,
+          outOffset: offset,
+          accumulate: true,
+        });
+        run([op], T, 0, o.step);
+        const got = await readF32(gpu, out, 0, T * stride);
+        const prod = ref.matmul(x, w.values, T, K, N);
+        const want = Float64Array.from(initial);
+        for (let t = 0; t < T; t++) {
+          for (let n = 0; n < N; n++) want[t * stride + offset + n] += prod[t * N + n];
+        }
+        assertClose(got, want, TOL, `accumulate T=${T}`);
+        // Elements outside [offset, offset + N) of each row are untouched, bit for bit.
+        for (let t = 0; t < T; t++) {
+          for (const i of [0, offset - 1, offset + N, stride - 1]) {
+            assert.strictEqual(got[t * stride + i], initial[t * stride + i], `t=${t} i=${i}`);
+          }
+        }
+      }
+    },
+  );
+}
 
 gpuTest("matmul() reads a matrix deep inside a larger buffer (bound by range)", async () => {
   const K = 64, N = 9, T = 2;
@@ -246,60 +270,72 @@ gpuTest("matmul() rejects a matrix that runs past its buffer with OpConfigError"
   return Promise.resolve();
 });
 
-gpuTest(
-  "matmul() with a split writes rows [0,k) to out, [k,v) to kOut and [v,N) to vOut, bit for bit as three matmuls",
-  async () => {
-    // 75 stacked rows, cut at 37 and 59 (inside 8-row blocks), row-major and rows8, T = 1, 7, 40
-    const K = 136, N = ROWS, cut = [37, 59];
-    const widths = [cut[0], cut[1] - cut[0], N - cut[1]];
-    for (const layout of ["rows", "rows8"] as const) {
-      const w = pack(randomF32(N * K, 21), "bf16");
-      const words = layout === "rows8"
-        ? repackRows8(new Uint8Array(w.words.buffer), N, K, 2)
-        : new Uint8Array(w.words.buffer);
-      const weights = { buffer: buffer(new Uint32Array(words.buffer)), dtype: "bf16" as const };
-      for (const T of [1, 7, 40]) {
-        const x = buffer(randomF32(T * K, 200 + T));
-        const outs = widths.map((n) => buffer(T * n * 4));
-        run([ops.matmul({
-          x,
-          w: { ...weights, offsetElems: 0, layout },
-          out: outs[0],
-          K,
-          N,
-          outStride: cut[0],
-          outOffset: 0,
-          accumulate: false,
-          split: { k: cut[0], v: cut[1], kOut: outs[1], vOut: outs[2] },
-        })], T);
-        // each part alone: the same rows as their own matrix (row-major, from the same words)
-        const rowMajor = new Uint32Array(w.words.buffer);
-        let first = 0;
-        for (const [i, n] of widths.entries()) {
-          const part = buffer(rowMajor.slice((first * K) / 2, ((first + n) * K) / 2));
-          const alone = buffer(T * n * 4);
-          run([ops.matmul({
-            x,
-            w: { buffer: part, dtype: "bf16", offsetElems: 0 },
-            out: alone,
-            K,
-            N: n,
-            outStride: n,
-            outOffset: 0,
-            accumulate: false,
-          })], T);
-          const got = await readF32(gpu, outs[i], 0, T * n);
-          assert.deepStrictEqual(
-            got,
-            await readF32(gpu, alone, 0, T * n),
-            `${layout} T=${T} part ${i}`,
+for (const [kernel, o] of KERNELS) {
+  gpuTest(
+    `matmul() (${kernel}) with a split writes rows [0,k) to out, [k,v) to kOut and [v,N) to vOut, bit for bit as three matmuls`,
+    async () => {
+      // 75 stacked rows, cut at 37 and 59 (inside 8-row blocks), row-major and rows8, T = 1, 7, 40
+      const K = 160, N = ROWS, cut = [37, 59];
+      const widths = [cut[0], cut[1] - cut[0], N - cut[1]];
+      for (const layout of ["rows", "rows8"] as const) {
+        const w = pack(randomF32(N * K, 21), "bf16");
+        const words = layout === "rows8"
+          ? repackRows8(new Uint8Array(w.words.buffer), N, K, 2)
+          : new Uint8Array(w.words.buffer);
+        const weights = { buffer: buffer(new Uint32Array(words.buffer)), dtype: "bf16" as const };
+        for (const T of [1, 7, 40]) {
+          const x = buffer(randomF32(T * K, 200 + T));
+          const outs = widths.map((n) => buffer(T * n * 4));
+          run(
+            [o.matmul({
+              x,
+              w: { ...weights, offsetElems: 0, layout },
+              out: outs[0],
+              K,
+              N,
+              outStride: cut[0],
+              outOffset: 0,
+              accumulate: false,
+              split: { k: cut[0], v: cut[1], kOut: outs[1], vOut: outs[2] },
+            })],
+            T,
+            0,
+            o.step,
           );
-          first += n;
+          // each part alone: the same rows as their own matrix (row-major, from the same words)
+          const rowMajor = new Uint32Array(w.words.buffer);
+          let first = 0;
+          for (const [i, n] of widths.entries()) {
+            const part = buffer(rowMajor.slice((first * K) / 2, ((first + n) * K) / 2));
+            const alone = buffer(T * n * 4);
+            run(
+              [o.matmul({
+                x,
+                w: { buffer: part, dtype: "bf16", offsetElems: 0 },
+                out: alone,
+                K,
+                N: n,
+                outStride: n,
+                outOffset: 0,
+                accumulate: false,
+              })],
+              T,
+              0,
+              o.step,
+            );
+            const got = await readF32(gpu, outs[i], 0, T * n);
+            assert.deepStrictEqual(
+              got,
+              await readF32(gpu, alone, 0, T * n),
+              `${layout} T=${T} part ${i}`,
+            );
+            first += n;
+          }
         }
       }
-    }
-  },
-);
+    },
+  );
+}
 
 gpuTest("matmul() refuses a split with accumulate or a wrong stride", () => {
   const w = { buffer: buffer(64 * 8 * 4), dtype: "f32" as const, offsetElems: 0 };

@@ -16,6 +16,7 @@ import { gpu, gpuTest } from "./kernel_harness.ts";
 
 const EXPERT_KERNELS = [
   "experts_gate_up",
+  "experts_gate_up_matvec",
   "experts_down",
   "experts_gate_up_tiled",
   "experts_down_tiled",

@@ -146,9 +146,20 @@ export interface GpuModelOptions {
   /** Attention passes with several positions / head-dim chunks per lane (OpsOptions.attentionBlocks,
    * default true; false: one each, the baseline). */
   attentionBlocks?: boolean;
-  /** The q/k heads' norm and RoPE with one lane per row (OpsOptions.laneNorms, default true;
-   * false: a workgroup per row, the baseline). Bit-identical either way. */
+  /** The q/k heads' norm and RoPE with one lane per row (OpsOptions.laneNorms, default on
+   * llvmpipe; false: a workgroup per row, the baseline and other adapters' default).
+   * Bit-identical either way. */
   laneNorms?: boolean;
+  /** Decode matmuls in matvec.wgsl, a workgroup per 8 rows (OpsOptions.coalescedMatvec, default on
+   * adapters other than llvmpipe; false: matmul.wgsl, the kernels issue's baseline). */
+  coalescedMatvec?: boolean;
+  /** Prefill matmuls in matmul_tiled.wgsl, slices staged in workgroup memory
+   * (OpsOptions.workgroupTiles, default on adapters other than llvmpipe; false: matmul.wgsl's
+   * tiles in a lane, the kernels issue's baseline). */
+  workgroupTiles?: boolean;
+  /** Bytes of scores for the three-pass attention (OpsOptions.attentionScratchBytes; default 80
+   * MiB on llvmpipe, 0 elsewhere: one pass). */
+  attentionScratchBytes?: number;
   /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
    * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
   exactArrays?: boolean;
@@ -401,16 +412,19 @@ export class GpuModel implements LanguageModel, SessionHost {
       laneNorms: opts.laneNorms,
       exactArrays: opts.exactArrays,
       paddedTiles: opts.paddedTiles,
+      coalescedMatvec: opts.coalescedMatvec,
+      workgroupTiles: opts.workgroupTiles,
+      attentionScratchBytes: opts.attentionScratchBytes,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
-    // Without a maxBatch, no more than the three-pass attention takes at this context either
-    // (steps past it run the one-pass kernel, several times slower), unless that is below
-    // MIN_DEFAULT_BATCH.
+    // Without a maxBatch, where the ops take three attention passes (llvmpipe), no more than they
+    // take at this context either (steps past it run the one-pass kernel, several times slower
+    // there), unless that is below MIN_DEFAULT_BATCH.
     const logitRows = Math.floor(device.limits.maxStorageBufferBindingSize / (c.vocabSize * 4));
-    const attentionRows = Math.max(
-      MIN_DEFAULT_BATCH,
-      this.ops.attentionPassTokens(c.numHeads, this.maxContext),
-    );
+    const passTokens = this.ops.attentionPassTokens(c.numHeads, this.maxContext);
+    const attentionRows = this.ops.threePassAttention
+      ? Math.max(MIN_DEFAULT_BATCH, passTokens)
+      : DEFAULT_MAX_BATCH;
     this.maxBatch = Math.max(
       1,
       Math.min(

@@ -63,6 +63,17 @@ const MATMUL_PREFILL_TOKENS = 8;
 const MATMUL_PREFILL_FROM = 2;
 const MATMUL_WIDE_TOKENS = 16;
 const MATMUL_WIDE_FROM = 32;
+/** Lanes of the kernels whose lanes share rows through workgroup memory (matvec.wgsl,
+ * experts_gate_up_matvec.wgsl): 256 on GPUs; 64 on llvmpipe, where they serve tests only and a
+ * 256-lane workgroup compiles 10x slower (13.5 s against 1.3 s for the 8-token matvec). */
+const WG_SHARED = { gpu: 256, llvmpipe: 64 };
+/** matmul_tiled.wgsl's lanes along each side of a tile (TM; 4 rows / tokens each): 16 on GPUs,
+ * 4 on llvmpipe (its 256-lane tile compiled for 2 minutes, a 64-lane one 19 s, 16 lanes 3 s). */
+const TILE_LANES = { gpu: 16, llvmpipe: 4 };
+/** The most tokens a matvec.wgsl workgroup computes (steps of more take the tiles). */
+const MATVEC_TOKENS = 8;
+/** matmul_tiled.wgsl's columns a slice (K a multiple of it). */
+const TILED_BK = 32;
 /** Rows of a step from which rmsnorm takes a lane per row (rmsnorm_lanes.wgsl, with laneNorms). */
 const LANE_NORM_ROWS = 8;
 
@@ -266,7 +277,9 @@ function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
 
 /** Kernel choices (benchmarks and tests select the baselines). */
 export interface OpsOptions {
-  /** Bytes of attention scores kept for the three-pass attention (0: always one pass). */
+  /** Bytes of attention scores kept for the three-pass attention (0: always one pass; default
+   * ATTENTION_SCRATCH_BYTES on llvmpipe, where three passes are faster, 0 on other adapters,
+   * where the one-pass kernel was 6.4x faster over 512 positions on an H200). */
   attentionScratchBytes?: number;
   /** Prefill tiles (default true; false: the kernels issue's baseline): matmul tiles of 16 tokens
    * from 32 tokens a step (else 8), and the expert kernels' large tile chosen by pairs per
@@ -282,8 +295,10 @@ export interface OpsOptions {
    * CHUNKS). */
   attentionBlocks?: boolean;
   /** The q/k heads' norm and RoPE with one lane per (token, head) row, and rmsnorm too for steps
-   * of LANE_NORM_ROWS rows or more (default true; false: a workgroup of 64 per row, the baseline,
-   * whose barriers cost llvmpipe more than the row's arithmetic). Bit-identical either way. */
+   * of LANE_NORM_ROWS rows or more (default on llvmpipe; false: a workgroup of 64 per row, the
+   * baseline, whose barriers cost llvmpipe more than the row's arithmetic, and the default on
+   * other adapters, where a lane's row of 2048 is uncoalesced: 0.73 ms a 128-row rmsnorm on an
+   * H200). Bit-identical either way. */
   laneNorms?: boolean;
   /** Each pipeline's private arrays sized to what it uses (default true; false: the baseline,
    * every array at the kernel's declared maximum): matmul's accumulators to its tokens, the tiled
@@ -295,6 +310,20 @@ export interface OpsOptions {
    * tokens for steps of 9-16, 25-32, 41-48 ... tokens, 8 otherwise; false: the baseline, 16 from
    * 32 tokens a step). Bit-identical either way. */
   paddedTiles?: boolean;
+  /** Steps of up to MATVEC_TOKENS tokens (decode) multiply by f16/bf16/f32 matrices (any dtype
+   * row-major) in matvec.wgsl: a workgroup of 256 lanes per 8 rows reading consecutive words,
+   * partial sums added in workgroup memory; the experts' gate/up stage of steps too few pairs for
+   * the tiled kernels likewise (experts_gate_up_matvec.wgsl: a workgroup per pair and 8 rows).
+   * Default on any adapter but llvmpipe, which wants 8 (4) whole rows a lane; false there: the
+   * kernels issue's baseline. Sums in another order: within the f32 tolerance of the reference,
+   * not bit-identical to matmul.wgsl / experts_gate_up.wgsl. */
+  coalescedMatvec?: boolean;
+  /** Prefill matmuls (steps past matvec.wgsl's, where K is a multiple of 32) in
+   * matmul_tiled.wgsl: 64 rows x 64 tokens a workgroup, each slice of 32 columns of W and x staged
+   * in workgroup memory (default on any adapter but llvmpipe, where staging through workgroup
+   * memory measured 0.59x; false there: matmul.wgsl's tiles in a lane, the baseline). Sums in
+   * another order: within the f32 tolerance of the reference. */
+  workgroupTiles?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -332,16 +361,31 @@ export class Ops implements OpsApi {
   /** Whether the matmul tile is chosen by padding (OpsOptions.paddedTiles). */
   private paddedTiles: boolean;
 
+  /** Whether decode steps take matvec.wgsl (OpsOptions.coalescedMatvec). */
+  private coalescedMatvec: boolean;
+
+  /** Whether prefill steps take matmul_tiled.wgsl (OpsOptions.workgroupTiles). */
+  private workgroupTiles: boolean;
+
+  /** Lanes of the workgroup-sharing kernels on this adapter (WG_SHARED, TILE_LANES). */
+  private sharedWG: number;
+  private tileLanes: number;
+
   constructor(gpu: Gpu, opts: OpsOptions = {}) {
     this.device = gpu.device;
     this.wideTiles = opts.wideTiles ?? true;
     this.interleavedTiles = opts.interleavedTiles ?? true;
     this.attentionBlocks = opts.attentionBlocks ?? true;
-    this.laneNorms = opts.laneNorms ?? true;
+    this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
+    this.laneNorms = opts.laneNorms ?? this.llvmpipe;
     this.exactArrays = opts.exactArrays ?? true;
     this.paddedTiles = opts.paddedTiles ?? true;
-    this.attentionScratchBytes = opts.attentionScratchBytes ?? ATTENTION_SCRATCH_BYTES;
-    this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
+    this.attentionScratchBytes = opts.attentionScratchBytes ??
+      (this.llvmpipe ? ATTENTION_SCRATCH_BYTES : 0);
+    this.coalescedMatvec = opts.coalescedMatvec ?? !this.llvmpipe;
+    this.workgroupTiles = opts.workgroupTiles ?? !this.llvmpipe;
+    this.sharedWG = this.llvmpipe ? WG_SHARED.llvmpipe : WG_SHARED.gpu;
+    this.tileLanes = this.llvmpipe ? TILE_LANES.llvmpipe : TILE_LANES.gpu;
     this.shaders = new Shaders(this.device);
     this.step = this.device.createBuffer({
       label: "step",
@@ -443,7 +487,7 @@ export class Ops implements OpsApi {
     declared: Record<string, number>,
   ): KernelSpec {
     return this.exactArrays
-      ? { ...spec, sizes: exact }
+      ? { ...spec, sizes: { ...spec.sizes, ...exact } }
       : { ...spec, expect: { ...spec.expect, ...declared } };
   }
 
@@ -559,6 +603,34 @@ export class Ops implements OpsApi {
     const wide = this.wideTiles ? this.shaders.pipeline(spec(MATMUL_WIDE_TOKENS)) : null;
     const rowSets = ceilDiv(a.N, MATMUL_ROWS);
     const tokensFor = (t: number) => matmulTokens(t, rowSets, wide !== null, this.paddedTiles);
+    // matvec.wgsl reads a loader's 8 elements at a time: rows8 of the unquantized dtypes only
+    const vecSpec = (tokens: number): KernelSpec =>
+      this.sized(
+        {
+          kernel: "matvec",
+          bindings,
+          weights: loader,
+          constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
+          sizes: { WG: this.sharedWG },
+          expect: { ROWS: MATMUL_ROWS },
+        },
+        { MAX_TOKENS: tokens },
+        { MAX_TOKENS: MATVEC_TOKENS },
+      );
+    const matvec = this.coalescedMatvec && !(blocked && quantRows8)
+      ? [this.shaders.pipeline(vecSpec(1)), this.shaders.pipeline(vecSpec(MATVEC_TOKENS))]
+      : null;
+    const tm = this.tileLanes;
+    const tiledSpec: KernelSpec = {
+      kernel: "matmul_tiled",
+      bindings,
+      weights: loader,
+      constants: { BLOCKED: blocked ? 1 : 0 },
+      sizes: { TM: tm },
+      expect: { BK: TILED_BK },
+    };
+    const tiledK = a.K % TILED_BK === 0 && !(blocked && quantRows8);
+    const tiled = this.workgroupTiles && tiledK ? this.shaders.pipeline(tiledSpec) : null;
     const fields = [
       a.K,
       a.N,
@@ -573,14 +645,24 @@ export class Ops implements OpsApi {
     const params = this.params("matmul", fields);
     const [kOut, vOut] = split ? [split.kOut, split.vOut] : this.noSplitOutputs();
     const bindGroup = this.bind("matmul", bindings, [params, a.x, w.binding, a.out, kOut, vOut]);
+    if (matvec) this.shaders.checkParams(vecSpec(1), fields.length);
+    if (tiled) this.shaders.checkParams(tiledSpec, fields.length);
+    const byMatvec = (t: number) => matvec !== null && t <= MATVEC_TOKENS;
+    const byTiles = (t: number) => tiled !== null && t > 1 && !byMatvec(t);
     return new PreparedOp(
       "matmul",
       bindGroup,
       (t) => {
+        if (byMatvec(t)) return matvec![t === 1 ? 0 : 1];
+        if (byTiles(t)) return tiled!;
         const n = tokensFor(t);
         return n === 1 ? decode : n === MATMUL_WIDE_TOKENS ? wide! : prefill;
       },
-      (t) => ceilDiv(rowSets * ceilDiv(t, tokensFor(t)), WG_MATMUL),
+      (t) => {
+        if (byMatvec(t)) return rowSets;
+        if (byTiles(t)) return ceilDiv(a.N, 4 * tm) * ceilDiv(t, 4 * tm);
+        return ceilDiv(rowSets * ceilDiv(t, tokensFor(t)), WG_MATMUL);
+      },
     );
   }
 
@@ -787,6 +869,11 @@ export class Ops implements OpsApi {
     return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
   }
 
+  /** Whether attention takes three passes where its scores fit (attentionScratchBytes > 0). */
+  get threePassAttention(): boolean {
+    return this.attentionScratchBytes > 0;
+  }
+
   /** Most tokens a step may have for attention() to take the three-pass kernels (their scores
    * [T, heads, positions + 1] in the scratch); past it, the one-pass kernel. */
   attentionPassTokens(heads: number, positions: number): number {
@@ -883,13 +970,28 @@ export class Ops implements OpsApi {
     const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw", "rw"];
     const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
     const pools = { count: g.pools.length, first: fixed.length };
-    const perPair = this.simple(
-      "expertsGateUp",
-      { kernel: "experts_gate_up", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
-      [...params, partOffset, g.slotsPerPool],
-      [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
-      (t) => ceilDiv(t * perToken, WG_64),
-    );
+    const perPair = this.coalescedMatvec
+      ? this.simple(
+        "expertsGateUp",
+        {
+          kernel: "experts_gate_up_matvec",
+          bindings,
+          weights,
+          pools,
+          sizes: { WG: this.sharedWG },
+          expect: { ROWS: MATMUL_ROWS },
+        },
+        [...params, partOffset, g.slotsPerPool],
+        [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
+        (t) => t * k * ceilDiv(inter, MATMUL_ROWS),
+      )
+      : this.simple(
+        "expertsGateUp",
+        { kernel: "experts_gate_up", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
+        [...params, partOffset, g.slotsPerPool],
+        [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
+        (t) => ceilDiv(t * perToken, WG_64),
+      );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.x.size / (hidden * 4)));
     const rowSets = ceilDiv(inter, ROWS);
     const tiled = EXPERT_TILES.map((tile, i) => [
