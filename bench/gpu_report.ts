@@ -11,7 +11,10 @@
  *     resident: greedy decode tokens/s of the adaptive decode loop (median of 3 after an untimed
  *     run) and the weight bytes a token reads, prefill tokens/s of 64/512/2048-token prompts (one
  *     forward each after an untimed one), and the last-token logits of a fixed 16-token prompt
- *     (DIR/runtime_logits.json) that tools/gpu/transformers_run.py compares with transformers'.
+ *     (DIR/runtime_logits.json) that tools/gpu/transformers_run.py compares with transformers';
+ *   - the same with llvmpipe's kernel choices (llvmpipeKernels: 8 rows a lane in decode matmuls,
+ *     lane norms, three-pass attention) beside the adapter's defaults, and how far their logits
+ *     are apart.
  * Prints one JSON object (also written to --out FILE).
  *
  *   ./bin/deno run -A --unstable-webgpu bench/gpu_report.ts --dir DIR [--small] [--out FILE]
@@ -20,7 +23,7 @@ import { parseArgs } from "node:util";
 import { SMALL } from "../weights/fixture.ts";
 import { bytesPerToken, QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { openModelDir } from "../src/model_dir.ts";
-import { GpuModel } from "../src/gpu/model.ts";
+import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./memcpy.ts";
@@ -43,6 +46,13 @@ const shape = values.small
 const REPORT_PROMPT = Array.from({ length: 16 }, (_, i) => (i * 37 + 11) % 500);
 const DECODE_TOKENS = values.small ? 32 : 128;
 const PREFILL_LENGTHS = [64, 512, 2048];
+/** The kernel choices llvmpipe's defaults make, measured beside the adapter's own (on a GPU: the
+ * kernels issue's before and after). */
+const LLVMPIPE_KERNELS: GpuModelOptions = {
+  coalescedMatvec: false,
+  laneNorms: true,
+  attentionScratchBytes: 80 << 20,
+};
 
 /** GB/s of copyBufferToBuffer (bytes read + written), by timestamps when offered. */
 async function copyBandwidth(gpu: Gpu): Promise<{ gbPerS: number; bytes: number; by: string }> {
@@ -136,62 +146,88 @@ try {
 const opened = openModelDir(dir);
 const c = opened.weights.config;
 const maxPrompt = Math.max(...PREFILL_LENGTHS);
-const model = await GpuModel.open(opened.weights, {
-  gpu,
-  maxContext: maxPrompt + 8,
-  expertSource: opened.experts,
-});
-try {
-  // the fixed prompt's last-token logits, for transformers_run.py
-  {
+
+/** Decode and prefill speeds, and the fixed prompt's last-token logits, with `kernels`. */
+async function measure(kernels: GpuModelOptions) {
+  const model = await GpuModel.open(opened.weights, {
+    gpu,
+    maxContext: maxPrompt + 8,
+    expertSource: opened.experts,
+    ...kernels,
+  });
+  try {
     const s = model.newSession();
     const [logits] = await s.forward(REPORT_PROMPT, { lastOnly: true });
     s.free();
-    await Deno.writeTextFile(
-      `${dir}/runtime_logits.json`,
-      JSON.stringify({ prompt: REPORT_PROMPT, logits: Array.from(logits) }),
-    );
-  }
-  const speeds: number[] = [];
-  let readbacks = 0;
-  for (let r = 0; r <= 3; r++) {
-    const s = model.newSession();
-    const res = await s.decode(
-      { feed: REPORT_PROMPT, maxTokens: DECODE_TOKENS, sampling: GREEDY, eosIds: [] },
-      () => undefined,
-    );
-    s.free();
-    if (r === 0) continue; // pipelines compile
-    speeds.push(res.stats.tokens / (res.stats.ms / 1000));
-    readbacks = res.stats.readbacks / res.stats.tokens;
-  }
-  const perToken = bytesPerToken(c, 2);
-  const tokPerS = median(speeds);
-  report.decode = {
-    tokens: DECODE_TOKENS,
-    tokPerS,
-    readbacksPerToken: readbacks,
-    mbPerToken: perToken.total / 1e6,
-    weightGbPerS: (perToken.total * tokPerS) / 1e9,
-  };
-  console.error("decode:", JSON.stringify(report.decode));
-  const prefill: Record<string, number> = {};
-  for (const n of PREFILL_LENGTHS) {
-    const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % c.vocabSize);
-    const ms: number[] = [];
-    for (let r = 0; r < 2; r++) {
+    const speeds: number[] = [];
+    let readbacks = 0;
+    for (let r = 0; r <= 3; r++) {
       const s = model.newSession();
-      const p0 = performance.now();
-      await s.forward(prompt, { lastOnly: true });
-      ms.push(performance.now() - p0);
+      const res = await s.decode(
+        { feed: REPORT_PROMPT, maxTokens: DECODE_TOKENS, sampling: GREEDY, eosIds: [] },
+        () => undefined,
+      );
       s.free();
+      if (r === 0) continue; // pipelines compile
+      speeds.push(res.stats.tokens / (res.stats.ms / 1000));
+      readbacks = res.stats.readbacks / res.stats.tokens;
     }
-    prefill[n] = n / (ms[1] / 1000);
+    const perToken = bytesPerToken(c, 2);
+    const tokPerS = median(speeds);
+    const decode = {
+      tokens: DECODE_TOKENS,
+      tokPerS,
+      readbacksPerToken: readbacks,
+      mbPerToken: perToken.total / 1e6,
+      weightGbPerS: (perToken.total * tokPerS) / 1e9,
+    };
+    console.error("decode:", JSON.stringify(decode));
+    const prefill: Record<string, number> = {};
+    for (const n of PREFILL_LENGTHS) {
+      const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % c.vocabSize);
+      const ms: number[] = [];
+      for (let r = 0; r < 2; r++) {
+        const s = model.newSession();
+        const p0 = performance.now();
+        await s.forward(prompt, { lastOnly: true });
+        ms.push(performance.now() - p0);
+        s.free();
+      }
+      prefill[n] = n / (ms[1] / 1000);
+    }
+    console.error("prefill:", JSON.stringify(prefill));
+    return { decode, prefill, logits, maxBatch: model.maxBatch };
+  } finally {
+    model.destroy();
   }
-  report.prefillTokPerS = prefill;
-  console.error("prefill:", JSON.stringify(prefill));
+}
+
+try {
+  // the adapter's kernels (the runtime's defaults), then llvmpipe's choices on the same adapter
+  console.error("kernels: the adapter's defaults");
+  const after = await measure({});
+  // the fixed prompt's last-token logits, for transformers_run.py
+  await Deno.writeTextFile(
+    `${dir}/runtime_logits.json`,
+    JSON.stringify({ prompt: REPORT_PROMPT, logits: Array.from(after.logits) }),
+  );
+  report.decode = after.decode;
+  report.prefillTokPerS = after.prefill;
+  report.maxBatch = after.maxBatch;
+  console.error(`kernels: llvmpipe's (${JSON.stringify(LLVMPIPE_KERNELS)})`);
+  const before = await measure(LLVMPIPE_KERNELS);
+  let diff = 0;
+  for (let i = 0; i < after.logits.length; i++) {
+    diff = Math.max(diff, Math.abs(after.logits[i] - before.logits[i]));
+  }
+  report.llvmpipeKernels = {
+    options: LLVMPIPE_KERNELS,
+    decode: before.decode,
+    prefillTokPerS: before.prefill,
+    maxBatch: before.maxBatch,
+    logitsMaxAbsDiff: diff,
+  };
 } finally {
-  model.destroy();
   opened.close();
 }
 report.seconds = (performance.now() - t0) / 1000;

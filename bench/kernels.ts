@@ -25,10 +25,21 @@ const gpu = await openGpu();
 const ops = new Ops(gpu);
 /** The tiled expert kernels' baseline workgroup order (tile-major), for the rows beside it. */
 const tileMajorOps = new Ops(gpu, { interleavedTiles: false });
-/** Attention without the three-pass kernels' scores scratch: always the one-pass kernel. */
+/** Attention without the three-pass kernels' scores scratch: always the one-pass kernel (the
+ * default on adapters other than llvmpipe). */
 const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
-/** The three-pass attention's baseline: one position / head-dim chunk per lane. */
-const unblockedOps = new Ops(gpu, { attentionBlocks: false });
+/** Three-pass attention while its scores fit in 80 MiB (llvmpipe's default), blocked, and its
+ * baseline: one position / head-dim chunk per lane. */
+const THREE_PASS_SCRATCH = 80 << 20;
+const threePassOps = new Ops(gpu, { attentionScratchBytes: THREE_PASS_SCRATCH });
+const unblockedOps = new Ops(gpu, {
+  attentionBlocks: false,
+  attentionScratchBytes: THREE_PASS_SCRATCH,
+});
+/** Decode matmuls (T <= 8) in matmul.wgsl, 8 rows a lane (llvmpipe's default, the baseline), and
+ * in matvec.wgsl, a workgroup per 8 rows (other adapters' default). */
+const laneRowsOps = new Ops(gpu, { coalescedMatvec: false });
+const matvecOps = new Ops(gpu, { coalescedMatvec: true });
 /** Prefill matmul tiles: 16 tokens from 32 a step (the default) and 8 (the baseline). */
 const wideTileOps = ops;
 const narrowTileOps = new Ops(gpu, { wideTiles: false });
@@ -75,7 +86,8 @@ async function time(
   T: number,
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  for (const o of [ops, tileMajorOps, onePassOps, unblockedOps, narrowTileOps, maxArrayOps]) {
+  const all = [ops, tileMajorOps, onePassOps, threePassOps, unblockedOps, narrowTileOps];
+  for (const o of [...all, maxArrayOps, laneRowsOps, matvecOps]) {
     device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   }
   const once = async () => {
@@ -308,19 +320,25 @@ console.log(
 );
 if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
 // row-major weights (the baseline; GGML's blocks for the quantized types) and rows8 (the runtime's
-// layout for resident f16/bf16, q8_0, q6_k and q4_k matrices), alternating
+// layout for resident f16/bf16, q8_0, q6_k and q4_k matrices), alternating; each in matmul.wgsl
+// (8 rows a lane) and, marked "mv", matvec.wgsl (a workgroup per 8 rows; rows8 of f16/bf16/f32
+// only)
 for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
   for (const [N, K] of [[2048, 2048], [768, 2048], [16384, 2048]]) {
     for (const T of [1, 8]) {
       for (const layout of ["rows", "rows8"] as const) {
-        row(
-          `matmul ${dtype} ${N}x${K}${layout === "rows8" ? " r8" : ""}`,
-          T,
-          T,
-          weightBytes(dtype, N * K),
-          await time([matmulOp(dtype, N, K, T, layout)], T),
-        );
-        release();
+        const kernels = [["", laneRowsOps], [" mv", matvecOps]] as const;
+        for (const [mark, from] of kernels) {
+          if (mark && layout === "rows8" && dtype.startsWith("q")) continue; // matmul.wgsl's
+          row(
+            `matmul ${dtype} ${N}x${K}${layout === "rows8" ? " r8" : ""}${mark}`,
+            T,
+            T,
+            weightBytes(dtype, N * K),
+            await time([matmulOp(dtype, N, K, T, layout, from)], T),
+          );
+          release();
+        }
       }
     }
   }
@@ -374,17 +392,24 @@ console.log(
   "\nattention prefill, 64 tokens   kernels      ms/call  GFLOP/s  CPU-s/s" +
     (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
 );
-for (const positions of [512, 2048]) {
-  const T = 64;
-  const variants = [
-    ["one-pass", onePassOps],
-    ["3-pass", unblockedOps],
-    ["3-pass blk", ops],
-  ] as const;
-  for (const [name, from] of variants) {
-    const { op, flop } = attentionOp(from, 32, 4, 128, T, positions);
-    const s = await time([op], T, positions - T);
-    rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
-    release();
+for (const T of [64, 1]) {
+  if (T === 1) {
+    console.log(
+      "\nattention decode, 1 token     kernels      ms/call  GFLOP/s  CPU-s/s" +
+        (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+    );
+  }
+  for (const positions of [512, 2048]) {
+    const variants = [
+      ["one-pass", onePassOps],
+      ["3-pass", unblockedOps],
+      ["3-pass blk", threePassOps],
+    ] as const;
+    for (const [name, from] of variants) {
+      const { op, flop } = attentionOp(from, 32, 4, 128, T, positions);
+      const s = await time([op], T, positions - T);
+      rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
+      release();
+    }
   }
 }

@@ -9,7 +9,10 @@
 #   profile.txt     bench/profile.ts: that model's 512-token prefill (SMALL: 32) and 8 decode steps, each op's
 #                   GPU time by timestamp queries
 #   kernels.txt     bench/kernels.ts: per-kernel GB/s and GFLOP/s (timestamp queries)
-#   *.log           what each printed
+#   tests.txt       the GPU tests (kernels against their references, the model against the float64
+#                   reference, batching, budget invariance) on the real adapter
+#   logs.txt        what gpu_report and transformers_run printed
+# Each step has its own time limit, so one that hangs leaves the others.
 # LOCAL=1 skips the .debs (a machine with its own Vulkan loader); SMALL=1 writes the SMALL model.
 set -u
 OUT=${OUT:-/tmp/gpu-out}
@@ -27,29 +30,46 @@ xz -dc "$dev/deno.xz" >"$work/deno" && chmod +x "$work/deno"
 mkdir -p "$work/deno_dir" && tar -xJf "$dev/deno_dir.tar.xz" -C "$work/deno_dir"
 export DENO_DIR="$work/deno_dir" DENO_NO_UPDATE_CHECK=1
 deno="$work/deno"
+# the tests that exercise the adapter (tools/gpu/tests.list), fastest first
+GPU_TESTS=$(cat tools/gpu/tests.list)
 model="$work/model"
 small=""
 if [ -n "${SMALL:-}" ]; then small=--small; fi
 "$deno" --version | head -1
-timeout 300 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
-  $small --out "$OUT/report.json" >"$OUT/report.log" 2>&1
+log="$OUT/logs.txt"
+step() { echo "$(date +%T) $*"; }
+step gpu_report
+timeout 180 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
+  $small --out "$OUT/report.json" >"$log" 2>&1
 echo "gpu_report: exit $?"
-tail -3 "$OUT/report.log"
+tail -4 "$log"
 if python3 -c "import transformers, torch; assert torch.cuda.is_available()" 2>/dev/null; then
   decode_tokens=128
   if [ -n "${SMALL:-}" ]; then decode_tokens=32; fi
-  timeout 240 python3 tools/gpu/transformers_run.py "$model" --decode-tokens "$decode_tokens" \
-    --out "$OUT/transformers.json" >"$OUT/transformers.log" 2>&1
+  step transformers_run
+  timeout 120 python3 tools/gpu/transformers_run.py "$model" --decode-tokens "$decode_tokens" \
+    --out "$OUT/transformers.json" >>"$log" 2>&1
   echo "transformers_run: exit $?"
-  tail -3 "$OUT/transformers.log"
+  tail -3 "$log"
 else
   echo "transformers_run: skipped (no transformers, or no CUDA device for torch)"
 fi
 ptokens=512
 if [ -n "${SMALL:-}" ]; then ptokens=32; fi
-timeout 90 "$deno" run --cached-only -A --unstable-webgpu bench/profile.ts --dir "$model" \
+step profile
+timeout 50 "$deno" run --cached-only -A --unstable-webgpu bench/profile.ts --dir "$model" \
   --tokens "$ptokens" --decode 8 --reps 1 >"$OUT/profile.txt" 2>&1
 echo "profile: exit $?"
-timeout 150 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
+step kernels
+timeout 70 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
 echo "kernels: exit $?"
+step tests
+# one file at a time (each prints its failures at its end; one that hangs loses only itself);
+# the runtime's own import map: these tests import no package of deno.test.json's beyond it
+for t in $GPU_TESTS; do
+  timeout 45 "$deno" test --cached-only --no-check -A --unstable-webgpu \
+    --unstable-no-legacy-abort "$t" >>"$OUT/tests.txt" 2>&1
+  echo "$t: exit $?" | tee -a "$OUT/tests.txt"
+done
+step done
 rm -rf "$work"
