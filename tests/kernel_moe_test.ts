@@ -58,9 +58,9 @@ const WIDE: [number, number, number] = [136, 72, 8];
 const tileMajor = new Ops(gpu, { interleavedTiles: false });
 /** Their private arrays at the declared maxima (exactArrays' baseline), checked the same way. */
 const declaredArrays = new Ops(gpu, { exactArrays: false });
-/** Steps of too few pairs for the tiled kernels: gate/up with 4 rows a lane
- * (experts_gate_up.wgsl, llvmpipe's default) and a workgroup per pair and 8 rows
- * (experts_gate_up_matvec.wgsl, other adapters'), each against the reference. */
+/** Steps of too few pairs for the tiled kernels: both stages with 4 rows a lane
+ * (experts_gate_up/down.wgsl, llvmpipe's default) and a workgroup per pair and 8 rows
+ * (experts_gate_up/down_matvec.wgsl, other adapters'), each against the reference. */
 const DECODE_KERNELS = [
   new Ops(gpu, { coalescedMatvec: false }),
   new Ops(gpu, { coalescedMatvec: true }),

@@ -18,6 +18,7 @@ const EXPERT_KERNELS = [
   "experts_gate_up",
   "experts_gate_up_matvec",
   "experts_down",
+  "experts_down_matvec",
   "experts_gate_up_tiled",
   "experts_down_tiled",
 ];

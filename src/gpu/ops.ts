@@ -312,8 +312,8 @@ export interface OpsOptions {
   paddedTiles?: boolean;
   /** Steps of up to MATVEC_TOKENS tokens (decode) multiply by f16/bf16/f32 matrices (any dtype
    * row-major) in matvec.wgsl: a workgroup of 256 lanes per 8 rows reading consecutive words,
-   * partial sums added in workgroup memory; the experts' gate/up stage of steps too few pairs for
-   * the tiled kernels likewise (experts_gate_up_matvec.wgsl: a workgroup per pair and 8 rows).
+   * partial sums added in workgroup memory; both expert stages of steps too few pairs for the
+   * tiled kernels likewise (experts_gate_up/down_matvec.wgsl: a workgroup per pair and 8 rows).
    * Default on any adapter but llvmpipe, which wants 8 (4) whole rows a lane; false there: the
    * kernels issue's baseline. Sums in another order: within the f32 tolerance of the reference,
    * not bit-identical to matmul.wgsl / experts_gate_up.wgsl. */
@@ -1083,13 +1083,28 @@ export class Ops implements OpsApi {
     const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw"];
     const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
     const pools = { count: g.pools.length, first: fixed.length };
-    const perPair = this.simple(
-      "expertsDown",
-      { kernel: "experts_down", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
-      [...params, partOffset, g.slotsPerPool],
-      [a.h, a.idx, a.slots, a.y, ...g.pools],
-      (t) => ceilDiv(t * perToken, WG_64),
-    );
+    const perPair = this.coalescedMatvec
+      ? this.simple(
+        "expertsDown",
+        {
+          kernel: "experts_down_matvec",
+          bindings,
+          weights,
+          pools,
+          sizes: { WG: this.sharedWG },
+          expect: { ROWS: MATMUL_ROWS },
+        },
+        [...params, partOffset, g.slotsPerPool],
+        [a.h, a.idx, a.slots, a.y, ...g.pools],
+        (t) => t * k * ceilDiv(hidden, MATMUL_ROWS),
+      )
+      : this.simple(
+        "expertsDown",
+        { kernel: "experts_down", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
+        [...params, partOffset, g.slotsPerPool],
+        [a.h, a.idx, a.slots, a.y, ...g.pools],
+        (t) => ceilDiv(t * perToken, WG_64),
+      );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.y.size / (hidden * 4 * k)));
     const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
     const tiled = EXPERT_TILES.map((tile, i) => [
