@@ -13,8 +13,8 @@
  *     forward each after an untimed one), and the last-token logits of a fixed 16-token prompt
  *     (DIR/runtime_logits.json) that tools/gpu/transformers_run.py compares with transformers';
  *   - the same with llvmpipe's kernel choices (llvmpipeKernels: 8 rows a lane in decode matmuls,
- *     lane norms, three-pass attention) beside the adapter's defaults, and how far their logits
- *     are apart.
+ *     tiles of tokens in a lane in prefill ones, lane norms, three-pass attention) beside the
+ *     adapter's defaults, and how far their logits are apart.
  * Prints one JSON object (also written to --out FILE).
  *
  *   ./bin/deno run -A --unstable-webgpu bench/gpu_report.ts --dir DIR [--small] [--out FILE]
@@ -50,6 +50,7 @@ const PREFILL_LENGTHS = [64, 512, 2048];
  * kernels issue's before and after). */
 const LLVMPIPE_KERNELS: GpuModelOptions = {
   coalescedMatvec: false,
+  workgroupTiles: false,
   laneNorms: true,
   attentionScratchBytes: 80 << 20,
 };

@@ -40,9 +40,11 @@ const unblockedOps = new Ops(gpu, {
  * in matvec.wgsl, a workgroup per 8 rows (other adapters' default). */
 const laneRowsOps = new Ops(gpu, { coalescedMatvec: false });
 const matvecOps = new Ops(gpu, { coalescedMatvec: true });
-/** Prefill matmul tiles: 16 tokens from 32 a step (the default) and 8 (the baseline). */
-const wideTileOps = ops;
-const narrowTileOps = new Ops(gpu, { wideTiles: false });
+/** Prefill matmul tiles in a lane: 16 tokens from 32 a step (llvmpipe's default) and 8 (the
+ * baseline); and 64 x 64 tiles staged in workgroup memory (matmul_tiled.wgsl, other adapters'). */
+const wideTileOps = new Ops(gpu, { workgroupTiles: false });
+const narrowTileOps = new Ops(gpu, { wideTiles: false, workgroupTiles: false });
+const sharedTileOps = new Ops(gpu, { workgroupTiles: true });
 /** Private arrays at each kernel's declared maximum (the baseline of exactArrays). */
 const maxArrayOps = new Ops(gpu, { exactArrays: false });
 const device = gpu.device;
@@ -87,7 +89,7 @@ async function time(
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
   const all = [ops, tileMajorOps, onePassOps, threePassOps, unblockedOps, narrowTileOps];
-  for (const o of [...all, maxArrayOps, laneRowsOps, matvecOps]) {
+  for (const o of [...all, maxArrayOps, laneRowsOps, matvecOps, wideTileOps, sharedTileOps]) {
     device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   }
   const once = async () => {
@@ -343,15 +345,24 @@ for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
     }
   }
 }
+// both expert stages: 4 rows a lane (llvmpipe's) and, marked "mv", a workgroup per pair and 8
+// rows (experts_*_matvec.wgsl) below the tiled kernels' pairs (64 tokens: tiled)
 for (const T of [1, 8, 64]) {
   const { D, I, K } = MOE;
   const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
-  row(`experts bf16 D${D} I${I} K${K}`, T, 1, bytes, await time(expertOps("bf16", T), T));
-  release();
+  const kernels = T === 64
+    ? [["", ops]] as const
+    : [["", laneRowsOps], [" mv", matvecOps]] as const;
+  for (const [mark, from] of kernels) {
+    const s = await time(expertOps("bf16", T, MOE.E, from), T);
+    row(`experts bf16 D${D} I${I} K${K}${mark}`, T, 1, bytes, s);
+    release();
+  }
 }
 // Prefill matmuls of a 64-token step (Qwen3-30B-A3B's q/o and k/v projections, bf16, rows8: the
-// runtime's layout for resident matrices), 8-token tiles (the baseline) and 16-token tiles (the
-// default from 32 tokens a step), alternating: GFLOP/s = 2 x T x N x K per second.
+// runtime's layout for resident matrices), 8-token tiles in a lane (the baseline), 16-token ones
+// (llvmpipe's default from 32 tokens a step) and workgroup tiles (matmul_tiled.wgsl, other
+// adapters' default), alternating: GFLOP/s = 2 x T x N x K per second.
 console.log(
   "\nmatmul prefill, 64 tokens      tiles        ms/call  GFLOP/s  CPU-s/s" +
     (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
@@ -359,7 +370,11 @@ console.log(
 for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
   const T = 64;
   const flop = 2 * T * N * K;
-  for (const [name, from] of [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps]] as const) {
+  const tiles = [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps], [
+    "wg 64x64",
+    sharedTileOps,
+  ]] as const;
+  for (const [name, from] of tiles) {
     const s = await time([matmulOp("bf16", N, K, T, "rows8", from)], T);
     rateRow(`matmul bf16 ${N}x${K}`, name, flop, s);
     release();
