@@ -3,6 +3,7 @@
  * wherever WebGPU does, so it is tried here on llvmpipe with --small):
  *   - the adapter, its limits and the optional features the runtime takes (subgroups,
  *     shader-f16, timestamp-query);
+ *   - one readback's round trip (ms), the floor of every readback;
  *   - the GPU's own copy bandwidth: copyBufferToBuffer of a large buffer, timed by timestamp
  *     queries when offered (else by wall time around onSubmittedWorkDone), counting bytes read
  *     plus bytes written, the ceiling a decode matvec is measured against;
@@ -56,7 +57,9 @@ const LLVMPIPE_KERNELS: GpuModelOptions = {
 };
 
 /** GB/s of copyBufferToBuffer (bytes read + written), by timestamps when offered. */
-async function copyBandwidth(gpu: Gpu): Promise<{ gbPerS: number; bytes: number; by: string }> {
+async function copyBandwidth(
+  gpu: Gpu,
+): Promise<{ gbPerS: number; bestGbPerS: number; bytes: number; by: string }> {
   const device = gpu.device;
   const bytes =
     Math.min(1 << 30, gpu.limits.maxBufferSize, gpu.limits.maxStorageBufferBindingSize) &
@@ -67,7 +70,7 @@ async function copyBandwidth(gpu: Gpu): Promise<{ gbPerS: number; bytes: number;
   const stamps = gpu.features.includes("timestamp-query");
   const REPS = 8;
   const seconds: number[] = [];
-  for (let round = 0; round < 4; round++) {
+  for (let round = 0; round < 12; round++) { // (clocks ramp up: the best is reported too)
     const enc = device.createCommandEncoder();
     let set: GPUQuerySet | null = null,
       resolve: GPUBuffer | null = null,
@@ -109,7 +112,36 @@ async function copyBandwidth(gpu: Gpu): Promise<{ gbPerS: number; bytes: number;
   }
   a.destroy();
   b.destroy();
-  return { gbPerS: (2 * bytes) / median(seconds) / 1e9, bytes, by: stamps ? "timestamps" : "wall" };
+  return {
+    gbPerS: (2 * bytes) / median(seconds) / 1e9,
+    bestGbPerS: (2 * bytes) / Math.min(...seconds) / 1e9,
+    bytes,
+    by: stamps ? "timestamps" : "wall",
+  };
+}
+
+/** Milliseconds of one readback round trip (a 16-byte copy submitted, then mapAsync awaited):
+ * median and minimum of 20, the floor every readback of the runtime pays. */
+async function readbackMs(gpu: Gpu): Promise<{ median: number; min: number }> {
+  const device = gpu.device;
+  const src = device.createBuffer({ size: 16, usage: GPUBufferUsage.COPY_SRC });
+  const read = device.createBuffer({
+    size: 16,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const ms: number[] = [];
+  for (let i = 0; i < 21; i++) {
+    const t = performance.now();
+    const enc = device.createCommandEncoder();
+    enc.copyBufferToBuffer(src, 0, read, 0, 16);
+    device.queue.submit([enc.finish()]);
+    await read.mapAsync(GPUMapMode.READ);
+    read.unmap();
+    if (i > 0) ms.push(performance.now() - t);
+  }
+  src.destroy();
+  read.destroy();
+  return { median: median(ms), min: Math.min(...ms) };
 }
 
 const t0 = performance.now();
@@ -131,6 +163,7 @@ const report: Record<string, unknown> = {
     maxComputeWorkgroupStorageSize: gpu.limits.maxComputeWorkgroupStorageSize,
   },
   copy: await copyBandwidth(gpu),
+  readbackMs: await readbackMs(gpu),
   shape,
 };
 console.error("copy bandwidth:", JSON.stringify(report.copy));

@@ -39,7 +39,7 @@ if [ -n "${SMALL:-}" ]; then small=--small; fi
 log="$OUT/logs.txt"
 step() { echo "$(date +%T) $*"; }
 step gpu_report
-timeout 180 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
+timeout 240 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
   $small --out "$OUT/report.json" >"$log" 2>&1
 echo "gpu_report: exit $?"
 tail -4 "$log"
@@ -61,7 +61,7 @@ timeout 50 "$deno" run --cached-only -A --unstable-webgpu bench/profile.ts --dir
   --tokens "$ptokens" --decode 8 --reps 1 >"$OUT/profile.txt" 2>&1
 echo "profile: exit $?"
 step kernels
-timeout 70 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
+timeout 100 "$deno" run --cached-only -A --unstable-webgpu bench/kernels.ts >"$OUT/kernels.txt" 2>&1
 echo "kernels: exit $?"
 step tests
 # one file at a time (each prints its failures at its end; one that hangs loses only itself);
