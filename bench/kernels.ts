@@ -371,7 +371,7 @@ for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
   const T = 64;
   const flop = 2 * T * N * K;
   const tiles = [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps], [
-    "wg 64x64",
+    "wg tiles",
     sharedTileOps,
   ]] as const;
   for (const [name, from] of tiles) {

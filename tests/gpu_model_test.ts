@@ -80,6 +80,8 @@ const KERNEL_SETS: [string, GpuModelOptions][] = [
   ["GPU kernels", {
     coalescedMatvec: true,
     workgroupTiles: true,
+    // (MOE_TEST_GPU_SIZES=1: a GPU's workgroup sizes, as tests/kernel_harness.ts)
+    sharedSizes: Deno.env.get("MOE_TEST_GPU_SIZES") === "1" ? "gpu" : undefined,
     laneNorms: false,
     attentionScratchBytes: 0,
   }],

@@ -4,7 +4,17 @@ import { readF32 } from "../src/gpu/readback.ts";
 import type { WeightDType } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
 import { repackRows8 } from "../src/gpu/resident.ts";
-import { assertClose, buffer, gpu, gpuTest, ops, pack, randomF32, run } from "./kernel_harness.ts";
+import {
+  assertClose,
+  buffer,
+  gpu,
+  gpuTest,
+  ops,
+  pack,
+  randomF32,
+  run,
+  SHARED_SIZES,
+} from "./kernel_harness.ts";
 
 /** f32 accumulation (K <= 4096 measured <= 6.4e-7), relative to the largest output. */
 const TOL = 2e-6;
@@ -37,7 +47,14 @@ const ROWS = 75;
  * default). */
 const KERNELS: [string, Ops][] = [
   ["matmul.wgsl", new Ops(gpu, { coalescedMatvec: false, workgroupTiles: false })],
-  ["matvec.wgsl, matmul_tiled.wgsl", new Ops(gpu, { coalescedMatvec: true, workgroupTiles: true })],
+  [
+    "matvec.wgsl, matmul_tiled.wgsl",
+    new Ops(gpu, {
+      coalescedMatvec: true,
+      workgroupTiles: true,
+      sharedSizes: SHARED_SIZES,
+    }),
+  ],
 ];
 
 for (const [kernel, o] of KERNELS) {

@@ -13,6 +13,7 @@ import {
   randomF32,
   rng,
   run,
+  SHARED_SIZES,
 } from "./kernel_harness.ts";
 
 /** f32 math against float64, relative to the largest output. */
@@ -63,7 +64,7 @@ const declaredArrays = new Ops(gpu, { exactArrays: false });
  * (experts_gate_up/down_matvec.wgsl, other adapters'), each against the reference. */
 const DECODE_KERNELS = [
   new Ops(gpu, { coalescedMatvec: false }),
-  new Ops(gpu, { coalescedMatvec: true }),
+  new Ops(gpu, { coalescedMatvec: true, sharedSizes: SHARED_SIZES }),
 ];
 const LAYER1_SLOTS = [4, 0, ABSENT, 2, 3, ABSENT]; // expert e of layer 1 -> slot
 const POOLS = [{ first: 0, slots: 3 }, { first: 3, slots: 2 }];

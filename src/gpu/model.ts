@@ -157,6 +157,8 @@ export interface GpuModelOptions {
    * (OpsOptions.workgroupTiles, default on adapters other than llvmpipe; false: matmul.wgsl's
    * tiles in a lane, the kernels issue's baseline). */
   workgroupTiles?: boolean;
+  /** Workgroup sizes of the row-sharing kernels (OpsOptions.sharedSizes; default by adapter). */
+  sharedSizes?: "gpu" | "llvmpipe";
   /** Bytes of scores for the three-pass attention (OpsOptions.attentionScratchBytes; default 80
    * MiB on llvmpipe, 0 elsewhere: one pass). */
   attentionScratchBytes?: number;
@@ -414,6 +416,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       paddedTiles: opts.paddedTiles,
       coalescedMatvec: opts.coalescedMatvec,
       workgroupTiles: opts.workgroupTiles,
+      sharedSizes: opts.sharedSizes,
       attentionScratchBytes: opts.attentionScratchBytes,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.

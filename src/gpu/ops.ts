@@ -324,6 +324,10 @@ export interface OpsOptions {
    * memory measured 0.59x; false there: matmul.wgsl's tiles in a lane, the baseline). Sums in
    * another order: within the f32 tolerance of the reference. */
   workgroupTiles?: boolean;
+  /** Workgroup sizes of those row-sharing kernels: "gpu" (256 lanes; matmul_tiled 16 x 16) or
+   * "llvmpipe" (64; 4 x 4); default by adapter. Tests force "gpu" on llvmpipe to run the sizes a
+   * GPU runs. */
+  sharedSizes?: "gpu" | "llvmpipe";
 }
 
 export class Ops implements OpsApi {
@@ -384,8 +388,9 @@ export class Ops implements OpsApi {
       (this.llvmpipe ? ATTENTION_SCRATCH_BYTES : 0);
     this.coalescedMatvec = opts.coalescedMatvec ?? !this.llvmpipe;
     this.workgroupTiles = opts.workgroupTiles ?? !this.llvmpipe;
-    this.sharedWG = this.llvmpipe ? WG_SHARED.llvmpipe : WG_SHARED.gpu;
-    this.tileLanes = this.llvmpipe ? TILE_LANES.llvmpipe : TILE_LANES.gpu;
+    const sizes = opts.sharedSizes ?? (this.llvmpipe ? "llvmpipe" : "gpu");
+    this.sharedWG = WG_SHARED[sizes];
+    this.tileLanes = TILE_LANES[sizes];
     this.shaders = new Shaders(this.device);
     this.step = this.device.createBuffer({
       label: "step",
