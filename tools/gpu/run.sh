@@ -12,6 +12,8 @@
 #   tests.txt       the GPU tests (kernels against their references, the model against the float64
 #                   reference, batching, budget invariance) on the real adapter
 #   logs.txt        what gpu_report and transformers_run printed
+#   budget.txt      bench/budget.ts --tokens 32 --reps 1: the default model's exact decode by
+#                   expert budget
 # Each step has its own time limit, so one that hangs leaves the others.
 # LOCAL=1 skips the .debs (a machine with its own Vulkan loader); SMALL=1 writes the SMALL model.
 set -u
@@ -71,5 +73,11 @@ for t in $GPU_TESTS; do
     --unstable-no-legacy-abort "$t" >>"$OUT/tests.txt" 2>&1
   echo "$t: exit $?" | tee -a "$OUT/tests.txt"
 done
+step budget
+# issue 9 on a GPU: exact decode of the default model by expert budget (every readback's floor
+# against a faster resident decode)
+timeout 150 "$deno" run --cached-only -A --unstable-webgpu bench/budget.ts --tokens 32 --reps 1 \
+  >"$OUT/budget.txt" 2>&1
+echo "budget: exit $?"
 step done
 rm -rf "$work"
