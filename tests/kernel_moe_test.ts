@@ -62,6 +62,13 @@ const declaredArrays = new Ops(gpu, { exactArrays: false });
 /** Steps of too few pairs for the tiled kernels: both stages with 4 rows a lane
  * (experts_gate_up/down.wgsl, llvmpipe's default) and a workgroup per pair and 8 rows
  * (experts_gate_up/down_matvec.wgsl, other adapters'), each against the reference. */
+/** The tiled stages with lanes owning rows (experts_*_tiled.wgsl, llvmpipe's default) and with a
+ * workgroup per tile and 8 rows (experts_*_tiled_wg.wgsl, other adapters'), each against the
+ * reference (the runs above compare orders and array sizes with the default, bit for bit). */
+const TILED_KERNELS = [
+  new Ops(gpu, { workgroupTiles: false }),
+  new Ops(gpu, { workgroupTiles: true, sharedSizes: SHARED_SIZES }),
+];
 const DECODE_KERNELS = [
   new Ops(gpu, { coalescedMatvec: false }),
   new Ops(gpu, { coalescedMatvec: true, sharedSizes: SHARED_SIZES }),
@@ -99,7 +106,7 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
         const large = dtype === "bf16" && pad === 8 && D !== WIDE[0] ? [350] : [];
         const runs = [1, 3, 7, 50, 51, ...large].flatMap((T) =>
           T >= 50
-            ? [{ T, o: ops }, { T, o: tileMajor }, { T, o: declaredArrays }]
+            ? [ops, tileMajor, declaredArrays, ...TILED_KERNELS].map((o) => ({ T, o }))
             : DECODE_KERNELS.map((o) => ({ T, o }))
         );
         let interleavedOut: [Float32Array, Float32Array] | null = null;

@@ -21,6 +21,8 @@ const EXPERT_KERNELS = [
   "experts_down_matvec",
   "experts_gate_up_tiled",
   "experts_down_tiled",
+  "experts_gate_up_tiled_wg",
+  "experts_down_tiled_wg",
 ];
 const LOADERS: WeightLoader[] = [
   "f32",

@@ -320,9 +320,11 @@ export interface OpsOptions {
   coalescedMatvec?: boolean;
   /** Prefill matmuls (steps past matvec.wgsl's, where K is a multiple of 32) in
    * matmul_tiled.wgsl: 64 rows x 64 tokens a workgroup, each slice of 32 columns of W and x staged
-   * in workgroup memory (default on any adapter but llvmpipe, where staging through workgroup
-   * memory measured 0.59x; false there: matmul.wgsl's tiles in a lane, the baseline). Sums in
-   * another order: within the f32 tolerance of the reference. */
+   * in workgroup memory; and the tiled expert stages in experts_*_tiled_wg.wgsl: a workgroup per
+   * (tile of one expert's pairs, 8 rows), its lanes reading consecutive words that serve the
+   * tile's pairs (default on any adapter but llvmpipe, where staging through workgroup memory
+   * measured 0.59x; false there: matmul.wgsl's and experts_*_tiled.wgsl's tiles in a lane, the
+   * baseline). Sums in another order: within the f32 tolerance of the reference. */
   workgroupTiles?: boolean;
   /** Workgroup sizes of those row-sharing kernels: "gpu" (256 lanes; matmul_tiled 16 x 16) or
    * "llvmpipe" (64; 4 x 4); default by adapter. Tests force "gpu" on llvmpipe to run the sizes a
@@ -1001,24 +1003,44 @@ export class Ops implements OpsApi {
     const rowSets = ceilDiv(inter, ROWS);
     const tiled = EXPERT_TILES.map((tile, i) => [
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
-      this.simple(
-        "expertsGateUp.tiled",
-        this.sized(
-          {
-            kernel: "experts_gate_up_tiled",
-            bindings,
-            expect: { ROWS, WG: WG_TILED },
-            weights,
-            pools,
-            constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-          },
-          { MAX_TILE: tile },
-          { MAX_TILE: Math.max(...EXPERT_TILES) },
+      this.workgroupTiles
+        ? this.simple(
+          "expertsGateUp.tiled",
+          this.sized(
+            {
+              kernel: "experts_gate_up_tiled_wg",
+              bindings,
+              expect: { ROWS: MATMUL_ROWS },
+              weights,
+              pools,
+              constants: { TILE: tile },
+              sizes: { WG: this.sharedWG },
+            },
+            { MAX_TILE: tile },
+            { MAX_TILE: Math.max(...EXPERT_TILES) },
+          ),
+          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+          [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
+          (t) => maxTiles(t * k, tile) * ceilDiv(inter, MATMUL_ROWS),
+        )
+        : this.simple(
+          "expertsGateUp.tiled",
+          this.sized(
+            {
+              kernel: "experts_gate_up_tiled",
+              bindings,
+              expect: { ROWS, WG: WG_TILED },
+              weights,
+              pools,
+              constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
+            },
+            { MAX_TILE: tile },
+            { MAX_TILE: Math.max(...EXPERT_TILES) },
+          ),
+          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+          [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
+          (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
         ),
-        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-        [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
-        (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
-      ),
     ]);
     const one = [perPair];
     const experts = this.wideTiles ? a.numExperts : undefined;
@@ -1114,24 +1136,44 @@ export class Ops implements OpsApi {
     const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
     const tiled = EXPERT_TILES.map((tile, i) => [
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
-      this.simple(
-        "expertsDown.tiled",
-        this.sized(
-          {
-            kernel: "experts_down_tiled",
-            bindings,
-            expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED },
-            weights,
-            pools,
-            constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-          },
-          { MAX_TILE: tile },
-          { MAX_TILE: Math.max(...EXPERT_TILES) },
+      this.workgroupTiles
+        ? this.simple(
+          "expertsDown.tiled",
+          this.sized(
+            {
+              kernel: "experts_down_tiled_wg",
+              bindings,
+              expect: { ROWS: MATMUL_ROWS },
+              weights,
+              pools,
+              constants: { TILE: tile },
+              sizes: { WG: this.sharedWG },
+            },
+            { MAX_TILE: tile },
+            { MAX_TILE: Math.max(...EXPERT_TILES) },
+          ),
+          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+          [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
+          (t) => maxTiles(t * k, tile) * ceilDiv(hidden, MATMUL_ROWS),
+        )
+        : this.simple(
+          "expertsDown.tiled",
+          this.sized(
+            {
+              kernel: "experts_down_tiled",
+              bindings,
+              expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED },
+              weights,
+              pools,
+              constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
+            },
+            { MAX_TILE: tile },
+            { MAX_TILE: Math.max(...EXPERT_TILES) },
+          ),
+          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+          [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
+          (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
         ),
-        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-        [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
-        (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
-      ),
     ]);
     const one = [perPair];
     const experts = this.wideTiles ? a.numExperts : undefined;
