@@ -24,7 +24,7 @@ const MOE = { D: 2048, I: 768, K: 8, E: 128 };
 const gpu = await openGpu();
 const ops = new Ops(gpu);
 /** The tiled expert kernels' baseline workgroup order (tile-major), for the rows beside it. */
-const tileMajorOps = new Ops(gpu, { interleavedTiles: false });
+const tileMajorOps = new Ops(gpu, { interleavedTiles: false, workgroupTiles: false });
 /** Attention without the three-pass kernels' scores scratch: always the one-pass kernel (the
  * default on adapters other than llvmpipe). */
 const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
@@ -381,14 +381,21 @@ for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
   }
 }
 
-// Prefill steps of 64 tokens through the tiled expert kernels, tile-major (the baseline) and
-// interleaved, alternating: GFLOP/s = 2 x pairs x 3 x I x D per second.
+// Prefill steps of 64 tokens through the tiled expert kernels with lanes owning rows, tile-major
+// (the baseline) and interleaved (llvmpipe's default), and a workgroup per tile and 8 rows
+// (experts_*_tiled_wg.wgsl, other adapters'), alternating: GFLOP/s = 2 x pairs x 3 x I x D per
+// second.
 console.log(
   "\nexpert prefill, 64 tokens      order        ms/call  GFLOP/s  CPU-s/s" +
     (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
 );
 for (const E of [128, 32]) {
-  for (const [name, from] of [["tile-major", tileMajorOps], ["interleaved", ops]] as const) {
+  const orders = [
+    ["tile-major", tileMajorOps],
+    ["interleaved", wideTileOps],
+    ["wg tiles", sharedTileOps],
+  ] as const;
+  for (const [name, from] of orders) {
     const { D, I, K } = MOE;
     const T = 64;
     const flop = 2 * T * K * 3 * I * D;
