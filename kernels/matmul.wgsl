@@ -147,20 +147,9 @@ fn main(
     if (t >= T) {
       break;
     }
-    let o = t * p.out_stride + p.out_offset + n0;
     for (var r = 0u; r < ROWS; r++) {
-      let n = n0 + r;
-      if (n < p.N) {
-        let v = select(hi[j][r - 4u], lo[j][r], r < 4u);
-        if (n >= p.split_v) {
-          out_v[t * (p.N - p.split_v) + n - p.split_v] = v;
-        } else if (n >= p.split_k) {
-          out_k[t * (p.split_v - p.split_k) + n - p.split_k] = v;
-        } else if (p.accumulate != 0u) {
-          out[o + r] += v;
-        } else {
-          out[o + r] = v;
-        }
+      if (n0 + r < p.N) {
+        store_row(t, n0 + r, select(hi[j][r - 4u], lo[j][r], r < 4u)); // (matmul_store.wgsl)
       }
     }
   }

@@ -134,19 +134,7 @@ fn emit(t: u32, n: u32, v: vec4<f32>) {
   }
   for (var i = 0u; i < 4u; i++) {
     if (n + i < p.N) {
-      emit_one(t, n + i, v[i]);
+      store_row(t, n + i, v[i]); // (matmul_store.wgsl)
     }
-  }
-}
-
-fn emit_one(t: u32, n: u32, v: f32) {
-  if (n >= p.split_v) {
-    out_v[t * (p.N - p.split_v) + n - p.split_v] = v;
-  } else if (n >= p.split_k) {
-    out_k[t * (p.split_v - p.split_k) + n - p.split_k] = v;
-  } else if (p.accumulate != 0u) {
-    out[t * p.out_stride + p.out_offset + n] += v;
-  } else {
-    out[t * p.out_stride + p.out_offset + n] = v;
   }
 }

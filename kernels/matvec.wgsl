@@ -119,15 +119,6 @@ fn main(
     if (t >= T) {
       break;
     }
-    let v = partial[j * WG + slot];
-    if (n >= p.split_v) {
-      out_v[t * (p.N - p.split_v) + n - p.split_v] = v;
-    } else if (n >= p.split_k) {
-      out_k[t * (p.split_v - p.split_k) + n - p.split_k] = v;
-    } else if (p.accumulate != 0u) {
-      out[t * p.out_stride + p.out_offset + n] += v;
-    } else {
-      out[t * p.out_stride + p.out_offset + n] = v;
-    }
+    store_row(t, n, partial[j * WG + slot]); // (matmul_store.wgsl)
   }
 }

@@ -598,6 +598,7 @@ export class Ops implements OpsApi {
         {
           kernel: "matmul",
           bindings,
+          prelude: ["matmul_store"],
           weights,
           constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
           expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL },
@@ -616,6 +617,7 @@ export class Ops implements OpsApi {
         {
           kernel: "matvec",
           bindings,
+          prelude: ["matmul_store"],
           weights: loader,
           constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
           sizes: { WG: this.sharedWG },
@@ -631,6 +633,7 @@ export class Ops implements OpsApi {
     const tiledSpec: KernelSpec = {
       kernel: "matmul_tiled",
       bindings,
+      prelude: ["matmul_store"],
       weights: loader,
       constants: { BLOCKED: blocked ? 1 : 0 },
       sizes: { TM: tm },
@@ -1000,51 +1003,56 @@ export class Ops implements OpsApi {
         (t) => ceilDiv(t * perToken, WG_64),
       );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.x.size / (hidden * 4)));
-    const rowSets = ceilDiv(inter, ROWS);
     const tiled = EXPERT_TILES.map((tile, i) => [
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
-      this.workgroupTiles
-        ? this.simple(
-          "expertsGateUp.tiled",
-          this.sized(
-            {
-              kernel: "experts_gate_up_tiled_wg",
-              bindings,
-              expect: { ROWS: MATMUL_ROWS },
-              weights,
-              pools,
-              constants: { TILE: tile },
-              sizes: { WG: this.sharedWG },
-            },
-            { MAX_TILE: tile },
-            { MAX_TILE: Math.max(...EXPERT_TILES) },
-          ),
-          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-          [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
-          (t) => maxTiles(t * k, tile) * ceilDiv(inter, MATMUL_ROWS),
-        )
-        : this.simple(
-          "expertsGateUp.tiled",
-          this.sized(
-            {
-              kernel: "experts_gate_up_tiled",
-              bindings,
-              expect: { ROWS, WG: WG_TILED },
-              weights,
-              pools,
-              constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-            },
-            { MAX_TILE: tile },
-            { MAX_TILE: Math.max(...EXPERT_TILES) },
-          ),
-          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-          [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
-          (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
-        ),
+      this.tiledExpertOp(
+        "expertsGateUp.tiled",
+        "experts_gate_up_tiled",
+        { tile, k, rows: inter, laneRows: ROWS },
+        { bindings, weights, pools },
+        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+        [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
+      ),
     ]);
     const one = [perPair];
     const experts = this.wideTiles ? a.numExperts : undefined;
     return new ChoiceOp("expertsGateUp", (t) => tiled[tiling(t * k, experts)] ?? one);
+  }
+
+  /** A tiled expert stage (`kernel`, experts_gate_up_tiled or experts_down_tiled) over tiles of
+   * `tile` of a step's pairs (k a token) and `rows` output rows: with workgroupTiles its `_wg`
+   * kernel, a workgroup per (tile place, MATMUL_ROWS rows); else lanes owning `laneRows` rows. */
+  private tiledExpertOp(
+    name: string,
+    kernel: string,
+    shape: { tile: number; k: number; rows: number; laneRows: number },
+    spec: Pick<KernelSpec, "bindings" | "weights" | "pools">,
+    params: Field[],
+    buffers: GPUBuffer[],
+  ): Op {
+    const { tile, k, rows, laneRows } = shape;
+    const wg = this.workgroupTiles;
+    const base: KernelSpec = wg
+      ? {
+        ...spec,
+        kernel: `${kernel}_wg`,
+        expect: { ROWS: MATMUL_ROWS },
+        constants: { TILE: tile },
+        sizes: { WG: this.sharedWG },
+      }
+      : {
+        ...spec,
+        kernel,
+        expect: { ROWS: laneRows, WG: WG_TILED },
+        constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
+      };
+    const sized = this.sized(base, { MAX_TILE: tile }, { MAX_TILE: Math.max(...EXPERT_TILES) });
+    return this.simple(name, sized, params, buffers, (t) => {
+      const tiles = maxTiles(t * k, tile);
+      return wg
+        ? tiles * ceilDiv(rows, MATMUL_ROWS)
+        : this.tiledGroups(tiles, ceilDiv(rows, laneRows));
+    });
   }
 
   /** Workgroups of a tiled expert kernel over `tiles` tile places of `rowSets` row sets each:
@@ -1133,47 +1141,16 @@ export class Ops implements OpsApi {
         (t) => ceilDiv(t * perToken, WG_64),
       );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.y.size / (hidden * 4 * k)));
-    const rowSets = ceilDiv(hidden, ROWS_DOWN_TILED);
     const tiled = EXPERT_TILES.map((tile, i) => [
       ...(a.groupPairs === false ? [] : [tiles.ops[i]]),
-      this.workgroupTiles
-        ? this.simple(
-          "expertsDown.tiled",
-          this.sized(
-            {
-              kernel: "experts_down_tiled_wg",
-              bindings,
-              expect: { ROWS: MATMUL_ROWS },
-              weights,
-              pools,
-              constants: { TILE: tile },
-              sizes: { WG: this.sharedWG },
-            },
-            { MAX_TILE: tile },
-            { MAX_TILE: Math.max(...EXPERT_TILES) },
-          ),
-          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-          [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
-          (t) => maxTiles(t * k, tile) * ceilDiv(hidden, MATMUL_ROWS),
-        )
-        : this.simple(
-          "expertsDown.tiled",
-          this.sized(
-            {
-              kernel: "experts_down_tiled",
-              bindings,
-              expect: { ROWS: ROWS_DOWN_TILED, WG: WG_TILED },
-              weights,
-              pools,
-              constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
-            },
-            { MAX_TILE: tile },
-            { MAX_TILE: Math.max(...EXPERT_TILES) },
-          ),
-          [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-          [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
-          (t) => this.tiledGroups(maxTiles(t * k, tile), rowSets),
-        ),
+      this.tiledExpertOp(
+        "expertsDown.tiled",
+        "experts_down_tiled",
+        { tile, k, rows: hidden, laneRows: ROWS_DOWN_TILED },
+        { bindings, weights, pools },
+        [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
+        [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
+      ),
     ]);
     const one = [perPair];
     const experts = this.wideTiles ? a.numExperts : undefined;
