@@ -167,7 +167,7 @@ export async function openRuntime(flags: Flags, defaultContext: number): Promise
         `${model.maxSequences} sequences at once, on ${model.gpu.adapterInfo.description} ` +
         `(features: ${
           model.gpu.features.join(", ") || "none of subgroups, shader-f16, timestamp-query"
-        })`,
+        }; kernels: ${model.ops.choices})`,
     );
     return {
       opened,

@@ -879,6 +879,20 @@ export class Ops implements OpsApi {
     return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
   }
 
+  /** The kernel choices in effect, in words (start-up logs). */
+  get choices(): string {
+    return [
+      this.coalescedMatvec
+        ? `decode matmuls a workgroup per 8 rows (${this.sharedWG} lanes)`
+        : "decode matmuls 8 rows a lane",
+      this.workgroupTiles
+        ? `prefill in workgroup tiles (${4 * this.tileLanes} x ${4 * this.tileLanes})`
+        : "prefill tiles in a lane",
+      this.threePassAttention ? "three-pass attention" : "one-pass attention",
+      this.laneNorms ? "norms a lane a row" : "norms a workgroup a row",
+    ].join(", ");
+  }
+
   /** Whether attention takes three passes where its scores fit (attentionScratchBytes > 0). */
   get threePassAttention(): boolean {
     return this.attentionScratchBytes > 0;
