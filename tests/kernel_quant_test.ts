@@ -18,7 +18,18 @@ import {
 } from "../src/gpu/resident.ts";
 import type { QuantType } from "../src/quant/formats.ts";
 import * as ref from "../src/reference/ops.ts";
-import { assertClose, buffer, gpu, gpuTest, ops, randomF32, rng, run } from "./kernel_harness.ts";
+import { Ops } from "../src/gpu/ops.ts";
+import {
+  assertClose,
+  buffer,
+  gpu,
+  gpuTest,
+  ops,
+  randomF32,
+  rng,
+  run,
+  SHARED_SIZES,
+} from "./kernel_harness.ts";
 
 type Quant = QuantWeightDType;
 
@@ -287,33 +298,52 @@ const MATMUL_CASES: [number, number, number][] = [
   [256, 3, 7],
   [512, 1, 1],
   [512, 40, 7],
+  [256, 3, 20], // past 8 tokens: matmul.wgsl's tiles, or matmul_tiled.wgsl
+];
+/** Lanes owning rows (llvmpipe's default) and workgroups sharing them (matvec.wgsl,
+ * matmul_tiled.wgsl, the experts' matvec and workgroup tiles: other adapters'), forced. */
+const KERNELS: [string, Ops][] = [
+  ["lane kernels", new Ops(gpu, { coalescedMatvec: false, workgroupTiles: false })],
+  [
+    "GPU kernels",
+    new Ops(gpu, {
+      coalescedMatvec: true,
+      workgroupTiles: true,
+      sharedSizes: SHARED_SIZES,
+    }),
+  ],
 ];
 /** Neither a multiple of the rows per invocation (8) nor of the workgroup. */
 const MATMUL_ROWS = 75;
 
-for (const type of QUANTS) {
-  gpuTest(`matmul() on ${type} weights matches the float64 reference (T 1 and 7)`, async () => {
-    for (const [K, offsetRows, T] of MATMUL_CASES) {
-      const N = MATMUL_ROWS;
-      const w = quantMatrix(type, offsetRows + N + 1, K, K + offsetRows);
-      const x = randomF32(T * K, 100 + T);
-      const out = buffer(T * N * 4);
-      const op = ops.matmul({
-        x: buffer(x),
-        w: { buffer: buffer(words(w.bytes)), dtype: type, offsetElems: offsetRows * K },
-        out,
-        K,
-        N,
-        outStride: N,
-        outOffset: 0,
-        accumulate: false,
-      });
-      run([op], T);
-      const got = await readF32(gpu, out, 0, T * N);
-      const want = ref.matmul(x, w.values.subarray(offsetRows * K), T, K, N);
-      assertClose(got, want, TOL, `${type} K=${K} offset=${offsetRows} rows T=${T}`);
-    }
-  });
+for (const [kernels, o] of KERNELS) {
+  for (const type of QUANTS) {
+    gpuTest(
+      `matmul() (${kernels}) on ${type} weights matches the float64 reference (T 1, 7, 20)`,
+      async () => {
+        for (const [K, offsetRows, T] of MATMUL_CASES) {
+          const N = MATMUL_ROWS;
+          const w = quantMatrix(type, offsetRows + N + 1, K, K + offsetRows);
+          const x = randomF32(T * K, 100 + T);
+          const out = buffer(T * N * 4);
+          const op = o.matmul({
+            x: buffer(x),
+            w: { buffer: buffer(words(w.bytes)), dtype: type, offsetElems: offsetRows * K },
+            out,
+            K,
+            N,
+            outStride: N,
+            outOffset: 0,
+            accumulate: false,
+          });
+          run([op], T, 0, o.step);
+          const got = await readF32(gpu, out, 0, T * N);
+          const want = ref.matmul(x, w.values.subarray(offsetRows * K), T, K, N);
+          assertClose(got, want, TOL, `${type} K=${K} offset=${offsetRows} rows T=${T}`);
+        }
+      },
+    );
+  }
 }
 
 for (const type of QUANTS) {
@@ -361,94 +391,96 @@ for (const type of QUANTS) {
   const block = LAYOUT[type].elems;
   const [D, I] = block === 256 ? [256, 256] : [96, 64];
   const SLOT_ELEMS = 3 * I * D + block;
-  gpuTest(
-    `expertsGateUp()/expertsDown() on ${type} pools match the float64 reference`,
-    async () => {
-      const pools = POOLS.map((p) => quantMatrix(type, p.slots, SLOT_ELEMS, 50 + p.first));
-      const poolBufs = pools.map((p) => buffer(words(p.bytes)));
-      const expert = (slot: number) => {
-        const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
-        const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
-        const v = pools[pi].values;
-        return {
-          gate: v.subarray(at, at + I * D),
-          up: v.subarray(at + I * D, at + 2 * I * D),
-          down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+  for (const [kernels, o] of KERNELS) {
+    gpuTest(
+      `expertsGateUp()/expertsDown() (${kernels}) on ${type} pools match the float64 reference`,
+      async () => {
+        const pools = POOLS.map((p) => quantMatrix(type, p.slots, SLOT_ELEMS, 50 + p.first));
+        const poolBufs = pools.map((p) => buffer(words(p.bytes)));
+        const expert = (slot: number) => {
+          const pi = POOLS.findIndex((p) => slot >= p.first && slot < p.first + p.slots);
+          const at = (slot - POOLS[pi].first) * SLOT_ELEMS;
+          const v = pools[pi].values;
+          return {
+            gate: v.subarray(at, at + I * D),
+            up: v.subarray(at + I * D, at + 2 * I * D),
+            down: v.subarray(at + 2 * I * D, at + 3 * I * D),
+          };
         };
-      };
-      const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]);
-      const slots = buffer(table);
-      // T = 50: 150 (token, expert) pairs take the tiled kernels.
-      for (const T of [1, 3, 50]) {
-        const next = rng(T);
-        const idxArr = new Uint32Array(T * K);
-        for (let t = 0; t < T; t++) {
-          const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
-          idxArr.set(order.slice(0, K), t * K);
-        }
-        const x = randomF32(T * D, 7 + T);
-        const idx = buffer(idxArr), missed = buffer(table.byteLength);
-        const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
-        const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
-        const xBuf = buffer(x);
-        const common = { idx, slots, slotBase: E, poolDtype: type, slotElems: SLOT_ELEMS, k: K };
-        // Both pools bound by one op (one group), as the model binds a group of pool buffers.
-        const group = {
-          pools: poolBufs,
-          firstSlot: 0,
-          slots: POOLS[0].slots + POOLS[1].slots,
-          slotsPerPool: POOLS[0].slots,
-        };
-        const list = [
-          ops.expertsGateUp({
-            ...common,
-            partOffset: 0,
-            x: xBuf,
-            missed,
-            group,
-            h,
-            hidden: D,
-            inter: I,
-          }),
-          ops.expertsDown({
-            ...common,
-            partOffset: 2 * I * D,
-            h,
-            group,
-            y,
-            hidden: D,
-            inter: I,
-          }),
-        ];
-        run(list, T);
-        const gotH = await readF32(gpu, h, 0, T * K * I);
-        const gotY = await readF32(gpu, y, 0, T * K * D);
-        const wantMissed = new Uint32Array(2 * E);
-        for (let pair = 0; pair < T * K; pair++) {
-          const e = idxArr[pair], slot = LAYER1_SLOTS[e];
-          const hRow = gotH.subarray(pair * I, (pair + 1) * I);
-          const yRow = gotY.subarray(pair * D, (pair + 1) * D);
-          if (slot === ABSENT) {
-            wantMissed[E + e] = 1;
-            assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
-            assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
-            continue;
+        const table = new Uint32Array([1, 1, 1, 1, 1, 1, ...LAYER1_SLOTS]);
+        const slots = buffer(table);
+        // T = 50: 150 (token, expert) pairs take the tiled kernels.
+        for (const T of [1, 3, 50]) {
+          const next = rng(T);
+          const idxArr = new Uint32Array(T * K);
+          for (let t = 0; t < T; t++) {
+            const order = Array.from({ length: E }, (_, e) => e).sort(() => next());
+            idxArr.set(order.slice(0, K), t * K);
           }
-          const w = expert(slot);
-          const t = Math.floor(pair / K);
-          const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
-          assertClose(hRow, wantH, TOL, `${type} h T=${T} pair=${pair}`);
-          assertClose(
-            yRow,
-            ref.expertDown(hRow, w.down, D, I),
-            TOL,
-            `${type} y T=${T} pair=${pair}`,
-          );
+          const x = randomF32(T * D, 7 + T);
+          const idx = buffer(idxArr), missed = buffer(table.byteLength);
+          const h = buffer(new Float32Array(T * K * I).fill(UNTOUCHED));
+          const y = buffer(new Float32Array(T * K * D).fill(UNTOUCHED));
+          const xBuf = buffer(x);
+          const common = { idx, slots, slotBase: E, poolDtype: type, slotElems: SLOT_ELEMS, k: K };
+          // Both pools bound by one op (one group), as the model binds a group of pool buffers.
+          const group = {
+            pools: poolBufs,
+            firstSlot: 0,
+            slots: POOLS[0].slots + POOLS[1].slots,
+            slotsPerPool: POOLS[0].slots,
+          };
+          const list = [
+            o.expertsGateUp({
+              ...common,
+              partOffset: 0,
+              x: xBuf,
+              missed,
+              group,
+              h,
+              hidden: D,
+              inter: I,
+            }),
+            o.expertsDown({
+              ...common,
+              partOffset: 2 * I * D,
+              h,
+              group,
+              y,
+              hidden: D,
+              inter: I,
+            }),
+          ];
+          run(list, T, 0, o.step);
+          const gotH = await readF32(gpu, h, 0, T * K * I);
+          const gotY = await readF32(gpu, y, 0, T * K * D);
+          const wantMissed = new Uint32Array(2 * E);
+          for (let pair = 0; pair < T * K; pair++) {
+            const e = idxArr[pair], slot = LAYER1_SLOTS[e];
+            const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+            const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+            if (slot === ABSENT) {
+              wantMissed[E + e] = 1;
+              assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
+              assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
+              continue;
+            }
+            const w = expert(slot);
+            const t = Math.floor(pair / K);
+            const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
+            assertClose(hRow, wantH, TOL, `${type} h T=${T} pair=${pair}`);
+            assertClose(
+              yRow,
+              ref.expertDown(hRow, w.down, D, I),
+              TOL,
+              `${type} y T=${T} pair=${pair}`,
+            );
+          }
+          assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
         }
-        assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
-      }
-    },
-  );
+      },
+    );
+  }
 }
 
 /** The quantized types matmul reads repacked in 8-row blocks: repack, bytes per 256 values, and
