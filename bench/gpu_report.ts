@@ -25,6 +25,7 @@ import { SMALL } from "../weights/fixture.ts";
 import { bytesPerToken, QWEN3_30B_A3B, writeFixtureInChild } from "./decode.ts";
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
+import { ADAPTER_CHOICES } from "../src/gpu/ops.ts";
 import { type Gpu, openGpu } from "../src/gpu/device.ts";
 import { GREEDY } from "../src/sampling.ts";
 import { median } from "./memcpy.ts";
@@ -49,12 +50,7 @@ const DECODE_TOKENS = values.small ? 32 : 128;
 const PREFILL_LENGTHS = [64, 512, 2048];
 /** The kernel choices llvmpipe's defaults make, measured beside the adapter's own (on a GPU: the
  * kernels issue's before and after). */
-const LLVMPIPE_KERNELS: GpuModelOptions = {
-  coalescedMatvec: false,
-  workgroupTiles: false,
-  laneNorms: true,
-  attentionScratchBytes: 80 << 20,
-};
+const LLVMPIPE_KERNELS: GpuModelOptions = ADAPTER_CHOICES.llvmpipe;
 
 /** GB/s of copyBufferToBuffer (bytes read + written), by timestamps when offered. */
 async function copyBandwidth(

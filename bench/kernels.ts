@@ -7,7 +7,7 @@
  */
 import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
-import { Ops } from "../src/gpu/ops.ts";
+import { ADAPTER_CHOICES, Ops } from "../src/gpu/ops.ts";
 import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
 import { weightBytes } from "../src/gpu/weight_dtype.ts";
 import { stepRecord } from "../src/gpu/ops_api.ts";
@@ -30,7 +30,7 @@ const tileMajorOps = new Ops(gpu, { interleavedTiles: false, workgroupTiles: fal
 const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
 /** Three-pass attention while its scores fit in 80 MiB (llvmpipe's default), blocked, and its
  * baseline: one position / head-dim chunk per lane. */
-const THREE_PASS_SCRATCH = 80 << 20;
+const THREE_PASS_SCRATCH = ADAPTER_CHOICES.llvmpipe.attentionScratchBytes;
 const threePassOps = new Ops(gpu, { attentionScratchBytes: THREE_PASS_SCRATCH });
 const unblockedOps = new Ops(gpu, {
   attentionBlocks: false,

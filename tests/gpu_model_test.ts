@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import { type FixtureOptions, SMALL, TINY, writeFixture } from "../weights/fixture.ts";
 import { openModelDir } from "../src/model_dir.ts";
 import { GpuModel, type GpuModelOptions } from "../src/gpu/model.ts";
+import { ADAPTER_CHOICES } from "../src/gpu/ops.ts";
+import { SHARED_SIZES } from "./_sizes.ts";
 import { stackRows } from "../src/gpu/resident.ts";
 import { greedy, openReferenceModel } from "../src/reference/model.ts";
 import { greedyToken } from "../src/greedy.ts";
@@ -71,20 +73,8 @@ const CASES: [string, FixtureOptions, number][] = [
  * matvec; one-pass attention; a workgroup per norm row), each forced, so both sets are held to
  * the reference on any adapter (the second on the two 16-bit fixtures, for time). */
 const KERNEL_SETS: [string, GpuModelOptions][] = [
-  ["llvmpipe's kernels", {
-    coalescedMatvec: false,
-    workgroupTiles: false,
-    laneNorms: true,
-    attentionScratchBytes: 80 << 20,
-  }],
-  ["GPU kernels", {
-    coalescedMatvec: true,
-    workgroupTiles: true,
-    // (MOE_TEST_GPU_SIZES=1: a GPU's workgroup sizes, as tests/kernel_harness.ts)
-    sharedSizes: Deno.env.get("MOE_TEST_GPU_SIZES") === "1" ? "gpu" : undefined,
-    laneNorms: false,
-    attentionScratchBytes: 0,
-  }],
+  ["llvmpipe's kernels", ADAPTER_CHOICES.llvmpipe],
+  ["GPU kernels", { ...ADAPTER_CHOICES.gpu, sharedSizes: SHARED_SIZES }],
 ];
 
 for (const [name, opts, tolerance] of CASES) {

@@ -1,14 +1,15 @@
 import assert from "node:assert";
 import { readF32 } from "../src/gpu/readback.ts";
 import * as ref from "../src/reference/ops.ts";
-import { OpConfigError, Ops } from "../src/gpu/ops.ts";
+import { ADAPTER_CHOICES, OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
 /** The three-pass attention (scores buffer), its baseline with one position and one head-dim
  * chunk per lane (must agree bit for bit: the same sums in the same order), the one-pass kernel
  * used past its budget, and the three-pass kernels with their private arrays at the declared
  * maxima (exactArrays: false; bit for bit too). */
-const SCRATCH = { attentionScratchBytes: 80 << 20 }; // three passes on any adapter
+// three passes on any adapter
+const SCRATCH = { attentionScratchBytes: ADAPTER_CHOICES.llvmpipe.attentionScratchBytes };
 const VARIANTS: [string, Ops][] = [
   ["3-pass", new Ops(gpu, SCRATCH)],
   ["3-pass, one position / chunk a lane", new Ops(gpu, { ...SCRATCH, attentionBlocks: false })],

@@ -275,6 +275,26 @@ function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
   return { ...g, pools: [...g.pools, ...Array(count - g.pools.length).fill(last)] };
 }
 
+/** The kernel choices whose defaults differ by adapter, in one place: llvmpipe's (lanes owning
+ * rows, three-pass attention, a lane per norm row) and every other adapter's (workgroups sharing
+ * rows, one-pass attention, a workgroup per norm row). Benchmarks and tests force either set. */
+export const ADAPTER_CHOICES = {
+  llvmpipe: {
+    coalescedMatvec: false,
+    workgroupTiles: false,
+    laneNorms: true,
+    attentionScratchBytes: ATTENTION_SCRATCH_BYTES,
+    sharedSizes: "llvmpipe",
+  },
+  gpu: {
+    coalescedMatvec: true,
+    workgroupTiles: true,
+    laneNorms: false,
+    attentionScratchBytes: 0,
+    sharedSizes: "gpu",
+  },
+} as const satisfies Record<string, OpsOptions>;
+
 /** Kernel choices (benchmarks and tests select the baselines). */
 export interface OpsOptions {
   /** Bytes of attention scores kept for the three-pass attention (0: always one pass; default
@@ -336,7 +356,8 @@ export class Ops implements OpsApi {
   readonly step: GPUBuffer;
   private device: GPUDevice;
   private shaders: Shaders;
-  /** Whether the adapter is llvmpipe, whose loop limit bounds the attention length. */
+  /** Whether the adapter is llvmpipe: its loop limit bounds the attention length, and its kernel
+   * choices are ADAPTER_CHOICES.llvmpipe. */
   private llvmpipe: boolean;
   /** Scratch buffers (attention scores, expert tiles), shared by the ops that ask for one. */
   private scratch: GPUBuffer[] = [];
@@ -383,14 +404,14 @@ export class Ops implements OpsApi {
     this.interleavedTiles = opts.interleavedTiles ?? true;
     this.attentionBlocks = opts.attentionBlocks ?? true;
     this.llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
-    this.laneNorms = opts.laneNorms ?? this.llvmpipe;
+    const byAdapter = this.llvmpipe ? ADAPTER_CHOICES.llvmpipe : ADAPTER_CHOICES.gpu;
+    this.laneNorms = opts.laneNorms ?? byAdapter.laneNorms;
     this.exactArrays = opts.exactArrays ?? true;
     this.paddedTiles = opts.paddedTiles ?? true;
-    this.attentionScratchBytes = opts.attentionScratchBytes ??
-      (this.llvmpipe ? ATTENTION_SCRATCH_BYTES : 0);
-    this.coalescedMatvec = opts.coalescedMatvec ?? !this.llvmpipe;
-    this.workgroupTiles = opts.workgroupTiles ?? !this.llvmpipe;
-    const sizes = opts.sharedSizes ?? (this.llvmpipe ? "llvmpipe" : "gpu");
+    this.attentionScratchBytes = opts.attentionScratchBytes ?? byAdapter.attentionScratchBytes;
+    this.coalescedMatvec = opts.coalescedMatvec ?? byAdapter.coalescedMatvec;
+    this.workgroupTiles = opts.workgroupTiles ?? byAdapter.workgroupTiles;
+    const sizes = opts.sharedSizes ?? byAdapter.sharedSizes;
     this.sharedWG = WG_SHARED[sizes];
     this.tileLanes = TILE_LANES[sizes];
     this.shaders = new Shaders(this.device);
