@@ -15,7 +15,9 @@
  *     (DIR/runtime_logits.json) that tools/gpu/transformers_run.py compares with transformers';
  *   - the same with llvmpipe's kernel choices (llvmpipeKernels: 8 rows a lane in decode matmuls,
  *     tiles of tokens in a lane in prefill ones, lane norms, three-pass attention) beside the
- *     adapter's defaults, and how far their logits are apart.
+ *     adapter's defaults, and how far their logits are apart;
+ *   - prefill with the adapter's defaults plus the flash-style tiled attention (attentionTiles:
+ *     attention_tiled.wgsl, off by default until a GPU has measured it).
  * Prints one JSON object (also written to --out FILE).
  *
  *   ./bin/deno run -A --unstable-webgpu bench/gpu_report.ts --dir DIR [--small] [--out FILE]
@@ -177,8 +179,9 @@ const opened = openModelDir(dir);
 const c = opened.weights.config;
 const maxPrompt = Math.max(...PREFILL_LENGTHS);
 
-/** Decode and prefill speeds, and the fixed prompt's last-token logits, with `kernels`. */
-async function measure(kernels: GpuModelOptions) {
+/** Decode (unless `prefillOnly`) and prefill speeds, and the fixed prompt's last-token logits,
+ * with `kernels`. */
+async function measure(kernels: GpuModelOptions, prefillOnly = false) {
   const model = await GpuModel.open(opened.weights, {
     gpu,
     maxContext: maxPrompt + 8,
@@ -191,7 +194,7 @@ async function measure(kernels: GpuModelOptions) {
     s.free();
     const speeds: number[] = [];
     let readbacks = 0;
-    for (let r = 0; r <= 3; r++) {
+    for (let r = 0; r <= (prefillOnly ? -1 : 3); r++) {
       const s = model.newSession();
       const res = await s.decode(
         { feed: REPORT_PROMPT, maxTokens: DECODE_TOKENS, sampling: GREEDY, eosIds: [] },
@@ -211,7 +214,8 @@ async function measure(kernels: GpuModelOptions) {
       mbPerToken: perToken.total / 1e6,
       weightGbPerS: (perToken.total * tokPerS) / 1e9,
     };
-    console.error("decode:", JSON.stringify(decode));
+    if (prefillOnly) console.error("decode: not measured (prefill only)");
+    if (!prefillOnly) console.error("decode:", JSON.stringify(decode));
     const prefill: Record<string, number> = {};
     for (const n of PREFILL_LENGTHS) {
       const prompt = Array.from({ length: n }, (_, i) => (i * 7919 + 13) % c.vocabSize);
@@ -257,6 +261,14 @@ try {
     maxBatch: before.maxBatch,
     logitsMaxAbsDiff: diff,
   };
+  // the adapter's defaults with prefill attention in tiles (attention_tiled.wgsl), prefill only
+  console.error("kernels: the adapter's defaults, prefill attention in tiles");
+  const tiled = await measure({ attentionTiles: true }, true);
+  let tiledDiff = 0;
+  for (let i = 0; i < after.logits.length; i++) {
+    tiledDiff = Math.max(tiledDiff, Math.abs(after.logits[i] - tiled.logits[i]));
+  }
+  report.attentionTiles = { prefillTokPerS: tiled.prefill, logitsMaxAbsDiff: tiledDiff };
 } finally {
   opened.close();
 }

@@ -3,11 +3,12 @@
  * ArrayBuffer copy measured in the same run. Not a test: prints tables. Besides wall-clock GB/s
  * it prints GB per CPU-second of this process (llvmpipe runs on our own threads), which stays
  * comparable when other processes share the cores.
- *   ./bin/deno run -A --unstable-webgpu bench/kernels.ts
+ *   ./bin/deno run -A --unstable-webgpu bench/kernels.ts [--arrays | --attention]
+ * --arrays: the private-array rows only; --attention: the attention rows only.
  */
 import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
-import { ADAPTER_CHOICES, Ops } from "../src/gpu/ops.ts";
+import { ADAPTER_CHOICES, OpConfigError, Ops } from "../src/gpu/ops.ts";
 import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
 import { weightBytes } from "../src/gpu/weight_dtype.ts";
 import { stepRecord } from "../src/gpu/ops_api.ts";
@@ -25,9 +26,16 @@ const gpu = await openGpu();
 const ops = new Ops(gpu);
 /** The tiled expert kernels' baseline workgroup order (tile-major), for the rows beside it. */
 const tileMajorOps = new Ops(gpu, { interleavedTiles: false, workgroupTiles: false });
-/** Attention without the three-pass kernels' scores scratch: always the one-pass kernel (the
- * default on adapters other than llvmpipe). */
-const onePassOps = new Ops(gpu, { attentionScratchBytes: 0 });
+/** Attention without the three-pass kernels' scores scratch and tiles: always the one-pass kernel
+ * (decode's default on adapters other than llvmpipe, and their prefill's before the tiles). */
+const onePassOps = new Ops(gpu, { attentionScratchBytes: 0, attentionTiles: false });
+/** The flash-style tiled attention (attention_tiled.wgsl; prefill's default on adapters other
+ * than llvmpipe), here on every step, decode's too. */
+const tiledAttentionOps = new Ops(gpu, {
+  attentionScratchBytes: 0,
+  attentionTiles: true,
+  attentionTilesFrom: 1,
+});
 /** Three-pass attention while its scores fit in 80 MiB (llvmpipe's default), blocked, and its
  * baseline: one position / head-dim chunk per lane. */
 const THREE_PASS_SCRATCH = ADAPTER_CHOICES.llvmpipe.attentionScratchBytes;
@@ -47,6 +55,21 @@ const narrowTileOps = new Ops(gpu, { wideTiles: false, workgroupTiles: false });
 const sharedTileOps = new Ops(gpu, { workgroupTiles: true });
 /** Private arrays at each kernel's declared maximum (the baseline of exactArrays). */
 const maxArrayOps = new Ops(gpu, { exactArrays: false });
+/** Every Ops above: time() writes each one's step (an op reads its own Ops' step buffer). */
+const allOps = [
+  ops,
+  tileMajorOps,
+  onePassOps,
+  tiledAttentionOps,
+  threePassOps,
+  unblockedOps,
+  laneRowsOps,
+  matvecOps,
+  wideTileOps,
+  narrowTileOps,
+  sharedTileOps,
+  maxArrayOps,
+];
 const device = gpu.device;
 const made: GPUBuffer[] = [];
 
@@ -88,10 +111,7 @@ async function time(
   T: number,
   pos0 = 0,
 ): Promise<{ wall: number; cpu: number; gpu: number | null }> {
-  const all = [ops, tileMajorOps, onePassOps, threePassOps, unblockedOps, narrowTileOps];
-  for (const o of [...all, maxArrayOps, laneRowsOps, matvecOps, wideTileOps, sharedTileOps]) {
-    device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
-  }
+  for (const o of allOps) device.queue.writeBuffer(o.step, 0, stepRecord(T, pos0));
   const once = async () => {
     const enc = device.createCommandEncoder();
     const pass = enc.beginComputePass(
@@ -308,8 +328,55 @@ async function arrayRows(): Promise<void> {
   }
 }
 
+async function attentionRows(): Promise<void> {
+  // Attention of a 64-token prefill step of Qwen3-30B-A3B's shape (32 query heads, 4 kv heads, head
+  // dim 128) at the end of a 512- and a 2048-token prompt: GFLOP/s = 4 x heads x head_dim x the
+  // positions the step's tokens attend to, per second. The one-pass kernel, the three-pass kernels
+  // (scores kept in a scratch, llvmpipe's choice while they fit) with one position / head-dim
+  // chunk per lane (the baseline) and blocked (several per lane, the default), and the tiled
+  // kernel (other adapters' prefill; refused on llvmpipe past its loop limit).
+  console.log(
+    "\nattention prefill, 64 tokens   kernels      ms/call  GFLOP/s  CPU-s/s" +
+      (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+  );
+  for (const T of [64, 1]) {
+    if (T === 1) {
+      console.log(
+        "\nattention decode, 1 token     kernels      ms/call  GFLOP/s  CPU-s/s" +
+          (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
+      );
+    }
+    for (const positions of [512, 2048]) {
+      const variants = [
+        ["one-pass", onePassOps],
+        ["3-pass", unblockedOps],
+        ["3-pass blk", threePassOps],
+        ["tiles", tiledAttentionOps],
+      ] as const;
+      for (const [name, from] of variants) {
+        let prepared: { op: Op; flop: number };
+        try {
+          prepared = attentionOp(from, 32, 4, 128, T, positions);
+        } catch (e) {
+          if (!(e instanceof OpConfigError)) throw e;
+          console.log(`attention H32/4 D128 at ${positions}  ${name}: refused (${e.message})`);
+          continue;
+        }
+        const { op, flop } = prepared;
+        const s = await time([op], T, positions - T);
+        rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
+        release();
+      }
+    }
+  }
+}
+
 if (Deno.args.includes("--arrays")) {
   await arrayRows();
+  Deno.exit(0);
+}
+if (Deno.args.includes("--attention")) {
+  await attentionRows();
   Deno.exit(0);
 }
 
@@ -405,33 +472,4 @@ for (const E of [128, 32]) {
   }
 }
 
-// Attention of a 64-token prefill step of Qwen3-30B-A3B's shape (32 query heads, 4 kv heads, head
-// dim 128) at the end of a 512- and a 2048-token prompt: GFLOP/s = 4 x heads x head_dim x the
-// positions the step's tokens attend to, per second. The one-pass kernel, the three-pass kernels
-// (scores kept in a scratch, the runtime's choice while they fit) with one position / head-dim
-// chunk per lane (the baseline) and blocked (several per lane, the default).
-console.log(
-  "\nattention prefill, 64 tokens   kernels      ms/call  GFLOP/s  CPU-s/s" +
-    (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
-);
-for (const T of [64, 1]) {
-  if (T === 1) {
-    console.log(
-      "\nattention decode, 1 token     kernels      ms/call  GFLOP/s  CPU-s/s" +
-        (timestamps ? "  GPU ms/call  GPU GFLOP/s" : ""),
-    );
-  }
-  for (const positions of [512, 2048]) {
-    const variants = [
-      ["one-pass", onePassOps],
-      ["3-pass", unblockedOps],
-      ["3-pass blk", threePassOps],
-    ] as const;
-    for (const [name, from] of variants) {
-      const { op, flop } = attentionOp(from, 32, 4, 128, T, positions);
-      const s = await time([op], T, positions - T);
-      rateRow(`attention H32/4 D128 at ${positions}`, name, flop, s);
-      release();
-    }
-  }
-}
+await attentionRows();

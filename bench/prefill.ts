@@ -16,12 +16,17 @@
  * `--compare chunks` (32 experts, the real vocab 151936, 128-token steps): the q/k heads' norm
  * and RoPE a workgroup per row or a lane per row (`laneNorms`), then a prompt's chunks before the
  * last without the lm_head (`headlessChunks`).
+ * `--compare attention` (32 experts, 128-token steps, every other choice at its default): the
+ * attention of prefill steps in three passes (`attentionTiles: false`, the baseline) or
+ * flash-style in tiles (attention_tiled.wgsl).
  *
- * All configurations must give the same last-token logits bit for bit. Modes alternate; medians.
+ * All configurations must give the same last-token logits bit for bit, but for `--compare
+ * attention`, whose kernels add in another order: there the largest difference is printed. Modes
+ * alternate; medians.
  * Not a test: prints a table and writes bench/out/prefill.json (prefill_steps.json).
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/prefill.ts [--reps N]
- *     [--lengths 64,512,2048] [--no-real] [--compare kernels|steps|chunks]
+ *     [--lengths 64,512,2048] [--no-real] [--compare kernels|steps|chunks|attention]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -54,6 +59,8 @@ interface Mode {
   /** GpuModelOptions.laneNorms and headlessChunks (default true). */
   laneNorms?: boolean;
   headlessChunks?: boolean;
+  /** GpuModelOptions.attentionTiles (default: the adapter's). */
+  attentionTiles?: boolean;
 }
 
 /** The kernels' configurations, 64-token steps (the default comparison). */
@@ -102,14 +109,23 @@ const CHUNK_MODES: Mode[] = [
   { laneNorms: true, headlessChunks: true, name: "+ headless chunks" },
 ].map((m) => ({ ...m, wideTiles: true, interleavedTiles: true, attentionBlocks: true, step: 128 }));
 
+/** `--compare attention`: 128-token steps, prefill attention in three passes (the baseline) or
+ * in tiles. */
+const ATTENTION_MODES: Mode[] = [
+  { attentionTiles: false, name: "three passes" },
+  { attentionTiles: true, name: "tiles" },
+].map((m) => ({ ...m, wideTiles: true, interleavedTiles: true, attentionBlocks: true, step: 128 }));
+
 let MODES = KERNEL_MODES;
+/** Whether the modes' logits may differ (attention kernels summing in another order). */
+let MAY_DIFFER = false;
 
 async function benchModel(
   name: string,
   dir: string,
   lengths: number[],
   reps: number,
-): Promise<{ rows: Row[]; identical: boolean }> {
+): Promise<{ rows: Row[]; identical: boolean; maxDiff: number }> {
   const maxLen = Math.max(...lengths);
   const side = await openSideBySide(
     dir,
@@ -121,12 +137,14 @@ async function benchModel(
       attentionBlocks: m.attentionBlocks,
       laneNorms: m.laneNorms,
       headlessChunks: m.headlessChunks,
+      attentionTiles: m.attentionTiles,
     })),
   );
   const models = side.models;
   const c = side.opened.weights.config;
   const rows: Row[] = [];
   let identical = true;
+  let maxDiff = 0;
   try {
     for (const n of lengths) {
       const rand = mulberry32(n);
@@ -145,6 +163,9 @@ async function benchModel(
         }
       }
       if (!last.every((l) => l.every((v, j) => Object.is(v, last[0][j])))) identical = false;
+      for (const l of last) {
+        for (let j = 0; j < l.length; j++) maxDiff = Math.max(maxDiff, Math.abs(l[j] - last[0][j]));
+      }
       for (const [i, m] of MODES.entries()) {
         const med = median(times[i]);
         rows.push({
@@ -161,7 +182,7 @@ async function benchModel(
   } finally {
     side.close();
   }
-  return { rows, identical };
+  return { rows, identical, maxDiff };
 }
 
 async function main(): Promise<void> {
@@ -181,11 +202,18 @@ async function main(): Promise<void> {
     throw new RangeError("--reps: a positive integer; --lengths: positive integers, commas");
   }
   const compare = values.compare;
-  if (compare !== "kernels" && compare !== "steps" && compare !== "chunks") {
-    throw new RangeError("--compare: kernels, steps or chunks");
+  if (!["kernels", "steps", "chunks", "attention"].includes(compare)) {
+    throw new RangeError("--compare: kernels, steps, chunks or attention");
   }
   const steps = compare === "steps";
-  MODES = steps ? STEP_MODES : compare === "chunks" ? CHUNK_MODES : KERNEL_MODES;
+  MODES = steps
+    ? STEP_MODES
+    : compare === "chunks"
+    ? CHUNK_MODES
+    : compare === "attention"
+    ? ATTENTION_MODES
+    : KERNEL_MODES;
+  MAY_DIFFER = compare === "attention";
   // chunks: the real vocab, since the baseline runs the lm_head over the early chunks' rows
   const real = steps
     ? { ...REAL, experts: 128 }
@@ -229,9 +257,13 @@ async function main(): Promise<void> {
     }
   }
   lines.push(
-    `last-token logits identical in all modes: ${
-      results.map((r) => `${r.rows[0].model} ${r.identical ? "yes" : "NO"}`).join(", ")
-    }`,
+    MAY_DIFFER
+      ? `last-token logits, largest |difference| between modes: ${
+        results.map((r) => `${r.rows[0].model} ${r.maxDiff.toExponential(2)}`).join(", ")
+      }`
+      : `last-token logits identical in all modes: ${
+        results.map((r) => `${r.rows[0].model} ${r.identical ? "yes" : "NO"}`).join(", ")
+      }`,
   );
   for (const l of lines) console.log(l);
   Deno.mkdirSync(new URL("./out/", import.meta.url), { recursive: true });

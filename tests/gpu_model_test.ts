@@ -71,15 +71,22 @@ const CASES: [string, FixtureOptions, number][] = [
 /** The kernel choices of llvmpipe (lanes that own whole rows, three-pass attention) and of other
  * adapters (workgroups that share rows: matvec.wgsl, matmul_tiled.wgsl, the experts' gate/up
  * matvec; one-pass attention; a workgroup per norm row), each forced, so both sets are held to
- * the reference on any adapter (the second on the two 16-bit fixtures, for time). */
+ * the reference on any adapter (the second on the two 16-bit fixtures, for time), the latter
+ * also with the prefill attention in tiles (attention_tiled.wgsl: the 64- and 128-token
+ * prompts). */
 const KERNEL_SETS: [string, GpuModelOptions][] = [
   ["llvmpipe's kernels", ADAPTER_CHOICES.llvmpipe],
   ["GPU kernels", { ...ADAPTER_CHOICES.gpu, sharedSizes: SHARED_SIZES }],
+  ["GPU kernels, tiled attention", {
+    ...ADAPTER_CHOICES.gpu,
+    sharedSizes: SHARED_SIZES,
+    attentionTiles: true,
+  }],
 ];
 
 for (const [name, opts, tolerance] of CASES) {
   for (const [kernels, kernelOpts] of KERNEL_SETS) {
-    if (kernels === "GPU kernels" && opts.dtype !== "BF16") continue;
+    if (kernels !== "llvmpipe's kernels" && opts.dtype !== "BF16") continue;
     Deno.test(`GpuModel logits match the float64 reference within ${tolerance} (${name}, ${kernels})`, async () => {
       await withFixture(opts, async (dir) => {
         const opened = openModelDir(dir);

@@ -2,12 +2,14 @@ import assert from "node:assert";
 import { readF32 } from "../src/gpu/readback.ts";
 import * as ref from "../src/reference/ops.ts";
 import { ADAPTER_CHOICES, OpConfigError, Ops } from "../src/gpu/ops.ts";
+import { stepRecord } from "../src/gpu/ops_api.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
 /** The three-pass attention (scores buffer), its baseline with one position and one head-dim
  * chunk per lane (must agree bit for bit: the same sums in the same order), the one-pass kernel
- * used past its budget, and the three-pass kernels with their private arrays at the declared
- * maxima (exactArrays: false; bit for bit too). */
+ * used past its budget, the three-pass kernels with their private arrays at the declared
+ * maxima (exactArrays: false; bit for bit too), and the flash-style tiled kernel (GPUs' prefill,
+ * here on every step). */
 // three passes on any adapter
 const SCRATCH = { attentionScratchBytes: ADAPTER_CHOICES.llvmpipe.attentionScratchBytes };
 const VARIANTS: [string, Ops][] = [
@@ -16,6 +18,13 @@ const VARIANTS: [string, Ops][] = [
   ["1-pass", new Ops(gpu, { attentionScratchBytes: 0 })],
   ["3-pass, arrays at their declared maxima", new Ops(gpu, { ...SCRATCH, exactArrays: false })],
 ];
+/** The flash-style tiled attention (GPUs' prefill candidate, here on every step), added to the
+ * cases below that name it: llvmpipe compiles each of its pipelines for up to a minute. */
+const TILES: [string, Ops] = [
+  "tiles",
+  new Ops(gpu, { attentionTiles: true, attentionTilesFrom: 1 }),
+];
+const WITH_TILES = [...VARIANTS, TILES];
 /** llvmpipe ends a shader invocation after 65535 loop iterations: the one-pass kernel refuses
  * caches longer than it can finish there (other adapters have no such limit). */
 const LLVMPIPE = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
@@ -33,9 +42,9 @@ interface Case {
   headDim: number;
 }
 
-async function check(c: Case, tol = TOL): Promise<void> {
+async function check(c: Case, tol = TOL, variants = VARIANTS): Promise<void> {
   const outs: Float32Array[] = [];
-  for (const [variant, o] of VARIANTS) outs.push(await checkWith(o, variant, c, tol));
+  for (const [variant, o] of variants) outs.push(await checkWith(o, variant, c, tol));
   assert.deepStrictEqual(outs[0], outs[1], `3-pass blocked vs baseline ${JSON.stringify(c)}`);
   assert.deepStrictEqual(outs[0], outs[3], `exact vs declared arrays ${JSON.stringify(c)}`);
 }
@@ -76,17 +85,17 @@ async function checkWith(o: Ops, variant: string, c: Case, tol: number): Promise
 gpuTest(
   "attention() matches the float64 reference for GQA group 1, Dh 24, kv_len 1..7",
   async () => {
-    await check({ T: 1, pos0: 0, heads: 2, kvHeads: 2, headDim: 24 }); // kv_len 1
-    await check({ T: 7, pos0: 0, heads: 2, kvHeads: 2, headDim: 24 });
-    await check({ T: 3, pos0: 4, heads: 3, kvHeads: 3, headDim: 24 });
+    await check({ T: 1, pos0: 0, heads: 2, kvHeads: 2, headDim: 24 }, TOL, WITH_TILES); // kv_len 1
+    await check({ T: 7, pos0: 0, heads: 2, kvHeads: 2, headDim: 24 }, TOL, WITH_TILES);
+    await check({ T: 3, pos0: 4, heads: 3, kvHeads: 3, headDim: 24 }, TOL, WITH_TILES);
   },
 );
 
 gpuTest(
   "attention() matches the float64 reference for GQA group 8, Dh 128, kv_len > 256",
   async () => {
-    await check({ T: 1, pos0: 300, heads: 8, kvHeads: 1, headDim: 128 });
-    await check({ T: 3, pos0: 270, heads: 16, kvHeads: 2, headDim: 128 });
+    await check({ T: 1, pos0: 300, heads: 8, kvHeads: 1, headDim: 128 }, TOL, WITH_TILES);
+    await check({ T: 3, pos0: 270, heads: 16, kvHeads: 2, headDim: 128 }, TOL, WITH_TILES);
   },
 );
 
@@ -135,5 +144,127 @@ gpuTest(
   async () => {
     // A per-head loop over positions and head dims stopped after ~1000 positions at Dh 128.
     await check({ T: 2, pos0: 1500, heads: 4, kvHeads: 1, headDim: 128 });
+  },
+);
+
+/** One step of tokens from several sequences (their KV slabs, their positions), the caches
+ * holding slabs [firstSlab, firstSlab + slabs): each token's output against the float64
+ * reference over its own slab; tokens of other buffers' slabs are left as they were. */
+async function checkMixed(
+  o: Ops,
+  variant: string,
+  tokens: [number, number][],
+  shape: { heads: number; kvHeads: number; headDim: number; positions: number },
+  firstSlab: number,
+  slabs: number,
+): Promise<void> {
+  const { heads, kvHeads, headDim, positions } = shape;
+  const kvWidth = kvHeads * headDim;
+  const qWidth = heads * headDim;
+  const T = tokens.length;
+  const q = randomF32(T * qWidth, 11);
+  const k = randomF32(slabs * positions * kvWidth, 12, 4);
+  const v = randomF32(slabs * positions * kvWidth, 13);
+  const scale = 1 / Math.sqrt(headDim);
+  const untouched = -7;
+  const out = buffer(new Float32Array(T * qWidth).fill(untouched));
+  const op = o.attention({
+    q: buffer(q),
+    kCache: buffer(k),
+    vCache: buffer(v),
+    out,
+    numHeads: heads,
+    numKvHeads: kvHeads,
+    headDim,
+    scale,
+    firstSlab,
+    slabs,
+  });
+  gpu.device.queue.writeBuffer(o.step, 0, stepRecord(T, 0, 0, tokens));
+  const encoder = gpu.device.createCommandEncoder();
+  const pass = encoder.beginComputePass();
+  op.record(pass, T);
+  pass.end();
+  gpu.device.queue.submit([encoder.finish()]);
+  const got = await readF32(gpu, out, 0, T * qWidth);
+  tokens.forEach(([slab, pos], t) => {
+    const row = got.subarray(t * qWidth, (t + 1) * qWidth);
+    const what = `${variant}: token ${t} (slab ${slab}, position ${pos})`;
+    if (slab < firstSlab || slab >= firstSlab + slabs) {
+      assert.ok(row.every((x) => x === untouched), `${what} belongs to another buffer`);
+      return;
+    }
+    const s = (slab - firstSlab) * positions * kvWidth;
+    const want = ref.attention(
+      q.subarray(t * qWidth, (t + 1) * qWidth),
+      k.subarray(s, s + (pos + 1) * kvWidth),
+      v.subarray(s, s + (pos + 1) * kvWidth),
+      1,
+      pos,
+      heads,
+      kvHeads,
+      headDim,
+      scale,
+    );
+    assertClose(row, want, TOL, what);
+  });
+}
+
+gpuTest(
+  "attention() of one step holding several sequences matches the float64 reference per sequence",
+  async () => {
+    // Runs of one slab inside the tiled kernel's tiles (8 query heads per kv head: 2 tokens a
+    // tile), a sequence split across tiles, one token alone in its slab, slabs of another buffer.
+    const shape = { heads: 16, kvHeads: 2, headDim: 32, positions: 80 };
+    const tokens: [number, number][] = [
+      [2, 5],
+      [2, 6],
+      [3, 0],
+      [4, 40],
+      [4, 41],
+      [4, 42],
+      [1, 9],
+      [3, 1],
+      [2, 7],
+      [4, 79],
+    ];
+    // and the tiled kernel's positions split into windows of 16 (a dispatch each), so that rows
+    // end in the first, a middle and the last window and runs skip windows past their positions
+    const windows = new Ops(gpu, {
+      attentionTiles: true,
+      attentionTilesFrom: 1,
+      attentionWindow: 16,
+    });
+    for (const [variant, o] of [...WITH_TILES, ["tiles, windows of 16", windows] as const]) {
+      await checkMixed(o, variant, tokens, shape, 2, 3); // slabs 2..4 here, 1 elsewhere
+    }
+    // one query head per kv head: 16 tokens a tile, so every run of the step in one tile
+    const mha = { heads: 4, kvHeads: 4, headDim: 24, positions: 80 };
+    for (const [variant, o] of WITH_TILES) await checkMixed(o, variant, tokens, mha, 0, 5);
+  },
+);
+
+gpuTest(
+  "the tiled attention is chosen from attentionTilesFrom tokens a step, the others below",
+  async () => {
+    // Same numbers as the reference either way; which kernel ran shows in the op's pipeline
+    // choice only, so compare against the one-pass kernel bit for bit below the threshold.
+    const c = { T: 20, pos0: 30, heads: 8, kvHeads: 2, headDim: 32 };
+    const oneInput = new Ops(gpu, { attentionScratchBytes: 0, attentionTiles: false });
+    const from20 = new Ops(gpu, {
+      attentionScratchBytes: 0,
+      attentionTiles: true,
+      attentionTilesFrom: 20,
+    });
+    const from21 = new Ops(gpu, {
+      attentionScratchBytes: 0,
+      attentionTiles: true,
+      attentionTilesFrom: 21,
+    });
+    const one = await checkWith(oneInput, "one-pass", c, TOL);
+    const tiled = await checkWith(from20, "tiles from 20 tokens", c, TOL);
+    const below = await checkWith(from21, "tiles from 21 tokens", c, TOL);
+    assert.deepStrictEqual(below, one, "below the threshold: the one-pass kernel");
+    assert.notDeepStrictEqual(tiled, one, "at the threshold: another kernel (other sums)");
   },
 );

@@ -162,6 +162,9 @@ export interface GpuModelOptions {
   /** Bytes of scores for the three-pass attention (OpsOptions.attentionScratchBytes; default 80
    * MiB on llvmpipe, 0 elsewhere: one pass). */
   attentionScratchBytes?: number;
+  /** Prefill attention flash-style in tiles of tokens (OpsOptions.attentionTiles; default false:
+   * the one-pass or three-pass kernels). */
+  attentionTiles?: boolean;
   /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
    * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
   exactArrays?: boolean;
@@ -418,6 +421,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       workgroupTiles: opts.workgroupTiles,
       sharedSizes: opts.sharedSizes,
       attentionScratchBytes: opts.attentionScratchBytes,
+      attentionTiles: opts.attentionTiles,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, where the ops take three attention passes (llvmpipe), no more than they

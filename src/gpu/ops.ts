@@ -133,6 +133,23 @@ function valueChunks(group: number, d4: number): number {
 /** Workgroup sizes of attention_softmax.wgsl and attention_values.wgsl. */
 const WG_SOFTMAX = 8;
 const WG_VALUES = 32;
+/** attention_tiled.wgsl: rows (token, query head) a workgroup holds, its lanes, and the K/V tile
+ * lengths tried, longest first, until the workgroup memory fits the adapter's limit. */
+const ATTENTION_TILE_ROWS = 16;
+const WG_ATTENTION_TILES = 64;
+const ATTENTION_TILE_POSITIONS = [32, 16, 8];
+/** Steps of at least this many tokens take the tiled attention where it is chosen (prefill);
+ * fewer (decode) keep the one-pass kernel, whose workgroup per (token, head) gives a single
+ * sequence's step more workgroups. */
+const ATTENTION_TILES_MIN_TOKENS = 16;
+
+/** Workgroup memory of attention_tiled.wgsl for `d4` chunks a head and K/V tiles of `bk`
+ * positions: q rows, one K/V tile (rows padded by a chunk), scores, row scales, the run. */
+function attentionTileBytes(d4: number, bk: number): number {
+  return (ATTENTION_TILE_ROWS * d4 + bk * (d4 + 1)) * 16 + ATTENTION_TILE_ROWS * (bk + 1) * 4 +
+    16;
+}
+
 /** Most bytes of attention scores [T, Hq, positions + 1] kept for the three-pass attention;
  * steps with more tokens use the one-pass kernel (slower on llvmpipe, no scratch). 80 MiB: a
  * 128-token step of Qwen3-30B-A3B's 32 heads at the default 4096 positions (67.1 MB). */
@@ -285,6 +302,7 @@ export const ADAPTER_CHOICES = {
     laneNorms: true,
     attentionScratchBytes: ATTENTION_SCRATCH_BYTES,
     sharedSizes: "llvmpipe",
+    attentionTiles: false,
   },
   gpu: {
     coalescedMatvec: true,
@@ -292,6 +310,7 @@ export const ADAPTER_CHOICES = {
     laneNorms: false,
     attentionScratchBytes: 0,
     sharedSizes: "gpu",
+    attentionTiles: false,
   },
 } as const satisfies Record<string, OpsOptions>;
 
@@ -350,6 +369,21 @@ export interface OpsOptions {
    * "llvmpipe" (64; 4 x 4); default by adapter. Tests force "gpu" on llvmpipe to run the sizes a
    * GPU runs. */
   sharedSizes?: "gpu" | "llvmpipe";
+  /** Steps of ATTENTION_TILES_MIN_TOKENS tokens or more (prefill) take attention_tiled.wgsl:
+   * flash-style, a workgroup per (tile of tokens, kv head) reading each K and V vector once for
+   * all its rows (query heads x tokens) through workgroup memory, online softmax, no scores in
+   * memory. Default false on every adapter: on llvmpipe, whose workgroup memory and barriers cost
+   * more than they save, it measured 4-8x slower than the three passes; no GPU has measured it
+   * yet (tools/gpu/run.sh does, beside the one-pass kernel). Sums in another order: within the
+   * f32 tolerance of the reference. */
+  attentionTiles?: boolean;
+  /** Fewest tokens a step has for the tiled attention (default ATTENTION_TILES_MIN_TOKENS; tests
+   * set 1 to run it on every step). */
+  attentionTilesFrom?: number;
+  /** Most positions one dispatch of the tiled attention covers (rounded down to its K/V tiles,
+   * at least one; default: what llvmpipe's loop limit allows there, all of them elsewhere). Tests
+   * set a few tiles to run the windows on small caches. */
+  attentionWindow?: number;
 }
 
 export class Ops implements OpsApi {
@@ -394,6 +428,12 @@ export class Ops implements OpsApi {
   /** Whether prefill steps take matmul_tiled.wgsl (OpsOptions.workgroupTiles). */
   private workgroupTiles: boolean;
 
+  /** Whether prefill steps take attention_tiled.wgsl (OpsOptions.attentionTiles), from how
+   * many tokens a step. */
+  private attentionTiles: boolean;
+  private attentionTilesFrom: number;
+  private attentionWindow: number;
+
   /** Lanes of the workgroup-sharing kernels on this adapter (WG_SHARED, TILE_LANES). */
   private sharedWG: number;
   private tileLanes: number;
@@ -411,6 +451,9 @@ export class Ops implements OpsApi {
     this.attentionScratchBytes = opts.attentionScratchBytes ?? byAdapter.attentionScratchBytes;
     this.coalescedMatvec = opts.coalescedMatvec ?? byAdapter.coalescedMatvec;
     this.workgroupTiles = opts.workgroupTiles ?? byAdapter.workgroupTiles;
+    this.attentionTiles = opts.attentionTiles ?? byAdapter.attentionTiles;
+    this.attentionTilesFrom = opts.attentionTilesFrom ?? ATTENTION_TILES_MIN_TOKENS;
+    this.attentionWindow = opts.attentionWindow ?? Infinity;
     const sizes = opts.sharedSizes ?? byAdapter.sharedSizes;
     this.sharedWG = WG_SHARED[sizes];
     this.tileLanes = TILE_LANES[sizes];
@@ -834,10 +877,21 @@ export class Ops implements OpsApi {
       [a.q, a.kCache, a.vCache, a.out],
       (t) => t * heads,
     );
+    const oneBlocks = [blocks];
+    const tiled = this.attentionTiles
+      ? this.tiledAttention(a, group, firstSlab, slabs, cachePositions)
+      : null;
+    const tiles = tiled ? [tiled] : null;
     // Three passes through a scores buffer [T, Hq, positions + 1] for the token counts it holds.
     const rowLen = cachePositions + 1;
     const scratchTokens = Math.min(maxTokens, this.attentionPassTokens(heads, cachePositions));
-    if (scratchTokens < 1) return blocks;
+    if (scratchTokens < 1) {
+      if (!tiles) return blocks;
+      return new ChoiceOp(
+        "attention",
+        (t) => t >= this.attentionTilesFrom ? tiles : oneBlocks,
+      );
+    }
     const scores = this.sharedScratch(scratchTokens * heads * rowLen * 4);
     const chunks = this.attentionBlocks ? valueChunks(group, a.headDim / VEC) : 1;
     const span = this.attentionBlocks ? scoreSpan(group) : 1;
@@ -896,8 +950,79 @@ export class Ops implements OpsApi {
         (t) => ceilDiv(t * kvHeads * (a.headDim / VEC / chunks), WG_VALUES),
       ),
     ];
-    const oneBlocks = [blocks];
-    return new ChoiceOp("attention", (t) => t <= scratchTokens ? passes : oneBlocks);
+    return new ChoiceOp(
+      "attention",
+      (t) =>
+        tiles && t >= this.attentionTilesFrom ? tiles : t <= scratchTokens ? passes : oneBlocks,
+    );
+  }
+
+  /** attention_tiled.wgsl for attention()'s arguments, or null when its smallest K/V tile does
+   * not fit the adapter's workgroup memory (the other kernels then take every step). On llvmpipe,
+   * whose shaders stop after LLVMPIPE_LOOP_LIMIT loop iterations, the positions are split into
+   * windows short enough to finish, one dispatch each (the rows' running state carried between
+   * them); elsewhere one window holds them all. */
+  private tiledAttention(
+    a: Parameters<Ops["attention"]>[0],
+    group: number,
+    firstSlab: number,
+    slabs: number,
+    cachePositions: number,
+  ): Op | null {
+    if (group > ATTENTION_TILE_ROWS) return null;
+    const d4 = a.headDim / VEC;
+    const limit = this.device.limits.maxComputeWorkgroupStorageSize;
+    const bk = ATTENTION_TILE_POSITIONS.find((b) => attentionTileBytes(d4, b) <= limit);
+    if (bk === undefined) return null;
+    const bq = Math.floor(ATTENTION_TILE_ROWS / group);
+    const wg = WG_ATTENTION_TILES;
+    const acc = ceilDiv(ATTENTION_TILE_ROWS * d4, wg);
+    const sc = ceilDiv(ATTENTION_TILE_ROWS * bk, wg);
+    let window = ceilDiv(cachePositions, bk) * bk;
+    if (this.llvmpipe) {
+      // Loop iterations a lane runs (each loop's exit test counted too, as for the one-pass
+      // kernel) per K/V tile and per run of the tile's tokens (a tile has at most bq runs, one per
+      // sequence in it), plus finding the runs.
+      const perTile = 2 * (ceilDiv(bk * d4, wg) + 1) + sc * (d4 + 1) + 1 + 2 * (bk + 1) +
+        acc * (bk + 1) + 1 + 2;
+      const perRun = 3 * (acc + 1) + ceilDiv(ATTENTION_TILE_ROWS * d4, wg) + 1 + 8;
+      const budget = Math.floor(LLVMPIPE_LOOP_LIMIT * 0.9 / bq) - perRun - (bq + 2);
+      const tiles = Math.floor(budget / perTile);
+      if (tiles < 1) return null;
+      window = Math.min(window, tiles * bk);
+    }
+    window = Math.max(bk, Math.min(window, Math.floor(this.attentionWindow / bk) * bk));
+    const kvHeads = a.numKvHeads;
+    const maxTokens = Math.floor(a.q.size / (a.numHeads * a.headDim * 4));
+    const state = this.sharedScratch(maxTokens * a.numHeads * 8);
+    const windows: Op[] = [];
+    for (let start = 0; start < cachePositions; start += window) {
+      windows.push(this.simple(
+        "attention.tiles",
+        {
+          kernel: "attention_tiled",
+          bindings: ["uniform", "uniform", "read", "read", "read", "rw", "rw"],
+          constants: { GROUP: group, BQ: bq },
+          sizes: { D4: d4, BK: bk, ACC: acc, SC: sc },
+          expect: { ROWS: ATTENTION_TILE_ROWS, WG: wg },
+        },
+        [
+          a.numHeads,
+          kvHeads,
+          a.headDim,
+          { f32: a.scale },
+          firstSlab,
+          slabs,
+          cachePositions,
+          bk,
+          start,
+          start + window,
+        ],
+        [a.q, a.kCache, a.vCache, a.out, state],
+        (t) => ceilDiv(t, bq) * kvHeads,
+      ));
+    }
+    return windows.length === 1 ? windows[0] : new ChoiceOp("attention.tiles", () => windows);
   }
 
   /** The kernel choices in effect, in words (start-up logs). */
@@ -909,7 +1034,8 @@ export class Ops implements OpsApi {
       this.workgroupTiles
         ? `prefill in workgroup tiles (${4 * this.tileLanes} x ${4 * this.tileLanes})`
         : "prefill tiles in a lane",
-      this.threePassAttention ? "three-pass attention" : "one-pass attention",
+      (this.attentionTiles ? "prefill attention in tiles, " : "") +
+      (this.threePassAttention ? "three-pass attention" : "one-pass attention"),
       this.laneNorms ? "norms a lane a row" : "norms a workgroup a row",
     ].join(", ");
   }

@@ -41,7 +41,7 @@ if [ -n "${SMALL:-}" ]; then small=--small; fi
 log="$OUT/logs.txt"
 step() { echo "$(date +%T) $*"; }
 step gpu_report
-timeout 240 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
+timeout 280 "$deno" run --cached-only -A --unstable-webgpu bench/gpu_report.ts --dir "$model" \
   $small --out "$OUT/report.json" >"$log" 2>&1
 echo "gpu_report: exit $?"
 tail -4 "$log"
