@@ -373,7 +373,7 @@ export interface OpsOptions {
    * flash-style, a workgroup per (tile of tokens, kv head) reading each K and V vector once for
    * all its rows (query heads x tokens) through workgroup memory, online softmax, no scores in
    * memory. Default false on every adapter: on llvmpipe, whose workgroup memory and barriers cost
-   * more than they save, it measured 4-8x slower than the three passes; no GPU has measured it
+   * more than they save, it measured about 7x slower per kernel than the three passes; no GPU has measured it
    * yet (tools/gpu/run.sh does, beside the one-pass kernel). Sums in another order: within the
    * f32 tolerance of the reference. */
   attentionTiles?: boolean;
