@@ -2,7 +2,6 @@ import assert from "node:assert";
 import { readF32 } from "../src/gpu/readback.ts";
 import * as ref from "../src/reference/ops.ts";
 import { ADAPTER_CHOICES, OpConfigError, Ops } from "../src/gpu/ops.ts";
-import { stepRecord } from "../src/gpu/ops_api.ts";
 import { assertClose, buffer, gpu, gpuTest, ops, randomF32, run } from "./kernel_harness.ts";
 
 /** The three-pass attention (scores buffer), its baseline with one position and one head-dim
@@ -180,12 +179,7 @@ async function checkMixed(
     firstSlab,
     slabs,
   });
-  gpu.device.queue.writeBuffer(o.step, 0, stepRecord(T, 0, 0, tokens));
-  const encoder = gpu.device.createCommandEncoder();
-  const pass = encoder.beginComputePass();
-  op.record(pass, T);
-  pass.end();
-  gpu.device.queue.submit([encoder.finish()]);
+  run([op], T, 0, o.step, tokens);
   const got = await readF32(gpu, out, 0, T * qWidth);
   tokens.forEach(([slab, pos], t) => {
     const row = got.subarray(t * qWidth, (t + 1) * qWidth);

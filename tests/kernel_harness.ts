@@ -81,9 +81,16 @@ export function pack(values: ArrayLike<number>, dtype: WeightDType): Packed {
 }
 
 /** Writes the Step uniform (of `step`, by default the shared Ops'), records `list` in one pass for
- * nTokens and submits. */
-export function run(list: Op[], nTokens: number, pos0 = 0, step = ops.step): void {
-  gpu.device.queue.writeBuffer(step, 0, stepRecord(nTokens, pos0));
+ * nTokens and submits: one sequence's tokens at pos0 + t, or `tokens` ([slab, position] each:
+ * several sequences). */
+export function run(
+  list: Op[],
+  nTokens: number,
+  pos0 = 0,
+  step = ops.step,
+  tokens?: [number, number][],
+): void {
+  gpu.device.queue.writeBuffer(step, 0, stepRecord(nTokens, pos0, 0, tokens));
   const encoder = gpu.device.createCommandEncoder();
   const pass = encoder.beginComputePass();
   for (const op of list) op.record(pass, nTokens);
