@@ -5,7 +5,9 @@
  * against the experts layer l+d actually routed to; and "next token": the token's own routing at
  * layer l taken as the prediction for the next token's layer l. A prediction and the routing both
  * hold k experts, so precision = recall = shared / k. Prints one table per layer and the means;
- * writes bench/out/pregating.json.
+ * then, for the layers ahead, predictions of k' = k .. 2k experts (the router's k' most likely,
+ * GpuModelOptions.pregatingTopK; a prefetcher can load more than it expects to be routed):
+ * recall = shared / k, precision = shared / k'. Writes bench/out/pregating.json.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/pregating.ts [--windows N]
  */
@@ -31,13 +33,26 @@ const opened = await openModel();
 const c = opened.weights.config;
 const { numLayers: L, topK: K } = c;
 const maxContext = Math.max(...windows.map((w) => w.length));
-const model = await GpuModel.open(opened.weights, { maxContext, pregating: true });
+/** The widest prediction measured: the router's 2k most likely experts (at most all of them). */
+const WIDE = Math.min(c.numExperts, 2 * K);
+const model = await GpuModel.open(opened.weights, {
+  maxContext,
+  pregating: true,
+  pregatingTopK: WIDE,
+});
 const chunk = model.maxBatch;
 
 /** shared[l][d]: experts shared by prediction and routing; total[l][d]: experts predicted.
  * d = 0 .. DISTANCES - 1 for layers ahead, d = DISTANCES for the next token. */
 const shared = Array.from({ length: L }, () => new Array(PREGATING_DISTANCES + 1).fill(0));
 const total = Array.from({ length: L }, () => new Array(PREGATING_DISTANCES + 1).fill(0));
+/** wideShared[d][j]: over all layers and tokens, experts shared by the first K + j of a
+ * prediction of layer l+d+1 and its routing (j = 0 .. WIDE - K). */
+const wideShared = Array.from(
+  { length: PREGATING_DISTANCES },
+  () => new Array(WIDE - K + 1).fill(0),
+);
+const wideTokens = new Array(PREGATING_DISTANCES).fill(0);
 let tokens = 0;
 for (const window of windows) {
   const s = model.newSession();
@@ -53,8 +68,14 @@ for (const window of windows) {
     for (let l = 0; l < L; l++) {
       predicted[l].forEach((p, i) => {
         for (let t = 0; t < T; t++) {
-          shared[l][i] += overlap(at(p, t), at(routed[l + i + 1], t));
+          const row = p.subarray(t * WIDE, (t + 1) * WIDE);
+          const actual = at(routed[l + i + 1], t);
+          shared[l][i] += overlap(row.subarray(0, K), actual);
           total[l][i] += K;
+          for (let j = 0; j <= WIDE - K; j++) {
+            wideShared[i][j] += overlap(row.subarray(0, K + j), actual);
+          }
+          wideTokens[i]++;
         }
       });
       for (let t = 0; t < T; t++) {
@@ -95,7 +116,23 @@ const means = labels.map((_, d) => {
 console.log(
   `  all  ${means.map((m) => `${(m * 100).toFixed(1)}%`.padStart(14)).join("")}`,
 );
-console.log(`goal: next-layer recall >= 90%: ${means[0] >= 0.9 ? "met" : "missed"}`);
+console.log(`goal: next-layer recall >= 90%: ${means[0] >= 0.9 ? "met" : "missed"} (top-${K})`);
+/** wide[d][j]: recall and precision of the first K + j experts of the distance-d predictions. */
+const wide = wideShared.map((row, d) =>
+  row.map((n, j) => ({
+    predicted: K + j,
+    recall: n / (wideTokens[d] * K),
+    precision: n / (wideTokens[d] * (K + j)),
+  }))
+);
+console.log(`\nwider predictions (the router's k' most likely), all layers: recall / precision`);
+console.log(`    k'  ${labels.slice(0, PREGATING_DISTANCES).map((x) => x.padStart(18)).join("")}`);
+for (let j = 0; j <= WIDE - K; j++) {
+  const cells = wide.map((row) =>
+    `${(row[j].recall * 100).toFixed(1)}% / ${(row[j].precision * 100).toFixed(1)}%`.padStart(18)
+  );
+  console.log(`${String(K + j).padStart(6)}  ${cells.join("")}`);
+}
 await Deno.mkdir(new URL("./out/", import.meta.url), { recursive: true });
 await Deno.writeTextFile(
   OUT_FILE,
@@ -107,6 +144,7 @@ await Deno.writeTextFile(
       topK: K,
       perLayer: shared.map((row, l) => row.map((_, d) => rate(l, d))),
       mean: Object.fromEntries(labels.map((x, d) => [x, means[d]])),
+      wider: Object.fromEntries(wide.map((row, d) => [labels[d], row])),
     },
     null,
     2,

@@ -70,6 +70,31 @@ Deno.test("pre-gating predicts the next layer's routing exactly when attention a
       assert.ok(farHits < PROMPT.length * K, "two layers on is not the routing itself");
       s.free();
       model.destroy();
+
+      // wider predictions (pregatingTopK): each token's first K are the top-K prediction, then
+      // K + 2 distinct experts in all
+      const wide = await GpuModel.open(w, {
+        gpu,
+        maxContext: 64,
+        pregating: true,
+        pregatingTopK: K + 2,
+      });
+      const ws = wide.newSession();
+      await ws.forward(PROMPT);
+      const wider = await wide.pregating!.read(PROMPT.length);
+      for (let l = 0; l + 1 < L; l++) {
+        for (let t = 0; t < PROMPT.length; t++) {
+          const row = wider[l][0].subarray(t * (K + 2), (t + 1) * (K + 2));
+          assert.deepEqual(row.subarray(0, K), predicted[l][0].subarray(t * K, (t + 1) * K));
+          assert.equal(new Set(row).size, K + 2, `layer ${l} token ${t}: distinct experts`);
+        }
+      }
+      ws.free();
+      wide.destroy();
+      await assert.rejects(
+        () => GpuModel.open(w, { gpu, maxContext: 64, pregating: true, pregatingTopK: K - 1 }),
+        RangeError,
+      );
     } finally {
       opened.close();
     }

@@ -111,6 +111,9 @@ export interface GpuModelOptions {
   alwaysPipeline?: boolean;
   /** Predict each next layers' experts in the pass (src/gpu/pregating.ts; measurements). */
   pregating?: boolean;
+  /** Experts each pre-gating prediction names (default the model's top-k; more: higher recall,
+   * lower precision). */
+  pregatingTopK?: number;
   /** Under a budget, skip a decode step's lm_head on the GPU when the step (or an earlier step of
    * its batch) missed an expert: its logits would be thrown away (default true; false: the
    * baseline, every step computes its lm_head). */
@@ -409,6 +412,12 @@ export class GpuModel implements LanguageModel, SessionHost {
   ) {
     const c = weights.config;
     const device = gpu.device;
+    const predictK = opts.pregatingTopK ?? c.topK;
+    if (!Number.isInteger(predictK) || predictK < c.topK || predictK > c.numExperts) {
+      throw new RangeError(
+        `pregatingTopK: between top-k (${c.topK}) and all ${c.numExperts} experts, got ${predictK}`,
+      );
+    }
     this.maxContext = Math.min(opts.maxContext ?? DEFAULT_MAX_CONTEXT, c.maxPositionEmbeddings);
     this.ops = new Ops(gpu, {
       wideTiles: opts.wideTiles,
@@ -552,7 +561,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       })
     );
     this.pregating = opts.pregating
-      ? new Pregating(gpu, this.ops, c, this.layers, this.act.x, T)
+      ? new Pregating(gpu, this.ops, c, this.layers, this.act.x, T, opts.pregatingTopK)
       : null;
     this.finalNormOp = this.ops.rmsnorm({
       x: this.act.x,

@@ -4,7 +4,9 @@
  * giving a prediction of the experts those layers will route to, in the same pass as the forward.
  * The prediction skips the later layers' attention (and the experts of the layers in between), so
  * it can miss; `bench/pregating.ts` measures how often. Opt-in (GpuModelOptions.pregating): three
- * more dispatches per layer and distance.
+ * more dispatches per layer and distance. A prediction names `predictK` experts (default the
+ * model's top-k; GpuModelOptions.pregatingTopK), in descending router probability, so its first k
+ * are the top-k prediction: more raise recall at the cost of precision.
  */
 import type { ModelConfig } from "../types.ts";
 import type { Gpu } from "./device.ts";
@@ -24,7 +26,9 @@ export interface RouterWeights {
 export class Pregating {
   /** Per layer l: the ops predicting layers l+1 .. l+DISTANCES (those that exist). */
   readonly ops: Op[][];
-  /** predicted[l][d - 1]: u32 [T, K], layer l+d's experts predicted after layer l. */
+  /** Experts each prediction names (>= the model's top-k). */
+  readonly predictK: number;
+  /** predicted[l][d - 1]: u32 [T, predictK], layer l+d's experts predicted after layer l. */
   private predicted: GPUBuffer[][];
   private scratch: GPUBuffer[];
 
@@ -36,8 +40,15 @@ export class Pregating {
     /** The residual stream [T, D] (the forward's x). */
     x: GPUBuffer,
     private maxTokens: number,
+    predictK = config.topK,
   ) {
     const { hiddenSize: D, numExperts: E, topK: K, numLayers: L } = config;
+    if (!Number.isInteger(predictK) || predictK < K || predictK > E) {
+      throw new RangeError(
+        `pre-gating predicts between top-k (${K}) and all ${E} experts, got ${predictK}`,
+      );
+    }
+    this.predictK = predictK;
     const device = gpu.device;
     const f32 = (n: number, label: string) =>
       device.createBuffer({
@@ -47,7 +58,7 @@ export class Pregating {
       });
     const xn = f32(maxTokens * D, "pregating.xn");
     const logits = f32(maxTokens * E, "pregating.logits");
-    const weights = f32(maxTokens * K, "pregating.weights");
+    const weights = f32(maxTokens * predictK, "pregating.weights");
     this.scratch = [xn, logits, weights];
     this.predicted = [];
     this.ops = [];
@@ -56,7 +67,7 @@ export class Pregating {
       const layerOps: Op[] = [];
       for (let d = 1; d <= PREGATING_DISTANCES && l + d < L; d++) {
         const target = layers[l + d];
-        const idx = f32(maxTokens * K, `pregating.idx.${l}.${d}`);
+        const idx = f32(maxTokens * predictK, `pregating.idx.${l}.${d}`);
         bufs.push(idx);
         layerOps.push(
           ops.rmsnorm({
@@ -77,7 +88,14 @@ export class Pregating {
             outOffset: 0,
             accumulate: false,
           }),
-          ops.topk({ logits, idx, weights, numExperts: E, k: K, normTopk: config.normTopkProb }),
+          ops.topk({
+            logits,
+            idx,
+            weights,
+            numExperts: E,
+            k: predictK,
+            normTopk: config.normTopkProb,
+          }),
         );
       }
       this.predicted.push(bufs);
@@ -85,11 +103,12 @@ export class Pregating {
     }
   }
 
-  /** The predictions of the last forward of T tokens: [l][d - 1] = u32 [T * K] (token-major),
-   * layer l+d's experts predicted after layer l (one readback per buffer: for measurements). */
+  /** The predictions of the last forward of T tokens: [l][d - 1] = u32 [T * predictK]
+   * (token-major), layer l+d's experts predicted after layer l (one readback per buffer: for
+   * measurements). */
   async read(T: number): Promise<Uint32Array[][]> {
     if (T > this.maxTokens) throw new RangeError(`${T} tokens > ${this.maxTokens}`);
-    const K = this.config.topK;
+    const K = this.predictK;
     const out: Uint32Array[][] = [];
     for (const bufs of this.predicted) {
       const row: Uint32Array[] = [];
