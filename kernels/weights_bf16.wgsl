@@ -20,7 +20,11 @@ fn load_w4(e: u32) -> vec4<f32> {
   return select(bf16x2(q.zw), bf16x2(q.xy), (e & 4u) == 0u);
 }
 
-fn load_w8(e: u32) -> W8 {
-  let q = weights[e >> 3u];
+// The 8 elements of one 16-byte word.
+fn bf16_w8(q: vec4<u32>) -> W8 {
   return W8(bf16x2(q.xy), bf16x2(q.zw));
+}
+
+fn load_w8(e: u32) -> W8 {
+  return bf16_w8(weights[e >> 3u]);
 }

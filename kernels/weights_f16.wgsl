@@ -20,7 +20,11 @@ fn load_w4(e: u32) -> vec4<f32> {
   return select(f16x2(q.zw), f16x2(q.xy), (e & 4u) == 0u);
 }
 
-fn load_w8(e: u32) -> W8 {
-  let q = weights[e >> 3u];
+// The 8 elements of one 16-byte word.
+fn f16_w8(q: vec4<u32>) -> W8 {
   return W8(f16x2(q.xy), f16x2(q.zw));
+}
+
+fn load_w8(e: u32) -> W8 {
+  return f16_w8(weights[e >> 3u]);
 }

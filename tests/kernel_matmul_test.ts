@@ -127,6 +127,51 @@ for (const [kernel, o] of KERNELS) {
   }
 }
 
+/** matmul.wgsl's rows8 chunks through the dtype's own chunk loader (weights_<dtype>_block8.wgsl,
+ * the default) and through the generic one (chunkLoaders: false, the baseline). */
+const CHUNK_LOADERS: [string, Ops][] = [true, false].map((chunkLoaders) => [
+  chunkLoaders ? "own chunk loader" : "generic chunk loader",
+  new Ops(gpu, { coalescedMatvec: false, workgroupTiles: false, chunkLoaders }),
+]);
+for (const dtype of DTYPES) {
+  gpuTest(
+    `matmul() over rows8 ${dtype}: the dtype's chunk loader equals the generic one`,
+    async () => {
+      const bytes = dtype === "f32" ? 4 : 2;
+      for (const [K, T] of [[136, 1], [64, 9], [128, 40]]) {
+        const w = pack(randomF32(ROWS * K, 31 + K), dtype);
+        const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, bytes);
+        const xs = randomF32(T * K, 300 + T);
+        const x = buffer(xs);
+        const wr = { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" as const };
+        const got: Float32Array[] = [];
+        for (const [name, o] of CHUNK_LOADERS) {
+          const out = buffer(T * ROWS * 4);
+          const mm = o.matmul({
+            x,
+            w: wr,
+            out,
+            K,
+            N: ROWS,
+            outStride: ROWS,
+            outOffset: 0,
+            accumulate: false,
+          });
+          run([mm], T, 0, o.step);
+          got.push(await readF32(gpu, out, 0, T * ROWS));
+          assertClose(
+            got[got.length - 1],
+            ref.matmul(xs, w.values, T, K, ROWS),
+            TOL,
+            `${name} K=${K}`,
+          );
+        }
+        assert.deepStrictEqual(got[0], got[1], `${dtype} K=${K} T=${T}`);
+      }
+    },
+  );
+}
+
 gpuTest(
   "matmul() with each pipeline's arrays sized to its tokens equals the declared maxima, bit for bit",
   async () => {

@@ -168,6 +168,9 @@ export interface GpuModelOptions {
   /** Prefill attention flash-style in tiles of tokens (OpsOptions.attentionTiles; default false:
    * the one-pass or three-pass kernels). */
   attentionTiles?: boolean;
+  /** Rows8 chunks read by the dtype's own chunk loader (OpsOptions.chunkLoaders, default true;
+   * false: the generic one, the baseline). Bit-identical either way. */
+  chunkLoaders?: boolean;
   /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
    * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
   exactArrays?: boolean;
@@ -431,6 +434,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       sharedSizes: opts.sharedSizes,
       attentionScratchBytes: opts.attentionScratchBytes,
       attentionTiles: opts.attentionTiles,
+      chunkLoaders: opts.chunkLoaders,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, where the ops take three attention passes (llvmpipe), no more than they

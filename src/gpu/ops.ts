@@ -384,6 +384,11 @@ export interface OpsOptions {
    * at least one; default: what llvmpipe's loop limit allows there, all of them elsewhere). Tests
    * set a few tiles to run the windows on small caches. */
   attentionWindow?: number;
+  /** Rows8 chunks of f16/bf16/f32 weights read by the dtype's own chunk loader
+   * (weights_<dtype>_block8.wgsl: the chunk's word index computed once, not once per row;
+   * default true; false: the generic weights_block8.wgsl, the baseline). Bit-identical either
+   * way. */
+  chunkLoaders?: boolean;
 }
 
 export class Ops implements OpsApi {
@@ -434,6 +439,9 @@ export class Ops implements OpsApi {
   private attentionTilesFrom: number;
   private attentionWindow: number;
 
+  /** Whether rows8 chunks use the dtype's own chunk loader (OpsOptions.chunkLoaders). */
+  private chunkLoaders: boolean;
+
   /** Lanes of the workgroup-sharing kernels on this adapter (WG_SHARED, TILE_LANES). */
   private sharedWG: number;
   private tileLanes: number;
@@ -454,6 +462,7 @@ export class Ops implements OpsApi {
     this.attentionTiles = opts.attentionTiles ?? byAdapter.attentionTiles;
     this.attentionTilesFrom = opts.attentionTilesFrom ?? ATTENTION_TILES_MIN_TOKENS;
     this.attentionWindow = opts.attentionWindow ?? Infinity;
+    this.chunkLoaders = opts.chunkLoaders ?? true;
     const sizes = opts.sharedSizes ?? byAdapter.sharedSizes;
     this.sharedWG = WG_SHARED[sizes];
     this.tileLanes = TILE_LANES[sizes];
@@ -666,6 +675,7 @@ export class Ops implements OpsApi {
           weights,
           constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
           expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL },
+          genericBlock8: !this.chunkLoaders,
         },
         { MAX_TOKENS: tokens },
         { MAX_TOKENS: MATMUL_WIDE_TOKENS },

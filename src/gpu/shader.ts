@@ -62,6 +62,9 @@ export interface KernelSpec {
   /** Constants of the kernel the dispatching code relies on (workgroup size, rows per
    * invocation, ...): checked against its `const`/`override` declarations (kernel_interface.ts). */
   expect?: Record<string, number>;
+  /** Rows8 chunks read through the generic weights_block8.wgsl even where the dtype has its own
+   * chunk loader (OpsOptions.chunkLoaders: false, the baseline). */
+  genericBlock8?: boolean;
 }
 
 /** How many expert pool buffers a kernel binds, from which binding on. */
@@ -101,6 +104,10 @@ export function weightLoader(
   const aligned = offsets.every((v) => v % align === 0);
   return aligned ? dtype : `${dtype as FloatWeightDType}_scalar`;
 }
+
+/** Weight loaders with a chunk loader of their own for rows8 (kernels/weights_<loader>_block8.wgsl:
+ * the chunk's word index computed once); the others compose the generic weights_block8.wgsl. */
+const BLOCK8_LOADERS: ReadonlySet<string> = new Set(["bf16", "f16", "f32"]);
 
 /** A kernels/*.wgsl file could not be read. */
 export class KernelSourceError extends Error {
@@ -143,6 +150,7 @@ export function composeSource(
   prelude: string[] = [],
   pools?: PoolBindings,
   sizes: Readonly<Record<string, number>> = {},
+  genericBlock8 = false,
 ): string {
   const parts = [commonSource(), ...prelude.map(kernelSource)];
   const source = withSizes(kernel, kernelSource(kernel), sizes);
@@ -154,9 +162,11 @@ export function composeSource(
   if (weights) {
     const loader = kernelSource(`weights_${weights}`);
     parts.push(loader);
-    // a kernel reading whole rows8 chunks gets the generic chunk loader unless the dtype has one
+    // a kernel reading whole rows8 chunks gets the dtype's chunk loader (its own, or a
+    // weights_<dtype>_block8.wgsl beside it), else the generic one
     if (/\bload_block8\b/.test(stripComments(source)) && !/\bfn load_block8\b/.test(loader)) {
-      parts.push(kernelSource("weights_block8"));
+      const own = !genericBlock8 && BLOCK8_LOADERS.has(weights);
+      parts.push(kernelSource(own ? `weights_${weights}_block8` : "weights_block8"));
     }
   }
   parts.push(source);
@@ -321,12 +331,20 @@ export class Shaders {
     const pools = spec.pools ? `|pools${spec.pools.count}@${spec.pools.first}` : "";
     const prelude = spec.prelude ?? [];
     const sizes = Object.entries(spec.sizes ?? {}).map(([k, v]) => `#${k}=${v}`).join("");
+    const generic = spec.genericBlock8 ? "|generic-block8" : "";
     const moduleKey = `${[...prelude, spec.kernel].join("+")}|${
       spec.weights ?? ""
-    }${pools}${sizes}`;
+    }${pools}${sizes}${generic}`;
     let code = this.codes.get(moduleKey);
     if (code === undefined) {
-      code = composeSource(spec.kernel, spec.weights, prelude, spec.pools, spec.sizes);
+      code = composeSource(
+        spec.kernel,
+        spec.weights,
+        prelude,
+        spec.pools,
+        spec.sizes,
+        spec.genericBlock8,
+      );
       this.codes.set(moduleKey, code);
     }
     return { moduleKey, code };

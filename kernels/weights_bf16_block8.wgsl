@@ -1,0 +1,19 @@
+// load_block8 for bf16 weights in rows8 (composed after weights_bf16.wgsl by src/gpu/shader.ts when
+// the kernel calls it, in place of the generic weights_block8.wgsl): the 8 rows of a rows8 chunk,
+// row r's 8 elements at e + 8 r, one 16-byte word each, so the 8 words are consecutive. The word
+// index is computed once for the chunk instead of once per row (llvmpipe: 1.14x on a decode
+// matvec); the same words and conversions as load_w8, so the same values.
+
+fn load_block8(e: u32) -> Block8 {
+  let i = e >> 3u;
+  return Block8(
+    bf16_w8(weights[i]),
+    bf16_w8(weights[i + 1u]),
+    bf16_w8(weights[i + 2u]),
+    bf16_w8(weights[i + 3u]),
+    bf16_w8(weights[i + 4u]),
+    bf16_w8(weights[i + 5u]),
+    bf16_w8(weights[i + 6u]),
+    bf16_w8(weights[i + 7u]),
+  );
+}
