@@ -21,10 +21,10 @@ fn load_w4(e: u32) -> vec4<f32> {
 }
 
 // The 8 elements of one 16-byte word.
-fn bf16_w8(q: vec4<u32>) -> W8 {
+fn word_w8(q: vec4<u32>) -> W8 {
   return W8(bf16x2(q.xy), bf16x2(q.zw));
 }
 
 fn load_w8(e: u32) -> W8 {
-  return bf16_w8(weights[e >> 3u]);
+  return word_w8(weights[e >> 3u]);
 }

@@ -127,8 +127,9 @@ for (const [kernel, o] of KERNELS) {
   }
 }
 
-/** matmul.wgsl's rows8 chunks through the dtype's own chunk loader (weights_<dtype>_block8.wgsl,
- * the default) and through the generic one (chunkLoaders: false, the baseline). */
+/** matmul.wgsl's rows8 chunks through the dtype's own chunk loader (weights_w16_block8.wgsl,
+ * weights_f32_block8.wgsl: the default) and through the generic one (chunkLoaders: false, the
+ * baseline). */
 const CHUNK_LOADERS: [string, Ops][] = [true, false].map((chunkLoaders) => [
   chunkLoaders ? "own chunk loader" : "generic chunk loader",
   new Ops(gpu, { coalescedMatvec: false, workgroupTiles: false, chunkLoaders }),

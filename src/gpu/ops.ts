@@ -385,7 +385,8 @@ export interface OpsOptions {
    * set a few tiles to run the windows on small caches. */
   attentionWindow?: number;
   /** Rows8 chunks of f16/bf16/f32 weights read by the dtype's own chunk loader
-   * (weights_<dtype>_block8.wgsl: the chunk's word index computed once, not once per row;
+   * (weights_w16_block8.wgsl, weights_f32_block8.wgsl: the chunk's word index computed once, not
+   * once per row;
    * default true; false: the generic weights_block8.wgsl, the baseline). Bit-identical either
    * way. */
   chunkLoaders?: boolean;

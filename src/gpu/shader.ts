@@ -105,9 +105,13 @@ export function weightLoader(
   return aligned ? dtype : `${dtype as FloatWeightDType}_scalar`;
 }
 
-/** Weight loaders with a chunk loader of their own for rows8 (kernels/weights_<loader>_block8.wgsl:
- * the chunk's word index computed once); the others compose the generic weights_block8.wgsl. */
-const BLOCK8_LOADERS: ReadonlySet<string> = new Set(["bf16", "f16", "f32"]);
+/** Weight loaders with a chunk loader of their own for rows8 (the chunk's word index computed
+ * once); the others compose the generic weights_block8.wgsl. */
+const BLOCK8_LOADERS: Readonly<Record<string, string>> = {
+  bf16: "weights_w16_block8",
+  f16: "weights_w16_block8",
+  f32: "weights_f32_block8",
+};
 
 /** A kernels/*.wgsl file could not be read. */
 export class KernelSourceError extends Error {
@@ -162,11 +166,11 @@ export function composeSource(
   if (weights) {
     const loader = kernelSource(`weights_${weights}`);
     parts.push(loader);
-    // a kernel reading whole rows8 chunks gets the dtype's chunk loader (its own, or a
-    // weights_<dtype>_block8.wgsl beside it), else the generic one
+    // a kernel reading whole rows8 chunks gets the dtype's chunk loader (its own, or one of
+    // BLOCK8_LOADERS), else the generic one
     if (/\bload_block8\b/.test(stripComments(source)) && !/\bfn load_block8\b/.test(loader)) {
-      const own = !genericBlock8 && BLOCK8_LOADERS.has(weights);
-      parts.push(kernelSource(own ? `weights_${weights}_block8` : "weights_block8"));
+      const own = genericBlock8 ? undefined : BLOCK8_LOADERS[weights];
+      parts.push(kernelSource(own ?? "weights_block8"));
     }
   }
   parts.push(source);
