@@ -373,9 +373,9 @@ export interface OpsOptions {
    * flash-style, a workgroup per (tile of tokens, kv head) reading each K and V vector once for
    * all its rows (query heads x tokens) through workgroup memory, online softmax, no scores in
    * memory. Default false on every adapter: on llvmpipe, whose workgroup memory and barriers cost
-   * more than they save, it measured about 7x slower per kernel than the three passes; no GPU has measured it
-   * yet (tools/gpu/run.sh does, beside the one-pass kernel). Sums in another order: within the
-   * f32 tolerance of the reference. */
+   * more than they save, it measured about 7x slower per kernel than the three passes; no GPU has
+   * measured it yet (tools/gpu/run.sh does, beside the one-pass kernel). Sums in another order:
+   * within the f32 tolerance of the reference. */
   attentionTiles?: boolean;
   /** Fewest tokens a step has for the tiled attention (default ATTENTION_TILES_MIN_TOKENS; tests
    * set 1 to run it on every step). */
@@ -386,9 +386,8 @@ export interface OpsOptions {
   attentionWindow?: number;
   /** Rows8 chunks of f16/bf16/f32 weights read by the dtype's own chunk loader
    * (weights_w16_block8.wgsl, weights_f32_block8.wgsl: the chunk's word index computed once, not
-   * once per row;
-   * default true; false: the generic weights_block8.wgsl, the baseline). Bit-identical either
-   * way. */
+   * once per row; default true; false: the generic weights_block8.wgsl, the baseline).
+   * Bit-identical either way. */
   chunkLoaders?: boolean;
 }
 

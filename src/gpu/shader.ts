@@ -2,10 +2,11 @@
  * WGSL sources and compute pipelines. A kernel's source is kernels/common.wgsl (the Step uniform
  * and index helpers), then its spec's prelude files (declarations a family of kernels shares, e.g.
  * kernels/sample_common.wgsl), then, for kernels that read weights, the loader of the weights'
- * dtype (kernels/weights_<dtype>.wgsl, defining `load_w4` and `load_w8`; kernels/weights_block8.wgsl
- * after it when the kernel reads rows8 chunks with `load_block8` and the loader has no faster one of
- * its own), then kernels/<name>.wgsl. Sources are
- * read relative to this module, which also works inside a `deno compile --include kernels` binary.
+ * dtype (kernels/weights_<dtype>.wgsl, defining `load_w4` and `load_w8`; when the kernel reads
+ * rows8 chunks with `load_block8` and the loader has none of its own, the dtype's chunk loader
+ * after it, BLOCK8_LOADERS, or the generic kernels/weights_block8.wgsl), then
+ * kernels/<name>.wgsl. Sources are read relative to this module, which also works inside a `deno
+ * compile --include kernels` binary.
  * Pipelines use explicit bind group layouts, so one bind group serves every variant of a kernel
  * (e.g. the decode and prefill tilings of matmul). Every layout, module and pipeline is made inside
  * the device's error scopes (device.ts scopedOn): an invalid one fails the model's open, named.
