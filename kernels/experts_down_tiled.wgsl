@@ -56,18 +56,16 @@ fn main(
     return;
   }
   let d0 = work.y * ROWS;
-  let order = p.num_experts; // ordered pair list
-  let n_tiles_at = order + pairs;
-  if (tile >= tiles[n_tiles_at]) {
+  let entry = tile_entry(tile); // (moe_tile.wgsl)
+  if (entry.z == 0u) {
     return;
   }
-  let at = n_tiles_at + 1u + 3u * tile;
-  let s = slots[p.slot_base + tiles[at]];
+  let s = slots[p.slot_base + entry.x];
   if (s == ABSENT_SLOT || s < p.first_slot || s >= p.first_slot + p.group_slots) {
     return;
   }
-  let first = order + tiles[at + 1u];
-  let count = tiles[at + 2u];
+  let first = entry.y;
+  let count = entry.z;
   let local = s - p.first_slot;
   down_tile(local / p.slots_per_pool, local % p.slots_per_pool, first, count, d0);
 }

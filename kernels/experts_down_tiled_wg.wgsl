@@ -58,12 +58,10 @@ fn main(
   let tile = g / row_sets;
   let d0 = (g % row_sets) * ROWS;
   if (lid == 0u) {
-    let order = p.num_experts; // ordered pair list
-    let n_tiles_at = order + step.n_tokens * p.k;
-    var info = vec4<u32>(0u); // count 0: no tile
-    if (tile < tiles[n_tiles_at]) {
-      let at = n_tiles_at + 1u + 3u * tile;
-      info = vec4<u32>(slots[p.slot_base + tiles[at]], order + tiles[at + 1u], tiles[at + 2u], 0u);
+    let entry = tile_entry(tile); // (moe_tile.wgsl; count 0: no tile)
+    var info = vec4<u32>(0u);
+    if (entry.z != 0u) {
+      info = vec4<u32>(slots[p.slot_base + entry.x], entry.y, entry.z, 0u);
     }
     tile_info = info;
   }

@@ -56,15 +56,13 @@ fn main(
     return;
   }
   let i0 = work.y * ROWS;
-  let order = p.num_experts; // ordered pair list
-  let n_tiles_at = order + pairs;
-  if (tile >= tiles[n_tiles_at]) {
+  let entry = tile_entry(tile); // (moe_tile.wgsl)
+  if (entry.z == 0u) {
     return;
   }
-  let at = n_tiles_at + 1u + 3u * tile;
-  let e = tiles[at];
-  let first = order + tiles[at + 1u];
-  let count = tiles[at + 2u];
+  let e = entry.x;
+  let first = entry.y;
+  let count = entry.z;
   let s = slots[p.slot_base + e];
   if (s == ABSENT_SLOT) {
     if (i0 == 0u) {

@@ -12,6 +12,7 @@ import {
   topLevelItems,
   type WeightLoader,
 } from "../src/gpu/shader.ts";
+import { TILED_EXPERT_PRELUDE } from "../src/gpu/ops.ts";
 import { gpu, gpuTest } from "./kernel_harness.ts";
 
 const EXPERT_KERNELS = [
@@ -80,7 +81,8 @@ gpuTest("every expert kernel compiles with 1 and 11 pool bindings for every load
   for (const kernel of EXPERT_KERNELS) {
     for (const loader of LOADERS) {
       for (const count of [1, 11]) {
-        const code = composeSource(kernel, loader, [], { count, first: 7 });
+        const prelude = kernel.includes("_tiled") ? TILED_EXPERT_PRELUDE : [];
+        const code = composeSource(kernel, loader, prelude, { count, first: 7 });
         gpu.device.pushErrorScope("validation");
         const module = gpu.device.createShaderModule({ code });
         const info = await module.getCompilationInfo();

@@ -236,6 +236,10 @@ class ChoiceOp implements Op {
   }
 }
 
+/** Preludes of the tiled expert kernels (kernels/moe_tile.wgsl: a tile's entry in moe_tiles.wgsl's
+ * list). */
+export const TILED_EXPERT_PRELUDE = ["moe_tile"];
+
 /** Most tiles of `tile` pairs that `pairs` pairs make: full tiles plus a partial one per expert. */
 function maxTiles(pairs: number, tile: number): number {
   return ceilDiv(pairs, tile) + Math.min(MAX_EXPERTS, pairs);
@@ -1207,6 +1211,7 @@ export class Ops implements OpsApi {
       ? {
         ...spec,
         kernel: `${kernel}_wg`,
+        prelude: TILED_EXPERT_PRELUDE,
         expect: { ROWS: MATMUL_ROWS },
         constants: { TILE: tile },
         sizes: { WG: this.sharedWG },
@@ -1214,6 +1219,7 @@ export class Ops implements OpsApi {
       : {
         ...spec,
         kernel,
+        prelude: TILED_EXPERT_PRELUDE,
         expect: { ROWS: laneRows, WG: WG_TILED },
         constants: { TILE: tile, INTERLEAVE: this.interleavedTiles ? 1 : 0 },
       };
