@@ -181,3 +181,22 @@ Deno.test("a guess evicted before its layer used it counts as wrong, and the ste
   assert.equal(s.stats.stepRouted, 6);
   assert.equal(s.stats.stepsOverRouted, 0);
 });
+
+Deno.test("extra guesses load after the flagged ones, within the same allowance, only for later layers and absent experts", () => {
+  // three hits (0, 1 at layer 0; 4 at layer 1); layer 1 misses 5; the approximate pass flags 10
+  // and 11 at layer 2; the extra guesses name 0 (an earlier layer), 4 (resident), 10 (flagged),
+  // 9, 8 and 9 again: 10 and 11 are loaded first, then 9, and 8 is not (the three hits allow
+  // three guesses)
+  const s = scheduler([0, 1, 4], true);
+  const asked: number[] = [];
+  s.sched.extraGuesses = (l0) => {
+    asked.push(l0);
+    return [0, 4, 10, 9, 8, 9];
+  };
+  step(s, [[0, 1], [0, 1], [2, 1]], [[0, 1], [0, 1], [2, 3]]);
+  assert.deepEqual(asked, [1]);
+  assert.deepEqual(s.cache.loaded, [5, 10, 11, 9]);
+  // layer 2's final routing used 10 and 9
+  assert.equal(s.stats.prefetchUseful, 2);
+  assert.equal(s.stats.stepsOverRouted, 0);
+});

@@ -81,6 +81,12 @@ export class ExpertScheduler {
   readonly guessed = new Set<number>();
   /** Context expert sets: pinned under router masking, the cache's starting set otherwise. */
   readonly sets: ExpertSets;
+  /**
+   * For studies of the repairs (bench/miss_guesses.ts): keys to guess as well when a pass first
+   * missed at layer l0, after the flagged ones and within the same allowance (keys of layers
+   * after l0 only; resident ones are skipped). Null: the flagged experts only.
+   */
+  extraGuesses: ((l0: number) => number[]) | null = null;
   /** Logical time for the eviction policy, in tokens: 1/L per layer visit. */
   private clock = 0;
   private prefetch: boolean;
@@ -289,6 +295,12 @@ export class ExpertScheduler {
     // the page cache only) either way; guesses of earlier repairs stay until their layer is final
     const flagged: number[] = [];
     for (let key = (l0 + 1) * E; key < L * E; key++) if (missed[key]) flagged.push(key);
+    if (this.extraGuesses) {
+      const more = this.extraGuesses(l0).filter((k) =>
+        k >= (l0 + 1) * E && k < L * E && !missed[k] && !this.cache.isResident(k)
+      );
+      flagged.push(...new Set(more));
+    }
     this.cache.readAhead(flagged);
     if (this.prefetch && !this.masking) {
       for (let l = l0 + 1; l < L; l++) {

@@ -332,6 +332,19 @@ interface ModelBatch extends Batch {
   regionFreed: boolean;
 }
 
+/** One pass of a forward under a budget, as GpuModel.onPass reports it. */
+export interface PassReport {
+  /** The first layer the pass computed (0, or the layer a repair reran from). */
+  from: number;
+  /** Its first layer that routed to an absent expert (-1: none; the step is done). */
+  firstMissed: number;
+  /** Every layer's routing [L][stride * K] (layers before `from` not recomputed; after
+   * firstMissed computed on an approximate input). */
+  routing: Uint32Array;
+  stride: number;
+  T: number;
+}
+
 export class GpuModel implements LanguageModel, SessionHost {
   /** Decides which sequences step together, when to read back, where each ends. */
   readonly loop: DecodeLoop = new DecodeLoop(this);
@@ -359,6 +372,18 @@ export class GpuModel implements LanguageModel, SessionHost {
    * token's top-k in descending weight). For routing studies; costs nothing when unset.
    */
   onRouting?: (layer: number, experts: Uint32Array) => void;
+  /**
+   * Awaited after every pass of a single sequence's forward under a budget (before a miss is
+   * loaded, while the pre-gating buffers still hold this pass's predictions): where the pass
+   * started, its first missed layer (-1: none) and its routing [L][stride * K]. For studies of
+   * the repairs (bench/miss_guesses.ts); costs nothing when unset.
+   */
+  onPass?: (pass: PassReport) => Promise<void> | void;
+
+  /** Further guesses at a miss, for studies (ExpertScheduler.extraGuesses; null: none). */
+  set extraGuesses(f: ((firstMissed: number) => number[]) | null) {
+    this.sched.extraGuesses = f;
+  }
   readonly stats: StepStats = emptyStepStats();
   private layers: GpuLayer[];
   private vocab: { embed: RowChunk[]; lmHead: RowChunk[] };
@@ -1274,6 +1299,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       this.encodeRouting(enc, T);
       const r = await this.submitAndRead(enc, rows);
       const l0 = this.sched.passResult(r.routing, r.missed, stride, counted, from, T);
+      if (this.onPass) await this.onPass({ from, firstMissed: l0, routing: r.routing, stride, T });
       if (l0 < 0) return r.logits;
       this.sched.loadForMiss(r.routing, r.missed, stride, counted, l0, from, T);
       counted = l0 + 1;

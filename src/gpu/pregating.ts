@@ -12,7 +12,6 @@ import type { ModelConfig } from "../types.ts";
 import type { Gpu } from "./device.ts";
 import type { Op, WeightRef } from "./ops_api.ts";
 import type { Ops } from "./ops.ts";
-import { readU32 } from "./readback.ts";
 
 /** Layers ahead predicted: the next layer and the one after. */
 export const PREGATING_DISTANCES = 2;
@@ -31,6 +30,8 @@ export class Pregating {
   /** predicted[l][d - 1]: u32 [T, predictK], layer l+d's experts predicted after layer l. */
   private predicted: GPUBuffer[][];
   private scratch: GPUBuffer[];
+  /** Where read() maps the predictions (made at its first use). */
+  private staging: GPUBuffer | null = null;
 
   constructor(
     private gpu: Gpu,
@@ -104,22 +105,50 @@ export class Pregating {
   }
 
   /** The predictions of the last forward of T tokens: [l][d - 1] = u32 [T * predictK]
-   * (token-major), layer l+d's experts predicted after layer l (one readback per buffer: for
-   * measurements). */
+   * (token-major), layer l+d's experts predicted after layer l (every buffer copied into one
+   * staging buffer, one readback: for measurements). */
   async read(T: number): Promise<Uint32Array[][]> {
     if (T > this.maxTokens) throw new RangeError(`${T} tokens > ${this.maxTokens}`);
-    const K = this.predictK;
-    const out: Uint32Array[][] = [];
-    for (const bufs of this.predicted) {
-      const row: Uint32Array[] = [];
-      for (const b of bufs) row.push(await readU32(this.gpu, b, 0, T * K));
-      out.push(row);
+    const n = T * this.predictK;
+    const count = this.predicted.reduce((a, bufs) => a + bufs.length, 0);
+    const device = this.gpu.device;
+    const bytes = Math.max(4, count * n * 4);
+    if (!this.staging || this.staging.size < bytes) {
+      this.staging?.destroy();
+      this.staging = device.createBuffer({
+        label: "pregating.staging",
+        size: Math.max(bytes, count * this.maxTokens * this.predictK * 4),
+        usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+      });
     }
-    return out;
+    const staging = this.staging;
+    const enc = device.createCommandEncoder({ label: "pregating.read" });
+    let at = 0;
+    for (const b of this.predicted.flat()) {
+      enc.copyBufferToBuffer(b, 0, staging, at * 4, n * 4);
+      at += n;
+    }
+    device.queue.submit([enc.finish()]);
+    await staging.mapAsync(GPUMapMode.READ, 0, bytes);
+    this.gpu.check();
+    let words: Uint32Array;
+    try {
+      words = new Uint32Array(staging.getMappedRange(0, bytes)).slice();
+    } finally {
+      staging.unmap();
+    }
+    at = 0;
+    return this.predicted.map((bufs) =>
+      bufs.map(() => {
+        at += n;
+        return words.subarray(at - n, at);
+      })
+    );
   }
 
   destroy(): void {
     for (const b of [...this.scratch, ...this.predicted.flat()]) b.destroy();
+    this.staging?.destroy();
   }
 }
 
