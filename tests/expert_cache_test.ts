@@ -188,6 +188,54 @@ Deno.test("GpuModel.onRouting reports each layer's final routing once per step, 
   });
 });
 
+Deno.test("GpuModel.onPass reports every pass of a decoded token: reruns start at the previous pass's miss, the last has none", async () => {
+  await withSmall(async (dir) => {
+    const opened = openModelDir(dir);
+    const gpu = await openGpu();
+    try {
+      const model = await GpuModel.open(opened.weights, { gpu, maxContext: 64, expertSlots: 6 });
+      const { numLayers: L, topK: K } = opened.weights.config;
+      const routed: Uint32Array[] = [];
+      model.onRouting = (l, experts) => (routed[l] = experts);
+      const s = model.newSession();
+      await s.forward(PROMPT);
+      let reruns = 0;
+      for (const id of DECODE) {
+        const passes: {
+          from: number;
+          firstMissed: number;
+          routing: Uint32Array;
+          stride: number;
+        }[] = [];
+        model.onPass = (p) => {
+          passes.push({ ...p, routing: p.routing.slice() });
+        };
+        const before = model.stats.readbacks;
+        await s.forward([id]);
+        assert.equal(passes.length, model.stats.readbacks - before, "a pass per readback");
+        assert.equal(passes[0].from, 0);
+        assert.equal(passes.at(-1)!.firstMissed, -1);
+        for (let i = 1; i < passes.length; i++) {
+          assert.ok(passes[i - 1].firstMissed >= passes[i - 1].from);
+          assert.equal(passes[i].from, passes[i - 1].firstMissed, `pass ${i} reruns from the miss`);
+        }
+        reruns += passes.length - 1;
+        // each layer's final routing (onRouting) is in the pass whose exact part holds it
+        for (let l = 0; l < L; l++) {
+          const p = passes.find((q) => l >= q.from && (q.firstMissed < 0 || l <= q.firstMissed))!;
+          const at = l * p.stride * K;
+          assert.deepEqual(p.routing.subarray(at, at + K), routed[l]);
+        }
+      }
+      assert.ok(reruns > 0, "6 slots of 48 make some tokens miss");
+      s.free();
+      model.destroy();
+    } finally {
+      opened.close();
+    }
+  });
+});
+
 Deno.test("perLayerRouting (the naive baseline) gives the same logits with a readback per layer", async () => {
   await withSmall(async (dir) => {
     const opened = openModelDir(dir);
