@@ -9,6 +9,7 @@ import assert from "node:assert/strict";
 import { readU32 } from "../src/gpu/readback.ts";
 import {
   GpuSampler,
+  type GpuSamplerOptions,
   MAX_EOS,
   NONE,
   SamplerConfigError,
@@ -40,13 +41,13 @@ class Fixture {
   private logits: GPUBuffer;
   private rowsBuffer: GPUBuffer;
 
-  constructor(readonly rows: Float32Array[]) {
+  constructor(readonly rows: Float32Array[], opts: GpuSamplerOptions = {}) {
     this.V = rows[0].length;
     const all = new Float32Array(rows.length * this.V);
     rows.forEach((r, i) => all.set(r, i * this.V));
     this.rowsBuffer = buffer(all, "rows");
     this.logits = buffer(this.V * 4, "logits");
-    this.sampler = new GpuSampler(gpu, ops, this.V, this.logits);
+    this.sampler = new GpuSampler(gpu, ops, this.V, this.logits, opts);
   }
 
   /** Runs one step per entry (sampling position len from logits row `row`), in batches. */
@@ -234,6 +235,42 @@ gpuTest(
       fx.destroy();
     }
     console.log(`V = 4096 quantised\n  ${lines.join("\n  ")}`);
+  },
+);
+
+gpuTest(
+  "GpuSampler's radix select and its bisection baseline agree with the CPU at the cuts' extremes",
+  async () => {
+    // the smallest and largest cuts (top_k 1 and V - 1, top_p near 0 and 1), on rows with and
+    // without runs of equal logits
+    const configs: [string, Partial<SamplingParams>][] = [
+      ["top_k 1", { temperature: 1, topK: 1 }],
+      ["top_k V-1", { temperature: 1, topK: 4095 }],
+      ["top_p 1e-6", { temperature: 1, topP: 1e-6 }],
+      ["top_p 0.999999", { temperature: 1, topP: 0.999999 }],
+      ["top_k 2 + top_p 0.3", { temperature: 2, topK: 2, topP: 0.3 }],
+    ];
+    const lines: string[] = [];
+    for (const radixSelect of [true, false]) {
+      for (const quantum of [0, 0.25]) {
+        const fx = new Fixture(logitRows(4096, 4, 13, 2.5, quantum), { radixSelect });
+        try {
+          for (const [name, p] of configs) {
+            const r = await compare(fx, p, 2, 100);
+            const label = `${radixSelect ? "radix" : "bisection"}, quantum ${quantum}, ${name}`;
+            lines.push(
+              `${label}: ${r.draws} draws, ${r.distinct} distinct, ${r.mismatches.length}`,
+            );
+            assert.deepEqual(r.mismatches.slice(0, 5), [], label);
+          }
+        } finally {
+          fx.destroy();
+        }
+      }
+    }
+    console.log(
+      `V = 4096, cuts at their extremes (draws, distinct, mismatches)\n  ${lines.join("\n  ")}`,
+    );
   },
 );
 

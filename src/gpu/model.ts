@@ -171,6 +171,9 @@ export interface GpuModelOptions {
   /** Rows8 chunks read by the dtype's own chunk loader (OpsOptions.chunkLoaders, default true;
    * false: the generic one, the baseline). Bit-identical either way. */
   chunkLoaders?: boolean;
+  /** The sampler's top_k / top_p cuts by radix select (GpuSamplerOptions.radixSelect, default
+   * true; false: bisection, the baseline). The same tokens either way. */
+  radixSelect?: boolean;
   /** Private arrays of each pipeline sized to what it uses (OpsOptions.exactArrays, default true;
    * false: the kernels' declared maxima, the baseline). Bit-identical either way. */
   exactArrays?: boolean;
@@ -554,7 +557,9 @@ export class GpuModel implements LanguageModel, SessionHost {
       }),
     };
     this.sampleRow = f32(V, "sample_row");
-    this.sampler = new GpuSampler(gpu, this.ops, V, this.sampleRow);
+    this.sampler = new GpuSampler(gpu, this.ops, V, this.sampleRow, {
+      radixSelect: opts.radixSelect,
+    });
     const bindingLimit = Math.min(gpu.limits.maxStorageBufferBindingSize, gpu.limits.maxBufferSize);
     this.kv = new KvPool(
       device,

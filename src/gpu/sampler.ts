@@ -15,7 +15,8 @@
  *     position of the capacity), sample_penalize (one per token) -> x; otherwise x = logits row 0;
  *   temperature 0: sample_argmax (one workgroup) -> ids[len], state: the greedy path, one dispatch;
  *   else: sample_topk (M and the top_k cut, one workgroup), sample_topp if top_p < 1 (one
- *     workgroup), sample_draw (min_p, temperature, the draw; one workgroup) -> ids[len], state.
+ *     workgroup), sample_draw (min_p, temperature, the draw; one workgroup) -> ids[len], state;
+ *     the cuts by radix select, a byte of the logit's order key a pass (GpuSamplerOptions).
  * Scratch (x, counts, qe, sel) belongs to the sampler and is shared by all sequences: steps run one
  * at a time.
  */
@@ -48,12 +49,16 @@ const LLVMPIPE_LOOP_LIMIT = 65535;
 /** Invocations of the one-workgroup kernels (WG of sample_argmax/topk/topp/draw.wgsl). */
 const WG_SELECT = 256;
 /** Passes over an invocation's share of the vocabulary in sample_topp.wgsl, the busiest kernel
- * (sample_topk.wgsl makes as many): weights and Z, 32 bisection steps, the ties, the walk of a
- * chunk. */
-const SELECT_PASSES = 35;
-/** Its other loop iterations: at most 35 tree reductions of log2(WG) steps, invocation 0's scan
- * of WG chunk sums, and one more per loop entered (about 80). */
-const SELECT_OVERHEAD = 35 * Math.log2(WG_SELECT) + WG_SELECT + 80;
+ * (sample_topk.wgsl makes as many): weights and Z, 4 radix passes (32 bisection steps in the
+ * baseline), the ties, the walk of a chunk. */
+const SELECT_PASSES = { radix: 7, bisection: 35 };
+/** Its other loop iterations: tree reductions of log2(WG) steps (at most 35; 3 with the radix
+ * select), invocation 0's scan of WG chunk sums, with the radix select its 4 walks of the 256
+ * buckets, and one more per loop entered (about 80). */
+const SELECT_OVERHEAD = {
+  radix: 3 * Math.log2(WG_SELECT) + WG_SELECT + 4 * 256 + 80,
+  bisection: 35 * Math.log2(WG_SELECT) + WG_SELECT + 80,
+};
 /** Workgroup size of the per-position and per-token kernels (sample_counts, sample_penalize). */
 const WG_ELEMENTWISE = 64;
 /** WebGPU's default maxComputeWorkgroupsPerDimension: the elementwise kernels are 1-D. */
@@ -119,9 +124,11 @@ class Dispatch implements Op {
 }
 
 /** An upper bound on the loop iterations of one invocation of any sampler kernel at `vocab`
- * tokens (21,406 at 151936): llvmpipe stops an invocation silently past LLVMPIPE_LOOP_LIMIT. */
-export function samplerLoopIterations(vocab: number): number {
-  return SELECT_PASSES * Math.ceil(vocab / WG_SELECT) + SELECT_OVERHEAD;
+ * tokens (5,542 at 151936; the bisection baseline's 21,406): llvmpipe stops an invocation
+ * silently past LLVMPIPE_LOOP_LIMIT. */
+export function samplerLoopIterations(vocab: number, radixSelect = true): number {
+  const way = radixSelect ? "radix" : "bisection";
+  return SELECT_PASSES[way] * Math.ceil(vocab / WG_SELECT) + SELECT_OVERHEAD[way];
 }
 
 /** The binding of a sequence's ids: its capacity from its offset. */
@@ -170,6 +177,14 @@ function requestBytes(vocab: number, capacity: number, req: SamplerRequest): Arr
   return bytes;
 }
 
+/** Kernel choices of a GpuSampler (benchmarks and tests select the baseline). */
+export interface GpuSamplerOptions {
+  /** The top_k and top_p cuts by radix select, a byte of the key a pass (default true; false:
+   * bisection over its 32 bits, the baseline: about 3x the loop iterations). Same cuts either
+   * way. */
+  radixSelect?: boolean;
+}
+
 export class GpuSampler {
   private device: GPUDevice;
   private shaders: Shaders;
@@ -183,7 +198,17 @@ export class GpuSampler {
   /** Each live sequence's prepared ops, by option set. */
   private prepared = new Map<SamplerSequence, Map<string, Op[]>>();
 
-  constructor(gpu: Gpu, private stepOps: Ops, readonly vocab: number, logits: GPUBuffer) {
+  /** Whether the top_k and top_p cuts are found by radix select (GpuSamplerOptions). */
+  private radixSelect: boolean;
+
+  constructor(
+    gpu: Gpu,
+    private stepOps: Ops,
+    readonly vocab: number,
+    logits: GPUBuffer,
+    opts: GpuSamplerOptions = {},
+  ) {
+    this.radixSelect = opts.radixSelect ?? true;
     if (!(Number.isInteger(vocab) && vocab >= 2)) {
       throw new SamplerConfigError(`vocab must be an integer >= 2, got ${vocab}`);
     }
@@ -191,9 +216,10 @@ export class GpuSampler {
       throw new SamplerConfigError(`vocab ${vocab} exceeds ${MAX_GROUPS_PER_DIM * WG_ELEMENTWISE}`);
     }
     const llvmpipe = /llvmpipe/i.test(gpu.adapterInfo.description ?? "");
-    if (llvmpipe && samplerLoopIterations(vocab) > LLVMPIPE_LOOP_LIMIT) {
+    const iterations = samplerLoopIterations(vocab, this.radixSelect);
+    if (llvmpipe && iterations > LLVMPIPE_LOOP_LIMIT) {
       throw new SamplerConfigError(
-        `vocab ${vocab} needs ${samplerLoopIterations(vocab)} loop iterations per invocation, ` +
+        `vocab ${vocab} needs ${iterations} loop iterations per invocation, ` +
           `past llvmpipe's limit of ${LLVMPIPE_LOOP_LIMIT}`,
       );
     }
@@ -378,7 +404,13 @@ export class GpuSampler {
         resource: b instanceof GPUBuffer ? { buffer: b } : b,
       })),
     });
-    const pipeline = this.shaders.pipeline({ kernel, bindings, prelude: SAMPLE_PRELUDE });
+    const radix = kernel === "sample_topk" || kernel === "sample_topp";
+    const pipeline = this.shaders.pipeline({
+      kernel,
+      bindings,
+      prelude: SAMPLE_PRELUDE,
+      ...(radix ? { constants: { RADIX: this.radixSelect ? 1 : 0 } } : {}),
+    });
     return new Dispatch(kernel, pipeline, bindGroup, groups);
   }
 
