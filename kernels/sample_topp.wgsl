@@ -46,9 +46,12 @@ fn cut_key_radix(lid: u32, V: u32, goal: vec2<u32>, key_m: u32) -> u32 {
     atomicStore(&hist_hi[lid], 0u);
     workgroupBarrier();
     for (var i = lid; i < V; i += WG) {
-      let key = order_key(x[i]);
       let q = qe[i];
-      if ((key & high) == t && q != 0u) {
+      if (q == 0u) { // (tokens outside the top_k cut, or too unlikely: no weight to add)
+        continue;
+      }
+      let key = order_key(x[i]);
+      if ((key & high) == t) {
         let d = (key >> shift) & 255u;
         let old = atomicAdd(&hist_lo[d], q);
         if (old + q < old) {
