@@ -26,7 +26,7 @@ fi
 tmp=$(mktemp -d)
 # shellcheck disable=SC2046
 DENO_DIR="$tmp" ./bin/deno cache bench/gpu_report.ts bench/kernels.ts bench/decode.ts \
-  bench/profile.ts bench/budget.ts $(cat tools/gpu/tests.list) >/dev/null
+  bench/profile.ts bench/budget.ts bench/sampler.ts $(cat tools/gpu/tests.list) >/dev/null
 tar -cJf "$dev/deno_dir.tar.xz" -C "$tmp" npm
 rm -rf "$tmp"
 du -sh "$dev"/deno.xz "$dev"/gl "$dev"/deno_dir.tar.xz

@@ -14,6 +14,8 @@
 #   logs.txt        what gpu_report and transformers_run printed
 #   budget.txt      bench/budget.ts --tokens 32 --reps 1: the default model's exact decode by
 #                   expert budget
+#   sampler.txt     bench/sampler.ts --no-decode: a sampling step's GPU time at vocab 151,936,
+#                   radix select against bisection (one workgroup each)
 # Each step has its own time limit, so one that hangs leaves the others.
 # LOCAL=1 skips the .debs (a machine with its own Vulkan loader); SMALL=1 writes the SMALL model.
 set -u
@@ -79,5 +81,9 @@ step budget
 timeout 150 "$deno" run --cached-only -A --unstable-webgpu bench/budget.ts --tokens 32 --reps 1 \
   >"$OUT/budget.txt" 2>&1
 echo "budget: exit $?"
+step sampler
+timeout 30 "$deno" run --cached-only -A --unstable-webgpu bench/sampler.ts --no-decode --rounds 5 \
+  >"$OUT/sampler.txt" 2>&1
+echo "sampler: exit $?"
 step done
 rm -rf "$work"
