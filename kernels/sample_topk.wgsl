@@ -15,6 +15,8 @@
 @group(0) @binding(3) var<storage, read_write> sel: Sel;
 
 const WG: u32 = 256u;
+// The radix select's histograms have a bucket per byte value, one per invocation.
+const_assert WG == 256u;
 // cut_idx of a cut that keeps every token of its key.
 const ALL: u32 = 0xffffffffu;
 var<workgroup> red_f: array<f32, WG>;

@@ -19,6 +19,8 @@
 @group(0) @binding(4) var<storage, read_write> qe: array<u32>; // [vocab]
 
 const WG: u32 = 256u;
+// The radix select's histograms have a bucket per byte value, one per invocation.
+const_assert WG == 256u;
 var<workgroup> red_64: array<vec2<u32>, WG>;
 var<workgroup> picked: u32;
 // The radix select's histogram (64-bit sums of qe per next byte of the prefix's tokens: low
