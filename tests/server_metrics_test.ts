@@ -139,7 +139,15 @@ async function eventually(check: () => boolean, what: string): Promise<void> {
 
 Deno.test("/metrics follows the Prometheus exposition rules: counters _total, histograms with buckets to +Inf = _count", async () => {
   const server = await startTestServer({
-    cacheFigures: { hits: 30, misses: 10, evictions: 4, bytesUploaded: 2048, gpuSteps: 7 },
+    cacheFigures: {
+      hits: 30,
+      misses: 10,
+      evictions: 4,
+      bytesUploaded: 2048,
+      gpuSteps: 7,
+      gpuGuessesUsed: 5,
+      gpuGuessesMissed: 2,
+    },
   });
   try {
     checkConventions(await metrics(server)); // before any generation too
@@ -150,6 +158,8 @@ Deno.test("/metrics follows the Prometheus exposition rules: counters _total, hi
     assert.equal(value(m, "qwen_moe_time_to_first_token_seconds_bucket", { le: "+Inf" }), 3);
     assert.equal(value(m, "qwen_moe_expert_cache_hits_total"), 30);
     assert.equal(value(m, "qwen_moe_gpu_steps_total"), 7);
+    assert.equal(value(m, "qwen_moe_gpu_guesses_used_total"), 5);
+    assert.equal(value(m, "qwen_moe_gpu_guesses_missed_total"), 2);
     assert.equal(value(m, "qwen_moe_sessions_created_total"), 3);
     assert.equal(value(m, "qwen_moe_expert_cache_hit_rate"), 0.75);
     assert.equal(m.get("qwen_moe_expert_cache_hit_rate")?.type, "gauge");

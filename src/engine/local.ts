@@ -69,6 +69,8 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     gpuReruns: rt.model.stats.reruns,
     gpuStepRouted: rt.model.stats.stepRouted,
     gpuStepsOverRouted: rt.model.stats.stepsOverRouted,
+    gpuGuessesUsed: rt.model.stats.prefetchUseful,
+    gpuGuessesMissed: rt.model.stats.prefetchMissed,
     gpuDecodeSteps: rt.model.stats.decodeSteps,
     gpuSequenceSteps: rt.model.stats.laneSteps,
     kvSequences: rt.model.maxSequences,

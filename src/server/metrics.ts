@@ -135,6 +135,16 @@ const ENGINE_FIGURES: Record<string, FigureSpec> = {
     "gpu_steps_over_routed_total",
     "Decode steps that loaded more experts than they routed (0 with the load cap).",
   ),
+  gpuGuessesUsed: counter(
+    "gpu_guesses_used_total",
+    "Experts loaded as guesses at a miss (later layers' routing on an approximate input) that " +
+      "the final routing used: the predictions' hits (precision: over prefetch issued).",
+  ),
+  gpuGuessesMissed: counter(
+    "gpu_guesses_missed_total",
+    "Experts a repair loaded for its missed layer, past a token's first layer, that no guess " +
+      "had brought in (recall: used / (used + missed)).",
+  ),
 };
 for (const source of ["cold", "warm", "unknown"]) {
   const labels = { source };
