@@ -8,6 +8,8 @@ import { Ops } from "../src/gpu/ops.ts";
 import { type Op, stepRecord, type WeightDType } from "../src/gpu/ops_api.ts";
 import { f16ToF32, f32ToBf16, f32ToF16 } from "../src/dtype.ts";
 import { bf16ToF32 } from "../src/dtype.ts";
+import { readU32 } from "../src/gpu/readback.ts";
+import * as ref from "../src/reference/ops.ts";
 
 export const gpu = await openGpu();
 export const ops = new Ops(gpu);
@@ -119,4 +121,56 @@ export function assertClose(
 ): void {
   const e = relError(actual, expected);
   assert.ok(e <= tol, `${what}: relative error ${e.toExponential(2)} > ${tol}`);
+}
+
+/** The gate/up/down matrices of one expert slot. */
+export interface ExpertMatrices {
+  gate: ArrayLike<number>;
+  up: ArrayLike<number>;
+  down: ArrayLike<number>;
+}
+
+/**
+ * Checks both expert stages' outputs for every (token, expert) pair of layer 1 (keys E + e):
+ * h against the reference gate/up on the token's x, y against the reference down on the GPU's own
+ * h (so each stage is checked on its own), pairs of absent experts left `untouched` and flagged in
+ * `missed` ([2 * E], read back here).
+ */
+export async function checkExpertPairs(a: {
+  idx: Uint32Array;
+  x: Float32Array;
+  gotH: Float32Array;
+  gotY: Float32Array;
+  missed: GPUBuffer;
+  /** Expert e of layer 1 -> its slot, or `absent`. */
+  slotOf: readonly number[];
+  absent: number;
+  expert: (slot: number) => ExpertMatrices;
+  D: number;
+  I: number;
+  K: number;
+  E: number;
+  tol: number;
+  untouched: number;
+  what: string;
+}): Promise<void> {
+  const { D, I, K, E, gotH, gotY, what } = a;
+  const wantMissed = new Uint32Array(2 * E);
+  for (let pair = 0; pair < a.idx.length; pair++) {
+    const e = a.idx[pair], slot = a.slotOf[e];
+    const hRow = gotH.subarray(pair * I, (pair + 1) * I);
+    const yRow = gotY.subarray(pair * D, (pair + 1) * D);
+    if (slot === a.absent) {
+      wantMissed[E + e] = 1;
+      assert.ok(hRow.every((v) => v === a.untouched), `h of absent pair ${pair} written`);
+      assert.ok(yRow.every((v) => v === a.untouched), `y of absent pair ${pair} written`);
+      continue;
+    }
+    const w = a.expert(slot);
+    const t = Math.floor(pair / K);
+    const wantH = ref.expertGateUp(a.x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
+    assertClose(hRow, wantH, a.tol, `${what} h pair=${pair}`);
+    assertClose(yRow, ref.expertDown(hRow, w.down, D, I), a.tol, `${what} y pair=${pair}`);
+  }
+  assert.deepStrictEqual(await readU32(gpu, a.missed, 0, 2 * E), wantMissed, `${what} missed`);
 }

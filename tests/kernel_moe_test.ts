@@ -6,6 +6,7 @@ import * as ref from "../src/reference/ops.ts";
 import {
   assertClose,
   buffer,
+  checkExpertPairs,
   gpu,
   gpuTest,
   ops,
@@ -190,25 +191,23 @@ for (const dtype of ["f32", "bf16", "f16"] as WeightDType[]) {
           } else if (o === ops) {
             interleavedOut = [gotH, gotY];
           }
-          const wantMissed = new Uint32Array(2 * E);
-          for (let pair = 0; pair < T * K; pair++) {
-            const e = idxArr[pair], slot = LAYER1_SLOTS[e];
-            const hRow = gotH.subarray(pair * I, (pair + 1) * I);
-            const yRow = gotY.subarray(pair * D, (pair + 1) * D);
-            if (slot === ABSENT) {
-              wantMissed[E + e] = 1;
-              assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
-              assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
-              continue;
-            }
-            const w = expert(slot);
-            const t = Math.floor(pair / K);
-            const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
-            assertClose(hRow, wantH, TOL, `h T=${T} pair=${pair}`);
-            // Stage 2 against the GPU's own h, so each stage is checked on its own.
-            assertClose(yRow, ref.expertDown(hRow, w.down, D, I), TOL, `y T=${T} pair=${pair}`);
-          }
-          assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
+          await checkExpertPairs({
+            idx: idxArr,
+            x,
+            gotH,
+            gotY,
+            missed,
+            slotOf: LAYER1_SLOTS,
+            absent: ABSENT,
+            expert,
+            D,
+            I,
+            K,
+            E,
+            tol: TOL,
+            untouched: UNTOUCHED,
+            what: `T=${T}`,
+          });
         }
       },
     );

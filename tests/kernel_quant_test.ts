@@ -7,7 +7,7 @@
  */
 import assert from "node:assert";
 import { commonSource, kernelSource } from "../src/gpu/shader.ts";
-import { readF32, readU32 } from "../src/gpu/readback.ts";
+import { readF32 } from "../src/gpu/readback.ts";
 import type { QuantWeightDType } from "../src/gpu/ops_api.ts";
 import { dequantizeRows } from "../src/quant/dequantize.ts";
 import {
@@ -22,6 +22,7 @@ import { Ops } from "../src/gpu/ops.ts";
 import {
   assertClose,
   buffer,
+  checkExpertPairs,
   gpu,
   gpuTest,
   ops,
@@ -454,29 +455,23 @@ for (const type of QUANTS) {
           run(list, T, 0, o.step);
           const gotH = await readF32(gpu, h, 0, T * K * I);
           const gotY = await readF32(gpu, y, 0, T * K * D);
-          const wantMissed = new Uint32Array(2 * E);
-          for (let pair = 0; pair < T * K; pair++) {
-            const e = idxArr[pair], slot = LAYER1_SLOTS[e];
-            const hRow = gotH.subarray(pair * I, (pair + 1) * I);
-            const yRow = gotY.subarray(pair * D, (pair + 1) * D);
-            if (slot === ABSENT) {
-              wantMissed[E + e] = 1;
-              assert.ok(hRow.every((v) => v === UNTOUCHED), `h of absent pair ${pair} written`);
-              assert.ok(yRow.every((v) => v === UNTOUCHED), `y of absent pair ${pair} written`);
-              continue;
-            }
-            const w = expert(slot);
-            const t = Math.floor(pair / K);
-            const wantH = ref.expertGateUp(x.subarray(t * D, (t + 1) * D), w.gate, w.up, D, I);
-            assertClose(hRow, wantH, TOL, `${type} h T=${T} pair=${pair}`);
-            assertClose(
-              yRow,
-              ref.expertDown(hRow, w.down, D, I),
-              TOL,
-              `${type} y T=${T} pair=${pair}`,
-            );
-          }
-          assert.deepStrictEqual(await readU32(gpu, missed, 0, 2 * E), wantMissed, `missed T=${T}`);
+          await checkExpertPairs({
+            idx: idxArr,
+            x,
+            gotH,
+            gotY,
+            missed,
+            slotOf: LAYER1_SLOTS,
+            absent: ABSENT,
+            expert,
+            D,
+            I,
+            K,
+            E,
+            tol: TOL,
+            untouched: UNTOUCHED,
+            what: `${type} T=${T}`,
+          });
         }
       },
     );
