@@ -163,6 +163,11 @@ export class ExpertStore {
   /** readAhead's descriptor of experts.bin (libc's, opened on first use) and reads in flight. */
   private raFd: number | null = null;
   private raInFlight = 0;
+
+  /** Reads ahead started and not yet finished (their records count as being read until then). */
+  get readAheadsInFlight(): number {
+    return this.raInFlight;
+  }
   /** Records (index) whose read-ahead has not been seen to end. */
   private readonly raPending = new Set<number>();
   private closed = false;
