@@ -289,12 +289,23 @@ export class ExpertStore {
     if (lib === null) return 0;
     const E = this.index.numExperts;
     const base = Deno.UnsafePointer.of(this.mapped.bytes);
-    let started = 0;
+    // which records to read is decided before any read starts: a read brings its neighbours'
+    // pages too (the kernel's readahead), which must not make the choice depend on timing
+    const chosen: number[] = [];
     for (const key of keys) {
-      if (started >= READ_AHEAD_PER_CALL || this.raInFlight >= READ_AHEAD_IN_FLIGHT) break;
+      if (chosen.length >= Math.min(READ_AHEAD_PER_CALL, READ_AHEAD_IN_FLIGHT - this.raInFlight)) {
+        break;
+      }
       const i = this.slot(Math.floor(key / E), key % E);
       const r = this.index.records[i];
-      if (this.raPending.has(i) || this.resident(r.offset, r.length)) continue;
+      if (this.raPending.has(i) || chosen.includes(i) || this.resident(r.offset, r.length)) {
+        continue;
+      }
+      chosen.push(i);
+    }
+    let started = 0;
+    for (const i of chosen) {
+      const r = this.index.records[i];
       let read: Promise<number | bigint>;
       if (!populateRefused && base !== null) {
         const start = Math.floor(r.offset / this.pageSize) * this.pageSize;
