@@ -9,7 +9,8 @@
 import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
 import { ADAPTER_CHOICES, OpConfigError, Ops } from "../src/gpu/ops.ts";
-import type { Op, WeightDType } from "../src/gpu/ops_api.ts";
+import type { Op, WeightDType, WeightRef } from "../src/gpu/ops_api.ts";
+import { uploadWeightTexture } from "../src/gpu/resident.ts";
 import { weightBytes } from "../src/gpu/weight_dtype.ts";
 import { stepRecord } from "../src/gpu/ops_api.ts";
 
@@ -71,7 +72,7 @@ const allOps = [
   maxArrayOps,
 ];
 const device = gpu.device;
-const made: GPUBuffer[] = [];
+const made: (GPUBuffer | GPUTexture)[] = [];
 
 function storage(size: number, fill?: number): GPUBuffer {
   const b = device.createBuffer({
@@ -85,6 +86,18 @@ function storage(size: number, fill?: number): GPUBuffer {
 
 function release(): void {
   for (const b of made.splice(0)) b.destroy();
+}
+
+/** A weight texture (TextureWeight) of `bytes` bytes of `fill`, freed by release(). */
+function weightTexture(bytes: number, fill: number): GPUTexture {
+  const t = uploadWeightTexture(
+    device,
+    new Uint8Array(new Uint32Array(bytes / 4).fill(fill).buffer),
+    "w",
+  );
+  if (!t) throw new Error(`${bytes} B do not fit one weight texture`);
+  made.push(t);
+  return t;
 }
 
 /** With the adapter's `timestamp-query` feature (granted by openGpu when offered): the GPU's own
@@ -155,13 +168,16 @@ function matmulOp(
   N: number,
   K: number,
   T: number,
-  layout: "rows" | "rows8",
+  layout: "rows" | "rows8" | "texture",
   from = ops,
 ): Op {
-  const buffer = storage(weightBytes(dtype, Math.ceil(N / 8) * 8 * K), WEIGHT_BITS);
+  const bytes = weightBytes(dtype, Math.ceil(N / 8) * 8 * K);
+  const w: WeightRef = layout === "texture"
+    ? { texture: weightTexture(bytes, WEIGHT_BITS), dtype, offsetElems: 0, layout: "rows8" }
+    : { buffer: storage(bytes, WEIGHT_BITS), dtype, offsetElems: 0, layout };
   return from.matmul({
     x: storage(T * K * 4),
-    w: { buffer, dtype, offsetElems: 0, layout },
+    w,
     out: storage(T * N * 4),
     K,
     N,
@@ -388,19 +404,21 @@ console.log(
     (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
 );
 if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
-// row-major weights (the baseline; GGML's blocks for the quantized types) and rows8 (the runtime's
-// layout for resident f16/bf16, q8_0, q6_k and q4_k matrices), alternating; each in matmul.wgsl
-// (8 rows a lane) and, marked "mv", matvec.wgsl (a workgroup per 8 rows; rows8 of f16/bf16/f32
-// only)
+// row-major weights (the baseline; GGML's blocks for the quantized types), rows8 (the runtime's
+// layout for resident f16/bf16, q8_0, q6_k and q4_k matrices) and rows8 in a weight texture
+// (marked "tex": llvmpipe's default), alternating; each in matmul.wgsl (8 rows a lane) and, marked
+// "mv", matvec.wgsl (a workgroup per 8 rows; rows8 of f16/bf16/f32 only)
 for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
   for (const [N, K] of [[2048, 2048], [768, 2048], [16384, 2048]]) {
     for (const T of [1, 8]) {
-      for (const layout of ["rows", "rows8"] as const) {
+      for (const layout of ["rows", "rows8", "texture"] as const) {
+        if (layout === "texture" && dtype === "f32") continue; // f32 stays row-major
         const kernels = [["", laneRowsOps], [" mv", matvecOps]] as const;
         for (const [mark, from] of kernels) {
-          if (mark && layout === "rows8" && dtype.startsWith("q")) continue; // matmul.wgsl's
+          if (mark && layout !== "rows" && dtype.startsWith("q")) continue; // matmul.wgsl's
+          const tag = { rows: "", rows8: " r8", texture: " r8 tex" }[layout];
           row(
-            `matmul ${dtype} ${N}x${K}${layout === "rows8" ? " r8" : ""}${mark}`,
+            `matmul ${dtype} ${N}x${K}${tag}${mark}`,
             T,
             T,
             weightBytes(dtype, N * K),
@@ -437,12 +455,14 @@ console.log(
 for (const [N, K] of [[4096, 2048], [2048, 4096], [512, 2048]]) {
   const T = 64;
   const flop = 2 * T * N * K;
-  const tiles = [["8 tokens", narrowTileOps], ["16 tokens", wideTileOps], [
-    "wg tiles",
-    sharedTileOps,
-  ]] as const;
-  for (const [name, from] of tiles) {
-    const s = await time([matmulOp("bf16", N, K, T, "rows8", from)], T);
+  const tiles = [
+    ["8 tokens", narrowTileOps, "rows8"],
+    ["16 tokens", wideTileOps, "rows8"],
+    ["16 tok tex", wideTileOps, "texture"],
+    ["wg tiles", sharedTileOps, "rows8"],
+  ] as const;
+  for (const [name, from, layout] of tiles) {
+    const s = await time([matmulOp("bf16", N, K, T, layout, from)], T);
     rateRow(`matmul bf16 ${N}x${K}`, name, flop, s);
     release();
   }

@@ -258,6 +258,33 @@ Deno.test("GpuModel with q/k/v stacked into one matmul gives the logits of three
   }
 });
 
+Deno.test("GpuModel with its rows8 matrices in textures gives the logits of buffers, bit for bit", async () => {
+  // TINY's lm_head is untied (rows8, so a texture too); BF16 and F16 take rows8, F32 stays in
+  // buffers either way
+  for (const dtype of ["BF16", "F16"] as const) {
+    await withFixture({ ...TINY, dtype }, async (dir) => {
+      const opened = openModelDir(dir);
+      const models = await Promise.all(
+        [true, false].map((textureWeights) =>
+          GpuModel.open(opened.weights, { maxContext: 64, textureWeights })
+        ),
+      );
+      try {
+        const ids = prompt(11, TINY.vocab, 5);
+        const [a, b] = models.map((m) => m.newSession());
+        const rows = [await a.forward(ids), await b.forward(ids)];
+        rows.push(await a.forward([ids[0]]), await b.forward([ids[0]])); // a decode step each
+        assert.deepEqual(rows[0], rows[1], `${dtype} prefill`);
+        assert.deepEqual(rows[2], rows[3], `${dtype} decode`);
+        assert.ok(rows[2].at(-1)!.some((v) => v !== 0), "logits computed");
+      } finally {
+        for (const m of models) m.destroy();
+        opened.close();
+      }
+    });
+  }
+});
+
 Deno.test("stackRows() stacks matrices of one dtype and row length, and refuses others", () => {
   const view = (dtype: "BF16" | "F32", rows: number, K: number, fill: number) => ({
     name: "t",

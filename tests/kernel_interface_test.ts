@@ -21,7 +21,7 @@ import {
   Shaders,
   withSizes,
 } from "../src/gpu/shader.ts";
-import { MAX_STEP_TOKENS } from "../src/gpu/ops_api.ts";
+import { MAX_STEP_TOKENS, WEIGHT_TEXTURE_WIDTH } from "../src/gpu/ops_api.ts";
 import { ABSENT } from "../src/gpu/expert_pool.ts";
 import { gpu, gpuTest } from "./kernel_harness.ts";
 
@@ -31,7 +31,13 @@ const refused = (pattern: RegExp) => (e: unknown) =>
 Deno.test("shared constants are defined once, in TypeScript, and reach every kernel", () => {
   assert.deepStrictEqual(
     { ...SHARED_CONSTANTS },
-    { MAX_STEP_TOKENS, ABSENT_SLOT: ABSENT, MAX_EXPERTS, MAX_HEAD_DIM: 256 },
+    {
+      MAX_STEP_TOKENS,
+      ABSENT_SLOT: ABSENT,
+      MAX_EXPERTS,
+      MAX_HEAD_DIM: 256,
+      WEIGHT_TEXTURE_WIDTH,
+    },
   );
   for (const name of Object.keys(SHARED_CONSTANTS)) {
     for (const kernel of ["common", "topk", "head_norm_rope", "experts_gate_up"]) {
@@ -62,6 +68,31 @@ Deno.test("declaredBindings() and paramsFields() read a kernel's interface", () 
     [4, "rw", "out"],
   ]);
   assert.deepStrictEqual(paramsFields("rmsnorm", code), ["dim", "groups", "eps", "_pad"]);
+});
+
+Deno.test("texture weights: the weights binding becomes the texture, every word a texel fetch", () => {
+  for (const loader of ["bf16", "f16", "q8_0_rows8", "q6_k_rows8", "q4_k_rows8"] as const) {
+    const code = composeSource("matmul", loader, ["matmul_store"], undefined, {}, false, true);
+    assert.deepStrictEqual(declaredBindings(code, "matmul").get(3), {
+      kind: "texture",
+      name: "weights",
+    });
+    const body = code.replace(/\/\/[^\n]*/g, "");
+    assert.ok(!/\bweights\s*\[/.test(body), `${loader}: a weights[...] index is left`);
+    assert.ok(/\bfn weights_word\b/.test(body) && /\bweights_word\(/.test(body), loader);
+  }
+  // a loader of 4-byte words cannot read 16-byte texels; pooled kernels keep buffers
+  assert.throws(
+    () => composeSource("matmul", "bf16_scalar", [], undefined, {}, false, true),
+    (e) => e instanceof KernelComposeError && /16-byte words/.test(e.message),
+  );
+  assert.throws(
+    () => composeSource("embed", "bf16", [], { count: 1, first: 5 }, {}, false, true),
+    KernelComposeError,
+  );
+  // any other texture type is not a binding an op can make
+  const other = "@group(0) @binding(2) var t: texture_2d<f32>;";
+  assert.throws(() => declaredBindings(other, "k"), refused(/binding 2 \(t\) has type/));
 });
 
 Deno.test("checkParams() wants every field but trailing padding written, nothing past it", () => {

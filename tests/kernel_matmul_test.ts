@@ -1,9 +1,9 @@
 import assert from "node:assert";
 import { matmulTokens, OpConfigError, Ops } from "../src/gpu/ops.ts";
 import { readF32 } from "../src/gpu/readback.ts";
-import type { WeightDType } from "../src/gpu/ops_api.ts";
+import { WEIGHT_TEXTURE_WIDTH, type WeightDType, type WeightRef } from "../src/gpu/ops_api.ts";
 import * as ref from "../src/reference/ops.ts";
-import { repackRows8 } from "../src/gpu/resident.ts";
+import { repackRows8, uploadWeightTexture } from "../src/gpu/resident.ts";
 import {
   assertClose,
   buffer,
@@ -126,6 +126,75 @@ for (const [kernel, o] of KERNELS) {
     );
   }
 }
+
+for (const [kernel, o] of KERNELS) {
+  for (const dtype of ["bf16", "f16"] as const) {
+    gpuTest(
+      `matmul() (${kernel}) over rows8 ${dtype} in a texture gives exactly what it gives over a buffer`,
+      async () => {
+        // K = 2048: 20,480 words, three texture rows (the last partial); T: decode, both tiles
+        for (const [K, T] of [[136, 1], [2048, 1], [2048, 9], [136, 40], [2048, 70]]) {
+          const w = pack(randomF32(ROWS * K, 41 + K), dtype);
+          const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, 2);
+          const texture = uploadWeightTexture(gpu.device, rows8, "w")!;
+          assert.strictEqual(texture.width, WEIGHT_TEXTURE_WIDTH);
+          assert.strictEqual(
+            texture.height,
+            Math.ceil(rows8.byteLength / 16 / WEIGHT_TEXTURE_WIDTH),
+          );
+          const xs = randomF32(T * K, 400 + T);
+          const x = buffer(xs);
+          const refs: WeightRef[] = [
+            { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" },
+            { texture, dtype, offsetElems: 0, layout: "rows8" },
+          ];
+          const outs = refs.map(() => buffer(T * ROWS * 4));
+          const mm = refs.map((wr, i) =>
+            o.matmul({
+              x,
+              w: wr,
+              out: outs[i],
+              K,
+              N: ROWS,
+              outStride: ROWS,
+              outOffset: 0,
+              accumulate: false,
+            })
+          );
+          run(mm, T, 0, o.step);
+          const [fromBuffer, fromTexture] = [
+            await readF32(gpu, outs[0], 0, T * ROWS),
+            await readF32(gpu, outs[1], 0, T * ROWS),
+          ];
+          assert.deepStrictEqual(fromTexture, fromBuffer, `${kernel} K=${K} T=${T}`);
+          assertClose(fromTexture, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
+          texture.destroy();
+        }
+      },
+    );
+  }
+}
+
+gpuTest("matmul() refuses a texture that ends before the matrix", () => {
+  const K = 2048;
+  const texture = uploadWeightTexture(gpu.device, new Uint8Array(16 * WEIGHT_TEXTURE_WIDTH), "w")!;
+  assert.throws(
+    () =>
+      ops.matmul({
+        x: buffer(randomF32(K, 1)),
+        w: { texture, dtype: "bf16", offsetElems: 0, layout: "rows8" },
+        out: buffer(ROWS * 4),
+        K,
+        N: ROWS,
+        outStride: ROWS,
+        outOffset: 0,
+        accumulate: false,
+      }),
+    (e) => e instanceof OpConfigError && /past the texture/.test(e.message),
+  );
+  texture.destroy();
+  return Promise.resolve();
+});
 
 /** matmul.wgsl's rows8 chunks through the dtype's own chunk loader (weights_w16_block8.wgsl,
  * weights_f32_block8.wgsl: the default) and through the generic one (chunkLoaders: false, the

@@ -5,8 +5,8 @@
  *
  * - Shared constants (SHARED_CONSTANTS) are defined here only: composeSource emits them as WGSL
  *   `const`s ahead of every kernel, and the TypeScript side imports the same values.
- * - Bindings: the kinds a spec binds (uniform / read / rw, by binding number) must be exactly the
- *   `var<...>` declarations of the composed source (checkBindings).
+ * - Bindings: the kinds a spec binds (uniform / read / rw / texture, by binding number) must be
+ *   exactly the `var` declarations of the composed source (checkBindings).
  * - Params: a kernel whose binding 1 is `var<uniform> p: Params` reads `struct Params` of 4-byte
  *   scalars; the values an op writes must fill it exactly, up to its 16-byte padding
  *   (checkParams).
@@ -14,7 +14,7 @@
  *   limits) are stated per spec (`expect`) and compared with the kernel's `const`/`override`
  *   declarations (checkConstants).
  */
-import { MAX_STEP_TOKENS } from "./ops_api.ts";
+import { MAX_STEP_TOKENS, WEIGHT_TEXTURE_WIDTH } from "./ops_api.ts";
 import { ABSENT } from "./expert_pool.ts";
 
 /** Expert count topk.wgsl keeps probabilities for (and moe_tiles counts pairs for). */
@@ -29,6 +29,7 @@ export const SHARED_CONSTANTS: Record<string, number> = {
   ABSENT_SLOT: ABSENT,
   MAX_EXPERTS,
   MAX_HEAD_DIM,
+  WEIGHT_TEXTURE_WIDTH,
 };
 
 /** The WGSL of SHARED_CONSTANTS. */
@@ -46,24 +47,36 @@ export class KernelInterfaceError extends Error {
   }
 }
 
-export type DeclaredKind = "uniform" | "read" | "rw";
+export type DeclaredKind = "uniform" | "read" | "rw" | "texture";
+
+/** The one texture a kernel may bind: weights in a read-only storage texture (TextureWeight). */
+export const WEIGHT_TEXTURE_TYPE = "texture_storage_2d<rgba32uint, read>";
 
 /** WGSL without comments. */
 function code(src: string): string {
   return src.replace(/\/\*[\s\S]*?\*\//g, "").replace(/\/\/[^\n]*/g, "");
 }
 
-/** The group-0 buffer declarations of a WGSL source: binding number -> kind and name. */
-export function declaredBindings(src: string): Map<number, { kind: DeclaredKind; name: string }> {
+/** The group-0 declarations of a WGSL source (buffers, and weight textures as "texture"):
+ * binding number -> kind and name. Any other texture type is an error. */
+export function declaredBindings(
+  src: string,
+  kernel = "(source)",
+): Map<number, { kind: DeclaredKind; name: string }> {
   const out = new Map<number, { kind: DeclaredKind; name: string }>();
-  const re = /@group\(0\)\s*@binding\((\d+)\)\s*var<([^>]*)>\s*(\w+)/g;
+  const re = /@group\(0\)\s*@binding\((\d+)\)\s*var(?:<([^>]*)>)?\s*(\w+)\s*:\s*([^;]*);/g;
   for (const m of code(src).matchAll(re)) {
-    const space = m[2].split(",").map((x) => x.trim());
-    const kind: DeclaredKind = space[0] === "uniform"
-      ? "uniform"
-      : space[1] === "read_write"
-      ? "rw"
-      : "read";
+    let kind: DeclaredKind;
+    if (m[2] === undefined) {
+      const type = m[4].replace(/\s+/g, " ").trim();
+      if (type !== WEIGHT_TEXTURE_TYPE) {
+        throw new KernelInterfaceError(kernel, `binding ${m[1]} (${m[3]}) has type ${type}`);
+      }
+      kind = "texture";
+    } else {
+      const space = m[2].split(",").map((x) => x.trim());
+      kind = space[0] === "uniform" ? "uniform" : space[1] === "read_write" ? "rw" : "read";
+    }
     out.set(Number(m[1]), { kind, name: m[3] });
   }
   return out;
@@ -75,7 +88,7 @@ export function checkBindings(
   src: string,
   bindings: readonly DeclaredKind[],
 ): void {
-  const declared = declaredBindings(src);
+  const declared = declaredBindings(src, kernel);
   const problems: string[] = [];
   bindings.forEach((kind, i) => {
     const d = declared.get(i);
@@ -120,7 +133,7 @@ export function checkParams(kernel: string, src: string, values: number): void {
         (unwritten.length > 0 ? `: ${unwritten.join(", ")} never written` : ""),
     );
   }
-  const decl = declaredBindings(src).get(1);
+  const decl = declaredBindings(src, kernel).get(1);
   if (!decl || decl.kind !== "uniform" || !/var<uniform>\s*p\s*:\s*Params/.test(code(src))) {
     throw new KernelInterfaceError(kernel, "Params must be bound as `var<uniform> p: Params` at 1");
   }

@@ -17,6 +17,7 @@ import type {
   SessionOptions,
 } from "../types.ts";
 import {
+  type BufferWeight,
   type IndirectOp,
   MAX_STEP_TOKENS,
   type Op,
@@ -171,6 +172,10 @@ export interface GpuModelOptions {
   /** Rows8 chunks read by the dtype's own chunk loader (OpsOptions.chunkLoaders, default true;
    * false: the generic one, the baseline). Bit-identical either way. */
   chunkLoaders?: boolean;
+  /** Resident rows8 matrices (projections, routers, an untied lm_head) in read-only storage
+   * textures (OpsOptions.textureWeights; default on llvmpipe, where matmul reads them faster;
+   * false: storage buffers, the baseline and other adapters' default). Bit-identical. */
+  textureWeights?: boolean;
   /** The sampler's top_k / top_p cuts by radix select (GpuSamplerOptions.radixSelect, default
    * true; false: bisection, the baseline). The same tokens either way. */
   radixSelect?: boolean;
@@ -389,7 +394,7 @@ export class GpuModel implements LanguageModel, SessionHost {
   }
   readonly stats: StepStats = emptyStepStats();
   private layers: GpuLayer[];
-  private vocab: { embed: RowChunk[]; lmHead: RowChunk[] };
+  private vocab: { embed: RowChunk<BufferWeight>[]; lmHead: RowChunk[] };
   private finalNorm: GPUBuffer;
   private act: Activations;
   private rope: GPUBuffer;
@@ -463,6 +468,7 @@ export class GpuModel implements LanguageModel, SessionHost {
       attentionScratchBytes: opts.attentionScratchBytes,
       attentionTiles: opts.attentionTiles,
       chunkLoaders: opts.chunkLoaders,
+      textureWeights: opts.textureWeights,
     });
     // The logits of a step's tokens are one storage binding: no more tokens than it holds rows.
     // Without a maxBatch, where the ops take three attention passes (llvmpipe), no more than they
@@ -497,10 +503,13 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.compactHead = opts.compactHead ?? true;
     const rows8 = opts.rows8Weights ?? true;
     const stackQkv = opts.fusedQkv ?? true;
-    this.layers = weights.layers.map((lw, l) => uploadLayer(device, lw, l, rows8, stackQkv));
+    const textures = rows8 && this.ops.textureWeights;
+    this.layers = weights.layers.map((lw, l) =>
+      uploadLayer(device, lw, l, rows8, stackQkv, textures)
+    );
     const finalNorm = uploadF32(device, toFloat32(weights.finalNorm), "final_norm");
     this.finalNorm = finalNorm;
-    this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu, rows8);
+    this.vocab = uploadVocabMatrices(device, weights.embed, weights.lmHead, gpu, rows8, textures);
     this.rope = uploadF32(device, ropeTable(this.maxContext, Dh, c.ropeTheta), "rope_table");
 
     // experts: a pool of slots, filled up front when every expert fits, else lazily
@@ -1954,22 +1963,17 @@ export class GpuModel implements LanguageModel, SessionHost {
     this.headGate?.args.destroy();
     this.headGate?.src.destroy();
     const a = this.act;
-    const lm = this.vocab.lmHead.map((c) => c.w.buffer);
-    const embed = this.vocab.embed.map((c) => c.w.buffer).filter((b) => !lm.includes(b));
+    const weights: WeightRef[] = [
+      ...this.vocab.lmHead.map((c) => c.w),
+      ...this.vocab.embed.map((c) => c.w),
+      ...this.layers.flatMap((l) => [...Object.values(l.attnIn), l.o, l.router]),
+    ];
+    // a tied table is one set of buffers for both
+    for (const b of new Set(weights.map((w) => w.buffer ?? w.texture))) b.destroy();
     const buffers: GPUBuffer[] = [
       this.rope,
       this.finalNorm,
-      ...lm,
-      ...embed,
-      ...this.layers.flatMap((l) => [
-        l.inputNorm,
-        ...Object.values(l.attnIn).map((w: WeightRef) => w.buffer),
-        l.o.buffer,
-        l.qNorm,
-        l.kNorm,
-        l.postNorm,
-        l.router.buffer,
-      ]),
+      ...this.layers.flatMap((l) => [l.inputNorm, l.qNorm, l.kNorm, l.postNorm]),
       a.x,
       a.xn,
       a.q,

@@ -5,6 +5,7 @@
  */
 import { type Gpu, scopedOn } from "./device.ts";
 import {
+  type BufferWeight,
   type ExpertGroupBinding,
   type IndirectOp,
   MAX_STEP_TOKENS,
@@ -297,8 +298,8 @@ function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
 }
 
 /** The kernel choices whose defaults differ by adapter, in one place: llvmpipe's (lanes owning
- * rows, three-pass attention, a lane per norm row) and every other adapter's (workgroups sharing
- * rows, one-pass attention, a workgroup per norm row). Benchmarks and tests force either set. */
+ * rows, three-pass attention, a lane per norm row, weights in textures) and every other adapter's
+ * (workgroups sharing rows, one-pass attention, a workgroup per norm row, weights in buffers). Benchmarks and tests force either set. */
 export const ADAPTER_CHOICES = {
   llvmpipe: {
     coalescedMatvec: false,
@@ -307,6 +308,7 @@ export const ADAPTER_CHOICES = {
     attentionScratchBytes: ATTENTION_SCRATCH_BYTES,
     sharedSizes: "llvmpipe",
     attentionTiles: false,
+    textureWeights: true,
   },
   gpu: {
     coalescedMatvec: true,
@@ -315,6 +317,7 @@ export const ADAPTER_CHOICES = {
     attentionScratchBytes: 0,
     sharedSizes: "gpu",
     attentionTiles: false,
+    textureWeights: false,
   },
 } as const satisfies Record<string, OpsOptions>;
 
@@ -393,10 +396,17 @@ export interface OpsOptions {
    * once per row; default true; false: the generic weights_block8.wgsl, the baseline).
    * Bit-identical either way. */
   chunkLoaders?: boolean;
+  /** Resident rows8 matrices in read-only storage textures (TextureWeight; default on llvmpipe,
+   * where a texel fetch costs far less than a storage-buffer load; false: buffers, the baseline
+   * and other adapters' default). The Ops does not upload: its owner reads `textureWeights` and
+   * uploads accordingly (src/gpu/resident.ts). Bit-identical either way. */
+  textureWeights?: boolean;
 }
 
 export class Ops implements OpsApi {
   readonly step: GPUBuffer;
+  /** Whether resident rows8 matrices go in textures (OpsOptions.textureWeights). */
+  readonly textureWeights: boolean;
   private device: GPUDevice;
   private shaders: Shaders;
   /** Whether the adapter is llvmpipe: its loop limit bounds the attention length, and its kernel
@@ -467,6 +477,7 @@ export class Ops implements OpsApi {
     this.attentionTilesFrom = opts.attentionTilesFrom ?? ATTENTION_TILES_MIN_TOKENS;
     this.attentionWindow = opts.attentionWindow ?? Infinity;
     this.chunkLoaders = opts.chunkLoaders ?? true;
+    this.textureWeights = opts.textureWeights ?? byAdapter.textureWeights;
     const sizes = opts.sharedSizes ?? byAdapter.sharedSizes;
     this.sharedWG = WG_SHARED[sizes];
     this.tileLanes = TILE_LANES[sizes];
@@ -508,7 +519,7 @@ export class Ops implements OpsApi {
   private bind(
     label: string,
     bindings: BindingKind[],
-    buffers: (GPUBuffer | GPUBufferBinding)[],
+    buffers: (GPUBuffer | GPUBufferBinding | GPUTextureView)[],
   ): GPUBindGroup {
     const layout = this.shaders.layout(bindings);
     return scopedOn(this.device, `bind group ${label}`, () =>
@@ -524,17 +535,37 @@ export class Ops implements OpsApi {
 
   /**
    * Binds only the bytes of a weight matrix [rows, cols] (from the aligned offset below its first
-   * element), so a matrix may sit anywhere in a buffer larger than the storage-binding limit.
-   * Returns the binding and the matrix's element offset inside it.
+   * element), so a matrix may sit anywhere in a buffer larger than the storage-binding limit; a
+   * TextureWeight binds its whole texture. Returns the binding and the matrix's element offset
+   * inside it.
    */
+  private weightBinding(
+    op: string,
+    w: BufferWeight,
+    rows: number,
+    cols: number,
+  ): { binding: GPUBufferBinding; offsetElems: number };
   private weightBinding(
     op: string,
     w: WeightRef,
     rows: number,
     cols: number,
-  ): { binding: GPUBufferBinding; offsetElems: number } {
+  ): { binding: GPUBufferBinding | GPUTextureView; offsetElems: number };
+  private weightBinding(
+    op: string,
+    w: WeightRef,
+    rows: number,
+    cols: number,
+  ): { binding: GPUBufferBinding | GPUTextureView; offsetElems: number } {
     const start = weightBytes(w.dtype, w.offsetElems);
     const end = start + weightBytes(w.dtype, rows * cols);
+    if (w.texture) {
+      const bytes = w.texture.width * w.texture.height * 16;
+      if (end > bytes) {
+        throw new OpConfigError(op, `weights end at byte ${end}, past the texture (${bytes} B)`);
+      }
+      return { binding: w.texture.createView(), offsetElems: w.offsetElems };
+    }
     if (end > w.buffer.size) {
       throw new OpConfigError(
         op,
@@ -659,7 +690,16 @@ export class Ops implements OpsApi {
     checkWeightOffset("matmul", a.w.dtype, a.w.offsetElems);
     const blocked = a.w.layout === "rows8";
     if (blocked) checkMultiple("matmul", "K of rows8 weights", a.K, ROWS8);
-    const bindings: BindingKind[] = ["uniform", "uniform", "read", "read", "rw", "rw", "rw"];
+    const texture = a.w.texture !== undefined;
+    const bindings: BindingKind[] = [
+      "uniform",
+      "uniform",
+      "read",
+      texture ? "texture" : "read",
+      "rw",
+      "rw",
+      "rw",
+    ];
     // rows8 weights hold whole blocks of 8 rows (the last one padded)
     const w = this.weightBinding("matmul", a.w, blocked ? ceilDiv(a.N, ROWS8) * ROWS8 : a.N, a.K);
     const loader = weightLoader(a.w.dtype, [w.offsetElems], [a.K]);
@@ -680,6 +720,7 @@ export class Ops implements OpsApi {
           constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
           expect: { ROWS: MATMUL_ROWS, WG: WG_MATMUL },
           genericBlock8: !this.chunkLoaders,
+          texture,
         },
         { MAX_TOKENS: tokens },
         { MAX_TOKENS: MATMUL_WIDE_TOKENS },
@@ -700,6 +741,7 @@ export class Ops implements OpsApi {
           constants: { TOKENS: tokens, BLOCKED: blocked ? 1 : 0 },
           sizes: { WG: this.sharedWG },
           expect: { ROWS: MATMUL_ROWS },
+          texture,
         },
         { MAX_TOKENS: tokens },
         { MAX_TOKENS: MATVEC_TOKENS },
@@ -716,6 +758,7 @@ export class Ops implements OpsApi {
       constants: { BLOCKED: blocked ? 1 : 0 },
       sizes: { TM: tm },
       expect: { BK: TILED_BK },
+      texture,
     };
     const tiledK = a.K % TILED_BK === 0 && !(blocked && quantRows8);
     const tiled = this.workgroupTiles && tiledK ? this.shaders.pipeline(tiledSpec) : null;
@@ -1354,7 +1397,7 @@ export class Ops implements OpsApi {
     a: {
       ids: GPUBuffer;
       idsStride: number;
-      table: WeightRef;
+      table: BufferWeight;
       first: number;
       rows: number;
       hidden: number;

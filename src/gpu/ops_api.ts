@@ -21,6 +21,10 @@
 /** Most tokens one forward step holds (the token table of the Step uniform). */
 export const MAX_STEP_TOKENS = 128;
 
+/** Texels a row of a weight texture (TextureWeight): WebGPU's default maxTextureDimension2D, which
+ * every adapter offers; a power of two, so a word's texel is a mask and a shift. */
+export const WEIGHT_TEXTURE_WIDTH = 8192;
+
 /** A Step uniform record: n tokens of one sequence in slab `slab` at positions pos0.. (or, with
  * `tokens`, one entry (slab, position) per token). Only the first MAX_STEP_TOKENS get a table
  * entry: kernels that read the table (embedding, RoPE, KV store, attention) must not run on more
@@ -48,9 +52,8 @@ export type FloatWeightDType = "f32" | "bf16" | "f16";
 export type QuantWeightDType = "q8_0" | "q4_0" | "q5_0" | "q4_k" | "q6_k";
 export type WeightDType = FloatWeightDType | QuantWeightDType;
 
-/** A weight matrix [rows, cols] (row-major) somewhere in a GPU buffer. */
-export interface WeightRef {
-  buffer: GPUBuffer;
+/** What every weight matrix states: its dtype, where element [0, 0] is, its layout. */
+interface WeightCommon {
   dtype: WeightDType;
   /** Offset of element [0,0] in elements of dtype (bf16/f16: must be even; quantized types: a
    * whole number of blocks, see src/gpu/weight_dtype.ts). */
@@ -63,6 +66,28 @@ export interface WeightRef {
    * repackQ6KRows8, repackQ4KRows8; kernels/weights_<type>_rows8.wgsl). Only matmul reads it. */
   layout?: "rows" | "rows8";
 }
+
+/** A weight matrix [rows, cols] somewhere in a GPU buffer. */
+export interface BufferWeight extends WeightCommon {
+  buffer: GPUBuffer;
+  texture?: undefined;
+}
+
+/**
+ * A rows8 weight matrix in a read-only storage texture instead (rgba32uint, WEIGHT_TEXTURE_WIDTH
+ * texels a row: the matrix's 16-byte word i at texel (i % width, i / width); the last row's tail
+ * unused): the same bytes as the buffer would hold, read by matmul through textureLoad
+ * (src/gpu/shader.ts textureWeights). llvmpipe fetches a storage-texture texel with one 16-byte
+ * load a lane where a storage-buffer load is four 4-byte loads, each behind its own bounds check.
+ */
+export interface TextureWeight extends WeightCommon {
+  texture: GPUTexture;
+  buffer?: undefined;
+  layout: "rows8";
+}
+
+/** A weight matrix, in a buffer or (rows8, for matmul) a texture. */
+export type WeightRef = BufferWeight | TextureWeight;
 
 /** A prepared dispatch. record() encodes it into a pass for the current step's token count. */
 export interface Op {
@@ -264,7 +289,7 @@ export interface OpsApi {
     a: {
       ids: GPUBuffer;
       idsStride: number;
-      table: WeightRef;
+      table: BufferWeight;
       first: number;
       rows: number;
       hidden: number;

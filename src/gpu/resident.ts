@@ -5,7 +5,7 @@
  */
 import type { LayerWeights, TensorView } from "../types.ts";
 import type { Gpu } from "./device.ts";
-import type { WeightRef } from "./ops_api.ts";
+import { type BufferWeight, WEIGHT_TEXTURE_WIDTH, type WeightRef } from "./ops_api.ts";
 import { WEIGHT_DTYPES } from "./weight_dtype.ts";
 import { toFloat32 } from "../dtype.ts";
 
@@ -179,13 +179,56 @@ export function repackRows8(src: Uint8Array, N: number, K: number, elemBytes: nu
   return new Uint8Array(out.buffer);
 }
 
+/**
+ * Bytes of a rows8 matrix (whole 16-byte words) in a weight texture (TextureWeight): texel i %
+ * WEIGHT_TEXTURE_WIDTH of row i / WEIGHT_TEXTURE_WIDTH holds word i. Null when the words need more
+ * rows than the device's 2D textures have (the matrix then stays in a buffer: the same numbers).
+ */
+export function uploadWeightTexture(
+  device: GPUDevice,
+  bytes: Uint8Array,
+  label: string,
+): GPUTexture | null {
+  if (bytes.byteLength % 16 !== 0) {
+    throw new RangeError(`${label}: ${bytes.byteLength} B is not a whole number of 16-byte words`);
+  }
+  const W = WEIGHT_TEXTURE_WIDTH, words = bytes.byteLength / 16;
+  const rows = Math.max(1, Math.ceil(words / W));
+  if (rows > device.limits.maxTextureDimension2D) return null;
+  const texture = device.createTexture({
+    label,
+    size: [W, rows],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+  });
+  const data = bytes as Uint8Array<ArrayBuffer>;
+  const full = Math.floor(words / W), rest = words - full * W;
+  if (full > 0) {
+    device.queue.writeTexture({ texture }, data, { bytesPerRow: W * 16, rowsPerImage: full }, [
+      W,
+      full,
+    ]);
+  }
+  if (rest > 0) {
+    device.queue.writeTexture(
+      { texture, origin: [0, full] },
+      data,
+      { offset: full * W * 16, bytesPerRow: W * 16 },
+      [rest, 1],
+    );
+  }
+  return texture;
+}
+
 /** Upload a checkpoint matrix for the matmul kernels: as-is (packed in u32), or with `rows8` in
- * the rows8 layout where the dtype and shape allow it (rows8Eligible). */
+ * the rows8 layout where the dtype and shape allow it (rows8Eligible), and then with `texture` in
+ * a weight texture where the device's textures hold it (uploadWeightTexture). */
 export function uploadMatrix(
   device: GPUDevice,
   t: TensorView,
   label: string,
   rows8 = false,
+  texture = false,
 ): WeightRef {
   const blocked = rows8 && rows8Eligible(t);
   const bytes = !blocked
@@ -199,6 +242,8 @@ export function uploadMatrix(
     : t.dtype === "Q4_K"
     ? repackQ4KRows8(t.bytes, t.shape[0], t.shape[1])
     : repackRows8(t.bytes, t.shape[0], t.shape[1], ROWS8_ELEM_BYTES[t.dtype]!);
+  const tex = blocked && texture ? uploadWeightTexture(device, bytes, label) : null;
+  if (tex) return { texture: tex, dtype: WEIGHT_DTYPES[t.dtype], offsetElems: 0, layout: "rows8" };
   const buffer = device.createBuffer({
     label,
     size: align4(bytes.byteLength),
@@ -270,27 +315,29 @@ export function uploadLayer(
   l: number,
   rows8 = false,
   stackQkv = false,
+  textures = false,
 ): GpuLayer {
   const p = `layers.${l}`;
   const qkv = stackQkv ? stackRows([lw.q, lw.k, lw.v], `${p}.qkv`) : null;
+  const matrix = (t: TensorView, label: string) => uploadMatrix(device, t, label, rows8, textures);
   return {
     inputNorm: uploadF32(device, toFloat32(lw.inputNorm), `${p}.input_norm`),
-    attnIn: qkv ? { qkv: uploadMatrix(device, qkv, qkv.name, rows8) } : {
-      q: uploadMatrix(device, lw.q, `${p}.q`, rows8),
-      k: uploadMatrix(device, lw.k, `${p}.k`, rows8),
-      v: uploadMatrix(device, lw.v, `${p}.v`, rows8),
+    attnIn: qkv ? { qkv: matrix(qkv, qkv.name) } : {
+      q: matrix(lw.q, `${p}.q`),
+      k: matrix(lw.k, `${p}.k`),
+      v: matrix(lw.v, `${p}.v`),
     },
-    o: uploadMatrix(device, lw.o, `${p}.o`, rows8),
+    o: matrix(lw.o, `${p}.o`),
     qNorm: uploadF32(device, toFloat32(lw.qNorm), `${p}.q_norm`),
     kNorm: uploadF32(device, toFloat32(lw.kNorm), `${p}.k_norm`),
     postNorm: uploadF32(device, toFloat32(lw.postAttentionNorm), `${p}.post_norm`),
-    router: uploadMatrix(device, lw.router, `${p}.router`, rows8),
+    router: matrix(lw.router, `${p}.router`),
   };
 }
 
-/** Rows [first, first + rows) of a [V, D] matrix, uploaded as one buffer. */
-export interface RowChunk {
-  w: WeightRef;
+/** Rows [first, first + rows) of a [V, D] matrix, uploaded as one buffer (or texture). */
+export interface RowChunk<W extends WeightRef = WeightRef> {
+  w: W;
   rows: number;
   first: number;
 }
@@ -302,6 +349,7 @@ export function uploadRowChunks(
   gpu: Gpu,
   label: string,
   rows8 = false,
+  texture = false,
 ): RowChunk[] {
   const [V, D] = t.shape;
   const rowBytes = t.bytes.byteLength / V;
@@ -318,15 +366,17 @@ export function uploadRowChunks(
       shape: [rows, D],
       bytes: t.bytes.subarray(first * rowBytes, (first + rows) * rowBytes),
     };
-    chunks.push({ w: uploadMatrix(device, view, `${label}.${first}`, rows8), rows, first });
+    const w = uploadMatrix(device, view, `${label}.${first}`, rows8, texture);
+    chunks.push({ w, rows, first });
   }
   return chunks;
 }
 
 /**
  * lm_head and the embedding table on the GPU, in row chunks. With tie_word_embeddings they are one
- * tensor, uploaded once and shared (row-major then: the embedding gathers rows); `rows8`: an
- * untied lm_head in the rows8 layout where it allows it.
+ * tensor, uploaded once and shared (row-major then, in buffers: the embedding gathers rows);
+ * `rows8`: an untied lm_head in the rows8 layout where it allows it, with `texture` in weight
+ * textures.
  */
 export function uploadVocabMatrices(
   device: GPUDevice,
@@ -334,7 +384,8 @@ export function uploadVocabMatrices(
   lmHead: TensorView,
   gpu: Gpu,
   rows8 = false,
-): { embed: RowChunk[]; lmHead: RowChunk[] } {
+  texture = false,
+): { embed: RowChunk<BufferWeight>[]; lmHead: RowChunk[] } {
   const tied = lmHead === embed;
   const head = uploadRowChunks(
     device,
@@ -342,9 +393,14 @@ export function uploadVocabMatrices(
     gpu,
     tied ? "embed_tied" : "lm_head",
     rows8 && !tied,
+    texture && !tied,
   );
+  const table = tied ? head : uploadRowChunks(device, embed, gpu, "embed");
   return {
     lmHead: head,
-    embed: lmHead === embed ? head : uploadRowChunks(device, embed, gpu, "embed"),
+    embed: table.map((c) => {
+      if (c.w.texture !== undefined) throw new Error("embedding rows are gathered from buffers");
+      return { ...c, w: c.w };
+    }),
   };
 }

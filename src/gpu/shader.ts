@@ -27,10 +27,12 @@ import {
   checkConstants,
   checkParams,
   sharedConstantsSource,
+  WEIGHT_TEXTURE_TYPE,
 } from "./kernel_interface.ts";
 
-/** How a kernel binds each buffer, in binding order (binding 0 is always the Step uniform). */
-export type BindingKind = "uniform" | "read" | "rw";
+/** How a kernel binds each buffer (or weight texture), in binding order (binding 0 is always the
+ * Step uniform). */
+export type BindingKind = "uniform" | "read" | "rw" | "texture";
 
 /** Weight loaders, kernels/weights_<loader>.wgsl: for floats, vector loads where rows start on 16
  * bytes and scalar loads at any (even) offset; for quantized types, one loader (rows start on
@@ -66,6 +68,8 @@ export interface KernelSpec {
   /** Rows8 chunks read through the generic weights_block8.wgsl even where the dtype has its own
    * chunk loader (OpsOptions.chunkLoaders: false, the baseline). */
   genericBlock8?: boolean;
+  /** The weights from a texture (TextureWeight; textureWeights below), bound as "texture". */
+  texture?: boolean;
 }
 
 /** How many expert pool buffers a kernel binds, from which binding on. */
@@ -156,26 +160,73 @@ export function composeSource(
   pools?: PoolBindings,
   sizes: Readonly<Record<string, number>> = {},
   genericBlock8 = false,
+  texture = false,
 ): string {
   const parts = [commonSource(), ...prelude.map(kernelSource)];
   const source = withSizes(kernel, kernelSource(kernel), sizes);
+  if (texture) {
+    if (!weights || pools) {
+      throw new KernelComposeError(kernel, "texture weights need a weight loader and no pools");
+    }
+    return [...parts, ...textureWeights(kernel, weightParts(source, weights, genericBlock8))]
+      .join("\n");
+  }
   if (pools) {
     if (!weights) throw new KernelComposeError(kernel, "a kernel with pools needs a weight loader");
     parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), source, pools));
     return parts.join("\n");
   }
-  if (weights) {
-    const loader = kernelSource(`weights_${weights}`);
-    parts.push(loader);
-    // a kernel reading whole rows8 chunks gets the dtype's chunk loader (its own, or one of
-    // BLOCK8_LOADERS), else the generic one
-    if (/\bload_block8\b/.test(stripComments(source)) && !/\bfn load_block8\b/.test(loader)) {
-      const own = genericBlock8 ? undefined : BLOCK8_LOADERS[weights];
-      parts.push(kernelSource(own ?? "weights_block8"));
-    }
+  parts.push(...(weights ? weightParts(source, weights, genericBlock8) : [source]));
+  return parts.join("\n");
+}
+
+/** The weight loader, then (for a kernel reading whole rows8 chunks) the dtype's chunk loader
+ * (its own, or one of BLOCK8_LOADERS, else the generic one), then the kernel. */
+function weightParts(source: string, weights: WeightLoader, genericBlock8: boolean): string[] {
+  const loader = kernelSource(`weights_${weights}`);
+  const parts = [loader];
+  if (/\bload_block8\b/.test(stripComments(source)) && !/\bfn load_block8\b/.test(loader)) {
+    const own = genericBlock8 ? undefined : BLOCK8_LOADERS[weights];
+    parts.push(kernelSource(own ?? "weights_block8"));
   }
   parts.push(source);
-  return parts.join("\n");
+  return parts;
+}
+
+/** The weights binding of a kernel as a texture (KernelSpec.texture). */
+const WEIGHTS_BUFFER_DECL = /var<storage,\s*read>\s*weights\s*:\s*array<WeightWord>\s*;/;
+
+/**
+ * A kernel's loader, chunk loader and source (weightParts) reading their weights from a texture
+ * (TextureWeight): the kernel's `weights` buffer declared as the texture instead, and every
+ * `weights[i]` of the loaders a call of `weights_word(i)`, which fetches the word's texel. The
+ * loader must read 16-byte words (`alias WeightWord = vec4<u32>`, a texel); the same words reach
+ * the same arithmetic, so the results are the buffer's bit for bit.
+ */
+export function textureWeights(kernel: string, parts: string[]): string[] {
+  const out = parts.map((p) => p.replace(/\bweights\[([^[\]]+)\]/g, "weights_word($1)"));
+  const last = out.length - 1;
+  if (!/alias\s+WeightWord\s*=\s*vec4<u32>\s*;/.test(stripComments(out[0]))) {
+    throw new KernelComposeError(kernel, "texture weights need a loader of 16-byte words");
+  }
+  if (!WEIGHTS_BUFFER_DECL.test(out[last])) {
+    throw new KernelComposeError(kernel, "no `var<storage, read> weights: array<WeightWord>`");
+  }
+  out[last] = out[last].replace(WEIGHTS_BUFFER_DECL, `var weights: ${WEIGHT_TEXTURE_TYPE};`);
+  if (out.some((p) => /\bweights\s*\[/.test(stripComments(p)))) {
+    throw new KernelComposeError(kernel, "a weights[...] index the texture rewrite cannot read");
+  }
+  out.splice(
+    last,
+    0,
+    [
+      "// Word i of the weights: its texel in the weight texture (src/gpu/shader.ts).",
+      "fn weights_word(i: u32) -> vec4<u32> {",
+      "  return textureLoad(weights, vec2<u32>(i % WEIGHT_TEXTURE_WIDTH, i / WEIGHT_TEXTURE_WIDTH));",
+      "}",
+    ].join("\n"),
+  );
+  return out;
 }
 
 /** A kernel's source does not have the shape its spec needs (e.g. no pool section). */
@@ -292,7 +343,7 @@ function poolSource(kernel: string, loader: string, source: string, pools: PoolB
   return [out.join("\n"), source.slice(0, begin), source.slice(end + POOL_END.length)].join("\n");
 }
 
-const BUFFER_TYPE: Record<BindingKind, GPUBufferBindingType> = {
+const BUFFER_TYPE: Record<Exclude<BindingKind, "texture">, GPUBufferBindingType> = {
   uniform: "uniform",
   read: "read-only-storage",
   rw: "storage",
@@ -321,7 +372,15 @@ export class Shaders {
             entries: bindings.map((kind, binding) => ({
               binding,
               visibility: GPUShaderStage.COMPUTE,
-              buffer: { type: BUFFER_TYPE[kind] },
+              ...(kind === "texture"
+                ? {
+                  storageTexture: {
+                    access: "read-only" as const,
+                    format: "rgba32uint" as const,
+                    viewDimension: "2d" as const,
+                  },
+                }
+                : { buffer: { type: BUFFER_TYPE[kind] } }),
             })),
           }),
       );
@@ -337,9 +396,10 @@ export class Shaders {
     const prelude = spec.prelude ?? [];
     const sizes = Object.entries(spec.sizes ?? {}).map(([k, v]) => `#${k}=${v}`).join("");
     const generic = spec.genericBlock8 ? "|generic-block8" : "";
+    const texture = spec.texture ? "|texture" : "";
     const moduleKey = `${[...prelude, spec.kernel].join("+")}|${
       spec.weights ?? ""
-    }${pools}${sizes}${generic}`;
+    }${pools}${sizes}${generic}${texture}`;
     let code = this.codes.get(moduleKey);
     if (code === undefined) {
       code = composeSource(
@@ -349,6 +409,7 @@ export class Shaders {
         spec.pools,
         spec.sizes,
         spec.genericBlock8,
+        spec.texture,
       );
       this.codes.set(moduleKey, code);
     }
