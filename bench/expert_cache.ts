@@ -200,6 +200,7 @@ export async function writeBufferBaseline(
 ): Promise<Rate> {
   const at = (slot: number) => {
     const p = pool.pools.find((p) => slot >= p.firstSlot && slot < p.firstSlot + p.slots)!;
+    if (!p.buffer) throw new Error("the writeBuffer baseline needs pool buffers, not textures");
     return { buffer: p.buffer, offset: (slot - p.firstSlot) * pool.slotBytes };
   };
   let bytes = 0;

@@ -216,7 +216,13 @@ function attentionOp(
 /** Both expert stages for T tokens, each routed to K distinct experts of E (pseudo-random). Expert
  * e lives in slot e % slots of one pool buffer as large as a storage binding allows. The ops are
  * told the model's expert count (what picks their tile size) and come from `from`. */
-function expertOps(dtype: WeightDType, T: number, E = MOE.E, from = ops): Op[] {
+function expertOps(
+  dtype: WeightDType,
+  T: number,
+  E = MOE.E,
+  from = ops,
+  texture = false,
+): Op[] {
   const { D, I, K } = MOE;
   const slotElems = 3 * I * D;
   const poolSlots = Math.floor(
@@ -235,7 +241,11 @@ function expertOps(dtype: WeightDType, T: number, E = MOE.E, from = ops): Op[] {
     slots,
     slotBase: 0,
     group: {
-      pools: [storage(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS)],
+      pools: [
+        texture
+          ? weightTexture(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS)
+          : storage(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS),
+      ],
       firstSlot: 0,
       slots: poolSlots,
       slotsPerPool: poolSlots,
@@ -430,16 +440,17 @@ for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
     }
   }
 }
-// both expert stages: 4 rows a lane (llvmpipe's) and, marked "mv", a workgroup per pair and 8
-// rows (experts_*_matvec.wgsl) below the tiled kernels' pairs (64 tokens: tiled)
+// both expert stages: 4 rows a lane (llvmpipe's) from a pool buffer and, marked "tex", from a pool
+// texture (llvmpipe's default), and, marked "mv", a workgroup per pair and 8 rows
+// (experts_*_matvec.wgsl) below the tiled kernels' pairs (64 tokens: tiled)
 for (const T of [1, 8, 64]) {
   const { D, I, K } = MOE;
   const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
   const kernels = T === 64
-    ? [["", ops]] as const
-    : [["", laneRowsOps], [" mv", matvecOps]] as const;
-  for (const [mark, from] of kernels) {
-    const s = await time(expertOps("bf16", T, MOE.E, from), T);
+    ? [["", ops, false], [" tex", ops, true]] as const
+    : [["", laneRowsOps, false], [" tex", laneRowsOps, true], [" mv", matvecOps, false]] as const;
+  for (const [mark, from, texture] of kernels) {
+    const s = await time(expertOps("bf16", T, MOE.E, from, texture), T);
     row(`experts bf16 D${D} I${I} K${K}${mark}`, T, 1, bytes, s);
     release();
   }

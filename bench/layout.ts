@@ -16,7 +16,8 @@
  * rows8 chunks read through the generic weights_block8.wgsl (`chunkLoaders: false`) beside the
  * dtype's own chunk loader (the chunk's word index computed once); `--compare textures` the
  * resident rows8 matrices in storage buffers (`textureWeights: false`) beside in read-only storage
- * textures (llvmpipe's default).
+ * textures (llvmpipe's default); `--compare expert-textures` the expert pools in buffers (the
+ * default) beside in textures (`textureExperts`; resident matrices in textures both ways).
  * `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop, including their
  * prompts' prefill together, and the ms until every one had its first token; a step of 8-31
  * sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison
@@ -28,7 +29,7 @@
  * repackQ4KRows8.
  *
  *   ./bin/deno run --config deno.test.json -A --unstable-webgpu bench/layout.ts [--reps N]
- *     [--no-real] [--compare rows8|qkv|norms|arrays|tiles|heads|chunks|textures] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
+ *     [--no-real] [--compare rows8|qkv|norms|arrays|tiles|heads|chunks|textures|expert-textures] [--batch N] [--quant q8_0|q4_0|q6_k|q4_k]
  */
 import { parseArgs } from "node:util";
 import { DEFAULT_MODEL_DIR } from "../src/model_dir.ts";
@@ -74,6 +75,10 @@ const COMPARISONS: Record<string, { name: string; opts: GpuModelOptions }[]> = {
   textures: [
     { name: "weights in buffers", opts: { textureWeights: false } },
     { name: "in textures", opts: { textureWeights: true } },
+  ],
+  "expert-textures": [
+    { name: "expert pools in buffers", opts: { textureWeights: true, textureExperts: false } },
+    { name: "in textures", opts: { textureWeights: true, textureExperts: true } },
   ],
 };
 let MODES = COMPARISONS.rows8;

@@ -366,7 +366,7 @@ Deno.test("ExpertCache: an upload WebGPU refuses raises ExpertUploadError and fr
     try {
       assert.ok(cache.load(0, 0, none));
       await cache.settle();
-      pool.pools[0].buffer.destroy(); // every write into the pool now fails validation
+      pool.pools[0].buffer!.destroy(); // every write into the pool now fails validation
       assert.ok(cache.load(6, 1, none)); // WebGPU answers asynchronously
       const err = await cache.settle().catch((e) => e);
       assert.ok(err instanceof ExpertUploadError, `got ${err}`);

@@ -13,7 +13,9 @@ import {
   type ExpertPoolOptions,
   fittingExpertSlots,
   uniformLayouts,
+  writeTextureBytes,
 } from "../src/gpu/expert_pool.ts";
+import { WEIGHT_TEXTURE_WIDTH } from "../src/gpu/ops_api.ts";
 import { ExpertCache, type ExpertSource } from "../src/gpu/expert_cache.ts";
 import { LruPolicy } from "../src/experts/policy.ts";
 import { ExpertScheduler } from "../src/gpu/expert_scheduler.ts";
@@ -81,7 +83,7 @@ function checkStructure(
       assert.equal(p.firstSlot, g.firstSlot + i * perPool, `${what}: group ${gi} pool ${i}`);
       const last = i === g.pools.length - 1;
       assert.ok(last ? p.slots <= perPool && p.slots >= 1 : p.slots === perPool, what);
-      assert.equal(p.buffer.size, p.slots * pool.slotBytes, what);
+      assert.equal(p.buffer!.size, p.slots * pool.slotBytes, what);
     }
     assert.equal(g.pools.reduce((n, p) => n + p.slots, 0), g.slots, what);
     next += g.slots;
@@ -471,7 +473,7 @@ Deno.test("ExpertCache uploads land in the pool buffer holding the slot, at its 
       assert.equal(pool.pools.indexOf(p), Math.floor(slot / 2));
       const got = await readStorage(
         gpu.device,
-        p.buffer,
+        p.buffer!,
         (slot - p.firstSlot) * pool.slotBytes,
         pool.slotBytes,
       );
@@ -499,4 +501,41 @@ Deno.test("fittingExpertSlots() probes pools made with the model's options", asy
   } finally {
     gpu.device.destroy();
   }
+});
+
+Deno.test("writeTextureBytes() puts byte ranges at their words of a weight texture, across rows", async () => {
+  const gpu = await openGpu();
+  const W = WEIGHT_TEXTURE_WIDTH, rows = 4, bytes = W * rows * 16;
+  const texture = gpu.device.createTexture({
+    size: [W, rows],
+    format: "rgba32uint",
+    usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST | GPUTextureUsage.COPY_SRC,
+  });
+  const want = new Uint8Array(bytes);
+  const src = new Uint8Array(3 * W * 16);
+  for (let i = 0; i < src.length; i++) src[i] = (i * 7 + 3) & 255;
+  // [dstOffset, srcOffset, size] in 16-byte words: inside a row, across one boundary, a whole
+  // row from its start, from mid-row across two boundaries to mid-row
+  const writes = [[5, 1, 10], [W - 3, 20, 7], [2 * W, 0, W], [W + 100, 40, 2 * W + 50]];
+  for (const [d, s, n] of writes) {
+    writeTextureBytes(gpu.device, texture, d * 16, src.subarray(16), s * 16, n * 16);
+    want.set(src.subarray(16 + s * 16, 16 + (s + n) * 16), d * 16);
+  }
+  const read = gpu.device.createBuffer({
+    size: bytes,
+    usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+  });
+  const enc = gpu.device.createCommandEncoder();
+  enc.copyTextureToBuffer({ texture }, { buffer: read, bytesPerRow: W * 16 }, [W, rows]);
+  gpu.device.queue.submit([enc.finish()]);
+  await read.mapAsync(GPUMapMode.READ);
+  const got = new Uint8Array(read.getMappedRange().slice(0));
+  read.unmap();
+  assert.deepEqual(got, want);
+  assert.throws(
+    () => writeTextureBytes(gpu.device, texture, 8, src, 0, 16),
+    ExpertPoolError,
+  );
+  read.destroy();
+  texture.destroy();
 });

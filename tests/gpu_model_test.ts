@@ -258,24 +258,40 @@ Deno.test("GpuModel with q/k/v stacked into one matmul gives the logits of three
   }
 });
 
-Deno.test("GpuModel with its rows8 matrices in textures gives the logits of buffers, bit for bit", async () => {
-  // TINY's lm_head is untied (rows8, so a texture too); BF16 and F16 take rows8, F32 stays in
-  // buffers either way
-  for (const dtype of ["BF16", "F16"] as const) {
+Deno.test("GpuModel with its rows8 matrices and expert pools in textures gives the logits of buffers, bit for bit", async () => {
+  // TINY's lm_head is untied (rows8, so a texture too); BF16 and F16 take rows8 and texture
+  // pools, F32 keeps buffers for its matrices (row-major) and takes texture pools; all experts
+  // resident, and 4 slots (loads into the textures while decoding)
+  const cases: [FixtureOptions["dtype"], number | undefined][] = [
+    ["BF16", undefined],
+    ["F16", undefined],
+    ["BF16", 4],
+    ["F32", 4],
+  ];
+  for (const [dtype, expertSlots] of cases) {
     await withFixture({ ...TINY, dtype }, async (dir) => {
       const opened = openModelDir(dir);
       const models = await Promise.all(
-        [true, false].map((textureWeights) =>
-          GpuModel.open(opened.weights, { maxContext: 64, textureWeights })
+        [true, false].map((textures) =>
+          GpuModel.open(opened.weights, {
+            maxContext: 128,
+            expertSlots,
+            textureWeights: textures,
+            textureExperts: textures,
+          })
         ),
       );
+      assert.equal(models[0].pool.textures, true, "pools in textures");
+      assert.equal(models[1].pool.textures, false);
       try {
-        const ids = prompt(11, TINY.vocab, 5);
+        // 70 tokens: 140 pairs, the tiled expert kernels (prefill); then a decode step
+        const ids = prompt(70, TINY.vocab, 5);
         const [a, b] = models.map((m) => m.newSession());
         const rows = [await a.forward(ids), await b.forward(ids)];
         rows.push(await a.forward([ids[0]]), await b.forward([ids[0]])); // a decode step each
-        assert.deepEqual(rows[0], rows[1], `${dtype} prefill`);
-        assert.deepEqual(rows[2], rows[3], `${dtype} decode`);
+        const what = `${dtype}, ${expertSlots ?? "all"} slots`;
+        assert.deepEqual(rows[0], rows[1], `${what}: prefill`);
+        assert.deepEqual(rows[2], rows[3], `${what}: decode`);
         assert.ok(rows[2].at(-1)!.some((v) => v !== 0), "logits computed");
       } finally {
         for (const m of models) m.destroy();

@@ -137,15 +137,15 @@ Deno.test("ExpertPool uploads through staging land as writeBuffer's, split recor
     assert.ok(staged.stagingStats.busy >= 1, "and a burst fell back to writeBuffer");
     assert.equal(staged.pools.length, plain.pools.length);
     for (let i = 0; i < staged.pools.length; i++) {
-      const size = staged.pools[i].buffer.size;
+      const size = staged.pools[i].buffer!.size;
       assert.deepEqual(
-        await readStorage(device, staged.pools[i].buffer, 0, size),
-        await readStorage(device, plain.pools[i].buffer, 0, size),
+        await readStorage(device, staged.pools[i].buffer!, 0, size),
+        await readStorage(device, plain.pools[i].buffer!, 0, size),
         `pool buffer ${i}`,
       );
     }
     // and the split record is where the layout says
-    const got = await readStorage(device, plain.pools[0].buffer, 0, plain.pools[0].buffer.size);
+    const got = await readStorage(device, plain.pools[0].buffer!, 0, plain.pools[0].buffer!.size);
     const l1 = layouts[1], rec = pattern(l1.recordBytes, 1), at = 1 * l1.slotBytes;
     assert.deepEqual(got.subarray(at, at + 2 * l1.gateBytes), rec.subarray(0, 2 * l1.gateBytes));
     assert.deepEqual(

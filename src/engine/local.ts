@@ -79,6 +79,7 @@ export function runtimeStats(rt: Runtime): Record<string, number> {
     expertsPinned: rt.model.cache.pinned.size,
     stagedUploads: rt.model.pool.stagingStats.staged,
     writeBufferUploads: rt.model.pool.stagingStats.writeBuffer,
+    writeTextureUploads: rt.model.pool.stagingStats.writeTexture,
   };
 }
 

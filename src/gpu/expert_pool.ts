@@ -14,7 +14,7 @@
  * packed record (gate | up | down, contiguous) already has this layout it is one upload.
  */
 import type { DType, ModelConfig, ModelWeights } from "../types.ts";
-import type { WeightDType } from "./ops_api.ts";
+import { WEIGHT_TEXTURE_WIDTH, type WeightDType } from "./ops_api.ts";
 import { lcm, WEIGHT_DTYPES, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 import { type StagedCopy, StagingRing } from "./staging.ts";
 
@@ -125,11 +125,9 @@ export function modelExpertLayouts(w: ModelWeights): ExpertLayout[] {
 }
 
 /** One pool buffer: slots [firstSlot, firstSlot + slots), each slotBytes long. */
-export interface PoolBuffer {
-  buffer: GPUBuffer;
-  firstSlot: number;
-  slots: number;
-}
+export type PoolBuffer =
+  & { firstSlot: number; slots: number }
+  & ({ buffer: GPUBuffer; texture?: undefined } | { texture: GPUTexture; buffer?: undefined });
 
 /**
  * Pool buffers that one expert dispatch binds together: slots [firstSlot, firstSlot + slots),
@@ -167,6 +165,68 @@ export interface ExpertPoolOptions {
    * default STAGING_BUFFERS, fewer when a record is large (at most STAGING_MAX_BYTES in all); 0
    * uploads with queue.writeBuffer only (the baseline). */
   stagingBuffers?: number;
+  /** Pool buffers as weight textures (TextureWeight's layout: 16-byte word i of the pool at texel
+   * (i % WEIGHT_TEXTURE_WIDTH, i / WEIGHT_TEXTURE_WIDTH)) where every layer's parts allow it
+   * (textureEligible); records then upload with queue.writeTexture. Default false. */
+  textures?: boolean;
+}
+
+/**
+ * Writes `size` bytes of `src` from `srcOffset` at byte `dstOffset` of a weight texture (16-byte
+ * words in texel order; both multiples of 16): the partial first row, the whole rows, the
+ * partial last row, one writeTexture each.
+ */
+export function writeTextureBytes(
+  device: GPUDevice,
+  texture: GPUTexture,
+  dstOffset: number,
+  src: Uint8Array,
+  srcOffset: number,
+  size: number,
+): void {
+  if (dstOffset % 16 !== 0 || size % 16 !== 0) {
+    throw new ExpertPoolError(`texture writes need whole 16-byte words (${dstOffset}, ${size})`);
+  }
+  const W = WEIGHT_TEXTURE_WIDTH, rowBytes = W * 16;
+  const data = src as Uint8Array<ArrayBuffer>;
+  let word = dstOffset / 16, at = srcOffset;
+  const end = word + size / 16;
+  while (word < end) {
+    const x = word % W, y = Math.floor(word / W);
+    // from a row's start: as many whole rows as remain, else the rest of this row
+    const rows = x === 0 ? Math.floor((end - word) / W) : 0;
+    if (rows > 0) {
+      device.queue.writeTexture(
+        { texture, origin: [0, y] },
+        data,
+        { offset: at, bytesPerRow: rowBytes, rowsPerImage: rows },
+        [W, rows],
+      );
+      word += rows * W;
+      at += rows * rowBytes;
+    } else {
+      const n = Math.min(W - x, end - word);
+      device.queue.writeTexture(
+        { texture, origin: [x, y] },
+        data,
+        { offset: at, bytesPerRow: rowBytes },
+        [n, 1],
+      );
+      word += n;
+      at += n * 16;
+    }
+  }
+}
+
+/** Whether pools of these layouts can be weight textures: float parts (the vector loaders read
+ * 16-byte words, a texel each) whose rows, parts and slots all start on 16 bytes. */
+export function textureEligible(config: ModelConfig, layouts: ExpertLayout[]): boolean {
+  const { hiddenSize: D, moeIntermediateSize: I } = config;
+  return layouts.every((x) =>
+    [x.gateDtype, x.downDtype].every((d) =>
+      weightBlock(d).elems === 1 && weightBytes(d, D) % 16 === 0 && weightBytes(d, I) % 16 === 0
+    ) && [x.gateBytes, x.downOffset, x.slotBytes].every((b) => b % 16 === 0)
+  );
 }
 
 /** Default staging buffers: one layer's top-k misses of a few steps in flight at once. */
@@ -252,6 +312,10 @@ export class ExpertPool {
   private staging: StagingRing | null = null;
   /** Uploads that went through queue.writeBuffer (no staging, or the ring was busy). */
   private writeBufferUploads = 0;
+  /** Uploads into pool textures (queue.writeTexture). */
+  private writeTextureUploads = 0;
+  /** Whether the pool buffers are weight textures (ExpertPoolOptions.textures). */
+  readonly textures: boolean;
 
   constructor(
     private device: GPUDevice,
@@ -277,7 +341,8 @@ export class ExpertPool {
         `staging buffers must be a whole number >= 0, got ${stagingBuffers}`,
       );
     }
-    this.stagingBuffers = stagingBuffers;
+    this.textures = (opts.textures ?? false) && textureEligible(config, layouts);
+    this.stagingBuffers = this.textures ? 0 : stagingBuffers;
     const limit = Math.min(
       device.limits.maxStorageBufferBindingSize,
       device.limits.maxBufferSize,
@@ -349,8 +414,19 @@ export class ExpertPool {
   }
 
   private createPool(firstSlot: number, slots: number): PoolBuffer {
+    const label = `experts.pool${this.pools.length}`;
+    if (this.textures) {
+      const words = (slots * this.slotBytes) / 16;
+      const texture = this.device.createTexture({
+        label,
+        size: [WEIGHT_TEXTURE_WIDTH, Math.ceil(words / WEIGHT_TEXTURE_WIDTH)],
+        format: "rgba32uint",
+        usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
+      });
+      return { texture, firstSlot, slots };
+    }
     const buffer = this.device.createBuffer({
-      label: `experts.pool${this.pools.length}`,
+      label,
       size: slots * this.slotBytes,
       usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_DST,
     });
@@ -385,7 +461,7 @@ export class ExpertPool {
    * accepted. It never rejects (a lost device is reported as a message too).
    */
   uploadRecord(slot: number, layer: number, record: Uint8Array): Promise<string | null> {
-    const { buffer, offset } = this.locate(slot);
+    const { pool, offset } = this.locate(slot);
     this.checkRecord(layer, record);
     const device = this.device;
     const layout = this.layouts[layer];
@@ -394,25 +470,33 @@ export class ExpertPool {
     let scopes: Promise<(GPUError | null)[]>;
     try {
       const gateUp = 2 * layout.gateBytes;
-      const copies: StagedCopy[] = layout.contiguous
-        ? [{ dst: buffer, dstOffset: offset, srcOffset: 0, size: record.byteLength }]
+      const parts = layout.contiguous
+        ? [{ dstOffset: offset, srcOffset: 0, size: record.byteLength }]
         : [
-          { dst: buffer, dstOffset: offset, srcOffset: 0, size: gateUp },
+          { dstOffset: offset, srcOffset: 0, size: gateUp },
           {
-            dst: buffer,
             dstOffset: offset + layout.downOffset,
             srcOffset: gateUp,
             size: record.byteLength - gateUp,
           },
         ];
-      if (this.stagingBuffers > 0) {
-        this.staging ??= new StagingRing(device, this.expertBytes, this.stagingBuffers);
-      }
-      if (this.staging === null || !this.staging.write(record, copies)) {
-        this.writeBufferUploads++;
-        const bytes = record as Uint8Array<ArrayBuffer>;
-        for (const c of copies) {
-          device.queue.writeBuffer(c.dst, c.dstOffset, bytes, c.srcOffset, c.size);
+      if (pool.texture) {
+        this.writeTextureUploads++; // (no staging ring for textures)
+        for (const c of parts) {
+          writeTextureBytes(device, pool.texture, c.dstOffset, record, c.srcOffset, c.size);
+        }
+      } else {
+        const buffer = pool.buffer;
+        const copies: StagedCopy[] = parts.map((c) => ({ dst: buffer, ...c }));
+        if (this.stagingBuffers > 0) {
+          this.staging ??= new StagingRing(device, this.expertBytes, this.stagingBuffers);
+        }
+        if (this.staging === null || !this.staging.write(record, copies)) {
+          this.writeBufferUploads++;
+          const bytes = record as Uint8Array<ArrayBuffer>;
+          for (const c of copies) {
+            device.queue.writeBuffer(c.dst, c.dstOffset, bytes, c.srcOffset, c.size);
+          }
         }
       }
     } finally {
@@ -433,23 +517,25 @@ export class ExpertPool {
     this.device.queue.writeBuffer(this.slotTable, i * 4, this.table, i, 1);
   }
 
-  private locate(slot: number): { buffer: GPUBuffer; offset: number } {
+  private locate(slot: number): { pool: PoolBuffer; offset: number } {
     for (const p of this.pools) {
       if (slot >= p.firstSlot && slot < p.firstSlot + p.slots) {
-        return { buffer: p.buffer, offset: (slot - p.firstSlot) * this.slotBytes };
+        return { pool: p, offset: (slot - p.firstSlot) * this.slotBytes };
       }
     }
     throw new ExpertPoolError(`slot ${slot} out of range (${this.totalSlots} slots)`);
   }
 
   /** The staging ring's buffers (all, free now) and uploads: staged, refused by a busy ring,
-   * and all that went through writeBuffer (refused ones and every one without staging). */
+   * all that went through writeBuffer (refused ones and every one without staging), and those
+   * into pool textures (writeTexture). */
   get stagingStats(): {
     buffers: number;
     available: number;
     staged: number;
     busy: number;
     writeBuffer: number;
+    writeTexture: number;
   } {
     const r = this.staging;
     return {
@@ -458,12 +544,13 @@ export class ExpertPool {
       staged: r?.stats.staged ?? 0,
       busy: r?.stats.busy ?? 0,
       writeBuffer: this.writeBufferUploads,
+      writeTexture: this.writeTextureUploads,
     };
   }
 
   destroy(): void {
     this.staging?.destroy();
-    for (const p of this.pools) p.buffer.destroy();
+    for (const p of this.pools) (p.buffer ?? p.texture).destroy();
     this.slotTable.destroy();
     this.missed.destroy();
   }

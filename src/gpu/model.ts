@@ -176,6 +176,11 @@ export interface GpuModelOptions {
    * textures (OpsOptions.textureWeights; default on llvmpipe, where matmul reads them faster;
    * false: storage buffers, the baseline and other adapters' default). Bit-identical. */
   textureWeights?: boolean;
+  /** Expert pools as weight textures where the experts' dtype and shapes allow it (float parts on
+   * 16-byte words; ExpertPoolOptions.textures; default false: buffers. On llvmpipe textures made
+   * the default model's decode 1.14x faster but the real shapes' 0.83x, prefill 0.89x:
+   * `bench/layout.ts --compare expert-textures`). Bit-identical. */
+  textureExperts?: boolean;
   /** The sampler's top_k / top_p cuts by radix select (GpuSamplerOptions.radixSelect, default
    * true; false: bisection, the baseline). The same tokens either way. */
   radixSelect?: boolean;
@@ -204,13 +209,14 @@ export interface GpuModelOptions {
 }
 
 /** The expert pool's layout options for a model's options. */
-function poolOptions(opts: GpuModelOptions): ExpertPoolOptions {
+function poolOptions(opts: GpuModelOptions, textures = false): ExpertPoolOptions {
   const perPool = opts.expertDispatch === "per-pool";
   return {
     bindingLimit: opts.expertBindingLimit,
     poolBindings: perPool ? 1 : opts.expertPoolBindings,
     stagingBuffers: opts.expertStagingBuffers,
     affinity: !perPool,
+    textures,
   };
 }
 
@@ -521,7 +527,14 @@ export class GpuModel implements LanguageModel, SessionHost {
           `slots (--expert-slots ${K})`,
       );
     }
-    this.pool = new ExpertPool(device, c, modelExpertLayouts(weights), slots, poolOptions(opts));
+    const poolTextures = opts.textureExperts ?? false;
+    this.pool = new ExpertPool(
+      device,
+      c,
+      modelExpertLayouts(weights),
+      slots,
+      poolOptions(opts, poolTextures),
+    );
     this.cache = new ExpertCache(
       this.pool,
       opts.expertSource ?? new CheckpointExperts(weights),
@@ -911,7 +924,7 @@ export class GpuModel implements LanguageModel, SessionHost {
     // one binding count for every group, so groups of different sizes share the pipelines
     const bindings = Math.max(...this.pool.groups.map((g) => g.pools.length));
     const groups = this.pool.layerGroups(l).map((g) => ({
-      pools: g.pools.map((p) => p.buffer),
+      pools: g.pools.map((p) => p.buffer ?? p.texture),
       firstSlot: g.firstSlot,
       slots: g.slots,
       slotsPerPool: this.pool.slotsPerPool,

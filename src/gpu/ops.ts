@@ -282,6 +282,23 @@ function checkWeightOffset(op: string, dtype: WeightDType, offsetElems: number):
 
 /** A group's pool buffers padded to its binding count (with the last pool: slots past the group's
  * are never addressed), after checking the group is consistent. */
+/** A group's pool bindings: their kinds and resources (weight textures bound as views, every pool
+ * of a group the same kind). */
+function poolResources(
+  op: string,
+  g: ExpertGroupBinding,
+): { kinds: BindingKind[]; resources: (GPUBuffer | GPUTextureView)[]; texture: boolean } {
+  const texture = g.pools[0] instanceof GPUTexture;
+  if (g.pools.some((p) => (p instanceof GPUTexture) !== texture)) {
+    throw new OpConfigError(op, "a group's pools are all buffers or all textures");
+  }
+  return {
+    kinds: g.pools.map(() => texture ? "texture" : "read"),
+    resources: g.pools.map((p) => p instanceof GPUTexture ? p.createView() : p),
+    texture,
+  };
+}
+
 function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
   const count = g.bindings ?? g.pools.length;
   if (g.pools.length < 1 || count < g.pools.length) {
@@ -611,7 +628,7 @@ export class Ops implements OpsApi {
     name: string,
     spec: KernelSpec,
     params: Field[],
-    buffers: (GPUBuffer | GPUBufferBinding)[],
+    buffers: (GPUBuffer | GPUBufferBinding | GPUTextureView)[],
     groupsFor: (nTokens: number) => number,
   ): Op {
     const pipeline = this.shaders.pipeline(spec);
@@ -1196,7 +1213,8 @@ export class Ops implements OpsApi {
     const params = [a.slotBase, g.firstSlot, g.slots, slotElems, k, hidden, inter];
     // step, params, x, idx|tiles, slots, missed, h; then the pools
     const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw", "rw"];
-    const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
+    const pr = poolResources("expertsGateUp", g);
+    const bindings = [...fixed, ...pr.kinds];
     const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.coalescedMatvec
       ? this.simple(
@@ -1208,16 +1226,24 @@ export class Ops implements OpsApi {
           pools,
           sizes: { WG: this.sharedWG },
           expect: { ROWS: MATMUL_ROWS },
+          texture: pr.texture,
         },
         [...params, partOffset, g.slotsPerPool],
-        [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
+        [a.x, a.idx, a.slots, a.missed, a.h, ...pr.resources],
         (t) => t * k * ceilDiv(inter, MATMUL_ROWS),
       )
       : this.simple(
         "expertsGateUp",
-        { kernel: "experts_gate_up", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
+        {
+          kernel: "experts_gate_up",
+          bindings,
+          weights,
+          pools,
+          texture: pr.texture,
+          expect: { ROWS, WG: WG_64 },
+        },
         [...params, partOffset, g.slotsPerPool],
-        [a.x, a.idx, a.slots, a.missed, a.h, ...g.pools],
+        [a.x, a.idx, a.slots, a.missed, a.h, ...pr.resources],
         (t) => ceilDiv(t * perToken, WG_64),
       );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.x.size / (hidden * 4)));
@@ -1227,9 +1253,9 @@ export class Ops implements OpsApi {
         "expertsGateUp.tiled",
         "experts_gate_up_tiled",
         { tile, k, rows: inter, laneRows: ROWS },
-        { bindings, weights, pools },
+        { bindings, weights, pools, texture: pr.texture },
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-        [a.x, tiles.buffer, a.slots, a.missed, a.h, ...g.pools],
+        [a.x, tiles.buffer, a.slots, a.missed, a.h, ...pr.resources],
       ),
     ]);
     const one = [perPair];
@@ -1244,9 +1270,9 @@ export class Ops implements OpsApi {
     name: string,
     kernel: string,
     shape: { tile: number; k: number; rows: number; laneRows: number },
-    spec: Pick<KernelSpec, "bindings" | "weights" | "pools">,
+    spec: Pick<KernelSpec, "bindings" | "weights" | "pools" | "texture">,
     params: Field[],
-    buffers: GPUBuffer[],
+    buffers: (GPUBuffer | GPUTextureView)[],
   ): Op {
     const { tile, k, rows, laneRows } = shape;
     const wg = this.workgroupTiles;
@@ -1336,7 +1362,8 @@ export class Ops implements OpsApi {
     const params = [a.slotBase, g.firstSlot, g.slots, slotElems, k, hidden, inter];
     // step, params, h, idx|tiles, slots, y; then the pools
     const fixed: BindingKind[] = ["uniform", "uniform", "read", "read", "read", "rw"];
-    const bindings = [...fixed, ...g.pools.map((): BindingKind => "read")];
+    const pr = poolResources("expertsDown", g);
+    const bindings = [...fixed, ...pr.kinds];
     const pools = { count: g.pools.length, first: fixed.length };
     const perPair = this.coalescedMatvec
       ? this.simple(
@@ -1348,16 +1375,24 @@ export class Ops implements OpsApi {
           pools,
           sizes: { WG: this.sharedWG },
           expect: { ROWS: MATMUL_ROWS },
+          texture: pr.texture,
         },
         [...params, partOffset, g.slotsPerPool],
-        [a.h, a.idx, a.slots, a.y, ...g.pools],
+        [a.h, a.idx, a.slots, a.y, ...pr.resources],
         (t) => t * k * ceilDiv(hidden, MATMUL_ROWS),
       )
       : this.simple(
         "expertsDown",
-        { kernel: "experts_down", bindings, weights, pools, expect: { ROWS, WG: WG_64 } },
+        {
+          kernel: "experts_down",
+          bindings,
+          weights,
+          pools,
+          texture: pr.texture,
+          expect: { ROWS, WG: WG_64 },
+        },
         [...params, partOffset, g.slotsPerPool],
-        [a.h, a.idx, a.slots, a.y, ...g.pools],
+        [a.h, a.idx, a.slots, a.y, ...pr.resources],
         (t) => ceilDiv(t * perToken, WG_64),
       );
     const tiles = this.moeTiles(a.idx, k, Math.floor(a.y.size / (hidden * 4 * k)));
@@ -1367,9 +1402,9 @@ export class Ops implements OpsApi {
         "expertsDown.tiled",
         "experts_down_tiled",
         { tile, k, rows: hidden, laneRows: ROWS_DOWN_TILED },
-        { bindings, weights, pools },
+        { bindings, weights, pools, texture: pr.texture },
         [...params, MAX_EXPERTS, partOffset, g.slotsPerPool],
-        [a.h, tiles.buffer, a.slots, a.y, ...g.pools],
+        [a.h, tiles.buffer, a.slots, a.y, ...pr.resources],
       ),
     ]);
     const one = [perPair];

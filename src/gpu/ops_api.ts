@@ -304,7 +304,9 @@ export interface OpsApi {
 /** A group of expert pool buffers one expert op binds at once: slots [firstSlot, firstSlot +
  * slots), pool buffer b holding slots firstSlot + b * slotsPerPool onwards. */
 export interface ExpertGroupBinding {
-  pools: GPUBuffer[];
+  /** Storage buffers, or weight textures (TextureWeight's layout; src/gpu/expert_pool.ts
+   * ExpertPoolOptions.textures), all of one kind. */
+  pools: (GPUBuffer | GPUTexture)[];
   firstSlot: number;
   slots: number;
   slotsPerPool: number;

@@ -17,7 +17,8 @@
  * and of the weight loader's functions per pool buffer (`weights` renamed `weights_p<k>`, each
  * function `<name>_p<k>`), the pool bindings, and for each void function of the section a
  * dispatcher of the same name taking the pool index first (`switch` over the copies). The branch
- * is taken once per invocation, not per weight load.
+ * is taken once per invocation, not per weight load. With `texture` the pool buffers are weight
+ * textures (TextureWeight's layout), each copy reading its own (textureWeights).
  */
 import type { FloatWeightDType, WeightDType } from "./ops_api.ts";
 import { scopedOn } from "./device.ts";
@@ -164,17 +165,18 @@ export function composeSource(
 ): string {
   const parts = [commonSource(), ...prelude.map(kernelSource)];
   const source = withSizes(kernel, kernelSource(kernel), sizes);
-  if (texture) {
-    if (!weights || pools) {
-      throw new KernelComposeError(kernel, "texture weights need a weight loader and no pools");
-    }
-    return [...parts, ...textureWeights(kernel, weightParts(source, weights, genericBlock8))]
-      .join("\n");
-  }
   if (pools) {
     if (!weights) throw new KernelComposeError(kernel, "a kernel with pools needs a weight loader");
-    parts.push(poolSource(kernel, kernelSource(`weights_${weights}`), source, pools));
+    const loader = kernelSource(`weights_${weights}`);
+    parts.push(
+      poolSource(kernel, texture ? textureLoader(kernel, loader) : loader, source, pools, texture),
+    );
     return parts.join("\n");
+  }
+  if (texture) {
+    if (!weights) throw new KernelComposeError(kernel, "texture weights need a weight loader");
+    return [...parts, ...textureWeights(kernel, weightParts(source, weights, genericBlock8))]
+      .join("\n");
   }
   parts.push(...(weights ? weightParts(source, weights, genericBlock8) : [source]));
   return parts.join("\n");
@@ -204,11 +206,8 @@ const WEIGHTS_BUFFER_DECL = /var<storage,\s*read>\s*weights\s*:\s*array<WeightWo
  * the same arithmetic, so the results are the buffer's bit for bit.
  */
 export function textureWeights(kernel: string, parts: string[]): string[] {
-  const out = parts.map((p) => p.replace(/\bweights\[([^[\]]+)\]/g, "weights_word($1)"));
+  const out = [textureLoader(kernel, parts[0]), ...parts.slice(1).map(wordsAsTexels)];
   const last = out.length - 1;
-  if (!/alias\s+WeightWord\s*=\s*vec4<u32>\s*;/.test(stripComments(out[0]))) {
-    throw new KernelComposeError(kernel, "texture weights need a loader of 16-byte words");
-  }
   if (!WEIGHTS_BUFFER_DECL.test(out[last])) {
     throw new KernelComposeError(kernel, "no `var<storage, read> weights: array<WeightWord>`");
   }
@@ -216,17 +215,27 @@ export function textureWeights(kernel: string, parts: string[]): string[] {
   if (out.some((p) => /\bweights\s*\[/.test(stripComments(p)))) {
     throw new KernelComposeError(kernel, "a weights[...] index the texture rewrite cannot read");
   }
-  out.splice(
-    last,
-    0,
-    [
-      "// Word i of the weights: its texel in the weight texture (src/gpu/shader.ts).",
-      "fn weights_word(i: u32) -> vec4<u32> {",
-      "  return textureLoad(weights, vec2<u32>(i % WEIGHT_TEXTURE_WIDTH, i / WEIGHT_TEXTURE_WIDTH));",
-      "}",
-    ].join("\n"),
-  );
   return out;
+}
+
+/** Every `weights[i]` of a source as `weights_word(i)`. */
+function wordsAsTexels(src: string): string {
+  return src.replace(/\bweights\[([^[\]]+)\]/g, "weights_word($1)");
+}
+
+/** A weight loader reading its words from the texture `weights` (textureWeights): its indexes as
+ * weights_word calls, and weights_word itself. Refused unless the loader reads 16-byte words. */
+function textureLoader(kernel: string, loader: string): string {
+  if (!/alias\s+WeightWord\s*=\s*vec4<u32>\s*;/.test(stripComments(loader))) {
+    throw new KernelComposeError(kernel, "texture weights need a loader of 16-byte words");
+  }
+  return [
+    wordsAsTexels(loader),
+    "// Word i of the weights: its texel in the weight texture (src/gpu/shader.ts).",
+    "fn weights_word(i: u32) -> vec4<u32> {",
+    "  return textureLoad(weights, vec2<u32>(i % WEIGHT_TEXTURE_WIDTH, i / WEIGHT_TEXTURE_WIDTH));",
+    "}",
+  ].join("\n");
 }
 
 /** A kernel's source does not have the shape its spec needs (e.g. no pool section). */
@@ -296,7 +305,13 @@ const FN_HEAD = /^fn\s+(\w+)\s*\(([^)]*)\)\s*(->)?/;
 
 /** Loader and pool section once per pool buffer, the pool bindings and the dispatchers; then the
  * rest of the kernel. */
-function poolSource(kernel: string, loader: string, source: string, pools: PoolBindings): string {
+function poolSource(
+  kernel: string,
+  loader: string,
+  source: string,
+  pools: PoolBindings,
+  texture = false,
+): string {
   const begin = source.indexOf(POOL_BEGIN), end = source.indexOf(POOL_END);
   if (begin < 0 || end < begin) {
     throw new KernelComposeError(kernel, `no ${POOL_BEGIN} ... ${POOL_END} section`);
@@ -315,9 +330,9 @@ function poolSource(kernel: string, loader: string, source: string, pools: PoolB
   const renamer = new RegExp(`\\b(${names.join("|")})\\b`, "g");
   const out = loaderItems.filter((item) => !isFn(item)); // alias WeightWord, struct W8
   for (let k = 0; k < pools.count; k++) {
-    out.push(
-      `@group(0) @binding(${pools.first + k}) var<storage, read> weights_p${k}: array<WeightWord>;`,
-    );
+    const type = texture ? WEIGHT_TEXTURE_TYPE : "array<WeightWord>";
+    const space = texture ? "" : "<storage, read>";
+    out.push(`@group(0) @binding(${pools.first + k}) var${space} weights_p${k}: ${type};`);
     out.push(...copied.map((f) => f.replace(renamer, `$1_p${k}`)));
   }
   for (const f of sectionFns) {

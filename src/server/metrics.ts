@@ -96,6 +96,9 @@ const gauge = (name: string, help: string, labels?: Record<string, string>): Fig
 
 /** The engine's known figures (stats() keys). Any other key is exported as a gauge
  * `engine_<snake_case key>`. */
+const UPLOADS_HELP = "Expert uploads by path (staging: buffers kept mapped; write_buffer: " +
+  "queue.writeBuffer; write_texture: into pool textures, queue.writeTexture).";
+
 const ENGINE_FIGURES: Record<string, FigureSpec> = {
   hits: counter("expert_cache_hits_total", "Expert lookups that found the expert resident."),
   misses: counter("expert_cache_misses_total", "Expert lookups that had to load the expert."),
@@ -116,13 +119,18 @@ const ENGINE_FIGURES: Record<string, FigureSpec> = {
   ),
   stagedUploads: counter(
     "expert_uploads_total",
-    "Expert uploads by path (staging: buffers kept mapped; write_buffer: queue.writeBuffer).",
+    UPLOADS_HELP,
     { path: "staging" },
   ),
   writeBufferUploads: counter(
     "expert_uploads_total",
-    "Expert uploads by path (staging: buffers kept mapped; write_buffer: queue.writeBuffer).",
+    UPLOADS_HELP,
     { path: "write_buffer" },
+  ),
+  writeTextureUploads: counter(
+    "expert_uploads_total",
+    UPLOADS_HELP,
+    { path: "write_texture" },
   ),
   gpuSteps: counter("gpu_steps_total", "Forward steps run on the GPU."),
   gpuReadbacks: counter("gpu_readbacks_total", "GPU to CPU readbacks."),
