@@ -3,8 +3,9 @@
  * ArrayBuffer copy measured in the same run. Not a test: prints tables. Besides wall-clock GB/s
  * it prints GB per CPU-second of this process (llvmpipe runs on our own threads), which stays
  * comparable when other processes share the cores.
- *   ./bin/deno run -A --unstable-webgpu bench/kernels.ts [--arrays | --attention]
- * --arrays: the private-array rows only; --attention: the attention rows only.
+ *   ./bin/deno run -A --unstable-webgpu bench/kernels.ts [--arrays | --attention | --experts]
+ * --arrays: the private-array rows only; --attention: the attention rows only; --experts: the
+ * expert rows only (T = 1, 8, 64; pool buffers and textures, one pool and three).
  */
 import process from "node:process";
 import { openGpu } from "../src/gpu/device.ts";
@@ -222,12 +223,15 @@ function expertOps(
   E = MOE.E,
   from = ops,
   texture = false,
+  poolCount = 1,
 ): Op[] {
   const { D, I, K } = MOE;
   const slotElems = 3 * I * D;
-  const poolSlots = Math.floor(
-    device.limits.maxStorageBufferBindingSize / weightBytes(dtype, slotElems),
+  // one pool binding's slots, split over poolCount pools (the model's groups bind several)
+  const perPool = Math.floor(
+    device.limits.maxStorageBufferBindingSize / weightBytes(dtype, slotElems) / poolCount,
   );
+  const poolSlots = perPool * poolCount;
   const idx = new Uint32Array(T * K);
   for (let t = 0; t < T; t++) {
     for (let j = 0; j < K; j++) idx[t * K + j] = (t * 37 + j * 17 + ((t * t) % 11)) % E;
@@ -236,19 +240,19 @@ function expertOps(
   device.queue.writeBuffer(idxBuf, 0, idx);
   const slots = storage(E * 4);
   device.queue.writeBuffer(slots, 0, new Uint32Array(E).map((_, e) => e % poolSlots));
+  const poolBytes = weightBytes(dtype, perPool * slotElems);
   const common = {
     idx: idxBuf,
     slots,
     slotBase: 0,
     group: {
-      pools: [
-        texture
-          ? weightTexture(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS)
-          : storage(weightBytes(dtype, poolSlots * slotElems), WEIGHT_BITS),
-      ],
+      pools: Array.from(
+        { length: poolCount },
+        () => texture ? weightTexture(poolBytes, WEIGHT_BITS) : storage(poolBytes, WEIGHT_BITS),
+      ),
       firstSlot: 0,
       slots: poolSlots,
-      slotsPerPool: poolSlots,
+      slotsPerPool: perPool,
     },
     poolDtype: dtype,
     slotElems,
@@ -397,6 +401,49 @@ async function attentionRows(): Promise<void> {
   }
 }
 
+// both expert stages: 4 rows a lane (llvmpipe's) from a pool buffer and, marked "tex", from a pool
+// texture (textureExperts), each with the slots in one pool and in three ("x3": the model's groups
+// bind several, a switch per invocation), and, marked "mv", a workgroup per pair and 8 rows
+// (experts_*_matvec.wgsl) below the tiled kernels' pairs (64 tokens: tiled)
+async function expertRows(): Promise<void> {
+  for (const T of [1, 8, 64]) {
+    const { D, I, K } = MOE;
+    const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
+    const lanes = T === 64 ? ops : laneRowsOps;
+    const kernels: [string, Ops, boolean, number][] = [
+      ["", lanes, false, 1],
+      [" tex", lanes, true, 1],
+      [" x3", lanes, false, 3],
+      [" tex x3", lanes, true, 3],
+      ...(T === 64 ? [] : [[" mv", matvecOps, false, 1] as [string, Ops, boolean, number]]),
+    ];
+    for (const [mark, from, texture, pools] of kernels) {
+      const s = await time(expertOps("bf16", T, MOE.E, from, texture, pools), T);
+      row(`experts bf16 D${D} I${I} K${K}${mark}`, T, 1, bytes, s);
+      release();
+    }
+  }
+}
+
+/** The adapter, a CPU copy for reference, and the bandwidth table's header. */
+function header(): void {
+  console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);
+  const copy = copyGBs();
+  console.log(
+    `ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`,
+  );
+  console.log(
+    "op                        T   ms/call  weight GB/s  GB/CPU-s  GB/s x tokens" +
+      (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
+  );
+  if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
+}
+
+if (Deno.args.includes("--experts")) {
+  header();
+  await expertRows();
+  Deno.exit(0);
+}
 if (Deno.args.includes("--arrays")) {
   await arrayRows();
   Deno.exit(0);
@@ -406,14 +453,7 @@ if (Deno.args.includes("--attention")) {
   Deno.exit(0);
 }
 
-console.log(`adapter: ${gpu.adapterInfo.description || gpu.adapterInfo.vendor}`);
-const copy = copyGBs();
-console.log(`ArrayBuffer copy: ${copy.wall.toFixed(1)} GB/s wall, ${copy.cpu.toFixed(1)} GB/CPU-s`);
-console.log(
-  "op                        T   ms/call  weight GB/s  GB/CPU-s  GB/s x tokens" +
-    (timestamps ? "  GPU ms/call  GPU GB/s" : ""),
-);
-if (!timestamps) console.log("(no timestamp-query feature: GPU-side times not measured)");
+header();
 // row-major weights (the baseline; GGML's blocks for the quantized types), rows8 (the runtime's
 // layout for resident f16/bf16, q8_0, q6_k and q4_k matrices) and rows8 in a weight texture
 // (marked "tex": llvmpipe's default), alternating; each in matmul.wgsl (8 rows a lane) and, marked
@@ -440,21 +480,7 @@ for (const dtype of ["bf16", "q8_0", "q6_k", "q4_k", "f32"] as WeightDType[]) {
     }
   }
 }
-// both expert stages: 4 rows a lane (llvmpipe's) from a pool buffer and, marked "tex", from a pool
-// texture (llvmpipe's default), and, marked "mv", a workgroup per pair and 8 rows
-// (experts_*_matvec.wgsl) below the tiled kernels' pairs (64 tokens: tiled)
-for (const T of [1, 8, 64]) {
-  const { D, I, K } = MOE;
-  const bytes = weightBytes("bf16", T * K * 3 * I * D); // every pair reads its expert's weights
-  const kernels = T === 64
-    ? [["", ops, false], [" tex", ops, true]] as const
-    : [["", laneRowsOps, false], [" tex", laneRowsOps, true], [" mv", matvecOps, false]] as const;
-  for (const [mark, from, texture] of kernels) {
-    const s = await time(expertOps("bf16", T, MOE.E, from, texture), T);
-    row(`experts bf16 D${D} I${I} K${K}${mark}`, T, 1, bytes, s);
-    release();
-  }
-}
+await expertRows();
 // Prefill matmuls of a 64-token step (Qwen3-30B-A3B's q/o and k/v projections, bf16, rows8: the
 // runtime's layout for resident matrices), 8-token tiles in a lane (the baseline), 16-token ones
 // (llvmpipe's default from 32 tokens a step) and workgroup tiles (matmul_tiled.wgsl, other

@@ -16,8 +16,9 @@
  * rows8 chunks read through the generic weights_block8.wgsl (`chunkLoaders: false`) beside the
  * dtype's own chunk loader (the chunk's word index computed once); `--compare textures` the
  * resident rows8 matrices in storage buffers (`textureWeights: false`) beside in read-only storage
- * textures (llvmpipe's default); `--compare expert-textures` the expert pools in buffers (the
- * default) beside in textures (`textureExperts`; resident matrices in textures both ways).
+ * textures (llvmpipe's default); `--compare expert-textures` the expert pools in buffers
+ * (`textureExperts: false`) beside in textures (llvmpipe's default; resident matrices in textures
+ * both ways).
  * `--batch N`: N sequences decode at once (aggregate tokens/s of the batched loop, including their
  * prompts' prefill together, and the ms until every one had its first token; a step of 8-31
  * sequences runs the 8-token matmul). `--quant q8_0` (or `q4_0`) runs either comparison

@@ -177,9 +177,8 @@ export interface GpuModelOptions {
    * false: storage buffers, the baseline and other adapters' default). Bit-identical. */
   textureWeights?: boolean;
   /** Expert pools as weight textures where the experts' dtype and shapes allow it (float parts on
-   * 16-byte words; ExpertPoolOptions.textures; default false: buffers. On llvmpipe textures made
-   * the default model's decode 1.14x faster but the real shapes' 0.83x, prefill 0.89x:
-   * `bench/layout.ts --compare expert-textures`). Bit-identical. */
+   * 16-byte words; ExpertPoolOptions.textures; default: as textureWeights, so on llvmpipe; false:
+   * buffers, the baseline). Bit-identical. */
   textureExperts?: boolean;
   /** The sampler's top_k / top_p cuts by radix select (GpuSamplerOptions.radixSelect, default
    * true; false: bisection, the baseline). The same tokens either way. */
@@ -527,7 +526,7 @@ export class GpuModel implements LanguageModel, SessionHost {
           `slots (--expert-slots ${K})`,
       );
     }
-    const poolTextures = opts.textureExperts ?? false;
+    const poolTextures = opts.textureExperts ?? this.ops.textureWeights;
     this.pool = new ExpertPool(
       device,
       c,
