@@ -81,15 +81,29 @@ Deno.test("texture weights: the weights binding becomes the texture, every word 
     assert.ok(!/\bweights\s*\[/.test(body), `${loader}: a weights[...] index is left`);
     assert.ok(/\bfn weights_word\b/.test(body) && /\bweights_word\(/.test(body), loader);
   }
-  // a loader of 4-byte words cannot read 16-byte texels; pooled kernels keep buffers
-  assert.throws(
-    () => composeSource("matmul", "bf16_scalar", [], undefined, {}, false, true),
-    (e) => e instanceof KernelComposeError && /16-byte words/.test(e.message),
+  // pooled kernels: each pool a texture, each copy of the loader reading its own
+  const pooled = composeSource(
+    "experts_gate_up",
+    "bf16",
+    [],
+    { count: 2, first: 7 },
+    {},
+    false,
+    true,
   );
-  assert.throws(
-    () => composeSource("embed", "bf16", [], { count: 1, first: 5 }, {}, false, true),
-    KernelComposeError,
-  );
+  const bindings = declaredBindings(pooled, "experts_gate_up");
+  for (const k of [0, 1]) {
+    assert.deepStrictEqual(bindings.get(7 + k), { kind: "texture", name: `weights_p${k}` });
+    assert.ok(new RegExp(`textureLoad\\(weights_p${k},`).test(pooled), `pool ${k}`);
+  }
+  assert.ok(!/\bweights(_p\d)?\s*\[/.test(pooled.replace(/\/\/[^\n]*/g, "")));
+  // a loader of 4-byte words cannot read 16-byte texels
+  for (const pools of [undefined, { count: 1, first: 7 }]) {
+    assert.throws(
+      () => composeSource("experts_gate_up", "bf16_scalar", [], pools, {}, false, true),
+      (e) => e instanceof KernelComposeError && /16-byte words/.test(e.message),
+    );
+  }
   // any other texture type is not a binding an op can make
   const other = "@group(0) @binding(2) var t: texture_2d<f32>;";
   assert.throws(() => declaredBindings(other, "k"), refused(/binding 2 \(t\) has type/));

@@ -57,6 +57,21 @@ const KERNELS: [string, Ops][] = [
   ],
 ];
 
+/** The same matmul (x [T, K] against ROWS rows, no split) over each of `weights`, recorded in one
+ * pass: their outputs. */
+async function matmulEach(
+  o: Ops,
+  x: GPUBuffer,
+  weights: WeightRef[],
+  K: number,
+  T: number,
+): Promise<Float32Array[]> {
+  const outs = weights.map(() => buffer(T * ROWS * 4));
+  const common = { x, K, N: ROWS, outStride: ROWS, outOffset: 0, accumulate: false };
+  run(weights.map((w, i) => o.matmul({ ...common, w, out: outs[i] })), T, 0, o.step);
+  return await Promise.all(outs.map((out) => readF32(gpu, out, 0, T * ROWS)));
+}
+
 for (const [kernel, o] of KERNELS) {
   for (const dtype of DTYPES) {
     gpuTest(
@@ -98,27 +113,16 @@ for (const [kernel, o] of KERNELS) {
           const rows8 = repackRows8(new Uint8Array(w.words.buffer), ROWS, K, bytes);
           assert.strictEqual(rows8.byteLength, Math.ceil(ROWS / 8) * 8 * K * bytes);
           const xs = randomF32(T * K, 200 + T);
-          const x = buffer(xs);
-          const outs = [buffer(T * ROWS * 4), buffer(T * ROWS * 4)];
-          const refs = [
-            { buffer: buffer(w.words), dtype, offsetElems: 0 },
-            { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" as const },
-          ];
-          const mm = refs.map((wr, i) =>
-            o.matmul({
-              x,
-              w: wr,
-              out: outs[i],
-              K,
-              N: ROWS,
-              outStride: ROWS,
-              outOffset: 0,
-              accumulate: false,
-            })
+          const [rows, blocked] = await matmulEach(
+            o,
+            buffer(xs),
+            [
+              { buffer: buffer(w.words), dtype, offsetElems: 0 },
+              { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" },
+            ],
+            K,
+            T,
           );
-          run(mm, T, 0, o.step);
-          const rows = await readF32(gpu, outs[0], 0, T * ROWS);
-          const blocked = await readF32(gpu, outs[1], 0, T * ROWS);
           assert.deepStrictEqual(blocked, rows, `${kernel} K=${K} T=${T}`);
           assertClose(blocked, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
         }
@@ -143,29 +147,16 @@ for (const [kernel, o] of KERNELS) {
             Math.ceil(rows8.byteLength / 16 / WEIGHT_TEXTURE_WIDTH),
           );
           const xs = randomF32(T * K, 400 + T);
-          const x = buffer(xs);
-          const refs: WeightRef[] = [
-            { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" },
-            { texture, dtype, offsetElems: 0, layout: "rows8" },
-          ];
-          const outs = refs.map(() => buffer(T * ROWS * 4));
-          const mm = refs.map((wr, i) =>
-            o.matmul({
-              x,
-              w: wr,
-              out: outs[i],
-              K,
-              N: ROWS,
-              outStride: ROWS,
-              outOffset: 0,
-              accumulate: false,
-            })
+          const [fromBuffer, fromTexture] = await matmulEach(
+            o,
+            buffer(xs),
+            [
+              { buffer: buffer(rows8), dtype, offsetElems: 0, layout: "rows8" },
+              { texture, dtype, offsetElems: 0, layout: "rows8" },
+            ],
+            K,
+            T,
           );
-          run(mm, T, 0, o.step);
-          const [fromBuffer, fromTexture] = [
-            await readF32(gpu, outs[0], 0, T * ROWS),
-            await readF32(gpu, outs[1], 0, T * ROWS),
-          ];
           assert.deepStrictEqual(fromTexture, fromBuffer, `${kernel} K=${K} T=${T}`);
           assertClose(fromTexture, ref.matmul(xs, w.values, T, K, ROWS), TOL, `K=${K} T=${T}`);
           texture.destroy();

@@ -17,6 +17,7 @@ import type { DType, ModelConfig, ModelWeights } from "../types.ts";
 import { WEIGHT_TEXTURE_WIDTH, type WeightDType } from "./ops_api.ts";
 import { lcm, WEIGHT_DTYPES, weightBlock, weightBytes, weightElems } from "./weight_dtype.ts";
 import { type StagedCopy, StagingRing } from "./staging.ts";
+import { writeTextureBytes } from "./resident.ts";
 
 /** Slot table value for "this expert is not in GPU memory". */
 export const ABSENT = 0xffffffff;
@@ -169,53 +170,6 @@ export interface ExpertPoolOptions {
    * (i % WEIGHT_TEXTURE_WIDTH, i / WEIGHT_TEXTURE_WIDTH)) where every layer's parts allow it
    * (textureEligible); records then upload with queue.writeTexture. Default false. */
   textures?: boolean;
-}
-
-/**
- * Writes `size` bytes of `src` from `srcOffset` at byte `dstOffset` of a weight texture (16-byte
- * words in texel order; both multiples of 16): the partial first row, the whole rows, the
- * partial last row, one writeTexture each.
- */
-export function writeTextureBytes(
-  device: GPUDevice,
-  texture: GPUTexture,
-  dstOffset: number,
-  src: Uint8Array,
-  srcOffset: number,
-  size: number,
-): void {
-  if (dstOffset % 16 !== 0 || size % 16 !== 0) {
-    throw new ExpertPoolError(`texture writes need whole 16-byte words (${dstOffset}, ${size})`);
-  }
-  const W = WEIGHT_TEXTURE_WIDTH, rowBytes = W * 16;
-  const data = src as Uint8Array<ArrayBuffer>;
-  let word = dstOffset / 16, at = srcOffset;
-  const end = word + size / 16;
-  while (word < end) {
-    const x = word % W, y = Math.floor(word / W);
-    // from a row's start: as many whole rows as remain, else the rest of this row
-    const rows = x === 0 ? Math.floor((end - word) / W) : 0;
-    if (rows > 0) {
-      device.queue.writeTexture(
-        { texture, origin: [0, y] },
-        data,
-        { offset: at, bytesPerRow: rowBytes, rowsPerImage: rows },
-        [W, rows],
-      );
-      word += rows * W;
-      at += rows * rowBytes;
-    } else {
-      const n = Math.min(W - x, end - word);
-      device.queue.writeTexture(
-        { texture, origin: [x, y] },
-        data,
-        { offset: at, bytesPerRow: rowBytes },
-        [n, 1],
-      );
-      word += n;
-      at += n * 16;
-    }
-  }
 }
 
 /** Whether pools of these layouts can be weight textures: float parts (the vector loaders read

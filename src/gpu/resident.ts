@@ -201,23 +201,55 @@ export function uploadWeightTexture(
     format: "rgba32uint",
     usage: GPUTextureUsage.STORAGE_BINDING | GPUTextureUsage.COPY_DST,
   });
-  const data = bytes as Uint8Array<ArrayBuffer>;
-  const full = Math.floor(words / W), rest = words - full * W;
-  if (full > 0) {
-    device.queue.writeTexture({ texture }, data, { bytesPerRow: W * 16, rowsPerImage: full }, [
-      W,
-      full,
-    ]);
-  }
-  if (rest > 0) {
-    device.queue.writeTexture(
-      { texture, origin: [0, full] },
-      data,
-      { offset: full * W * 16, bytesPerRow: W * 16 },
-      [rest, 1],
-    );
-  }
+  writeTextureBytes(device, texture, 0, bytes, 0, bytes.byteLength);
   return texture;
+}
+
+/**
+ * Writes `size` bytes of `src` from `srcOffset` at byte `dstOffset` of a weight texture (16-byte
+ * words in texel order; both multiples of 16): the partial first row, the whole rows, the
+ * partial last row, one writeTexture each.
+ */
+export function writeTextureBytes(
+  device: GPUDevice,
+  texture: GPUTexture,
+  dstOffset: number,
+  src: Uint8Array,
+  srcOffset: number,
+  size: number,
+): void {
+  if (dstOffset % 16 !== 0 || size % 16 !== 0) {
+    throw new RangeError(`texture writes need whole 16-byte words (${dstOffset}, ${size})`);
+  }
+  const W = WEIGHT_TEXTURE_WIDTH, rowBytes = W * 16;
+  const data = src as Uint8Array<ArrayBuffer>;
+  let word = dstOffset / 16, at = srcOffset;
+  const end = word + size / 16;
+  while (word < end) {
+    const x = word % W, y = Math.floor(word / W);
+    // from a row's start: as many whole rows as remain, else the rest of this row
+    const rows = x === 0 ? Math.floor((end - word) / W) : 0;
+    if (rows > 0) {
+      device.queue.writeTexture(
+        { texture, origin: [0, y] },
+        data,
+        { offset: at, bytesPerRow: rowBytes, rowsPerImage: rows },
+        [W, rows],
+      );
+      word += rows * W;
+      at += rows * rowBytes;
+    } else {
+      const n = Math.min(W - x, end - word);
+      device.queue.writeTexture(
+        { texture, origin: [x, y] },
+        data,
+        { offset: at, bytesPerRow: rowBytes },
+        [n, 1],
+      );
+      word += n;
+      at += n * 16;
+    }
+  }
 }
 
 /** Upload a checkpoint matrix for the matmul kernels: as-is (packed in u32), or with `rows8` in
