@@ -158,7 +158,8 @@ export interface ExpertPoolOptions {
   /** Caps each pool buffer's bytes below the device's storage-binding limit (bench: force 128 MiB). */
   bindingLimit?: number;
   /** Pool buffers one expert dispatch binds (default: device.limits.maxStorageBuffersPerShaderStage
-   * - EXPERT_FIXED_BINDINGS, at least 1). */
+   * - EXPERT_FIXED_BINDINGS, with textures no more than maxStorageTexturesPerShaderStage, at least
+   * 1). */
   poolBindings?: number;
   /** Place each layer's experts in its own group(s) of pools (default true). */
   affinity?: boolean;
@@ -305,8 +306,10 @@ export class ExpertPool {
     const maxElemsPerSlot = Math.max(
       ...layouts.flatMap((x) => [x.gateSlotElems, x.downSlotElems]),
     );
+    // a pool texture holds at most maxTextureDimension2D rows of WEIGHT_TEXTURE_WIDTH words
+    const textureBytes = device.limits.maxTextureDimension2D * WEIGHT_TEXTURE_WIDTH * 16;
     const perBuffer = Math.min(
-      Math.floor(limit / this.slotBytes),
+      Math.floor(Math.min(limit, this.textures ? textureBytes : Infinity) / this.slotBytes),
       Math.floor((MAX_ELEMENT_OFFSET - 1) / maxElemsPerSlot),
     );
     if (perBuffer < 1) {
@@ -315,8 +318,15 @@ export class ExpertPool {
       );
     }
     this.slotsPerPool = perBuffer;
+    // (pool textures: no more than the stage's storage textures either)
     const NB = opts.poolBindings ??
-      Math.max(1, device.limits.maxStorageBuffersPerShaderStage - EXPERT_FIXED_BINDINGS);
+      Math.max(
+        1,
+        Math.min(
+          device.limits.maxStorageBuffersPerShaderStage - EXPERT_FIXED_BINDINGS,
+          this.textures ? device.limits.maxStorageTexturesPerShaderStage : Infinity,
+        ),
+      );
     if (!Number.isInteger(NB) || NB < 1) {
       throw new ExpertPoolError(`pool bindings must be a whole number >= 1, got ${NB}`);
     }
