@@ -316,7 +316,8 @@ function groupBinding(op: string, g: ExpertGroupBinding): ExpertGroupBinding {
 
 /** The kernel choices whose defaults differ by adapter, in one place: llvmpipe's (lanes owning
  * rows, three-pass attention, a lane per norm row, weights in textures) and every other adapter's
- * (workgroups sharing rows, one-pass attention, a workgroup per norm row, weights in buffers). Benchmarks and tests force either set. */
+ * (workgroups sharing rows, one-pass attention, a workgroup per norm row, weights in buffers).
+ * Benchmarks and tests force either set. */
 export const ADAPTER_CHOICES = {
   llvmpipe: {
     coalescedMatvec: false,
